@@ -1,0 +1,63 @@
+"""load_dataset: one entry point for named datasets and .npz files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from lipcert.datasets.catalog import KNOWN_DATASETS, SPLITS, canonical_name
+from lipcert.datasets.cifar import read_binary, read_python
+from lipcert.datasets.dataset import Dataset
+from lipcert.datasets.idx import read_idx_dataset
+from lipcert.datasets.locate import find_dataset
+from lipcert.datasets.npz import read_keras_mnist, read_npz
+from lipcert.errors import DatasetError, UsageError
+
+# format -> reader(path, name, split, limit); one entry per format locate.py can report.
+_READERS: dict[str, Callable[[Path, str, str, int | None], Dataset]] = {
+    "cifar-python": read_python,
+    "cifar-binary": read_binary,
+    "idx": read_idx_dataset,
+    "keras-npz": read_keras_mnist,
+}
+
+
+def load_dataset(
+    name_or_path: str,
+    *,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> Dataset:
+    """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist) or a .npz file.
+
+    A name ending in .npz, or an existing path that is not a known dataset name, is read as
+    a file (split is then "file" and the split argument is ignored). limit keeps the first
+    `limit` samples, reading no more than needed where the format allows.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"expected limit >= 1 (or None for all samples) but got {limit!r}")
+    name = canonical_name(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if name_or_path.lower().endswith(".npz") or (name is None and path.exists()):
+        return _load_file(path, limit)
+    if name is None:
+        raise DatasetError(
+            f"expected a dataset name ({', '.join(KNOWN_DATASETS)}) or a .npz file but got "
+            f"{name_or_path!r}, which is neither a known name nor an existing file"
+        )
+    if split not in SPLITS:
+        raise UsageError(f"expected split 'test' or 'train' but got {split!r}")
+    path, data_format = find_dataset(name, split, data_dir)
+    return _READERS[data_format](path, name, split, limit)
+
+
+def _load_file(path: Path, limit: int | None) -> Dataset:
+    if path.is_dir():
+        raise DatasetError(
+            f"expected a .npz file but {str(path)!r} is a folder; to read a dataset folder give "
+            f"the dataset name and --data-dir {str(path)!r}"
+        )
+    if not path.is_file():
+        raise DatasetError(f"expected a .npz file but found no file {str(path)!r}")
+    return read_npz(path, limit=limit)
