@@ -35,8 +35,8 @@ class UnsupportedOpError(LipcertError):
     """The graph holds an operation with no sound Lipschitz rule."""
 
 
-class ShapeError(LipcertError):
-    """A tensor shape does not fit what an operation or the model expects."""
+class ShapeError(UsageError):
+    """An input shape does not fit what the model declares."""
 
 
 class DatasetError(LipcertError):

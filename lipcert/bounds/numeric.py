@@ -61,3 +61,13 @@ def singular_value_up(sigma: float, dimension: int) -> float:
     """
     margin = _BACKWARD_ERROR_FACTOR * max(int(dimension), 1) * FLOAT64_EPS
     return up(float(sigma) * (1.0 + margin))
+
+
+def max_abs_up(values: np.ndarray) -> float:
+    """max |v| over values computed by a few float64 operations, rounded up.
+
+    The values (a quotient, a square root) carry a few ulps of rounding error each; a
+    relative margin of 8 eps covers them.
+    """
+    largest = float(np.max(np.abs(values))) if np.size(values) else 0.0
+    return up(largest * (1.0 + 8.0 * FLOAT64_EPS))

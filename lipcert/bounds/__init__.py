@@ -1,0 +1,12 @@
+"""Sound Lipschitz bounds: the rule table, its rules, and their composition over a graph.
+
+Every rule module is imported here, so the table is complete once lipcert.bounds is.
+"""
+
+from __future__ import annotations
+
+from lipcert.bounds.rules import elementwise, linear, patterns, pooling, structure
+from lipcert.bounds.registry import LayerBound, bound_node, supported_ops
+
+__all__ = ["LayerBound", "bound_node", "elementwise", "linear", "patterns", "pooling",
+           "structure", "supported_ops"]

@@ -1,0 +1,359 @@
+"""Composition of the per-node bounds over the graph, and the certificate spec.
+
+For every tensor t, L[t] bounds the Lipschitz constant of input -> t: a chain multiplies,
+Add sums its branches, Concat takes the root of the sum of squares. When the graph ends in a
+linear head (Gemm/MatMul, then only a bias or per-logit scaling), the body bound and the
+head's rows are kept apart, so that a pair of classes gets K_ij = ||w_i - w_j|| * L_body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from lipcert.bounds import spectral
+from lipcert.bounds.numeric import add_up, mul_up, rss_up, singular_value_up
+from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node, refuse
+from lipcert.errors import UnsupportedOpError
+from lipcert.graph import Graph, Node
+from lipcert.graph.patterns import fuse_patterns
+
+# Ops whose outputs after the first are indices, not Lipschitz in the input.
+_INDEX_OUTPUTS = frozenset({"TopK", "MaxPool"})
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One row of `lipcert verify`: a node and its bound."""
+
+    name: str
+    op: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    bound: float
+    method: str
+    exact: bool
+    combine: str
+    cumulative: float  # bound of input -> this node's output
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    """What certify consumes: guaranteed upper bounds of the logits' Lipschitz constants.
+
+    `lipschitz_bound` bounds the whole logit vector (L2 -> L2), `logit_bounds[i]` the logit
+    i alone, and `pairwise_bounds[i, j]` (when a linear head was found) the difference
+    f_i - f_j. Without a head, f_i - f_j is bounded by sqrt(2) * lipschitz_bound.
+    """
+
+    lipschitz_bound: float
+    logit_bounds: tuple[float, ...]
+    pairwise_bounds: np.ndarray | None
+    num_logits: int
+    input_shape: tuple[int, ...]
+    size_known: bool
+    body_bound: float | None = None
+    head: str | None = None
+    # ||f computed in float32 (x) - f(x)||_2 <= fp_error_constant + fp_error_slope * ||x||_2
+    fp_error_constant: float = 0.0
+    fp_error_slope: float = 0.0
+
+    def fp_allowance(self, input_norms: np.ndarray) -> np.ndarray:
+        """Per sample, a bound of the float32 error of the logit vector (L2)."""
+        norms = np.asarray(input_norms, dtype=np.float64)
+        return np.nextafter(self.fp_error_constant + self.fp_error_slope * norms * (1 + 1e-12), np.inf)
+
+    def scaled(self, factor: float) -> CertificateSpec:
+        """The spec of x -> f(a x) for an input map of Lipschitz constant `factor`."""
+        from dataclasses import replace
+
+        pairwise = None if self.pairwise_bounds is None else self.pairwise_bounds * factor * (1 + 1e-15)
+        return replace(
+            self,
+            lipschitz_bound=mul_up(self.lipschitz_bound, factor),
+            logit_bounds=tuple(mul_up(b, factor) for b in self.logit_bounds),
+            pairwise_bounds=pairwise,
+            body_bound=None if self.body_bound is None else mul_up(self.body_bound, factor),
+        )
+
+    def pair_bound(self, i: int, j: int) -> float:
+        """Upper bound of the Lipschitz constant of f_i - f_j."""
+        if self.pairwise_bounds is not None:
+            return float(self.pairwise_bounds[i, j])
+        return mul_up(math.sqrt(2.0) * (1.0 + 1e-15), self.lipschitz_bound)
+
+
+@dataclass
+class Analysis:
+    """The bound of every layer and the certificate spec of one graph."""
+
+    graph: Graph
+    layers: list[LayerReport]
+    spec: CertificateSpec
+    node_bounds: list[tuple[Node, LayerBound]]
+    notes: list[str] = field(default_factory=list)
+    tensor_bounds: dict[str, float] = field(default_factory=dict)
+
+    def spec_for_precision(self, unit_roundoff: float) -> CertificateSpec:
+        """The spec with the rounding allowance of a run at this unit roundoff."""
+        constant, slope = float_error_bound(self.graph, self.node_bounds, self.tensor_bounds, unit_roundoff)
+        return dataclasses.replace(self.spec, fp_error_constant=constant, fp_error_slope=slope)
+
+
+def analyse(graph: Graph) -> Analysis:
+    """Fuse patterns, bound every node, compose, and build the certificate spec."""
+    fuse_patterns(graph)
+    bounds: dict[str, float] = {graph.input_name: 1.0}
+    layers: list[LayerReport] = []
+    node_bounds: list[tuple[Node, LayerBound]] = []
+    for node in graph.nodes:
+        layer = bound_node(node, graph)
+        if not math.isfinite(layer.factor) or layer.factor < 0:
+            raise refuse(node, f"its bound {layer.factor!r} is not a finite non-negative number")
+        output_bound = _compose(node, graph, layer, bounds)
+        outputs = node.outputs[:1] if node.op in _INDEX_OUTPUTS else node.outputs
+        for name in outputs:
+            if name:
+                bounds[name] = output_bound
+        layers.append(_report(node, graph, layer, output_bound))
+        node_bounds.append((node, layer))
+    if graph.output_name not in bounds:
+        raise UnsupportedOpError(f"the output {graph.output_name!r} is not reached by any bounded path")
+    analysis = Analysis(
+        graph=graph,
+        layers=layers,
+        spec=_certificate_spec(graph, bounds),
+        node_bounds=node_bounds,
+        notes=list(graph.notes),
+        tensor_bounds=bounds,
+    )
+    analysis.spec = analysis.spec_for_precision(FLOAT32_UNIT_ROUNDOFF)
+    return analysis
+
+
+def _compose(node: Node, graph: Graph, layer: LayerBound, bounds: dict[str, float]) -> float:
+    sources = graph.data_inputs(node)
+    for name in sources:
+        if name not in bounds:
+            raise refuse(node, f"its input {name!r} is not Lipschitz in the model input "
+                               "(an index output, or a tensor no rule bounds)")
+    incoming = [bounds[name] for name in sources]
+    if layer.combine is Combine.CHAIN:
+        if len(incoming) != 1:
+            raise refuse(node, f"expected one data input but found {len(incoming)}")
+        return mul_up(layer.factor, incoming[0])
+    if layer.combine is Combine.SUM:
+        return mul_up(layer.factor, add_up(*incoming))
+    return mul_up(layer.factor, rss_up(*incoming))
+
+
+def _report(node: Node, graph: Graph, layer: LayerBound, cumulative: float) -> LayerReport:
+    sources = graph.data_inputs(node)
+    return LayerReport(
+        name=node.name,
+        op=node.op,
+        input_shape=graph.shape(sources[0])[1:] if sources else (),
+        output_shape=graph.shape(node.outputs[0])[1:],
+        bound=layer.factor,
+        method=layer.method,
+        exact=layer.exact,
+        combine=layer.combine.value,
+        cumulative=cumulative,
+    )
+
+
+# --- the head and the spec -----------------------------------------------------------------
+
+# Ops allowed between a linear head and the logits: they act on each logit separately.
+_TAIL_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Reshape", "Flatten",
+                       "Squeeze", "Cast"})
+
+
+@dataclass(frozen=True)
+class _Head:
+    node: Node
+    body_input: str
+    rows: np.ndarray  # (K, d): logit i = rows[i] . body + constant
+
+
+def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec:
+    total = bounds[graph.output_name]
+    num_logits = int(np.prod(graph.output_shape)) if graph.output_shape else 1
+    head = _find_head(graph)
+    if head is None or head.rows.shape[0] != num_logits:
+        return CertificateSpec(
+            lipschitz_bound=total,
+            logit_bounds=(total,) * num_logits,
+            pairwise_bounds=None,
+            num_logits=num_logits,
+            input_shape=graph.input_shape,
+            size_known=graph.size_known,
+        )
+    body = bounds[head.body_input]
+    rows = head.rows
+    dimension = rows.shape[1]
+    logit = tuple(mul_up(singular_value_up(float(np.linalg.norm(r)), dimension), body) for r in rows)
+    pairwise = np.zeros((num_logits, num_logits))
+    for i in range(num_logits):
+        differences = np.linalg.norm(rows[i] - rows, axis=1)
+        for j in range(num_logits):
+            if i != j:
+                pairwise[i, j] = mul_up(singular_value_up(float(differences[j]), dimension), body)
+    head_norm = spectral.matrix_norm(rows)
+    vector = min(total, mul_up(head_norm, body))
+    return CertificateSpec(
+        lipschitz_bound=vector,
+        logit_bounds=tuple(min(b, vector) for b in logit),
+        pairwise_bounds=np.minimum(pairwise, mul_up(math.sqrt(2.0) * (1 + 1e-15), vector)),
+        num_logits=num_logits,
+        input_shape=graph.input_shape,
+        size_known=graph.size_known,
+        body_bound=body,
+        head=head.node.name,
+    )
+
+
+def _find_head(graph: Graph) -> _Head | None:
+    """A Gemm/MatMul with constant weight whose output reaches the logits per logit only."""
+    producers = graph.producers()
+    scale: np.ndarray | float = 1.0
+    name = graph.output_name
+    while True:
+        node = producers.get(name)
+        if node is None:
+            return None
+        sources = graph.data_inputs(node)
+        if len(sources) != 1:
+            return None
+        if node.op in ("Gemm", "MatMul"):
+            rows = _head_rows(node, graph)
+            if rows is None:
+                return None
+            scale_vector = np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (rows.shape[0],))
+            return _Head(node=node, body_input=sources[0], rows=rows * scale_vector[:, None])
+        if node.op not in _TAIL_OPS or node.body:
+            return None
+        if node.op in ("Mul", "Div"):
+            other = next(n for n in node.inputs if n != sources[0])
+            factor = np.asarray(graph.constant(other), dtype=np.float64)
+            if factor.size > 1 and factor.reshape(-1).size != int(np.prod(graph.shape(node.outputs[0]))):
+                return None
+            factor = factor.reshape(-1) if factor.size > 1 else factor.reshape(())
+            scale = scale * (factor if node.op == "Mul" else 1.0 / factor)
+        if node.op in ("Add", "Sub") and graph.shape(sources[0]) != graph.shape(node.outputs[0]):
+            return None
+        if node.op == "Sub" and node.inputs[0] != sources[0]:
+            scale = -1.0 * np.asarray(scale)
+        name = sources[0]
+
+
+def _head_rows(node: Node, graph: Graph) -> np.ndarray | None:
+    source = graph.data_inputs(node)[0]
+    if len(graph.shape(source)) != 2:
+        return None
+    if node.op == "Gemm":
+        if node.attr("transA", 0) or not graph.is_constant(node.inputs[1]):
+            return None
+        weight = np.asarray(graph.constant(node.inputs[1]), dtype=np.float64)
+        matrix = weight if node.attr("transB", 0) else weight.T
+        return float(node.attr("alpha", 1.0)) * matrix
+    if node.inputs[0] != source or not graph.is_constant(node.inputs[1]):
+        return None
+    weight = np.asarray(graph.constant(node.inputs[1]), dtype=np.float64)
+    return weight.T if weight.ndim == 2 else None
+
+
+# --- the floating-point allowance ----------------------------------------------------------
+
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+FLOAT64_UNIT_ROUNDOFF = 2.0**-53
+# ||t(0)|| is read from a float32 run; its own rounding error is far below this margin.
+_ZERO_INPUT_MARGIN = 1e-3
+
+
+def gamma(terms: int, unit: float = FLOAT32_UNIT_ROUNDOFF) -> float:
+    """gamma_n = n u / (1 - n u): the relative error bound of n rounded operations."""
+    if terms <= 0:
+        return 0.0
+    product = terms * unit
+    return math.inf if product >= 1 else float(np.nextafter(product / (1 - product), np.inf))
+
+
+def float_error_bound(
+    graph: Graph,
+    node_bounds: list[tuple[Node, LayerBound]],
+    bounds: dict[str, float],
+    unit: float = FLOAT32_UNIT_ROUNDOFF,
+) -> tuple[float, float]:
+    """(c, d) with ||f computed in floating point (x) - f(x)||_2 <= c + d ||x||_2, worst case.
+
+    `unit` is the unit roundoff of the arithmetic: 2^-24 for float32, 2^-53 for float64.
+
+    Forward over the graph, for every tensor t: ||t(x)|| <= N_t = ||t(0)|| + L_t ||x||, and
+    the error of the computed t is at most e_t = c_t + d_t ||x||. A node passes on its input
+    error times its Lipschitz bound and adds its own rounding, which may grow with the
+    (computed, so perturbed) sizes of its input and output: all terms are affine in ||x||.
+    The input's own rounding starts it: e_input = 2 u ||x|| (the division of pixels by 255,
+    or the --mean/--std normalisation, and the cast to the model's precision).
+    """
+    errors: dict[str, tuple[float, float]] = {graph.input_name: (0.0, 2 * unit)}
+    for node, layer in node_bounds:
+        sources = graph.data_inputs(node)
+        incoming = _affine_sum(errors[name] for name in sources)
+        propagated = _affine_scale(incoming, layer.factor)
+        local = _rounding_error(graph, node, layer.rounding, sources, incoming, propagated, bounds, unit)
+        total = _affine_sum([propagated, local])
+        outputs = node.outputs[:1] if node.op in _INDEX_OUTPUTS else node.outputs
+        for name in outputs:
+            if name:
+                errors[name] = total
+    return errors[graph.output_name]
+
+
+def _rounding_error(
+    graph: Graph,
+    node: Node,
+    rounding: Rounding,
+    sources: list[str],
+    incoming: tuple[float, float],
+    propagated: tuple[float, float],
+    bounds: dict[str, float],
+    unit: float,
+) -> tuple[float, float]:
+    if rounding.terms == 0:
+        return (0.0, 0.0)
+    g = gamma(rounding.terms, unit)
+    size_in = _affine_sum([*(_norm_bound(graph, name, bounds) for name in sources), incoming])
+    size_out = _affine_sum([_norm_bound(graph, node.outputs[0], bounds), propagated])
+    terms = _affine_sum([
+        _affine_scale(size_in, rounding.input_gain),
+        _affine_scale(size_out, rounding.output_gain),
+        (rounding.offset, 0.0),
+    ])
+    return _affine_scale(terms, g)
+
+
+def _norm_bound(graph: Graph, name: str, bounds: dict[str, float]) -> tuple[float, float]:
+    """N_t = ||t(0)|| + L_t ||x||, per sample."""
+    at_zero = graph.zero_input_values.get(name)
+    if at_zero is None:
+        raise RuntimeError(f"no zero-input value recorded for tensor {name!r}")
+    per_sample = np.asarray(at_zero, dtype=np.float64)[:1]
+    norm = float(np.linalg.norm(per_sample)) * (1 + _ZERO_INPUT_MARGIN)
+    return (norm, bounds[name])
+
+
+def _affine_sum(parts: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    constant, slope = 0.0, 0.0
+    for c, d in parts:
+        constant, slope = add_up(constant, c), add_up(slope, d)
+    return constant, slope
+
+
+def _affine_scale(value: tuple[float, float], factor: float) -> tuple[float, float]:
+    return mul_up(value[0], factor), mul_up(value[1], factor)

@@ -1,0 +1,77 @@
+"""ONNX window geometry: the attributes of Conv, ConvTranspose and pooling made explicit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lipcert.bounds.registry import refuse
+from lipcert.graph import Node
+
+
+@dataclass(frozen=True)
+class Window:
+    """Kernel size, strides, dilations and explicit padding per spatial axis."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+    ceil_mode: bool = False
+
+    @property
+    def has_padding(self) -> bool:
+        return any(self.pads_begin) or any(self.pads_end)
+
+
+def window(node: Node, spatial_input: tuple[int, ...], kernel: tuple[int, ...]) -> Window:
+    """Resolve a node's auto_pad/pads/strides/dilations for inputs of size `spatial_input`."""
+    rank = len(kernel)
+    if len(spatial_input) != rank:
+        raise refuse(node, f"expected {rank} spatial axes but the input has {spatial_input!r}")
+    strides = tuple(int(s) for s in node.attr("strides", [1] * rank))
+    dilations = tuple(int(d) for d in node.attr("dilations", [1] * rank))
+    if len(strides) != rank or len(dilations) != rank or min(strides + dilations) < 1:
+        raise refuse(node, f"unusable strides {strides!r} or dilations {dilations!r}")
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = [int(p) for p in node.attr("pads", [0] * (2 * rank))]
+        if len(pads) != 2 * rank or min(pads) < 0:
+            raise refuse(node, f"unusable pads {pads!r}")
+        begin, end = tuple(pads[:rank]), tuple(pads[rank:])
+    elif auto_pad == "VALID":
+        begin = end = (0,) * rank
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin_list, end_list = [], []
+        for n, k, s, d in zip(spatial_input, kernel, strides, dilations, strict=True):
+            extent = (k - 1) * d + 1
+            total = max((math.ceil(n / s) - 1) * s + extent - n, 0)
+            small, large = total // 2, total - total // 2
+            first, last = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            begin_list.append(first)
+            end_list.append(last)
+        begin, end = tuple(begin_list), tuple(end_list)
+    else:
+        raise refuse(node, f"unknown auto_pad {auto_pad!r}")
+    return Window(
+        kernel=kernel,
+        strides=strides,
+        dilations=dilations,
+        pads_begin=begin,
+        pads_end=end,
+        ceil_mode=bool(node.attr("ceil_mode", 0)),
+    )
+
+
+def max_overlap(win: Window) -> int:
+    """Most windows that can contain one position, whatever the input size.
+
+    Per axis a position lies in at most k windows (one tap each) and in at most
+    ceil(extent / stride) windows (their starts are stride apart); the product over axes.
+    """
+    total = 1
+    for k, s, d in zip(win.kernel, win.strides, win.dilations, strict=True):
+        extent = (k - 1) * d + 1
+        total *= min(k, math.ceil(extent / s))
+    return total

@@ -1,0 +1,104 @@
+"""The table of Lipschitz rules, keyed by op name, failing closed.
+
+A rule maps one graph node to a `LayerBound`: an upper bound of the node's L2 Lipschitz
+constant with respect to its data inputs, the method used, whether that bound is exact, and
+how the bounds of several data inputs combine. An op without a rule is refused with an error
+that names the node and lists the ops lipcert supports: a sample that was not certified must
+never look certified.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lipcert.errors import UnsupportedOpError
+from lipcert.graph import Graph, Node
+
+
+class Combine(enum.Enum):
+    """How the bounds of a node's data inputs give the bound of its output."""
+
+    CHAIN = "chain"  # one data input: output bound = factor * input bound
+    SUM = "sum"  # Add/Sub of branches: factor * sum of the input bounds
+    RSS = "rss"  # Concat and friends: factor * sqrt(sum of squared input bounds)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """Worst-case rounding error a node adds when it runs in floating point, in L2.
+
+    error <= gamma(terms) * (input_gain * ||input|| + output_gain * ||output|| + offset),
+    with gamma(n) = n u / (1 - n u) the classical bound for n rounded operations in a row
+    (Higham, Accuracy and Stability of Numerical Algorithms, section 3.1), valid for any order
+    of summation. For a dot-product layer, terms is the length of the sums and input_gain the
+    norm of the operator with absolute weights, since |fl(w.x) - w.x| <= gamma_n |w|.|x|.
+    terms = 0 means the op is exact in floating point (max, sort, copies, ReLU).
+    """
+
+    terms: int = 0
+    input_gain: float = 0.0
+    output_gain: float = 0.0
+    offset: float = 0.0
+
+
+EXACT = Rounding()
+# Element-wise functions from a math library (tanh, exp, erf...): vectorised kernels are
+# accurate to a few ulps; 64 ulps of the output plus 64 ulps absolute per element is generous.
+LIBRARY_ULPS = 64
+ONE_ROUNDING = Rounding(terms=1, output_gain=1.0)
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """A guaranteed upper bound of a node's L2 Lipschitz constant (`factor`).
+
+    `exact` says the factor equals the true constant of the operation (up to the rounding
+    margin), rather than being an upper bound that may be loose. `rounding` says how much
+    floating-point error the op adds when executed.
+    """
+
+    factor: float
+    method: str
+    exact: bool
+    combine: Combine = Combine.CHAIN
+    rounding: Rounding = EXACT
+
+
+Rule = Callable[[Node, Graph], LayerBound]
+
+_RULES: dict[str, Rule] = {}
+
+
+def rule(*ops: str) -> Callable[[Rule], Rule]:
+    """Register a function as the rule for each of `ops`."""
+
+    def register(function: Rule) -> Rule:
+        for op in ops:
+            if op in _RULES:
+                raise RuntimeError(f"two rules registered for op {op!r}")
+            _RULES[op] = function
+        return function
+
+    return register
+
+
+def supported_ops() -> list[str]:
+    return sorted(_RULES)
+
+
+def bound_node(node: Node, graph: Graph) -> LayerBound:
+    """The rule's bound for `node`, or UnsupportedOpError naming it."""
+    function = _RULES.get(node.op)
+    if function is None:
+        raise UnsupportedOpError(
+            f"node {node.name!r} has op {node.op!r}, which has no sound Lipschitz rule; "
+            f"supported ops: {', '.join(supported_ops())}"
+        )
+    return function(node, graph)
+
+
+def refuse(node: Node, why: str) -> UnsupportedOpError:
+    """The error a rule raises when it knows the op but not this use of it."""
+    return UnsupportedOpError(f"node {node.name!r} ({node.op}): {why}")

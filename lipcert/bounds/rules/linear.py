@@ -1,0 +1,245 @@
+"""Rules for linear layers: Gemm, MatMul, Conv, ConvTranspose, BatchNormalization.
+
+Weights are read from the graph's constants as float64. Conv bounds are taken at the actual
+input size (FFT of the kernel on the padded grid), or by a size-independent method, said in
+the method string, when the model leaves its input size open.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lipcert.bounds import spectral
+from lipcert.bounds.geometry import window
+from lipcert.bounds.numeric import max_abs_up, mul_up
+from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
+from lipcert.graph import Graph, Node
+
+
+def constant_input(node: Node, graph: Graph, index: int, what: str) -> np.ndarray:
+    """Input `index` of `node` as a float64 array; refused when it carries data."""
+    if index >= len(node.inputs) or not node.inputs[index]:
+        raise refuse(node, f"expected a {what} input")
+    name = node.inputs[index]
+    if not graph.is_constant(name):
+        raise refuse(node, f"its {what} {name!r} depends on the input; only constant weights are supported")
+    value = np.asarray(graph.constant(name), dtype=np.float64)
+    if not np.all(np.isfinite(value)):
+        raise refuse(node, f"its {what} {name!r} holds NaN or Inf values")
+    return value
+
+
+def data_input(node: Node, graph: Graph, index: int = 0) -> str:
+    name = node.inputs[index] if index < len(node.inputs) else ""
+    if not name or graph.is_constant(name):
+        raise refuse(node, f"expected input {index} to carry data")
+    return name
+
+
+@rule("Gemm")
+def gemm(node: Node, graph: Graph) -> LayerBound:
+    """Y = alpha * A @ op(B) + beta * C with constant B: |alpha| * ||op(B)||_2, exact."""
+    data_input(node, graph, 0)
+    if node.attr("transA", 0):
+        raise refuse(node, "transA=1 on the data input is not supported")
+    weight = constant_input(node, graph, 1, "weight B")
+    if weight.ndim != 2:
+        raise refuse(node, f"expected a 2-D weight but got shape {weight.shape}")
+    alpha = abs(float(node.attr("alpha", 1.0)))
+    norm = spectral.matrix_norm(weight)
+    bias = _optional(node, graph, 2)
+    beta = abs(float(node.attr("beta", 1.0)))
+    rounding = Rounding(
+        terms=weight.shape[0 if not node.attr("transB", 0) else 1] + 2,
+        input_gain=mul_up(alpha, spectral.matrix_norm(np.abs(weight))),
+        offset=_broadcast_norm(bias, graph.shape(node.outputs[0]), beta),
+    )
+    rounding = with_folded_batchnorm(node, graph, rounding)
+    return LayerBound(mul_up(alpha, norm), "SVD of the weight", exact=True, rounding=rounding)
+
+
+@rule("MatMul")
+def matmul(node: Node, graph: Graph) -> LayerBound:
+    """x @ W or W @ x with constant W: the largest norm of W's matrices, exact.
+
+    A constant W of more than two dimensions is a stack of matrices applied to matching
+    slices of x (block diagonal), so the norm is the largest over the stack.
+    """
+    left, right = node.inputs[0], node.inputs[1]
+    if graph.is_constant(left) == graph.is_constant(right):
+        raise refuse(node, "a product of two data tensors is not Lipschitz; one side must be constant")
+    weight_index = 1 if graph.is_constant(right) else 0
+    weight = constant_input(node, graph, weight_index, "weight")
+    if weight.ndim < 2:
+        weight = weight.reshape(1, -1) if weight_index == 1 else weight.reshape(-1, 1)
+    matrices = weight.reshape(-1, *weight.shape[-2:])
+    norm = max(spectral.matrix_norm(m) for m in matrices)
+    terms = weight.shape[-2] if weight_index == 1 else weight.shape[-1]
+    abs_norm = max(spectral.matrix_norm(np.abs(m)) for m in matrices)
+    rounding = Rounding(terms=int(terms), input_gain=abs_norm)
+    return LayerBound(norm, "SVD of the weight", exact=True, rounding=rounding)
+
+
+def _conv_parts(node: Node, graph: Graph) -> tuple[np.ndarray, tuple[int, ...], int]:
+    source = data_input(node, graph, 0)
+    weight = constant_input(node, graph, 1, "weight")
+    spatial = graph.shape(source)[2:]
+    if weight.ndim - 2 not in (1, 2) or len(spatial) != weight.ndim - 2:
+        raise refuse(node, f"only 1-D and 2-D convolutions are supported (weight {weight.shape})")
+    groups = int(node.attr("group", 1))
+    return weight, spatial, groups
+
+
+@rule("Conv")
+def conv(node: Node, graph: Graph) -> LayerBound:
+    """Conv with zero padding: FFT bound on the padded grid (upper), or size-independent."""
+    weight, spatial, groups = _conv_parts(node, graph)
+    win = window(node, spatial, tuple(weight.shape[2:]))
+    rounding = conv_rounding(node, graph, weight, groups)
+    if not graph.size_known:
+        factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)
+        return LayerBound(factor, SIZE_FREE, exact=False, rounding=rounding)
+    factor = spectral.conv_norm(
+        weight, spatial, win.strides, win.pads_begin, win.pads_end, win.dilations, groups
+    )
+    # The zero-padded operator is a restriction of the circular one: an upper bound.
+    return LayerBound(factor, "FFT of the kernel on the padded grid", exact=False, rounding=rounding)
+
+
+SIZE_FREE = "reshaped kernel norm x sqrt(overlap), any input size"
+
+
+def abs_conv_gain(weight: np.ndarray, groups: int) -> float:
+    """Norm bound of the convolution with |weight|, at any size, padding or stride.
+
+    For a non-negative kernel the circular operator's largest singular value is at frequency
+    zero, where the kernel's taps add up; padding and stride only restrict that operator.
+    """
+    taps = np.abs(weight).sum(axis=tuple(range(2, weight.ndim)))  # (C_out, C_in / groups)
+    blocks = np.split(taps, groups, axis=0)
+    return max(spectral.matrix_norm(block) for block in blocks)
+
+
+def conv_rounding(node: Node, graph: Graph, weight: np.ndarray, groups: int) -> Rounding:
+    """A conv output is a sum of C_in/groups * taps products plus the bias."""
+    bias = _optional(node, graph, 2)
+    out_shape = graph.shape(node.outputs[0])
+    per_channel = int(np.prod(out_shape[2:]))
+    offset = 0.0 if bias is None else mul_up(float(np.linalg.norm(bias)), float(np.sqrt(per_channel)) * (1 + 1e-12))
+    rounding = Rounding(
+        terms=int(np.prod(weight.shape[1:])) + 1,
+        input_gain=abs_conv_gain(weight, groups),
+        offset=offset,
+    )
+    return with_folded_batchnorm(node, graph, rounding)
+
+
+def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Rounding:
+    """Rounding of a layer with a BatchNorm folded in, however the runtime executes it.
+
+    A runtime may run the folded layer, or the original layer then the BatchNorm: the second
+    way rounds the layer's sums (gain max|s| * gain of the original weights) and then the
+    BatchNorm's few operations on its output.
+    """
+    if not node.body or node.body[-1].op != "BatchNormalization":
+        return folded
+    layer, bn = node.body[0], node.body[-1]
+    original = np.asarray(graph.constant(layer.inputs[1]), dtype=np.float64)
+    scale = constant_input(bn, graph, 1, "scale") / np.sqrt(
+        constant_input(bn, graph, 4, "variance") + float(bn.attr("epsilon", 1e-5))
+    )
+    if layer.op == "Conv":
+        gain = abs_conv_gain(original, int(layer.attr("group", 1)))
+    else:
+        gain = mul_up(abs(float(layer.attr("alpha", 1.0))), spectral.matrix_norm(np.abs(original)))
+    shift = np.abs(constant_input(bn, graph, 3, "mean") * scale) + np.abs(constant_input(bn, graph, 2, "bias"))
+    out_shape = graph.shape(node.outputs[0])
+    shift_norm = _broadcast_norm(shift.reshape(-1, *([1] * (len(out_shape) - 2))), out_shape)
+    max_scale = max_abs_up(scale)
+    return Rounding(
+        terms=folded.terms + 4,
+        input_gain=max(folded.input_gain, mul_up(max_scale, gain)),
+        output_gain=1.0,
+        offset=max(folded.offset, mul_up(max_scale, folded.offset)) + shift_norm,
+    )
+
+
+def _optional(node: Node, graph: Graph, index: int) -> np.ndarray | None:
+    if index < len(node.inputs) and node.inputs[index]:
+        return constant_input(node, graph, index, "bias")
+    return None
+
+
+def _broadcast_norm(value: np.ndarray | None, shape: tuple[int, ...], scale: float = 1.0) -> float:
+    """L2 norm of `scale * value` broadcast to `shape`, rounded up."""
+    if value is None:
+        return 0.0
+    full = np.broadcast_to(np.abs(value) * scale, shape)
+    return mul_up(float(np.linalg.norm(full)), 1.0 + 1e-12)
+
+
+@rule("CircularConv")
+def circular_conv(node: Node, graph: Graph) -> LayerBound:
+    """Pad(wrap) + Conv fused: the circular convolution on the input grid, exact."""
+    weight, spatial, groups = _conv_parts(node, graph)
+    win = window(node, spatial, tuple(weight.shape[2:]))
+    rounding = conv_rounding(node, graph, weight, groups)
+    if not graph.size_known:
+        factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)
+        return LayerBound(factor, SIZE_FREE, exact=False, rounding=rounding)
+    factor = spectral.conv_norm(
+        weight,
+        spatial,
+        win.strides,
+        win.pads_begin,
+        win.pads_end,
+        win.dilations,
+        groups,
+        circular=True,
+    )
+    divisible = all(n % s == 0 for n, s in zip(spatial, win.strides, strict=True))
+    return LayerBound(factor, "FFT of the kernel on the circular grid", exact=divisible, rounding=rounding)
+
+
+@rule("ConvTranspose")
+def conv_transpose(node: Node, graph: Graph) -> LayerBound:
+    """The adjoint of the matching Conv: same norm, taken at the output size."""
+    data_input(node, graph, 0)
+    weight = constant_input(node, graph, 1, "weight")
+    if weight.ndim - 2 not in (1, 2):
+        raise refuse(node, f"only 1-D and 2-D transposed convolutions are supported ({weight.shape})")
+    groups = int(node.attr("group", 1))
+    out_spatial = graph.shape(node.outputs[0])[2:]
+    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID") and "pads" not in node.attrs:
+        raise refuse(node, "auto_pad SAME on ConvTranspose is not supported; export explicit pads")
+    win = window(node, out_spatial, tuple(weight.shape[2:]))
+    # Each output sums C_in/groups * taps products: the adjoint's abs gain bounds it too.
+    rounding = conv_rounding(node, graph, weight, groups)
+    if not graph.size_known:
+        factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)
+        return LayerBound(factor, SIZE_FREE, exact=False, rounding=rounding)
+    factor = spectral.conv_transpose_norm(
+        weight, out_spatial, win.strides, win.pads_begin, win.pads_end, win.dilations, groups
+    )
+    return LayerBound(factor, "FFT of the adjoint convolution on the padded grid", exact=False, rounding=rounding)
+
+
+@rule("BatchNormalization")
+def batch_normalization(node: Node, graph: Graph) -> LayerBound:
+    """Inference-mode BatchNorm left unfolded: max |gamma / sqrt(var + eps)|, exact."""
+    data_input(node, graph, 0)
+    if node.attr("training_mode", 0):
+        raise refuse(node, "training-mode BatchNormalization uses batch statistics")
+    scale = constant_input(node, graph, 1, "scale")
+    variance = constant_input(node, graph, 4, "variance")
+    epsilon = float(node.attr("epsilon", 1e-5))
+    if np.any(variance + epsilon <= 0):
+        raise refuse(node, "variance + epsilon is not positive")
+    gains = np.abs(scale) / np.sqrt(variance + epsilon)
+    factor = max_abs_up(gains)
+    mean = constant_input(node, graph, 3, "mean")
+    shift = np.abs(gains * mean) + np.abs(constant_input(node, graph, 2, "bias"))
+    shape = graph.shape(node.outputs[0])
+    per_channel = shift.reshape(-1, *([1] * (len(shape) - 2)))
+    rounding = Rounding(terms=4, input_gain=factor, offset=_broadcast_norm(per_channel, shape))
+    return LayerBound(factor, "max |gamma / sqrt(var + eps)|", exact=True, rounding=rounding)

@@ -1,0 +1,54 @@
+"""Rules for the fused patterns of lipcert.graph.patterns (and SiLU in the activation table)."""
+
+from __future__ import annotations
+
+import math
+
+from lipcert.bounds.geometry import window
+from lipcert.bounds.numeric import mul_up, sqrt_up, up
+from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
+from lipcert.bounds.rules.pooling import overlap
+from lipcert.graph import Graph, Node
+
+
+@rule("GroupSort")
+def group_sort(node: Node, graph: Graph) -> LayerBound:
+    """Sorting within disjoint groups (min/max of pairs, or of slices) is 1-Lipschitz."""
+    return LayerBound(1.0, "sorting within disjoint groups", exact=True)
+
+
+@rule("MaxMin")
+def max_min_activation(node: Node, graph: Graph) -> LayerBound:
+    """(relu(x), relu(-x)) per element is 1-Lipschitz (an isometry on same-sign pairs)."""
+    return LayerBound(1.0, "(relu(x), relu(-x)) per element", exact=True)
+
+
+@rule("L2NormPool")
+def l2_norm_pool(node: Node, graph: Graph) -> LayerBound:
+    """sqrt(c * average of x^2 over each window) = sqrt(c / divisor) * ||window||_2.
+
+    Each window's L2 norm is 1-Lipschitz and a position lies in at most m windows, so the
+    map is sqrt(c / divisor) * sqrt(m)-Lipschitz; the divisor is the kernel size when every
+    window is full (no ceil mode, padding counted or absent), else at least 1.
+    """
+    source = node.inputs[0]
+    spatial = graph.shape(source)[2:]
+    scale = float(node.attr("scale", 1.0))
+    if node.attr("pool_op") == "GlobalAveragePool":
+        divisor, m, how = math.prod(spatial), 1, "one window"
+        if not graph.size_known:
+            raise refuse(node, "global L2 pooling needs a known input size")
+    else:
+        kernel = tuple(int(k) for k in node.attr("kernel_shape", []))
+        win = window(node, spatial, kernel)
+        count_pad = bool(node.attr("count_include_pad", 0))
+        full = not win.ceil_mode and (count_pad or not win.has_padding)
+        divisor = math.prod(kernel) if full else 1
+        m, how = overlap(win, spatial, graph)
+    gain = sqrt_up(up(scale / divisor))
+    method = f"sqrt(c/divisor) = sqrt({scale:g}/{divisor}) times sqrt(m), m = {m} ({how})"
+    factor = mul_up(gain, sqrt_up(m))
+    # squares, a sum of the window, a division, the scaling and a square root
+    window_size = divisor if node.attr("pool_op") == "GlobalAveragePool" else math.prod(kernel)
+    rounding = Rounding(terms=window_size + 8, input_gain=factor)
+    return LayerBound(factor, method, exact=graph.size_known, rounding=rounding)

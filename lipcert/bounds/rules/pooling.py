@@ -1,0 +1,194 @@
+"""Rules for pooling and reductions.
+
+Channels are pooled independently, so a pooling layer's norm is that of one channel's
+operator. Max and norm pooling change one output per window a position belongs to: their
+bound is sqrt(m), m the most windows sharing one position (1 without overlap), which is
+attained, hence exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lipcert.bounds import spectral
+from lipcert.bounds.geometry import Window, max_overlap, window
+from lipcert.bounds.numeric import mul_up, sqrt_up, up
+from lipcert.bounds.registry import LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
+from lipcert.graph import Graph, Node
+
+
+def _pool_window(node: Node, graph: Graph) -> tuple[Window, tuple[int, ...]]:
+    sources = graph.data_inputs(node)
+    if len(sources) != 1:
+        raise refuse(node, "expected one data input")
+    spatial = graph.shape(sources[0])[2:]
+    kernel = tuple(int(k) for k in node.attr("kernel_shape", []))
+    if not kernel:
+        raise refuse(node, "expected a kernel_shape attribute")
+    return window(node, spatial, kernel), spatial
+
+
+def overlap(win: Window, spatial: tuple[int, ...], graph: Graph) -> tuple[int, str]:
+    """m for this window at this input size (or for any size), and how it was found."""
+    if graph.size_known:
+        m = spectral.window_multiplicity(
+            spatial, win.kernel, win.strides, win.pads_begin, win.pads_end, win.dilations,
+            win.ceil_mode,
+        )
+        return m, "windows counted at this input size"
+    return max_overlap(win), "most overlapping windows at any input size"
+
+
+@rule("MaxPool")
+def max_pool(node: Node, graph: Graph) -> LayerBound:
+    win, spatial = _pool_window(node, graph)
+    m, how = overlap(win, spatial, graph)
+    method = "windows do not overlap" if m == 1 else f"sqrt(m), m = {m} ({how})"
+    return LayerBound(sqrt_up(m), method, exact=graph.size_known)
+
+
+@rule("LpPool")
+def lp_pool(node: Node, graph: Graph) -> LayerBound:
+    """The p-norm of each window: sqrt(m) * max(1, k^(1/p - 1/2)) in L2."""
+    win, spatial = _pool_window(node, graph)
+    p = float(node.attr("p", 2))
+    m, how = overlap(win, spatial, graph)
+    window_size = math.prod(win.kernel)
+    gain = _p_norm_gain(p, window_size)
+    factor = mul_up(sqrt_up(m), gain)
+    rounding = Rounding(terms=window_size + LIBRARY_ULPS, input_gain=factor)
+    return LayerBound(factor, f"p-norm of windows, sqrt(m), m = {m} ({how})",
+                      exact=p >= 2.0 and graph.size_known, rounding=rounding)
+
+
+def _p_norm_gain(p: float, size: int) -> float:
+    """sup over v of ||v||_p / ||v||_2 for v of `size` elements."""
+    if p <= 0:
+        raise ValueError(f"expected p > 0 but got {p!r}")
+    if p >= 2.0:
+        return 1.0
+    return up(size ** (1.0 / p - 0.5) * (1.0 + 1e-12))
+
+
+@rule("AveragePool")
+def average_pool(node: Node, graph: Graph) -> LayerBound:
+    win, spatial = _pool_window(node, graph)
+    if any(d != 1 for d in win.dilations):
+        raise refuse(node, "dilated average pooling is not supported")
+    count_pad = bool(node.attr("count_include_pad", 0))
+    if graph.size_known:
+        factor = spectral.avg_pool_norm(
+            spatial, win.kernel, win.strides, win.pads_begin, win.pads_end, win.ceil_mode, count_pad
+        )
+        rounding = Rounding(terms=math.prod(win.kernel) + 1, input_gain=factor)
+        return LayerBound(factor, "SVD of the separable pooling operator", exact=True, rounding=rounding)
+    # Schur test: entries 1/divisor, at most m windows per position, rows sum to at most 1.
+    m = max_overlap(win)
+    full_windows = not win.ceil_mode and (count_pad or not win.has_padding)
+    smallest_divisor = math.prod(win.kernel) if full_windows else 1
+    factor = sqrt_up(up(m / smallest_divisor))
+    rounding = Rounding(terms=math.prod(win.kernel) + 1, input_gain=factor)
+    return LayerBound(factor, "Schur bound sqrt(m / divisor), any input size", exact=False, rounding=rounding)
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(node: Node, graph: Graph) -> LayerBound:
+    source = graph.data_inputs(node)[0]
+    size = math.prod(graph.shape(source)[2:])
+    if not graph.size_known:
+        # The probe's size gives the sum's length; any other size is refused by the runtime
+        # of certify, which always loads the model at the dataset's size.
+        rounding = Rounding(terms=size + 1, input_gain=1.0)
+        return LayerBound(1.0, "1/sqrt(H*W) <= 1, any input size", exact=False, rounding=rounding)
+    factor = up(1.0 / math.sqrt(size))
+    rounding = Rounding(terms=size + 1, input_gain=factor)
+    return LayerBound(factor, "1/sqrt(H*W)", exact=True, rounding=rounding)
+
+
+@rule("GlobalMaxPool")
+def global_max_pool(node: Node, graph: Graph) -> LayerBound:
+    return LayerBound(1.0, "max over one window", exact=True)
+
+
+@rule("GlobalLpPool")
+def global_lp_pool(node: Node, graph: Graph) -> LayerBound:
+    source = graph.data_inputs(node)[0]
+    p = float(node.attr("p", 2))
+    size = math.prod(graph.shape(source)[2:])
+    if p >= 2.0:
+        rounding = Rounding(terms=size + LIBRARY_ULPS, input_gain=1.0)
+        return LayerBound(1.0, "p-norm over one window, p >= 2", exact=True, rounding=rounding)
+    if not graph.size_known:
+        raise refuse(node, "a p < 2 norm over the whole map needs a known input size")
+    factor = _p_norm_gain(p, size)
+    rounding = Rounding(terms=size + LIBRARY_ULPS, input_gain=factor)
+    return LayerBound(factor, "p-norm over one window", exact=True, rounding=rounding)
+
+
+# --- reductions ----------------------------------------------------------------------------
+
+
+def reduced_axes(node: Node, graph: Graph) -> tuple[int, ...]:
+    """The axes a Reduce* node reduces (attribute or, from opset 18, constant input)."""
+    source = graph.data_inputs(node)[0]
+    rank = len(graph.shape(source))
+    if len(node.inputs) > 1 and node.inputs[1]:
+        if not graph.is_constant(node.inputs[1]):
+            raise refuse(node, "the reduced axes depend on the input")
+        axes = [int(a) for a in np.asarray(graph.constant(node.inputs[1])).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attr("axes", [])]
+    if not axes:
+        if node.attr("noop_with_empty_axes", 0):
+            return ()
+        axes = list(range(rank))
+    normalised = tuple(sorted({a % rank for a in axes}))
+    if 0 in normalised:
+        raise refuse(node, "reducing over the batch axis mixes samples")
+    return normalised
+
+
+def _group_size(node: Node, graph: Graph) -> int:
+    source = graph.data_inputs(node)[0]
+    shape = graph.shape(source)
+    return math.prod(shape[a] for a in reduced_axes(node, graph))
+
+
+@rule("ReduceMax", "ReduceMin")
+def reduce_max(node: Node, graph: Graph) -> LayerBound:
+    """Max over disjoint groups: each output moves by at most its group's change."""
+    _group_size(node, graph)
+    return LayerBound(1.0, "max/min over disjoint groups", exact=True)
+
+
+@rule("ReduceL2")
+def reduce_l2(node: Node, graph: Graph) -> LayerBound:
+    size = _group_size(node, graph)
+    rounding = Rounding(terms=size + 2, input_gain=1.0)
+    return LayerBound(1.0, "L2 norm over disjoint groups", exact=True, rounding=rounding)
+
+
+@rule("ReduceLogSumExp")
+def reduce_logsumexp(node: Node, graph: Graph) -> LayerBound:
+    size = _group_size(node, graph)
+    elements = float(np.prod(graph.shape(node.outputs[0])))
+    rounding = Rounding(terms=size + LIBRARY_ULPS, output_gain=1.0, offset=sqrt_up(elements))
+    return LayerBound(1.0, "gradient is a softmax, of L2 norm <= 1", exact=False, rounding=rounding)
+
+
+@rule("ReduceMean")
+def reduce_mean(node: Node, graph: Graph) -> LayerBound:
+    size = _group_size(node, graph)
+    factor = up(1.0 / math.sqrt(size))
+    rounding = Rounding(terms=size + 1, input_gain=factor)
+    return LayerBound(factor, f"1/sqrt(group size {size})", exact=True, rounding=rounding)
+
+
+@rule("ReduceSum", "ReduceL1")
+def reduce_sum(node: Node, graph: Graph) -> LayerBound:
+    size = _group_size(node, graph)
+    factor = sqrt_up(size)
+    return LayerBound(factor, f"sqrt(group size {size})", exact=True,
+                      rounding=Rounding(terms=size, input_gain=factor))

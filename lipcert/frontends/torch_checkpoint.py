@@ -1,0 +1,335 @@
+"""PyTorch front-end: a checkpoint into the internal graph.
+
+Safe formats: safetensors, or a state_dict saved with torch.save and read with
+weights_only=True, built into a module by `--arch package.module:factory` (or
+`path/to/file.py:factory`). Formats that can run code when read (a pickled module, TorchScript,
+a torch.export `.pt2`) are read only with `--trust-model`.
+
+The module is put in eval mode, its parametrizations (spectral norm, Björck, deel-torchlip's
+normalisations) are evaluated once into plain weights, and it is exported to ONNX in memory.
+That export goes through the same ONNX front-end, so bounds are computed on one kind of graph;
+it is checked against the module's own outputs before anything is certified with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import sys
+import warnings
+import zipfile
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipcert.errors import ModelLoadError, UnsafeModelError, UsageError
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.model import LoadedModel, LoadOptions, check_sample_shape, parse_input_shape
+
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+_EXPORT_OPSET = 18
+# The export must reproduce the module: logits may differ by float32 reassociation only.
+_EXPORT_TOLERANCE = 1e-4
+
+_TRUST_HINT = (
+    "pass --trust-model only if you trust the file's author, or save a state_dict "
+    "(torch.save(model.state_dict(), ...)) or a safetensors file and pass --arch"
+)
+
+
+def load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
+    """Read a PyTorch checkpoint into a LoadedModel (graph for bounds, ONNX for the runtime)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"no model file at {str(path)!r}")
+    module, metadata = _read_module(path, options)
+    module.eval()
+    _materialise_parametrizations(module)
+    input_shape = options.input_shape or _shape_from_metadata(metadata, path)
+    if input_shape is None:
+        raise UsageError(f"a PyTorch checkpoint does not record its input shape: pass --input-shape C,H,W for {str(path)!r}")
+    with torch.no_grad():
+        proto = _export(module, input_shape, path)
+        _check_export(module, proto, input_shape, path)
+    import onnx
+
+    loaded = load_from_proto(
+        onnx.load_from_string(proto),
+        LoadOptions(input_shape=input_shape),
+        source=str(path),
+        fmt="pytorch",
+    )
+    loaded.torch_module = module
+    loaded.metadata = metadata
+    return loaded
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _read_module(path: Path, options: LoadOptions) -> tuple[Any, dict[str, str]]:
+    kind = checkpoint_kind(path)
+    if kind == "safetensors":
+        state, metadata = _read_safetensors(path)
+        return _build(options.arch, state, path), metadata
+    if kind in ("torchscript", "exported_program"):
+        if not options.trust_model:
+            what = "TorchScript archive" if kind == "torchscript" else "torch.export program"
+            raise UnsafeModelError(
+                f"{str(path)!r} is a {what}, which can run code when loaded; {_TRUST_HINT}"
+            )
+        return _read_trusted_program(path, kind), {}
+    state_or_module = _read_pickle(path, options.trust_model)
+    import torch
+
+    if isinstance(state_or_module, torch.nn.Module):
+        if options.arch is not None:
+            raise UsageError(f"{str(path)!r} holds a whole module; --arch is for state_dicts")
+        return state_or_module, {}
+    return _build(options.arch, _state_dict(state_or_module, path), path), {}
+
+
+def checkpoint_kind(path: Path) -> str:
+    """safetensors, torchscript, exported_program, zip (torch.save) or pickle (legacy)."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            raise ModelLoadError(f"{str(path)!r} looks like a zip archive but cannot be read") from None
+        if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names):
+            return "exported_program"
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    raise ModelLoadError(
+        f"{str(path)!r} is not a PyTorch checkpoint (safetensors, torch.save zip or pickle)"
+    )
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():  # noqa: SIM118 (safe_open has keys() but no iteration)
+                tensors[key] = handle.get_tensor(key)
+    except Exception as exc:
+        raise ModelLoadError(f"{str(path)!r} is not a readable safetensors file: {exc}") from None
+    return tensors, metadata
+
+
+def _read_pickle(path: Path, trust_model: bool) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trust_model:
+            raise UnsafeModelError(
+                f"{str(path)!r} holds pickled Python objects beyond tensors (a whole module?), "
+                f"which can run code when loaded; {_TRUST_HINT}"
+            ) from None
+    except Exception as exc:
+        raise ModelLoadError(f"{str(path)!r} is not a readable PyTorch checkpoint: {exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _read_trusted_program(path: Path, kind: str) -> Any:
+    import torch
+
+    try:
+        if kind == "torchscript":
+            return torch.jit.load(str(path), map_location="cpu")
+        return torch.export.load(str(path)).module()
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
+    import torch
+
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in _STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+    raise ModelLoadError(
+        f"{str(path)!r} holds neither a state_dict nor a module (found {type(obj).__name__}); "
+        f"expected a dict of tensors, possibly under one of {list(_STATE_DICT_KEYS)!r}"
+    )
+
+
+def _build(arch: str | None, state: dict[str, Any], path: Path) -> Any:
+    if arch is None:
+        raise UsageError(
+            f"{str(path)!r} holds weights only: pass --arch package.module:factory (or "
+            "path/to/file.py:factory) naming a function that builds the module"
+        )
+    factory = resolve_arch(arch)
+    try:
+        module = factory()
+    except Exception as exc:
+        raise ModelLoadError(f"--arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}") from None
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"--arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module")
+    state = _strip_prefix(state, module)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ModelLoadError(f"the weights of {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
+    return module
+
+
+def _strip_prefix(state: dict[str, Any], module: Any) -> dict[str, Any]:
+    """Drop a 'module.' prefix left by DataParallel when the module has none."""
+    expected = set(module.state_dict())
+    if set(state) == expected:
+        return state
+    for prefix in ("module.", "model."):
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if len(stripped) == len(state) and set(stripped) == expected:
+            return stripped
+    return state
+
+
+def resolve_arch(arch: str) -> Any:
+    """The factory named by 'package.module:factory' or 'path/to/file.py:factory'."""
+    target, _, attribute = arch.rpartition(":")
+    if not target or not attribute:
+        raise UsageError(f"expected --arch like package.module:factory but got {arch!r}")
+    try:
+        if target.endswith(".py"):
+            file = Path(target)
+            if not file.is_file():
+                raise UsageError(f"--arch names {target!r}, which is not a file")
+            spec = importlib.util.spec_from_file_location(f"lipcert_arch_{file.stem}", file)
+            if spec is None or spec.loader is None:
+                raise UsageError(f"cannot import {target!r}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(target)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot import {target!r} for --arch: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise UsageError(f"--arch {arch!r}: {target!r} has no callable {attribute!r}")
+    return factory
+
+
+def _shape_from_metadata(metadata: dict[str, str], path: Path) -> tuple[int, ...] | None:
+    text = metadata.get("input_shape")
+    if text is None:
+        return None
+    try:
+        return parse_input_shape(text)
+    except UsageError:
+        raise ModelLoadError(f"{str(path)!r} records an unusable input_shape {text!r}") from None
+
+
+# --- plain weights, export and its check ---------------------------------------------------
+
+
+def _materialise_parametrizations(module: Any) -> None:
+    """Evaluate every weight parametrization once, in eval mode, into a plain parameter.
+
+    Certificates must hold for the weights the model computes with at inference, so they are
+    taken as they are, not as the constraint the layer claims.
+    """
+    import torch
+    from torch.nn.utils import parametrize
+
+    for submodule in module.modules():
+        if parametrize.is_parametrized(submodule):
+            for name in list(submodule.parametrizations.keys()):
+                parametrize.remove_parametrizations(submodule, name, leave_parametrized=True)
+        for hook in list(getattr(submodule, "_forward_pre_hooks", {}).values()):
+            if type(hook).__name__ == "SpectralNorm":
+                torch.nn.utils.remove_spectral_norm(submodule, name=hook.name)
+
+
+def _export(module: Any, input_shape: tuple[int, ...], path: Path) -> bytes:
+    import torch
+
+    check_sample_shape(input_shape, what="--input-shape")
+    example = torch.zeros((1, *input_shape))
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=_EXPORT_OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot trace the module of {str(path)!r} at input shape {input_shape}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        ) from None
+    return buffer.getvalue()
+
+
+def _check_export(module: Any, proto: bytes, input_shape: tuple[int, ...], path: Path) -> None:
+    """The exported graph must compute what the module computes."""
+    import onnxruntime as ort
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand((4, *input_shape), generator=generator)
+    expected = module(example)
+    if isinstance(expected, (tuple, list)):
+        expected = expected[0]
+    expected = expected.detach().double().numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": example.numpy()})[0].astype(np.float64)
+    if got.shape != expected.shape:
+        raise ModelLoadError(
+            f"the ONNX export of {str(path)!r} gives outputs of shape {got.shape}, the module {expected.shape}"
+        )
+    scale = max(float(np.max(np.abs(expected))), 1.0)
+    error = float(np.max(np.abs(got - expected)))
+    if not error <= _EXPORT_TOLERANCE * scale:
+        raise ModelLoadError(
+            f"the ONNX export of {str(path)!r} disagrees with the module (max difference "
+            f"{error:.3g}); lipcert cannot certify a graph that is not the model"
+        )

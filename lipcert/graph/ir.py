@@ -1,0 +1,112 @@
+"""The internal graph: the data path of a model, with constant weights and static shapes.
+
+Both front-ends (ONNX files and PyTorch checkpoints) produce a `Graph`; nothing downstream
+knows which file format a model came from. Ops and attributes follow ONNX names and
+semantics, so that one table of bound rules serves every format.
+
+Conventions:
+- Every data tensor has a static shape with a leading batch axis of size `batch_size`: 1,
+  unless the model fixes another batch size (its samples are still processed independently,
+  which the rules check where an op could mix them).
+- Shape arithmetic (Shape, Gather, Concat of int64, ...) has been folded into constants: the
+  nodes left are the ones that carry data from the model input to the logits.
+- Constant tensors keep the dtype of the file; bound rules convert weights to float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Node:
+    """One operation on the data path.
+
+    `body` is empty for an ordinary op. A fused pattern (GroupSort, L2-norm pooling, ...) keeps
+    the original nodes it replaced in `body`: executing the body reproduces the model exactly,
+    while the bound rule for the fused op uses what the pattern proves as a whole.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    body: tuple[Node, ...] = ()
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+
+@dataclass
+class Graph:
+    """A model's data path from its input to the logits, at one static input shape."""
+
+    input_name: str
+    output_name: str
+    nodes: list[Node]
+    constants: dict[str, np.ndarray]
+    shapes: dict[str, tuple[int, ...]]
+    size_known: bool = True
+    batch_size: int = 1
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+    # Values of the data tensors at a zero input (float64), when the front-end computed them.
+    zero_input_values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, without the batch axis."""
+        return self.shapes[self.input_name][1:]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.shapes[self.output_name][1:]
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.constants
+
+    def constant(self, name: str) -> np.ndarray:
+        return self.constants[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes[name]
+
+    def data_inputs(self, node: Node) -> list[str]:
+        """The inputs of a node that carry data (neither constant nor absent)."""
+        return [name for name in node.inputs if name and name not in self.constants]
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for name in node.inputs:
+                users.setdefault(name, []).append(node)
+        return users
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def prune(self) -> None:
+        """Drop the nodes that do not lead to the output, and unused constants."""
+        needed = {self.output_name}
+        kept: list[Node] = []
+        for node in reversed(self.nodes):
+            if any(out in needed for out in node.outputs):
+                kept.append(node)
+                needed.update(name for inner in _flatten(node) for name in inner.inputs if name)
+        self.nodes = kept[::-1]
+        self.constants = {k: v for k, v in self.constants.items() if k in needed}
+
+
+def _flatten(node: Node) -> Iterator[Node]:
+    """A node and, for a fused node, the nodes of its body."""
+    yield node
+    for inner in node.body:
+        yield from _flatten(inner)
