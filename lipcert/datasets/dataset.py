@@ -66,18 +66,20 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(start index, float32 pixels in [0, 1], int64 labels) for consecutive batches.
+    def batches(
+        self, batch_size: int, dtype: type[np.floating] = np.float32
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(start index, pixels in [0, 1] of `dtype`, int64 labels) for consecutive batches.
 
-        uint8 pixels are divided by 255 in float32 (correctly rounded), one batch at a
-        time, so the dataset is never held as float all at once. Every yielded array is a
-        fresh copy the caller may modify.
+        uint8 pixels are divided by 255 in `dtype` (float32 or float64, correctly rounded),
+        one batch at a time, so the dataset is never held as float all at once. Every
+        yielded array is a fresh copy the caller may modify.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"expected a batch size >= 1 but got {batch_size!r}")
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            pixels = self.images[start:stop].astype(np.float32)
+            pixels = self.images[start:stop].astype(dtype)
             if self.images.dtype == np.uint8:
-                pixels /= np.float32(255)
+                pixels /= dtype(255)
             yield start, pixels, self.labels[start:stop].copy()

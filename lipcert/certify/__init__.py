@@ -1,0 +1,1 @@
+"""Certificates from logits and a certificate spec: radii, metrics, gates."""

@@ -1,0 +1,233 @@
+"""The `lipcert` command line: parse, call the library, render, map errors to exit codes.
+
+No maths here. Tables go to stderr, JSON to stdout, and every lipcert error becomes one line
+`ErrorType: message` on stderr with exit code 2 (usage, model or data) or 1 (a check failed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from lipcert import __version__
+from lipcert.errors import ExitCode, LipcertError
+
+app = typer.Typer(
+    name="lipcert",
+    help="Robustness certificates for 1-Lipschitz neural networks: sound Lipschitz bounds, "
+    "certified radii, certified accuracy and CI gates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+stderr = Console(stderr=True)
+
+ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a PyTorch checkpoint.", show_default=False)]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option("--input-shape", help="Per-sample input shape C,H,W; taken from the model when it is fixed."),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option("--arch", help="package.module:factory (or file.py:factory) building the module for a state_dict or safetensors checkpoint."),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-model", help="Allow formats that can run code when loaded (pickled modules, TorchScript, .pt2)."),
+]
+TracebackOpt = Annotated[bool, typer.Option("--traceback", help="Show the full traceback of an error.")]
+
+
+@contextmanager
+def reported_errors(show_traceback: bool) -> Iterator[None]:
+    """Turn lipcert errors into one line on stderr and their exit code."""
+    try:
+        yield
+    except LipcertError as exc:
+        _fail(exc, int(exc.exit_code), show_traceback)
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        stderr.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        _fail(exc, int(ExitCode.USAGE_OR_INPUT), show_traceback, hint=" (run with --traceback for details)")
+
+
+def _fail(exc: BaseException, code: int, show_traceback: bool, hint: str = "") -> NoReturn:
+    if show_traceback:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    stderr.print(f"{type(exc).__name__}: {exc}{hint}", markup=False, highlight=False)
+    raise typer.Exit(code) from None
+
+
+def _load(model: Path, input_shape: str | None, arch: str | None, trust_model: bool) -> Any:
+    from lipcert.frontends import load_model
+    from lipcert.model import LoadOptions, parse_input_shape
+
+    options = LoadOptions(input_shape=parse_input_shape(input_shape), arch=arch, trust_model=trust_model)
+    return load_model(model, options)
+
+
+def _emit_json(payload: dict[str, Any]) -> None:
+    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
+
+
+@app.command()
+def verify(
+    model: ModelArg,
+    input_shape: InputShapeOpt = None,
+    arch: ArchOpt = None,
+    trust_model: TrustOpt = False,
+    expect: Annotated[float, typer.Option(help="The Lipschitz constant the model should have.")] = 1.0,
+    tol: Annotated[float, typer.Option(help="Relative tolerance on --expect.")] = 1e-4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object on stdout.")] = False,
+    empirical: Annotated[
+        bool,
+        typer.Option("--empirical", help="Also search a lower bound by gradient ascent (shows tightness; never certifies)."),
+    ] = False,
+    show_traceback: TracebackOpt = False,
+) -> None:
+    """Compute a guaranteed Lipschitz bound of MODEL, layer by layer.
+
+    Exit 0 when the logit vector's bound is at most EXPECT * (1 + TOL), 1 when above,
+    2 on usage, load or unsupported-op errors.
+    """
+    from lipcert.bounds.compose import analyse
+    from lipcert.errors import UsageError
+    from lipcert.reports import verify_report
+
+    with reported_errors(show_traceback):
+        if not expect > 0 or not tol >= 0:
+            raise UsageError(f"expected --expect > 0 and --tol >= 0 but got {expect!r} and {tol!r}")
+        loaded = _load(model, input_shape, arch, trust_model)
+        analysis = analyse(loaded.graph)
+        lower = None
+        if empirical:
+            from lipcert.empirical import empirical_lower_bound
+
+            with stderr.status("searching an empirical lower bound..."):
+                lower = empirical_lower_bound(loaded.graph)
+        result = verify_report.verdict(analysis.spec, expect, tol)
+        if as_json:
+            _emit_json(verify_report.to_json(loaded, analysis, result, lower))
+        else:
+            verify_report.render(stderr, loaded, analysis, result, lower)
+    raise typer.Exit(int(ExitCode.PASSED if result.passed else ExitCode.CHECK_FAILED))
+
+
+@app.command()
+def certify(
+    model: ModelArg,
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="cifar10, cifar100, mnist, fashion-mnist, or an .npz file with arrays x and y.", show_default=False)
+    ],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Certify only the first N samples.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per inference batch [default: 256].")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads [default: all cores].")] = None,
+    eps: Annotated[
+        str | None, typer.Option(help="Radii for certified accuracy, e.g. 36/255,72/255 [default: 36/255,72/255,108/255,1].")
+    ] = None,
+    mean: Annotated[str | None, typer.Option(help="Per-channel mean subtracted before the model (part of the certified function).")] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std the input is divided by (part of the certified function).")] = None,
+    certificate: Annotated[
+        str | None, typer.Option(help="auto, pairwise (needs a linear head) or global [default: auto].")
+    ] = None,
+    margins: Annotated[
+        str,
+        typer.Option(help="float32: onnxruntime and a worst-case rounding allowance (fast); float64: the graph in "
+                     "float64, a negligible allowance, tighter radii (about 5x slower)."),
+    ] = "float32",
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per sample to this CSV file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")] = False,
+    min_certified_accuracy: Annotated[
+        float | None, typer.Option("--min-certified-accuracy", help="Gate: exit 1 when certified accuracy at --gate-eps is below this.")
+    ] = None,
+    gate_eps: Annotated[str | None, typer.Option("--gate-eps", help="The eps of the certified-accuracy gate [default: the first --eps].")] = None,
+    min_accuracy: Annotated[float | None, typer.Option("--min-accuracy", help="Gate: exit 1 when clean accuracy is below this.")] = None,
+    min_mcr: Annotated[float | None, typer.Option("--min-mcr", help="Gate: exit 1 when the MCR is below this.")] = None,
+    input_shape: InputShapeOpt = None,
+    arch: ArchOpt = None,
+    trust_model: TrustOpt = False,
+    show_traceback: TracebackOpt = False,
+) -> None:
+    """Certify every sample of a dataset: radii, certified accuracy, MCR, and CI gates.
+
+    Exit 0 when every gate passes (or none is set), 1 when a gate fails, 2 on usage, model
+    or data errors. Gate defaults may come from [tool.lipcert] in ./pyproject.toml.
+    """
+    from lipcert.certify.command import CertifyRequest, run_certify
+
+    with reported_errors(show_traceback):
+        request = CertifyRequest(
+            model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit,
+            batch_size=batch_size, threads=threads, eps=eps, mean=mean, std=std,
+            certificate=certificate, csv_path=csv_path, min_certified_accuracy=min_certified_accuracy,
+            gate_eps=gate_eps, min_accuracy=min_accuracy, min_mcr=min_mcr, input_shape=input_shape,
+            arch=arch, trust_model=trust_model, margins=margins,
+        )
+        outcome = run_certify(request, console=None if quiet else stderr)
+        if as_json:
+            _emit_json(outcome.json)
+        failed = [gate for gate in outcome.gates if not gate.passed]
+        if failed:
+            from lipcert.errors import GateError
+
+            raise GateError("; ".join(gate.message() for gate in failed))
+    raise typer.Exit(int(ExitCode.PASSED))
+
+
+@app.command()
+def datasets(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Also search this folder.")] = None,
+    show_traceback: TracebackOpt = False,
+) -> None:
+    """List the named datasets lipcert can find, and where."""
+    from rich.table import Table
+
+    from lipcert.datasets import dataset_locations
+
+    with reported_errors(show_traceback):
+        table = Table(title="datasets")
+        for column in ("name", "split", "format", "path"):
+            table.add_column(column)
+        for location in dataset_locations(data_dir):
+            found = location.path is not None
+            table.add_row(
+                location.name,
+                location.split,
+                location.format or "-",
+                str(location.path) if found else f"[dim]not found ({len(location.searched)} places searched)[/]",
+            )
+        Console().print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lipcert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Robustness certificates for 1-Lipschitz neural networks."""
+
+
+def main() -> None:
+    app()

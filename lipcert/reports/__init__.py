@@ -1,0 +1,1 @@
+"""Terminal tables, JSON objects and files written from lipcert's results."""

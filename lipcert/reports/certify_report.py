@@ -1,0 +1,196 @@
+"""The report of `lipcert certify`: terminal tables, JSON summary, per-sample CSV, Markdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from lipcert.certify.gates import Gate
+from lipcert.certify.pipeline import STATUS_NAMES, CertifyResult, Preprocessing
+from lipcert.certify.radii import Method, Status
+from lipcert.datasets import Dataset
+from lipcert.reports.format import bound_text
+
+CSV_COLUMNS = (
+    "index", "label", "prediction", "correct", "margin", "radius", "signed_radius", "runner_up", "status",
+)
+
+_METHOD_TEXT = {
+    Method.PAIRWISE: "pairwise: (f_p - f_j) / (||w_p - w_j|| L_body), min over j",
+    Method.GLOBAL: "global: (top1 - top2) / (sqrt(2) L)",
+    Method.BINARY: "binary: |f| / L",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the report says about where the numbers come from."""
+
+    model: str
+    dataset: Dataset
+    preprocessing: Preprocessing | None
+    notes: tuple[str, ...]
+    precision: str = "float32"
+
+
+def input_space(context: Context) -> str:
+    text = "pixels scaled to [0, 1]"
+    if context.preprocessing is not None:
+        text += " (the certified function includes --mean/--std normalisation)"
+    return text
+
+
+def render(console: Console, context: Context, result: CertifyResult, gates: list[Gate]) -> None:
+    summary = result.summary
+    spec = result.spec
+    dataset = context.dataset
+    console.print(
+        f"[bold]{context.model}[/] on [bold]{dataset.name}[/] ({dataset.split}, {summary.n} samples, "
+        f"{dataset.source})",
+        highlight=False,
+    )
+    head = Table(show_header=False, box=None)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("certificate", _METHOD_TEXT[result.certificates.method])
+    head.add_row("Lipschitz bound", f"{bound_text(spec.lipschitz_bound)} (logit vector, L2)")
+    head.add_row("radii in", input_space(context))
+    head.add_row(
+        "margins",
+        f"{context.precision}; rounding allowance up to {np.max(result.allowance, initial=0):.3g} on the "
+        "logits (worst-case bound, taken off every margin)",
+    )
+    head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
+    head.add_row("MCR", f"{summary.mcr:.4f} (mean signed radius)")
+    head.add_row("radius", f"mean {summary.mean_radius:.4f}, median {summary.median_radius:.4f}")
+    if summary.ties or summary.non_finite or summary.within_allowance:
+        head.add_row(
+            "not certified",
+            f"{summary.ties} ties, {summary.non_finite} NaN/Inf logits, "
+            f"{summary.within_allowance} margins within the float allowance",
+        )
+    head.add_row("time", f"{result.seconds:.2f} s ({summary.n / max(result.seconds, 1e-9):.0f} samples/s)")
+    console.print(head)
+    for note in context.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+    table = Table(title="certified accuracy (correct and radius > eps)")
+    table.add_column("eps", justify="right")
+    table.add_column("value", justify="right")
+    table.add_column("certified accuracy", justify="right")
+    for eps, value in summary.certified_accuracy:
+        table.add_row(eps.label, f"{eps.value:.5g}", f"{value:.4f}")
+    console.print(table)
+
+    classes = Table(title="per class")
+    classes.add_column("class")
+    classes.add_column("n", justify="right")
+    classes.add_column("accuracy", justify="right")
+    for eps, _ in summary.certified_accuracy:
+        classes.add_column(f"cert@{eps.label}", justify="right")
+    classes.add_column("MCR", justify="right")
+    for row in summary.per_class:
+        name = f"{row.label} {row.name}" if row.name else str(row.label)
+        classes.add_row(name, str(row.n), f"{row.accuracy:.3f}",
+                        *(f"{v:.3f}" for v in row.certified_accuracy), f"{row.mcr:.3f}")
+    console.print(classes)
+    for gate in gates:
+        style = "green" if gate.passed else "red"
+        console.print(f"[{style}]{'PASSED' if gate.passed else 'FAILED'}[/]: {gate.message()}", highlight=False)
+
+
+def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[str, Any]:
+    summary = result.summary
+    spec = result.spec
+    dataset = context.dataset
+    return {
+        "model": context.model,
+        "dataset": {"name": dataset.name, "split": dataset.split, "source": dataset.source, "n": summary.n},
+        "n": summary.n,
+        "accuracy": summary.accuracy,
+        "mcr": summary.mcr,
+        "mean_radius": summary.mean_radius,
+        "median_radius": summary.median_radius,
+        "certified_accuracy": [
+            {"eps": eps.value, "label": eps.label, "value": value} for eps, value in summary.certified_accuracy
+        ],
+        "lipschitz_bound": spec.lipschitz_bound,
+        "certificate": result.certificates.method.value,
+        "input_space": input_space(context),
+        "fp_allowance": {
+            "precision": context.precision,
+            "constant": spec.fp_error_constant,
+            "slope": spec.fp_error_slope,
+            "max": float(np.max(result.allowance, initial=0.0)),
+        },
+        "not_certified": {
+            "ties": summary.ties,
+            "non_finite": summary.non_finite,
+            "within_allowance": summary.within_allowance,
+        },
+        "per_class": [
+            {
+                "label": row.label,
+                "name": row.name,
+                "n": row.n,
+                "accuracy": row.accuracy,
+                "certified_accuracy": list(row.certified_accuracy),
+                "mcr": row.mcr,
+            }
+            for row in summary.per_class
+        ],
+        "gates": [
+            {"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed} for g in gates
+        ],
+        "notes": list(context.notes),
+        "seconds": result.seconds,
+        "passed": all(g.passed for g in gates),
+    }
+
+
+def write_csv(handle: IO[str], result: CertifyResult) -> None:
+    """One row per sample, columns CSV_COLUMNS."""
+    import pandas as pd
+
+    certificates = result.certificates
+    correct = certificates.prediction == result.labels
+    frame = pd.DataFrame(
+        {
+            "index": np.arange(len(result.labels)),
+            "label": result.labels,
+            "prediction": certificates.prediction,
+            "correct": correct,
+            "margin": certificates.margin,
+            "radius": certificates.radius,
+            "signed_radius": np.where(correct, certificates.radius, -certificates.radius),
+            "runner_up": certificates.runner_up,
+            "status": [STATUS_NAMES[Status(s)] for s in certificates.status],
+        },
+        columns=list(CSV_COLUMNS),
+    )
+    frame.to_csv(handle, index=False, float_format="%.9g")
+
+
+def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
+    """A summary for $GITHUB_STEP_SUMMARY."""
+    summary = result.summary
+    lines = [
+        f"### lipcert certify: `{context.model}` on {context.dataset.name} ({summary.n} samples)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| clean accuracy | {summary.accuracy:.4f} |",
+        f"| MCR | {summary.mcr:.4f} |",
+        f"| Lipschitz bound | {bound_text(result.spec.lipschitz_bound)} |",
+        f"| certificate | {result.certificates.method.value} |",
+    ]
+    for eps, value in summary.certified_accuracy:
+        lines.append(f"| certified accuracy at eps={eps.label} | {value:.4f} |")
+    for gate in gates:
+        mark = "passed" if gate.passed else "**FAILED**"
+        lines.append(f"| gate: {gate.name} >= {gate.threshold:g} | {gate.value:.4f} ({mark}) |")
+    return "\n".join(lines) + "\n\n"
