@@ -66,7 +66,9 @@ def reported_errors(show_traceback: bool) -> Iterator[None]:
 def _fail(exc: BaseException, code: int, show_traceback: bool, hint: str = "") -> NoReturn:
     if show_traceback:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    stderr.print(f"{type(exc).__name__}: {exc}{hint}", markup=False, highlight=False)
+    # Plain text, never wrapped: one line whatever the terminal's width.
+    message = " ".join(f"{type(exc).__name__}: {exc}{hint}".split("\n"))
+    sys.stderr.write(message + "\n")
     raise typer.Exit(code) from None
 
 

@@ -61,9 +61,9 @@ class CertifyOutcome:
 def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutcome:
     """Load, certify, write the CSV and the CI summary, evaluate the gates."""
     config = load_config()
-    eps_list = parse_eps_list(request.eps or config.get("eps") or DEFAULT_EPS)
-    gate_eps = _gate_eps(request.gate_eps or config.get("gate_eps"), eps_list)
-    batch_size = request.batch_size or config.get("batch_size") or DEFAULT_BATCH_SIZE
+    eps_list = parse_eps_list(_first_given(request.eps, config.get("eps"), DEFAULT_EPS))
+    gate_eps = _gate_eps(_first_given(request.gate_eps, config.get("gate_eps"), None), eps_list)
+    batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
     if batch_size < 1 or (request.threads is not None and request.threads < 1):
         raise UsageError(f"expected --batch-size >= 1 and --threads >= 1 but got {batch_size!r}, {request.threads!r}")
     thresholds = {
@@ -74,7 +74,7 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     dataset = load_dataset(request.dataset, split=request.split, data_dir=request.data_dir, limit=request.limit)
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
-    method = choose_method(analysis.spec, request.certificate or config.get("certificate") or "auto")
+    method = choose_method(analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto"))
     preprocessing = parse_preprocessing(request.mean, request.std, dataset.images.shape[1])
     evaluator: OnnxRuntimeEvaluator | Float64Evaluator = OnnxRuntimeEvaluator(loaded, threads=request.threads)
     spec = analysis.spec
@@ -97,6 +97,11 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     if console is not None:
         certify_report.render(console, context, result, gates)
     return CertifyOutcome(result, gates, certify_report.to_json(context, result, gates))
+
+
+def _first_given(*values: Any) -> Any:
+    """The first value that is not None (0 or "" is a value, not a default)."""
+    return next((v for v in values if v is not None), None)
 
 
 def _pick(value: float | None, config: dict[str, Any], key: str) -> float | None:

@@ -172,7 +172,8 @@ def write_csv(handle: IO[str], result: CertifyResult) -> None:
         },
         columns=list(CSV_COLUMNS),
     )
-    frame.to_csv(handle, index=False, float_format="%.9g")
+    # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
+    frame.to_csv(handle, index=False)
 
 
 def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
