@@ -192,6 +192,54 @@ def certify(
 
 
 @app.command()
+def attack(
+    model: ModelArg,
+    dataset: Annotated[str, typer.Option("--dataset", help="A dataset name or an .npz file, as for certify.", show_default=False)],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Attack the first N samples [default: 200].")] = None,
+    steps: Annotated[int, typer.Option(help="Gradient steps per attack.")] = 40,
+    restarts: Annotated[int, typer.Option(help="Random restarts per attack (the first starts at x).")] = 4,
+    no_distance: Annotated[bool, typer.Option("--no-distance", help="Skip the search for the smallest adversarial distance.")] = False,
+    mean: Annotated[str | None, typer.Option(help="As for certify.")] = None,
+    std: Annotated[str | None, typer.Option(help="As for certify.")] = None,
+    certificate: Annotated[str | None, typer.Option(help="As for certify.")] = None,
+    margins: Annotated[str, typer.Option(help="As for certify.")] = "float32",
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="One row per sample: radius, adversarial distance, ratio, violation.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")] = False,
+    input_shape: InputShapeOpt = None,
+    arch: ArchOpt = None,
+    trust_model: TrustOpt = False,
+    show_traceback: TracebackOpt = False,
+) -> None:
+    """Attack the certificates: an L2 attack inside each certified radius must fail.
+
+    Exit 1 when any decision changes inside a certified radius (an unsound certificate),
+    0 otherwise. Also reports the smallest adversarial distance found against the radius.
+    """
+    from lipcert.attack import AttackSettings
+    from lipcert.certify.command import CertifyRequest
+    from lipcert.certify.validate import run_attack
+
+    with reported_errors(show_traceback):
+        request = CertifyRequest(
+            model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit, mean=mean, std=std,
+            certificate=certificate, margins=margins, csv_path=csv_path, input_shape=input_shape, arch=arch,
+            trust_model=trust_model,
+        )
+        outcome = run_attack(request, AttackSettings(steps=steps, restarts=restarts), not no_distance,
+                             None if quiet else stderr)
+        if as_json:
+            _emit_json(outcome.json)
+        if outcome.violations:
+            from lipcert.errors import UnsoundCertificateError
+
+            raise UnsoundCertificateError(f"{outcome.violations} certificate(s) broken by the attack")
+    raise typer.Exit(int(ExitCode.PASSED))
+
+
+@app.command()
 def datasets(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Also search this folder.")] = None,
     show_traceback: TracebackOpt = False,

@@ -107,6 +107,15 @@ class Analysis:
 
 def analyse(graph: Graph) -> Analysis:
     """Fuse patterns, bound every node, compose, and build the certificate spec."""
+    from threadpoolctl import threadpool_limits
+
+    # The bounds are many small eigenvalue problems: BLAS threads only add contention (5 to
+    # 10 times slower with two threads on a two-core machine).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _analyse(graph)
+
+
+def _analyse(graph: Graph) -> Analysis:
     fuse_patterns(graph)
     bounds: dict[str, float] = {graph.input_name: 1.0}
     layers: list[LayerReport] = []

@@ -9,11 +9,11 @@ from typing import Any
 
 from rich.console import Console
 
-from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, CertificateSpec, analyse
 from lipcert.certify.gates import Gate, evaluate_gates
 from lipcert.certify.metrics import Eps, parse_eps_list
-from lipcert.certify.pipeline import CertifyResult, certify_dataset, parse_preprocessing
-from lipcert.certify.radii import choose_method
+from lipcert.certify.pipeline import CertifyResult, Preprocessing, certify_dataset, parse_preprocessing
+from lipcert.certify.radii import Method, choose_method
 from lipcert.config import load_config
 from lipcert.datasets import Dataset, load_dataset
 from lipcert.errors import DatasetError, ShapeError, UsageError
@@ -58,19 +58,29 @@ class CertifyOutcome:
     json: dict[str, Any]
 
 
-def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutcome:
-    """Load, certify, write the CSV and the CI summary, evaluate the gates."""
-    config = load_config()
-    eps_list = parse_eps_list(_first_given(request.eps, config.get("eps"), DEFAULT_EPS))
-    gate_eps = _gate_eps(_first_given(request.gate_eps, config.get("gate_eps"), None), eps_list)
+@dataclass
+class Prepared:
+    """What certify and attack share: data, model, bounds and an evaluator."""
+
+    dataset: Dataset
+    loaded: LoadedModel
+    analysis: Analysis
+    method: Method
+    preprocessing: Preprocessing | None
+    evaluator: OnnxRuntimeEvaluator | Float64Evaluator
+    spec: CertificateSpec  # with the rounding allowance of the evaluator's precision
+    batch_size: int
+
+
+def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
+    """Load the dataset, then the model at its image shape, bound it, pick the evaluator."""
     batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
     if batch_size < 1 or (request.threads is not None and request.threads < 1):
-        raise UsageError(f"expected --batch-size >= 1 and --threads >= 1 but got {batch_size!r}, {request.threads!r}")
-    thresholds = {
-        "min_certified_accuracy": _pick(request.min_certified_accuracy, config, "min_certified_accuracy"),
-        "min_accuracy": _pick(request.min_accuracy, config, "min_accuracy"),
-        "min_mcr": _pick(request.min_mcr, config, "min_mcr"),
-    }
+        raise UsageError(
+            f"expected --batch-size >= 1 and --threads >= 1 but got {batch_size!r}, {request.threads!r}"
+        )
+    if request.margins not in ("float32", "float64"):
+        raise UsageError(f"expected --margins float32 or float64 but got {request.margins!r}")
     dataset = load_dataset(request.dataset, split=request.split, data_dir=request.data_dir, limit=request.limit)
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
@@ -81,13 +91,25 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     if request.margins == "float64":
         spec = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
         evaluator = Float64Evaluator(loaded.graph, evaluator, analysis.spec, spec, threads=request.threads)
-    elif request.margins != "float32":
-        raise UsageError(f"expected --margins float32 or float64 but got {request.margins!r}")
-    result = _run(evaluator, spec, method, dataset, eps_list, batch_size, preprocessing, console)
+    return Prepared(dataset, loaded, analysis, method, preprocessing, evaluator, spec, batch_size)
+
+
+def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutcome:
+    """Load, certify, write the CSV and the CI summary, evaluate the gates."""
+    config = load_config()
+    eps_list = parse_eps_list(_first_given(request.eps, config.get("eps"), DEFAULT_EPS))
+    gate_eps = _gate_eps(_first_given(request.gate_eps, config.get("gate_eps"), None), eps_list)
+    thresholds = {
+        "min_certified_accuracy": _pick(request.min_certified_accuracy, config, "min_certified_accuracy"),
+        "min_accuracy": _pick(request.min_accuracy, config, "min_accuracy"),
+        "min_mcr": _pick(request.min_mcr, config, "min_mcr"),
+    }
+    prepared = prepare(request, config)
+    result = run_with_progress(prepared, eps_list, console)
     gates = evaluate_gates(result.summary, gate_eps=gate_eps, **thresholds)
     context = certify_report.Context(
-        model=str(request.model), dataset=dataset, preprocessing=preprocessing,
-        notes=tuple(analysis.notes), precision=evaluator.precision,
+        model=str(request.model), dataset=prepared.dataset, preprocessing=prepared.preprocessing,
+        notes=tuple(prepared.analysis.notes), precision=prepared.evaluator.precision,
     )
     if request.csv_path is not None:
         write_atomically(request.csv_path, lambda handle: certify_report.write_csv(handle, result))
@@ -132,17 +154,20 @@ def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:
         raise DatasetError(f"the images of {dataset.name!r} do not fit the model: {exc}") from None
 
 
-def _run(evaluator: Any, spec: Any, method: Any, dataset: Dataset, eps_list: list[Eps], batch_size: int,
-         preprocessing: Any, console: Console | None) -> CertifyResult:
+def run_with_progress(prepared: Prepared, eps_list: list[Eps], console: Console | None) -> CertifyResult:
+    """certify_dataset, with a progress bar on `console` when there is one."""
+
+    def certify(on_batch: Any = None) -> CertifyResult:
+        return certify_dataset(
+            prepared.evaluator, prepared.spec, prepared.method, prepared.dataset, eps_list,
+            batch_size=prepared.batch_size, preprocessing=prepared.preprocessing, on_batch=on_batch,
+        )
+
     if console is None:
-        return certify_dataset(evaluator, spec, method, dataset, eps_list, batch_size=batch_size,
-                               preprocessing=preprocessing)
+        return certify()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("certifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("certify", total=len(dataset))
-        return certify_dataset(
-            evaluator, spec, method, dataset, eps_list, batch_size=batch_size, preprocessing=preprocessing,
-            on_batch=lambda n: progress.advance(task, n),
-        )
+        task = progress.add_task("certify", total=len(prepared.dataset))
+        return certify(lambda n: progress.advance(task, n))

@@ -1,0 +1,91 @@
+"""`lipcert attack`: it must find nothing inside sound certificates, and catch unsound ones."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "certify"))
+from linear_models import distance_to_boundary, linear_onnx  # noqa: E402
+
+import lipcert.certify.pipeline as pipeline  # noqa: E402
+from lipcert.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def linear_case(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(5)
+    weight = rng.normal(size=(3, 8))
+    bias = rng.normal(size=3) * 0.2
+    images = rng.integers(0, 256, size=(12, 2, 2, 2), dtype=np.uint8)
+    x = images.astype(np.float64) / 255
+    labels = np.argmax(x.reshape(12, -1) @ weight.T + bias, axis=1)
+    model = linear_onnx(tmp_path / "linear.onnx", weight, bias, (2, 2, 2))
+    data = tmp_path / "data.npz"
+    np.savez(data, x=images, y=labels)
+    exact = distance_to_boundary(weight.astype(np.float32), bias.astype(np.float32), x)
+    return model, data, exact
+
+
+def test_linear_model_no_violation_and_a_tight_gap(linear_case, tmp_path: Path) -> None:
+    model, data, exact = linear_case
+    out = tmp_path / "attack.csv"
+    result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--json", "--quiet",
+                                 "--csv", str(out), "--margins", "float64"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["violations"] == 0 and summary["passed"] is True
+    assert summary["certified"] == 12
+    # For a linear classifier the certificate is exact: the smallest attack found lies just
+    # above the certified radius (bisection resolution), never below it.
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    distance = np.array([float(r["adversarial_distance"]) for r in rows])
+    radius = np.array([float(r["radius"]) for r in rows])
+    assert np.all(distance >= radius)
+    assert np.all(distance <= exact * 1.1)
+    assert summary["gap"]["median_ratio"] > 0.9
+
+
+def test_inflated_certificates_are_caught(linear_case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Radii three times too large must be broken by the attack: exit 1, reported loudly."""
+    model, data, _ = linear_case
+    original = pipeline.certify_logits
+
+    def over_claiming(*args, **kwargs):
+        certificates = original(*args, **kwargs)
+        object.__setattr__(certificates, "radius", certificates.radius * 3)
+        return certificates
+
+    monkeypatch.setattr(pipeline, "certify_logits", over_claiming)
+    result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--json", "--no-distance"])
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["violations"] > 6
+    assert all(v["distance"] <= v["radius"] for v in summary["violating_samples"])
+    assert "UNSOUND CERTIFICATE" in result.stderr
+    assert "UnsoundCertificateError:" in result.stderr
+
+
+def test_executor_that_disagrees_with_onnxruntime_is_refused(linear_case, monkeypatch) -> None:
+    model, data, _ = linear_case
+    import lipcert.graph.execute as execute
+
+    original = execute._gemm
+
+    def wrong_gemm(node, args, ex):
+        (out,) = original(node, args, ex)
+        return [out + 0.5]
+
+    monkeypatch.setitem(execute._OPS, "Gemm", wrong_gemm)
+    result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--quiet"])
+    assert result.exit_code == 1
+    assert "the graph executed in torch and onnxruntime differ" in result.stderr
