@@ -251,8 +251,9 @@ def datasets(
 
     with reported_errors(show_traceback):
         table = Table(title="datasets")
-        for column in ("name", "split", "format", "path"):
-            table.add_column(column)
+        for column in ("name", "split", "format"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("path", overflow="fold")
         for location in dataset_locations(data_dir):
             found = location.path is not None
             table.add_row(

@@ -89,6 +89,10 @@ def conv_norm(
     begin = _axis_values("pads_begin", pads_begin, n_axes, minimum=0)
     end = _axis_values("pads_end", pads_end, n_axes, minimum=0)
     dilation = _axis_values("dilations", dilations, n_axes, minimum=1)
+    if not circular:
+        # A stride beyond the padded size leaves one output per axis, as that size does:
+        # the same operator, without grids (and memory) that grow with the stride.
+        stride = tuple(min(s, n + b + e) for s, n, b, e in zip(stride, size, begin, end, strict=True))
     kernel = w.shape[2:]
     extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True))
 

@@ -40,7 +40,8 @@ def read_npz(path: Path, *, limit: int | None) -> Dataset:
 
     x is (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4} (taken as such only when
     the array is not plausible as NCHW); uint8 is kept, floats must lie in [0, 1]. y is (N,)
-    integers (floats of integral value accepted) or (N, K) one-hot. num_classes is K for
+    integers (floats of integral value accepted) or (N, K) one-hot; labels that are all -1 or +1
+    (the sign convention of binary classifiers) become classes 0 and 1. num_classes is K for
     one-hot labels, else max label + 1, and at least 2; it is taken over the whole file, so
     it does not change with `limit`.
     """
@@ -201,6 +202,8 @@ def _labels(y: np.ndarray, *, source: str, key: str) -> tuple[np.ndarray, int | 
                 f"{source}: expected integer labels in {key!r} but found {y[index].item()!r} "
                 f"at index {index}"
             )
+    if y.size and np.any(y == -1) and np.all((y == -1) | (y == 1)):
+        return (y > 0).astype(np.int64), None  # binary labels -1/+1: class 0 is the negative one
     bad = np.flatnonzero((y < 0) | (y > _MAX_LABEL))
     if bad.size:
         index = int(bad[0])

@@ -12,7 +12,7 @@ runtime's own semantics.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,36 @@ from lipcert.model import LoadedModel, LoadOptions, check_sample_shape
 _SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 # Ops whose output is random: a model that uses them has no fixed function to certify.
 _RANDOM_OPS = frozenset(
-    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-     "Bernoulli"}
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+    }
 )
 _OUTPUT_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax"})
+# A batch size fixed by a model beyond this is taken as a malformed file.
+_MAX_FIXED_BATCH = 4096
+# The probe run keeps every intermediate tensor: one larger than this (1 GiB of float32) is
+# refused before anything is allocated, as a file built to exhaust memory would be.
+_MAX_TENSOR_ELEMENTS = 1 << 28
+_INTEGER_TYPES = frozenset(
+    {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
+    }
+)
+# Error details quoted from onnx or onnxruntime are cut to this many characters.
+_MAX_DETAIL = 300
 # Spatial sizes tried when the model leaves its input size open and none is given.
 _PROBE_SIZES = (32, 28, 64, 16, 224)
 
@@ -50,6 +76,7 @@ def load_from_proto(
     model: onnx.ModelProto, options: LoadOptions, *, source: str, fmt: str
 ) -> LoadedModel:
     """Turn an in-memory ONNX model into a LoadedModel (the PyTorch front-end ends here too)."""
+    _refuse_external_data(model, source)
     _check(model, source)
     input_info = _single_data_input(model, source)
     input_shape, size_known, batch = _choose_input_shape(input_info, options.input_shape, source)
@@ -68,7 +95,8 @@ def load_from_proto(
         output_name=graph.output_name,
         format=fmt,
         path=source,
-        fixed_batch=batch if batch != 1 else None,
+        # A static batch axis, even of 1, is one onnxruntime insists on.
+        fixed_batch=batch if _declares_static_batch(input_info) else None,
     )
 
 
@@ -78,33 +106,48 @@ def load_from_proto(
 def _read_protobuf(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelLoadError(f"no model file at {str(path)!r}")
+    # protobuf reads zero bytes as a valid, empty model
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{str(path)!r} is empty")
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ModelLoadError(
-            f"{str(path)!r} is not a readable ONNX model ({type(exc).__name__}: {exc})"
+            f"{str(path)!r} is not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
 
 
 def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of the model: initializers and tensor attributes, subgraphs included."""
+    """Every tensor of the model: initializers and tensor attributes, sparse ones, subgraphs
+    and local functions included."""
+
+    def from_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                sparse_tensors = list(attribute.sparse_tensors)
+                if attribute.HasField("sparse_tensor"):
+                    sparse_tensors.append(attribute.sparse_tensor)
+                for sparse in sparse_tensors:
+                    yield sparse.values
+                    yield sparse.indices
+                if attribute.HasField("g"):
+                    yield from from_graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from from_graph(subgraph)
 
     def from_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield sparse.values
             yield sparse.indices
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.HasField("t"):
-                    yield attribute.t
-                yield from attribute.tensors
-                if attribute.HasField("g"):
-                    yield from from_graph(attribute.g)
-                for subgraph in attribute.graphs:
-                    yield from from_graph(subgraph)
+        yield from from_nodes(graph.node)
 
     yield from from_graph(model.graph)
+    for function in model.functions:
+        yield from from_nodes(function.node)
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -128,7 +171,23 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(folder))
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the external data of {str(path)!r}: {exc}") from None
+        raise ModelLoadError(
+            f"cannot load the external data of {str(path)!r}: {_first_line(exc)}"
+        ) from None
+    _refuse_external_data(model, str(path))
+
+
+def _refuse_external_data(model: onnx.ModelProto, source: str) -> None:
+    """No tensor may still point to a file: onnxruntime, given bytes, would read it relative
+    to the working folder instead of the model's (onnx loads no sparse tensor's data)."""
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            raise ModelLoadError(
+                f"refusing external data of tensor {tensor.name!r} in {source!r} (location "
+                f"{location!r}): lipcert reads external data of dense initializers and "
+                "attributes only"
+            )
 
 
 def _check_external_location(location: str, folder: Path, tensor: str, path: Path) -> None:
@@ -178,8 +237,11 @@ def _check(model: onnx.ModelProto, source: str) -> None:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The error's message on one line (the checker's span several), kept short."""
+    text = " ".join(str(exc).split())
+    if len(text) > _MAX_DETAIL:
+        text = text[: _MAX_DETAIL - 3] + "..."
+    return text or type(exc).__name__
 
 
 # --- inputs and outputs --------------------------------------------------------------------
@@ -213,9 +275,13 @@ def _choose_input_shape(
     """The per-sample input shape, whether it is known (else sizes are probed), the batch size."""
     dims = _declared_dims(info)
     batch = dims[0] if dims and dims[0] is not None else 1
-    if batch > 4096:
-        raise ModelLoadError(f"{source!r} fixes an absurd batch size of {batch}")
+    if not 1 <= batch <= _MAX_FIXED_BATCH:
+        raise ModelLoadError(
+            f"expected a batch size from 1 to {_MAX_FIXED_BATCH} but {source!r} fixes {batch} "
+            f"for input {info.name!r}"
+        )
     sample = dims[1:]
+    _check_declared_dims(sample, info.name, source)
     if given is not None:
         fits = not sample or (
             len(sample) == len(given)
@@ -230,15 +296,29 @@ def _choose_input_shape(
     if not sample:
         raise UsageError(f"{source!r} declares no input shape: pass --input-shape C,H,W")
     if all(d is not None for d in sample):
-        shape = tuple(int(d) for d in sample if d is not None)
-        check_sample_shape(shape, what=f"the input shape of {source!r}")
-        return shape, True, batch
+        return tuple(int(d) for d in sample if d is not None), True, batch
     if sample[0] is None:
         raise UsageError(
             f"{source!r} leaves its channel count open ({_format_dims(sample)}): "
             "pass --input-shape C,H,W"
         )
     return None, False, batch
+
+
+def _declares_static_batch(info: onnx.ValueInfoProto) -> bool:
+    dims = _declared_dims(info)
+    return bool(dims) and dims[0] is not None
+
+
+def _check_declared_dims(sample: list[int | None], input_name: str, source: str) -> None:
+    """Refuse a declared per-sample shape that no model could run on (the file is at fault)."""
+    what = f"the shape of input {input_name!r} declared by {source!r}"
+    known = tuple(d for d in sample if d is not None)
+    try:
+        if known:
+            check_sample_shape(known, what=what)
+    except UsageError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _format_dims(dims: list[int | None]) -> str:
@@ -296,7 +376,9 @@ def _build_graph(
         zero_input_values=zero_values,
     )
     if output_name not in shapes:
-        raise ModelLoadError(f"the output {output_name!r} of {source!r} does not depend on the input")
+        raise ModelLoadError(
+            f"the output {output_name!r} of {source!r} does not depend on the input"
+        )
     _drop_output_activation(graph)
     graph.prune()
     graph.zero_input_values = {
@@ -363,7 +445,8 @@ def _probe(
         probe.graph.output.append(onnx.ValueInfoProto(name=name))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    # Failures come back as exceptions and are reported once; the log would repeat them.
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(
             probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
@@ -379,6 +462,13 @@ def _probe(
     for shape in candidates:
         if shape is None:
             continue
+        if input_shape is None:
+            try:
+                check_sample_shape(shape, what="a probed input size")
+            except UsageError as exc:
+                errors.append(f"{shape}: {exc}")
+                continue
+        _refuse_huge_tensors(model, input_name, (batch, *shape), source)
         zeros = np.zeros((batch, *shape), dtype=dtype)
         try:
             results = session.run(names, {input_name: zeros})
@@ -390,12 +480,75 @@ def _probe(
         return values
     if input_shape is not None:
         raise ModelLoadError(
-            f"onnxruntime cannot run {source!r} on an input of shape {input_shape}: {errors[0]}"
+            f"onnxruntime cannot run {source!r} on an input of shape {input_shape}: "
+            f"{errors[0].partition(': ')[2]}"
         )
     raise UsageError(
         f"{source!r} does not fix its input size and runs at none of the sizes tried "
         f"({'; '.join(errors)}): pass --input-shape C,H,W"
     )
+
+
+def _refuse_huge_tensors(
+    model: onnx.ModelProto, input_name: str, full_shape: tuple[int, ...], source: str
+) -> None:
+    """Refuse, before the probe allocates them, tensors whose static shape is absurd.
+
+    Shape inference with the input shape fixed (and constant shapes propagated) sees what a
+    ConstantOfShape, Expand, Tile or Resize would allocate; a tensor whose shape it cannot
+    infer is left to onnxruntime.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            _shape_skeleton(model, input_name, full_shape), data_prop=True
+        )
+    except Exception:
+        return  # the checker's shape inference passed; onnxruntime reports what is left
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if not info.type.HasField("tensor_type"):
+            continue
+        dims = _declared_dims(info)
+        if not dims or any(d is None for d in dims):
+            continue
+        count = 1
+        for d in dims:
+            count *= max(int(d or 0), 0)
+        if count > _MAX_TENSOR_ELEMENTS:
+            raise ModelLoadError(
+                f"tensor {info.name!r} of {source!r} would hold {count} values (shape "
+                f"{tuple(dims)}) at input shape {full_shape}; refusing more than "
+                f"{_MAX_TENSOR_ELEMENTS}"
+            )
+
+
+def _shape_skeleton(
+    model: onnx.ModelProto, input_name: str, full_shape: tuple[int, ...]
+) -> onnx.ModelProto:
+    """The model with its input shape fixed and its float weights left out (declared as inputs
+    of the same shape): shape inference needs only integer constants, and copies stay small."""
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.output.extend(model.graph.output)
+    for info in model.graph.input:
+        added = graph.input.add()
+        added.CopyFrom(info)
+        if info.name == input_name:
+            del added.type.tensor_type.shape.dim[:]
+            for size in full_shape:
+                added.type.tensor_type.shape.dim.add().dim_value = size
+    declared = {info.name for info in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.data_type in _INTEGER_TYPES:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    return skeleton
 
 
 def _probe_shapes(model: onnx.ModelProto, input_name: str) -> list[tuple[int, ...] | None]:

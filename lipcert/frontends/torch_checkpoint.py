@@ -33,6 +33,8 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _EXPORT_OPSET = 18
 # The export must reproduce the module: logits may differ by float32 reassociation only.
 _EXPORT_TOLERANCE = 1e-4
+# Samples per kind of random input in that check.
+_CHECK_BATCH = 4
 
 _TRUST_HINT = (
     "pass --trust-model only if you trust the file's author, or save a state_dict "
@@ -48,14 +50,19 @@ def load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"no model file at {str(path)!r}")
     module, metadata = _read_module(path, options)
-    module.eval()
+    switchable = _eval_mode(module, path)
     _materialise_parametrizations(module)
     input_shape = options.input_shape or _shape_from_metadata(metadata, path)
     if input_shape is None:
-        raise UsageError(f"a PyTorch checkpoint does not record its input shape: pass --input-shape C,H,W for {str(path)!r}")
+        raise UsageError(
+            "a PyTorch checkpoint does not record its input shape: pass --input-shape C,H,W "
+            f"for {str(path)!r}"
+        )
+    _refuse_non_finite_weights(module, path)
     with torch.no_grad():
-        proto = _export(module, input_shape, path)
-        _check_export(module, proto, input_shape, path)
+        batched = _runs_batched(module, input_shape)
+        proto = _export(module, input_shape, path, switchable=switchable, batched=batched)
+        _check_export(module, proto, input_shape, path, batched=batched)
     import onnx
 
     loaded = load_from_proto(
@@ -104,8 +111,11 @@ def checkpoint_kind(path: Path) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
-            raise ModelLoadError(f"{str(path)!r} looks like a zip archive but cannot be read") from None
+        except Exception as exc:  # BadZipFile, and UnicodeDecodeError, EOFError on mangled names
+            raise ModelLoadError(
+                f"{str(path)!r} looks like a zip archive but cannot be read: "
+                f"{type(exc).__name__}: {_one_line(exc)}"
+            ) from None
         if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names):
             return "exported_program"
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
@@ -138,7 +148,9 @@ def _read_pickle(path: Path, trust_model: bool) -> Any:
     import torch
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not trust_model:
             raise UnsafeModelError(
@@ -155,13 +167,39 @@ def _read_pickle(path: Path, trust_model: bool) -> Any:
         raise ModelLoadError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from None
 
 
+def _eval_mode(module: Any, path: Path) -> bool:
+    """Switch to inference behaviour (dropout off, batch-norm running statistics).
+
+    Returns False for the module of a torch.export program, which refuses eval() and train():
+    its graph was fixed at export time and runs as it was exported, so there is nothing to
+    switch; its flags are set to eval so that the ONNX exporter treats it as inference.
+    """
+    import torch
+
+    try:
+        module.eval()
+    except NotImplementedError:
+        if not isinstance(module, torch.fx.GraphModule):
+            raise ModelLoadError(f"the module of {str(path)!r} has no eval mode") from None
+        for submodule in module.modules():
+            submodule.training = False
+        return False
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the module of {str(path)!r} fails to switch to eval mode: {type(exc).__name__}: {exc}"
+        ) from None
+    return True
+
+
 def _read_trusted_program(path: Path, kind: str) -> Any:
     import torch
 
     try:
-        if kind == "torchscript":
-            return torch.jit.load(str(path), map_location="cpu")
-        return torch.export.load(str(path)).module()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            if kind == "torchscript":
+                return torch.jit.load(str(path), map_location="cpu")
+            return torch.export.load(str(path)).module()
     except Exception as exc:
         raise ModelLoadError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from None
 
@@ -174,7 +212,11 @@ def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
     if isinstance(obj, dict):
         for key in _STATE_DICT_KEYS:
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if (
+                isinstance(inner, dict)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
                 return inner
     raise ModelLoadError(
         f"{str(path)!r} holds neither a state_dict nor a module (found {type(obj).__name__}); "
@@ -192,18 +234,24 @@ def _build(arch: str | None, state: dict[str, Any], path: Path) -> Any:
     try:
         module = factory()
     except Exception as exc:
-        raise ModelLoadError(f"--arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(
+            f"--arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}"
+        ) from None
     import torch
 
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"--arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module")
+        raise ModelLoadError(
+            f"--arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module"
+        )
     state = _strip_prefix(state, module)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise ModelLoadError(f"the weights of {str(path)!r} do not fit --arch {arch!r}: {detail}") from None
+        raise ModelLoadError(
+            f"the weights of {str(path)!r} do not fit --arch {arch!r}: {detail}"
+        ) from None
     return module
 
 
@@ -213,7 +261,7 @@ def _strip_prefix(state: dict[str, Any], module: Any) -> dict[str, Any]:
     if set(state) == expected:
         return state
     for prefix in ("module.", "model."):
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if len(stripped) == len(state) and set(stripped) == expected:
             return stripped
     return state
@@ -235,17 +283,31 @@ def resolve_arch(arch: str) -> Any:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            if str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(target)
+            module = _import_from_working_folder(target)
     except UsageError:
         raise
     except Exception as exc:
-        raise UsageError(f"cannot import {target!r} for --arch: {type(exc).__name__}: {exc}") from None
+        raise UsageError(
+            f"cannot import {target!r} for --arch: {type(exc).__name__}: {exc}"
+        ) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise UsageError(f"--arch {arch!r}: {target!r} has no callable {attribute!r}")
     return factory
+
+
+def _import_from_working_folder(name: str) -> Any:
+    """Import `name` with the working folder searched first, for this import only: left on
+    sys.path, a file there could stand in for a module lipcert imports later (onnxruntime)."""
+    folder = str(Path.cwd())
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added:
+            sys.path.remove(folder)
 
 
 def _shape_from_metadata(metadata: dict[str, str], path: Path) -> tuple[int, ...] | None:
@@ -279,52 +341,128 @@ def _materialise_parametrizations(module: Any) -> None:
                 torch.nn.utils.remove_spectral_norm(submodule, name=hook.name)
 
 
-def _export(module: Any, input_shape: tuple[int, ...], path: Path) -> bytes:
+def _refuse_non_finite_weights(module: Any, path: Path) -> None:
+    """A NaN or infinite weight makes every bound meaningless: name it rather than fail later."""
     import torch
+
+    for name, tensor in module.state_dict().items():
+        if (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and not bool(torch.isfinite(tensor).all())
+        ):
+            raise ModelLoadError(f"tensor {name!r} of {str(path)!r} holds NaN or Inf values")
+
+
+def _runs_batched(module: Any, input_shape: tuple[int, ...]) -> bool:
+    """Whether the module takes a batch of 2 (a torch.export program may fix a batch of 1)."""
+    import torch
+
+    check_sample_shape(input_shape, what="--input-shape")
+    try:
+        module(torch.zeros((2, *input_shape)))
+    except Exception:
+        return False
+    return True
+
+
+def _export(
+    module: Any,
+    input_shape: tuple[int, ...],
+    path: Path,
+    *,
+    switchable: bool = True,
+    batched: bool = True,
+) -> bytes:
+    import torch
+
+    # The module is in eval mode already; one that cannot switch modes must not be asked to.
+    mode = torch.onnx.TrainingMode.EVAL if switchable else torch.onnx.TrainingMode.PRESERVE
+    # A module that runs one sample at a time is exported with a static batch of 1, which the
+    # runtime then respects.
+    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if batched else None
 
     check_sample_shape(input_shape, what="--input-shape")
     example = torch.zeros((1, *input_shape))
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            redirect_stdout(io.StringIO()),
+            redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes file objects
                 input_names=["input"],
                 output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes=dynamic_axes,
                 opset_version=_EXPORT_OPSET,
                 do_constant_folding=True,
+                training=mode,
                 dynamo=False,
             )
     except Exception as exc:
         raise ModelLoadError(
             f"cannot trace the module of {str(path)!r} at input shape {input_shape}: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            f"{type(exc).__name__}: {_one_line(exc)}"
         ) from None
     return buffer.getvalue()
 
 
-def _check_export(module: Any, proto: bytes, input_shape: tuple[int, ...], path: Path) -> None:
-    """The exported graph must compute what the module computes."""
+def _check_export(
+    module: Any, proto: bytes, input_shape: tuple[int, ...], path: Path, *, batched: bool = True
+) -> None:
+    """The exported graph must compute what the module computes.
+
+    Inputs of both signs and several scales, so that a data-dependent branch the trace froze
+    is likely to be taken the other way at least once.
+    """
     import onnxruntime as ort
     import torch
 
     generator = torch.Generator().manual_seed(0)
-    example = torch.rand((4, *input_shape), generator=generator)
-    expected = module(example)
-    if isinstance(expected, (tuple, list)):
-        expected = expected[0]
-    expected = expected.detach().double().numpy()
+    shape = (_CHECK_BATCH, *input_shape)
+    example = torch.cat(
+        [
+            torch.rand(shape, generator=generator),
+            -torch.rand(shape, generator=generator),
+            torch.randn(shape, generator=generator),
+            8.0 * torch.randn(shape, generator=generator),
+        ]
+    )
+    chunks = [example] if batched else list(example.split(1))
+    try:
+        expected = np.concatenate([_first_output(module(chunk), path) for chunk in chunks])
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the module of {str(path)!r} fails on random inputs of shape {input_shape}: "
+            f"{type(exc).__name__}: {_one_line(exc)}"
+        ) from None
     options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": example.numpy()})[0].astype(np.float64)
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+        got = np.concatenate(
+            [session.run(None, {"input": chunk.numpy()})[0] for chunk in chunks]
+        ).astype(np.float64)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"onnxruntime cannot run the ONNX export of {str(path)!r}: {_one_line(exc)}"
+        ) from None
     if got.shape != expected.shape:
         raise ModelLoadError(
-            f"the ONNX export of {str(path)!r} gives outputs of shape {got.shape}, the module {expected.shape}"
+            f"the ONNX export of {str(path)!r} gives outputs of shape {got.shape}, "
+            f"the module {expected.shape}"
+        )
+    if not np.all(np.isfinite(expected)):
+        raise ModelLoadError(
+            f"the module of {str(path)!r} computes NaN or Inf on random inputs of shape "
+            f"{input_shape}"
         )
     scale = max(float(np.max(np.abs(expected))), 1.0)
     error = float(np.max(np.abs(got - expected)))
@@ -333,3 +471,20 @@ def _check_export(module: Any, proto: bytes, input_shape: tuple[int, ...], path:
             f"the ONNX export of {str(path)!r} disagrees with the module (max difference "
             f"{error:.3g}); lipcert cannot certify a graph that is not the model"
         )
+
+
+def _first_output(output: Any, path: Path) -> np.ndarray:
+    import torch
+
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise ModelLoadError(
+            f"the module of {str(path)!r} returns {type(output).__name__}, not a tensor of logits"
+        )
+    return output.detach().double().numpy()
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:297] + "..." if len(text) > 300 else text

@@ -246,3 +246,15 @@ def test_keras_mnist_label_range(tmp_path: Path) -> None:
     _save(tmp_path / "mnist.npz", arrays)
     with pytest.raises(DatasetError, match=r"expected 'y_test' in 0\.\.9 but found 12 at index 1"):
         load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_sign_labels_of_a_binary_task_become_classes(tmp_path) -> None:
+    import numpy as np
+
+    from lipcert.datasets import load_dataset
+
+    path = tmp_path / "signs.npz"
+    np.savez(path, x=np.zeros((4, 1, 2, 2), dtype=np.uint8), y=np.array([-1, 1, 1, -1]))
+    dataset = load_dataset(str(path))
+    assert dataset.labels.tolist() == [0, 1, 1, 0]
+    assert dataset.num_classes == 2
