@@ -760,8 +760,8 @@ def test_stride_beyond_the_padded_input_is_one_output_per_axis() -> None:
     does: same bound, without grids that grow with the stride."""
     rng = np.random.default_rng(7)
     weight = rng.normal(size=(3, 2, 3, 3))
-    huge = conv_norm(weight, (8, 8), (2**31 - 1, 2**31 - 1), (1, 1), (1, 1), (1, 1), 1)
-    padded = conv_norm(weight, (8, 8), (10, 10), (1, 1), (1, 1), (1, 1), 1)
+    huge = spectral.conv_norm(weight, (8, 8), (2**31 - 1, 2**31 - 1), (1, 1), (1, 1), (1, 1), 1)
+    padded = spectral.conv_norm(weight, (8, 8), (10, 10), (1, 1), (1, 1), (1, 1), 1)
     single_output = np.linalg.svd(weight.reshape(3, -1)[:, :], compute_uv=False)[0]
     assert huge == padded
     # the only output reads the top-left 3x3 window, which lies partly in the padding
