@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar_lipnet import cifar_lipnet, export  # noqa: E402
+from cifar_lipnet import cifar_lipnet, export
 
-from lipcert.bounds.compose import analyse  # noqa: E402
-from lipcert.certify.metrics import parse_eps_list  # noqa: E402
-from lipcert.certify.pipeline import certify_dataset  # noqa: E402
-from lipcert.certify.radii import choose_method  # noqa: E402
-from lipcert.datasets import Dataset, load_dataset  # noqa: E402
-from lipcert.frontends import load_model  # noqa: E402
-from lipcert.runtime import OnnxRuntimeEvaluator  # noqa: E402
+from lipcert.bounds.compose import analyse
+from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.pipeline import certify_dataset
+from lipcert.certify.radii import choose_method
+from lipcert.datasets import Dataset, load_dataset
+from lipcert.frontends import load_model
+from lipcert.runtime import OnnxRuntimeEvaluator
 
 
 def plain_inference(evaluator: OnnxRuntimeEvaluator, dataset: Dataset, batch_size: int) -> float:
@@ -55,8 +55,15 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 model_path = export(cifar_lipnet(), Path(folder) / "cifar_lipnet.onnx")
             rng = np.random.default_rng(0)
-            dataset = Dataset("random", "test", rng.integers(0, 256, (args.samples, 3, 32, 32), dtype=np.uint8),
-                              rng.integers(0, 10, args.samples), 10, None, "random CIFAR-shaped images")
+            dataset = Dataset(
+                "random",
+                "test",
+                rng.integers(0, 256, (args.samples, 3, 32, 32), dtype=np.uint8),
+                rng.integers(0, 10, args.samples),
+                10,
+                None,
+                "random CIFAR-shaped images",
+            )
         else:
             model_path = args.model
             dataset = load_dataset(args.dataset, limit=args.samples)
@@ -70,12 +77,17 @@ def main() -> None:
         for _ in range(args.runs):
             plain_times.append(plain_inference(evaluator, dataset, args.batch_size))
             started = time.perf_counter()
-            certify_dataset(evaluator, analysis.spec, method, dataset, eps, batch_size=args.batch_size)
+            certify_dataset(
+                evaluator, analysis.spec, method, dataset, eps, batch_size=args.batch_size
+            )
             certify_times.append(time.perf_counter() - started)
     n = len(dataset)
     plain = n / statistics.median(plain_times)
     certify = n / statistics.median(certify_times)
-    print(f"model {model_path.name}, {n} samples, batch {args.batch_size}, {args.runs} alternating runs")
+    print(
+        f"model {model_path.name}, {n} samples, batch {args.batch_size}, "
+        f"{args.runs} alternating runs"
+    )
     print(f"  plain onnxruntime: {plain:8.1f} samples/s")
     print(f"  lipcert certify:   {certify:8.1f} samples/s")
     print(f"  ratio: {certify / plain:.3f} (target >= 0.9)")

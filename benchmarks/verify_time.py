@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar_lipnet import cifar_lipnet, export  # noqa: E402
+from cifar_lipnet import cifar_lipnet, export
 
 
 def main() -> None:
@@ -31,8 +31,11 @@ def main() -> None:
         times = []
         for _ in range(args.runs):
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
+                capture_output=True,
+                text=True,
+            )
             times.append(time.perf_counter() - started)
             if done.returncode not in (0, 1):
                 raise SystemExit(f"lipcert verify failed: {done.stderr}")
@@ -45,11 +48,18 @@ def main() -> None:
         started = time.perf_counter()
         analysis = analyse(loaded.graph)
         bounding = time.perf_counter() - started
-    print(f"lipcert verify on a CIFAR-sized LipNet (8 convs up to 128 channels, 3x32x32), {args.runs} runs")
-    print(f"  end to end, fresh process: median {statistics.median(times):.2f} s "
-          f"(min {min(times):.2f}, max {max(times):.2f})")
-    print(f"  in process: load {loading:.2f} s, bounds {bounding:.2f} s; "
-          f"bound {analysis.spec.lipschitz_bound:.4f}")
+    print(
+        "lipcert verify on a CIFAR-sized LipNet (8 convs up to 128 channels, 3x32x32), "
+        f"{args.runs} runs"
+    )
+    print(
+        f"  end to end, fresh process: median {statistics.median(times):.2f} s "
+        f"(min {min(times):.2f}, max {max(times):.2f})"
+    )
+    print(
+        f"  in process: load {loading:.2f} s, bounds {bounding:.2f} s; "
+        f"bound {analysis.spec.lipschitz_bound:.4f}"
+    )
 
 
 if __name__ == "__main__":

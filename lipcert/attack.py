@@ -110,20 +110,28 @@ class Attacker:
             index = np.flatnonzero(certified)
             # Shrink the ball by a hair: a perturbation of norm exactly r is not inside it.
             found, points = self._pgd(
-                x[index], target[index], radius_t[index] * (1 - 1e-6), self.settings.steps, self.settings.restarts
+                x[index],
+                target[index],
+                radius_t[index] * (1 - 1e-6),
+                self.settings.steps,
+                self.settings.restarts,
             )
             for k, i in enumerate(index):
                 if found[k] and self._confirmed(points[k], int(prediction[i])):
                     violation[i] = True
-                    violation_distance[i] = float(np.linalg.norm(
-                        points[k].double().numpy() - np.asarray(inputs[i], dtype=np.float64)
-                    ))
+                    violation_distance[i] = float(
+                        np.linalg.norm(
+                            points[k].double().numpy() - np.asarray(inputs[i], dtype=np.float64)
+                        )
+                    )
         distance = np.full(n, np.inf)
         if search_distance:
             if on_progress is not None:
                 on_progress("searching the smallest adversarial distances")
             distance = self._smallest_distance(x, target, radius)
-        return AttackResult(np.asarray(prediction), np.asarray(radius), violation, violation_distance, distance)
+        return AttackResult(
+            np.asarray(prediction), np.asarray(radius), violation, violation_distance, distance
+        )
 
     # --- PGD -----------------------------------------------------------------------------
 
@@ -159,7 +167,9 @@ class Attacker:
                     better = margin > best_margin
                     best_margin = torch.where(better, margin.detach(), best_margin)
                     best_point[better] = (x + delta)[better].detach()
-                    direction = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(shape)
+                    direction = gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(
+                        shape
+                    )
                     delta = _project(delta.detach() + step.reshape(shape) * direction, eps)
             with torch.no_grad():
                 margin = self._margin(self.fast(x + delta), target)
@@ -178,7 +188,9 @@ class Attacker:
         competitors = 1 if logits.shape[1] == 1 else 2
         return margin > allowance * np.sqrt(competitors)
 
-    def _smallest_distance(self, x: torch.Tensor, target: torch.Tensor, radius: np.ndarray) -> np.ndarray:
+    def _smallest_distance(
+        self, x: torch.Tensor, target: torch.Tensor, radius: np.ndarray
+    ) -> np.ndarray:
         """Doubling then bisection of the PGD radius, per sample: an upper bound of the distance."""
         n = len(x)
         settings = self.settings
@@ -188,8 +200,13 @@ class Attacker:
         eps = np.where(low > 0, 2 * low, 0.01 * scale)
 
         def pgd(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
-            found, _ = self._pgd(x[mask], target[mask], torch.as_tensor(radii[mask], dtype=torch.float32),
-                                 settings.distance_steps, settings.distance_restarts)
+            found, _ = self._pgd(
+                x[mask],
+                target[mask],
+                torch.as_tensor(radii[mask], dtype=torch.float32),
+                settings.distance_steps,
+                settings.distance_restarts,
+            )
             return found
 
         for _ in range(settings.doublings):
@@ -225,7 +242,9 @@ def check_executor_against_runtime(
 ) -> None:
     """The torch execution of the graph must give onnxruntime's logits up to rounding."""
     with torch.no_grad():
-        ours = GraphExecutor(graph, torch.float32)(torch.as_tensor(np.asarray(inputs, dtype=np.float32)))
+        ours = GraphExecutor(graph, torch.float32)(
+            torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+        )
     ours_np = ours.double().numpy().reshape(len(inputs), -1)
     norms = np.linalg.norm(np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1), axis=1)
     limit = 2 * spec32.fp_allowance(norms)
@@ -235,5 +254,6 @@ def check_executor_against_runtime(
         worst = int(np.argmax(np.where(finite, gap - limit, -np.inf)))
         raise UnsoundCertificateError(
             f"the graph executed in torch and onnxruntime differ by {gap[worst]:.3g} on sample "
-            f"{worst} (rounding allows {limit[worst]:.3g}): attacks on it would not attack the model"
+            f"{worst} (rounding allows {limit[worst]:.3g}): attacks on it would not attack the "
+            "model"
         )

@@ -31,20 +31,33 @@ app = typer.Typer(
 
 stderr = Console(stderr=True)
 
-ModelArg = Annotated[Path, typer.Argument(help="An .onnx file or a PyTorch checkpoint.", show_default=False)]
+ModelArg = Annotated[
+    Path, typer.Argument(help="An .onnx file or a PyTorch checkpoint.", show_default=False)
+]
 InputShapeOpt = Annotated[
     str | None,
-    typer.Option("--input-shape", help="Per-sample input shape C,H,W; taken from the model when it is fixed."),
+    typer.Option(
+        "--input-shape", help="Per-sample input shape C,H,W; taken from the model when it is fixed."
+    ),
 ]
 ArchOpt = Annotated[
     str | None,
-    typer.Option("--arch", help="package.module:factory (or file.py:factory) building the module for a state_dict or safetensors checkpoint."),
+    typer.Option(
+        "--arch",
+        help="package.module:factory (or file.py:factory) building the module for a "
+        "state_dict or safetensors checkpoint.",
+    ),
 ]
 TrustOpt = Annotated[
     bool,
-    typer.Option("--trust-model", help="Allow formats that can run code when loaded (pickled modules, TorchScript, .pt2)."),
+    typer.Option(
+        "--trust-model",
+        help="Allow formats that can run code when loaded (pickled modules, TorchScript, .pt2).",
+    ),
 ]
-TracebackOpt = Annotated[bool, typer.Option("--traceback", help="Show the full traceback of an error.")]
+TracebackOpt = Annotated[
+    bool, typer.Option("--traceback", help="Show the full traceback of an error.")
+]
 
 
 @contextmanager
@@ -60,7 +73,12 @@ def reported_errors(show_traceback: bool) -> Iterator[None]:
         stderr.print("interrupted", highlight=False)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug: still one line, with the way to see more
-        _fail(exc, int(ExitCode.USAGE_OR_INPUT), show_traceback, hint=" (run with --traceback for details)")
+        _fail(
+            exc,
+            int(ExitCode.USAGE_OR_INPUT),
+            show_traceback,
+            hint=" (run with --traceback for details)",
+        )
 
 
 def _fail(exc: BaseException, code: int, show_traceback: bool, hint: str = "") -> NoReturn:
@@ -76,7 +94,9 @@ def _load(model: Path, input_shape: str | None, arch: str | None, trust_model: b
     from lipcert.frontends import load_model
     from lipcert.model import LoadOptions, parse_input_shape
 
-    options = LoadOptions(input_shape=parse_input_shape(input_shape), arch=arch, trust_model=trust_model)
+    options = LoadOptions(
+        input_shape=parse_input_shape(input_shape), arch=arch, trust_model=trust_model
+    )
     return load_model(model, options)
 
 
@@ -90,12 +110,17 @@ def verify(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_model: TrustOpt = False,
-    expect: Annotated[float, typer.Option(help="The Lipschitz constant the model should have.")] = 1.0,
+    expect: Annotated[
+        float, typer.Option(help="The Lipschitz constant the model should have.")
+    ] = 1.0,
     tol: Annotated[float, typer.Option(help="Relative tolerance on --expect.")] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object on stdout.")] = False,
     empirical: Annotated[
         bool,
-        typer.Option("--empirical", help="Also search a lower bound by gradient ascent (shows tightness; never certifies)."),
+        typer.Option(
+            "--empirical",
+            help="Also search a lower bound by gradient ascent (shows tightness; never certifies).",
+        ),
     ] = False,
     show_traceback: TracebackOpt = False,
 ) -> None:
@@ -131,35 +156,84 @@ def verify(
 def certify(
     model: ModelArg,
     dataset: Annotated[
-        str, typer.Option("--dataset", help="cifar10, cifar100, mnist, fashion-mnist, or an .npz file with arrays x and y.", show_default=False)
+        str,
+        typer.Option(
+            "--dataset",
+            help="cifar10, cifar100, mnist, fashion-mnist, or an .npz file with arrays x and y.",
+            show_default=False,
+        ),
     ],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
+    ] = None,
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Certify only the first N samples.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per inference batch [default: 256].")] = None,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads [default: all cores].")] = None,
-    eps: Annotated[
-        str | None, typer.Option(help="Radii for certified accuracy, e.g. 36/255,72/255 [default: 36/255,72/255,108/255,1].")
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Samples per inference batch [default: 256].")
     ] = None,
-    mean: Annotated[str | None, typer.Option(help="Per-channel mean subtracted before the model (part of the certified function).")] = None,
-    std: Annotated[str | None, typer.Option(help="Per-channel std the input is divided by (part of the certified function).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="onnxruntime threads [default: all cores].")
+    ] = None,
+    eps: Annotated[
+        str | None,
+        typer.Option(
+            help="Radii for certified accuracy, e.g. 36/255,72/255 "
+            "[default: 36/255,72/255,108/255,1]."
+        ),
+    ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-channel mean subtracted before the model (part of the certified function)."
+        ),
+    ] = None,
+    std: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-channel std the input is divided by (part of the certified function)."
+        ),
+    ] = None,
     certificate: Annotated[
-        str | None, typer.Option(help="auto, pairwise (needs a linear head) or global [default: auto].")
+        str | None,
+        typer.Option(help="auto, pairwise (needs a linear head) or global [default: auto]."),
     ] = None,
     margins: Annotated[
         str,
-        typer.Option(help="float32: onnxruntime and a worst-case rounding allowance (fast); float64: the graph in "
-                     "float64, a negligible allowance, tighter radii (about 5x slower)."),
+        typer.Option(
+            help="float32: onnxruntime and a worst-case rounding allowance (fast); "
+            "float64: the graph in "
+            "float64, a negligible allowance, tighter radii (about 5x slower)."
+        ),
     ] = "float32",
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per sample to this CSV file.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")] = False,
-    min_certified_accuracy: Annotated[
-        float | None, typer.Option("--min-certified-accuracy", help="Gate: exit 1 when certified accuracy at --gate-eps is below this.")
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write one row per sample to this CSV file.")
     ] = None,
-    gate_eps: Annotated[str | None, typer.Option("--gate-eps", help="The eps of the certified-accuracy gate [default: the first --eps].")] = None,
-    min_accuracy: Annotated[float | None, typer.Option("--min-accuracy", help="Gate: exit 1 when clean accuracy is below this.")] = None,
-    min_mcr: Annotated[float | None, typer.Option("--min-mcr", help="Gate: exit 1 when the MCR is below this.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No tables or progress on stderr.")
+    ] = False,
+    min_certified_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--min-certified-accuracy",
+            help="Gate: exit 1 when certified accuracy at --gate-eps is below this.",
+        ),
+    ] = None,
+    gate_eps: Annotated[
+        str | None,
+        typer.Option(
+            "--gate-eps", help="The eps of the certified-accuracy gate [default: the first --eps]."
+        ),
+    ] = None,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option("--min-accuracy", help="Gate: exit 1 when clean accuracy is below this."),
+    ] = None,
+    min_mcr: Annotated[
+        float | None, typer.Option("--min-mcr", help="Gate: exit 1 when the MCR is below this.")
+    ] = None,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_model: TrustOpt = False,
@@ -174,11 +248,26 @@ def certify(
 
     with reported_errors(show_traceback):
         request = CertifyRequest(
-            model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit,
-            batch_size=batch_size, threads=threads, eps=eps, mean=mean, std=std,
-            certificate=certificate, csv_path=csv_path, min_certified_accuracy=min_certified_accuracy,
-            gate_eps=gate_eps, min_accuracy=min_accuracy, min_mcr=min_mcr, input_shape=input_shape,
-            arch=arch, trust_model=trust_model, margins=margins,
+            model=model,
+            dataset=dataset,
+            data_dir=data_dir,
+            split=split,
+            limit=limit,
+            batch_size=batch_size,
+            threads=threads,
+            eps=eps,
+            mean=mean,
+            std=std,
+            certificate=certificate,
+            csv_path=csv_path,
+            min_certified_accuracy=min_certified_accuracy,
+            gate_eps=gate_eps,
+            min_accuracy=min_accuracy,
+            min_mcr=min_mcr,
+            input_shape=input_shape,
+            arch=arch,
+            trust_model=trust_model,
+            margins=margins,
         )
         outcome = run_certify(request, console=None if quiet else stderr)
         if as_json:
@@ -194,20 +283,45 @@ def certify(
 @app.command()
 def attack(
     model: ModelArg,
-    dataset: Annotated[str, typer.Option("--dataset", help="A dataset name or an .npz file, as for certify.", show_default=False)],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", help="A dataset name or an .npz file, as for certify.", show_default=False
+        ),
+    ],
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
+    ] = None,
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Attack the first N samples [default: 200].")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Attack the first N samples [default: 200].")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Gradient steps per attack.")] = 40,
-    restarts: Annotated[int, typer.Option(help="Random restarts per attack (the first starts at x).")] = 4,
-    no_distance: Annotated[bool, typer.Option("--no-distance", help="Skip the search for the smallest adversarial distance.")] = False,
+    restarts: Annotated[
+        int, typer.Option(help="Random restarts per attack (the first starts at x).")
+    ] = 4,
+    no_distance: Annotated[
+        bool,
+        typer.Option(
+            "--no-distance", help="Skip the search for the smallest adversarial distance."
+        ),
+    ] = False,
     mean: Annotated[str | None, typer.Option(help="As for certify.")] = None,
     std: Annotated[str | None, typer.Option(help="As for certify.")] = None,
     certificate: Annotated[str | None, typer.Option(help="As for certify.")] = None,
     margins: Annotated[str, typer.Option(help="As for certify.")] = "float32",
-    csv_path: Annotated[Path | None, typer.Option("--csv", help="One row per sample: radius, adversarial distance, ratio, violation.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")] = False,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv", help="One row per sample: radius, adversarial distance, ratio, violation."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No tables or progress on stderr.")
+    ] = False,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_model: TrustOpt = False,
@@ -224,24 +338,42 @@ def attack(
 
     with reported_errors(show_traceback):
         request = CertifyRequest(
-            model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit, mean=mean, std=std,
-            certificate=certificate, margins=margins, csv_path=csv_path, input_shape=input_shape, arch=arch,
+            model=model,
+            dataset=dataset,
+            data_dir=data_dir,
+            split=split,
+            limit=limit,
+            mean=mean,
+            std=std,
+            certificate=certificate,
+            margins=margins,
+            csv_path=csv_path,
+            input_shape=input_shape,
+            arch=arch,
             trust_model=trust_model,
         )
-        outcome = run_attack(request, AttackSettings(steps=steps, restarts=restarts), not no_distance,
-                             None if quiet else stderr)
+        outcome = run_attack(
+            request,
+            AttackSettings(steps=steps, restarts=restarts),
+            not no_distance,
+            None if quiet else stderr,
+        )
         if as_json:
             _emit_json(outcome.json)
         if outcome.violations:
             from lipcert.errors import UnsoundCertificateError
 
-            raise UnsoundCertificateError(f"{outcome.violations} certificate(s) broken by the attack")
+            raise UnsoundCertificateError(
+                f"{outcome.violations} certificate(s) broken by the attack"
+            )
     raise typer.Exit(int(ExitCode.PASSED))
 
 
 @app.command()
 def datasets(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Also search this folder.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Also search this folder.")
+    ] = None,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """List the named datasets lipcert can find, and where."""
@@ -260,7 +392,9 @@ def datasets(
                 location.name,
                 location.split,
                 location.format or "-",
-                str(location.path) if found else f"[dim]not found ({len(location.searched)} places searched)[/]",
+                str(location.path)
+                if found
+                else f"[dim]not found ({len(location.searched)} places searched)[/]",
             )
         Console().print(table)
 
@@ -274,7 +408,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Robustness certificates for 1-Lipschitz neural networks."""

@@ -46,8 +46,12 @@ def load_config(directory: Path | None = None) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in _TYPES:
             known = ", ".join(k.replace("_", "-") for k in _TYPES)
-            raise UsageError(f"unknown key {key!r} in [tool.lipcert] of {str(path)!r}; known: {known}")
+            raise UsageError(
+                f"unknown key {key!r} in [tool.lipcert] of {str(path)!r}; known: {known}"
+            )
         if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
-            raise UsageError(f"[tool.lipcert] {key} in {str(path)!r} has an unusable value {value!r}")
+            raise UsageError(
+                f"[tool.lipcert] {key} in {str(path)!r} has an unusable value {value!r}"
+            )
         config[name] = ",".join(str(v) for v in value) if isinstance(value, list) else value
     return config

@@ -61,8 +61,8 @@ def _top_singular_direction(
 
 def _jvp(model: GraphExecutor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """J(x) v per sample (forward mode)."""
-    _, tangent = torch.func.jvp(model, (x,), (v,))
-    return tangent.detach()
+    outputs = torch.func.jvp(model, (x,), (v,))
+    return outputs[1].detach()
 
 
 def _vjp(model: GraphExecutor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -72,8 +72,9 @@ def _vjp(model: GraphExecutor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor
     return g.detach()
 
 
-def _ascent_step(model: GraphExecutor, x: torch.Tensor, v: torch.Tensor,
-                 generator: torch.Generator, scale: float) -> torch.Tensor:
+def _ascent_step(
+    model: GraphExecutor, x: torch.Tensor, v: torch.Tensor, generator: torch.Generator, scale: float
+) -> torch.Tensor:
     h = 1e-2
     x = x.detach().requires_grad_(True)
     secant = (model(x + h * v) - model(x - h * v)).flatten(1).norm(dim=1) / (2 * h)

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent / "certify"))
-from linear_models import distance_to_boundary, linear_onnx  # noqa: E402
+from linear_models import distance_to_boundary, linear_onnx
 
-import lipcert.certify.pipeline as pipeline  # noqa: E402
-from lipcert.cli import app  # noqa: E402
+import lipcert.certify.pipeline as pipeline
+from lipcert.cli import app
 
 runner = CliRunner()
 
@@ -37,8 +37,21 @@ def linear_case(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
 def test_linear_model_no_violation_and_a_tight_gap(linear_case, tmp_path: Path) -> None:
     model, data, exact = linear_case
     out = tmp_path / "attack.csv"
-    result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--json", "--quiet",
-                                 "--csv", str(out), "--margins", "float64"])
+    result = runner.invoke(
+        app,
+        [
+            "attack",
+            str(model),
+            "--dataset",
+            str(data),
+            "--json",
+            "--quiet",
+            "--csv",
+            str(out),
+            "--margins",
+            "float64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["violations"] == 0 and summary["passed"] is True
@@ -66,7 +79,9 @@ def test_inflated_certificates_are_caught(linear_case, monkeypatch: pytest.Monke
         return certificates
 
     monkeypatch.setattr(pipeline, "certify_logits", over_claiming)
-    result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--json", "--no-distance"])
+    result = runner.invoke(
+        app, ["attack", str(model), "--dataset", str(data), "--json", "--no-distance"]
+    )
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert summary["violations"] > 6

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent / "certify"))
-from linear_models import linear_onnx  # noqa: E402
+from linear_models import linear_onnx
 
-from lipcert import __version__  # noqa: E402
-from lipcert.cli import app  # noqa: E402
+from lipcert import __version__
+from lipcert.cli import app
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"

@@ -5,8 +5,16 @@ Every rule module is imported here, so the table is complete once lipcert.bounds
 
 from __future__ import annotations
 
-from lipcert.bounds.rules import elementwise, linear, patterns, pooling, structure
 from lipcert.bounds.registry import LayerBound, bound_node, supported_ops
+from lipcert.bounds.rules import elementwise, linear, patterns, pooling, structure
 
-__all__ = ["LayerBound", "bound_node", "elementwise", "linear", "patterns", "pooling",
-           "structure", "supported_ops"]
+__all__ = [
+    "LayerBound",
+    "bound_node",
+    "elementwise",
+    "linear",
+    "patterns",
+    "pooling",
+    "structure",
+    "supported_ops",
+]

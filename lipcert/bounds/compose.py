@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -66,13 +65,17 @@ class CertificateSpec:
     def fp_allowance(self, input_norms: np.ndarray) -> np.ndarray:
         """Per sample, a bound of the float32 error of the logit vector (L2)."""
         norms = np.asarray(input_norms, dtype=np.float64)
-        return np.nextafter(self.fp_error_constant + self.fp_error_slope * norms * (1 + 1e-12), np.inf)
+        return np.nextafter(
+            self.fp_error_constant + self.fp_error_slope * norms * (1 + 1e-12), np.inf
+        )
 
     def scaled(self, factor: float) -> CertificateSpec:
         """The spec of x -> f(a x) for an input map of Lipschitz constant `factor`."""
         from dataclasses import replace
 
-        pairwise = None if self.pairwise_bounds is None else self.pairwise_bounds * factor * (1 + 1e-15)
+        pairwise = (
+            None if self.pairwise_bounds is None else self.pairwise_bounds * factor * (1 + 1e-15)
+        )
         return replace(
             self,
             lipschitz_bound=mul_up(self.lipschitz_bound, factor),
@@ -101,7 +104,9 @@ class Analysis:
 
     def spec_for_precision(self, unit_roundoff: float) -> CertificateSpec:
         """The spec with the rounding allowance of a run at this unit roundoff."""
-        constant, slope = float_error_bound(self.graph, self.node_bounds, self.tensor_bounds, unit_roundoff)
+        constant, slope = float_error_bound(
+            self.graph, self.node_bounds, self.tensor_bounds, unit_roundoff
+        )
         return dataclasses.replace(self.spec, fp_error_constant=constant, fp_error_slope=slope)
 
 
@@ -132,7 +137,9 @@ def _analyse(graph: Graph) -> Analysis:
         layers.append(_report(node, graph, layer, output_bound))
         node_bounds.append((node, layer))
     if graph.output_name not in bounds:
-        raise UnsupportedOpError(f"the output {graph.output_name!r} is not reached by any bounded path")
+        raise UnsupportedOpError(
+            f"the output {graph.output_name!r} is not reached by any bounded path"
+        )
     analysis = Analysis(
         graph=graph,
         layers=layers,
@@ -149,8 +156,11 @@ def _compose(node: Node, graph: Graph, layer: LayerBound, bounds: dict[str, floa
     sources = graph.data_inputs(node)
     for name in sources:
         if name not in bounds:
-            raise refuse(node, f"its input {name!r} is not Lipschitz in the model input "
-                               "(an index output, or a tensor no rule bounds)")
+            raise refuse(
+                node,
+                f"its input {name!r} is not Lipschitz in the model input "
+                "(an index output, or a tensor no rule bounds)",
+            )
     incoming = [bounds[name] for name in sources]
     if layer.combine is Combine.CHAIN:
         if len(incoming) != 1:
@@ -179,8 +189,9 @@ def _report(node: Node, graph: Graph, layer: LayerBound, cumulative: float) -> L
 # --- the head and the spec -----------------------------------------------------------------
 
 # Ops allowed between a linear head and the logits: they act on each logit separately.
-_TAIL_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Reshape", "Flatten",
-                       "Squeeze", "Cast"})
+_TAIL_OPS = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Cast"}
+)
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,9 @@ def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec
     body = bounds[head.body_input]
     rows = head.rows
     dimension = rows.shape[1]
-    logit = tuple(mul_up(singular_value_up(float(np.linalg.norm(r)), dimension), body) for r in rows)
+    logit = tuple(
+        mul_up(singular_value_up(float(np.linalg.norm(r)), dimension), body) for r in rows
+    )
     pairwise = np.zeros((num_logits, num_logits))
     for i in range(num_logits):
         differences = np.linalg.norm(rows[i] - rows, axis=1)
@@ -243,14 +256,18 @@ def _find_head(graph: Graph) -> _Head | None:
             rows = _head_rows(node, graph)
             if rows is None:
                 return None
-            scale_vector = np.broadcast_to(np.asarray(scale, dtype=np.float64).reshape(-1), (rows.shape[0],))
+            scale_vector = np.broadcast_to(
+                np.asarray(scale, dtype=np.float64).reshape(-1), (rows.shape[0],)
+            )
             return _Head(node=node, body_input=sources[0], rows=rows * scale_vector[:, None])
         if node.op not in _TAIL_OPS or node.body:
             return None
         if node.op in ("Mul", "Div"):
             other = next(n for n in node.inputs if n != sources[0])
             factor = np.asarray(graph.constant(other), dtype=np.float64)
-            if factor.size > 1 and factor.reshape(-1).size != int(np.prod(graph.shape(node.outputs[0]))):
+            if factor.size > 1 and factor.reshape(-1).size != int(
+                np.prod(graph.shape(node.outputs[0]))
+            ):
                 return None
             factor = factor.reshape(-1) if factor.size > 1 else factor.reshape(())
             scale = scale * (factor if node.op == "Mul" else 1.0 / factor)
@@ -315,7 +332,9 @@ def float_error_bound(
         sources = graph.data_inputs(node)
         incoming = _affine_sum(errors[name] for name in sources)
         propagated = _affine_scale(incoming, layer.factor)
-        local = _rounding_error(graph, node, layer.rounding, sources, incoming, propagated, bounds, unit)
+        local = _rounding_error(
+            graph, node, layer.rounding, sources, incoming, propagated, bounds, unit
+        )
         total = _affine_sum([propagated, local])
         outputs = node.outputs[:1] if node.op in _INDEX_OUTPUTS else node.outputs
         for name in outputs:
@@ -339,11 +358,13 @@ def _rounding_error(
     g = gamma(rounding.terms, unit)
     size_in = _affine_sum([*(_norm_bound(graph, name, bounds) for name in sources), incoming])
     size_out = _affine_sum([_norm_bound(graph, node.outputs[0], bounds), propagated])
-    terms = _affine_sum([
-        _affine_scale(size_in, rounding.input_gain),
-        _affine_scale(size_out, rounding.output_gain),
-        (rounding.offset, 0.0),
-    ])
+    terms = _affine_sum(
+        [
+            _affine_scale(size_in, rounding.input_gain),
+            _affine_scale(size_out, rounding.output_gain),
+            (rounding.offset, 0.0),
+        ]
+    )
     return _affine_scale(terms, g)
 
 

@@ -92,7 +92,9 @@ def conv_norm(
     if not circular:
         # A stride beyond the padded size leaves one output per axis, as that size does:
         # the same operator, without grids (and memory) that grow with the stride.
-        stride = tuple(min(s, n + b + e) for s, n, b, e in zip(stride, size, begin, end, strict=True))
+        stride = tuple(
+            min(s, n + b + e) for s, n, b, e in zip(stride, size, begin, end, strict=True)
+        )
     kernel = w.shape[2:]
     extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True))
 

@@ -12,7 +12,12 @@ from rich.console import Console
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, CertificateSpec, analyse
 from lipcert.certify.gates import Gate, evaluate_gates
 from lipcert.certify.metrics import Eps, parse_eps_list
-from lipcert.certify.pipeline import CertifyResult, Preprocessing, certify_dataset, parse_preprocessing
+from lipcert.certify.pipeline import (
+    CertifyResult,
+    Preprocessing,
+    certify_dataset,
+    parse_preprocessing,
+)
 from lipcert.certify.radii import Method, choose_method
 from lipcert.config import load_config
 from lipcert.datasets import Dataset, load_dataset
@@ -77,20 +82,28 @@ def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
     batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
     if batch_size < 1 or (request.threads is not None and request.threads < 1):
         raise UsageError(
-            f"expected --batch-size >= 1 and --threads >= 1 but got {batch_size!r}, {request.threads!r}"
+            "expected --batch-size >= 1 and --threads >= 1 but got "
+            f"{batch_size!r}, {request.threads!r}"
         )
     if request.margins not in ("float32", "float64"):
         raise UsageError(f"expected --margins float32 or float64 but got {request.margins!r}")
-    dataset = load_dataset(request.dataset, split=request.split, data_dir=request.data_dir, limit=request.limit)
+    dataset = load_dataset(
+        request.dataset, split=request.split, data_dir=request.data_dir, limit=request.limit
+    )
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
-    method = choose_method(analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto"))
+    method = choose_method(
+        analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto")
+    )
     preprocessing = parse_preprocessing(request.mean, request.std, dataset.images.shape[1])
-    evaluator: OnnxRuntimeEvaluator | Float64Evaluator = OnnxRuntimeEvaluator(loaded, threads=request.threads)
+    runtime = OnnxRuntimeEvaluator(loaded, threads=request.threads)
+    evaluator: OnnxRuntimeEvaluator | Float64Evaluator = runtime
     spec = analysis.spec
     if request.margins == "float64":
         spec = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
-        evaluator = Float64Evaluator(loaded.graph, evaluator, analysis.spec, spec, threads=request.threads)
+        evaluator = Float64Evaluator(
+            loaded.graph, runtime, analysis.spec, spec, threads=request.threads
+        )
     return Prepared(dataset, loaded, analysis, method, preprocessing, evaluator, spec, batch_size)
 
 
@@ -100,7 +113,9 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     eps_list = parse_eps_list(_first_given(request.eps, config.get("eps"), DEFAULT_EPS))
     gate_eps = _gate_eps(_first_given(request.gate_eps, config.get("gate_eps"), None), eps_list)
     thresholds = {
-        "min_certified_accuracy": _pick(request.min_certified_accuracy, config, "min_certified_accuracy"),
+        "min_certified_accuracy": _pick(
+            request.min_certified_accuracy, config, "min_certified_accuracy"
+        ),
         "min_accuracy": _pick(request.min_accuracy, config, "min_accuracy"),
         "min_mcr": _pick(request.min_mcr, config, "min_mcr"),
     }
@@ -108,8 +123,11 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     result = run_with_progress(prepared, eps_list, console)
     gates = evaluate_gates(result.summary, gate_eps=gate_eps, **thresholds)
     context = certify_report.Context(
-        model=str(request.model), dataset=prepared.dataset, preprocessing=prepared.preprocessing,
-        notes=tuple(prepared.analysis.notes), precision=prepared.evaluator.precision,
+        model=str(request.model),
+        dataset=prepared.dataset,
+        preprocessing=prepared.preprocessing,
+        notes=tuple(prepared.analysis.notes),
+        precision=prepared.evaluator.precision,
     )
     if request.csv_path is not None:
         write_atomically(request.csv_path, lambda handle: certify_report.write_csv(handle, result))
@@ -146,26 +164,44 @@ def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:
     image_shape = tuple(int(d) for d in dataset.images.shape[1:])
     given = parse_input_shape(request.input_shape)
     if given is not None and given != image_shape:
-        raise DatasetError(f"--input-shape {given!r} differs from the images of {dataset.name!r}, {image_shape!r}")
-    options = LoadOptions(input_shape=image_shape, arch=request.arch, trust_model=request.trust_model)
+        raise DatasetError(
+            f"--input-shape {given!r} differs from the images of {dataset.name!r}, {image_shape!r}"
+        )
+    options = LoadOptions(
+        input_shape=image_shape, arch=request.arch, trust_model=request.trust_model
+    )
     try:
         return load_model(request.model, options)
     except ShapeError as exc:
         raise DatasetError(f"the images of {dataset.name!r} do not fit the model: {exc}") from None
 
 
-def run_with_progress(prepared: Prepared, eps_list: list[Eps], console: Console | None) -> CertifyResult:
+def run_with_progress(
+    prepared: Prepared, eps_list: list[Eps], console: Console | None
+) -> CertifyResult:
     """certify_dataset, with a progress bar on `console` when there is one."""
 
     def certify(on_batch: Any = None) -> CertifyResult:
         return certify_dataset(
-            prepared.evaluator, prepared.spec, prepared.method, prepared.dataset, eps_list,
-            batch_size=prepared.batch_size, preprocessing=prepared.preprocessing, on_batch=on_batch,
+            prepared.evaluator,
+            prepared.spec,
+            prepared.method,
+            prepared.dataset,
+            eps_list,
+            batch_size=prepared.batch_size,
+            preprocessing=prepared.preprocessing,
+            on_batch=on_batch,
         )
 
     if console is None:
         return certify()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (TextColumn("certifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:

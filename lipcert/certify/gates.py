@@ -35,7 +35,9 @@ def evaluate_gates(
         if gate_eps is None:
             raise ValueError("a certified-accuracy gate needs an eps")
         value = next(v for e, v in summary.certified_accuracy if e.value == gate_eps.value)
-        gates.append(Gate(f"certified accuracy at eps={gate_eps.label}", value, min_certified_accuracy))
+        gates.append(
+            Gate(f"certified accuracy at eps={gate_eps.label}", value, min_certified_accuracy)
+        )
     if min_accuracy is not None:
         gates.append(Gate("clean accuracy", summary.accuracy, min_accuracy))
     if min_mcr is not None:

@@ -76,10 +76,14 @@ def summarise(
         rows.append(
             ClassRow(
                 label=int(label),
-                name=class_names[int(label)] if class_names and int(label) < len(class_names) else None,
+                name=class_names[int(label)]
+                if class_names and int(label) < len(class_names)
+                else None,
                 n=int(mask.sum()),
                 accuracy=float(np.mean(correct[mask])),
-                certified_accuracy=tuple(certified_accuracy(correct[mask], radius[mask], e.value) for e in eps_list),
+                certified_accuracy=tuple(
+                    certified_accuracy(correct[mask], radius[mask], e.value) for e in eps_list
+                ),
                 mean_radius=float(np.mean(radius[mask])),
                 mcr=float(np.mean(signed[mask])),
             )
@@ -88,7 +92,9 @@ def summarise(
     return Summary(
         n=len(labels),
         accuracy=float(np.mean(correct)),
-        certified_accuracy=tuple((e, certified_accuracy(correct, radius, e.value)) for e in eps_list),
+        certified_accuracy=tuple(
+            (e, certified_accuracy(correct, radius, e.value)) for e in eps_list
+        ),
         mcr=float(np.mean(signed)),
         mean_radius=float(np.mean(radius)),
         median_radius=float(np.median(radius)),

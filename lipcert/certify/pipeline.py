@@ -101,7 +101,9 @@ def certify_dataset(
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
         logits = evaluator.logits(inputs)
         if logits.shape[1] != spec.num_logits:
-            raise UsageError(f"the model gave {logits.shape[1]} logits, its graph {spec.num_logits}")
+            raise UsageError(
+                f"the model gave {logits.shape[1]} logits, its graph {spec.num_logits}"
+            )
         norms = np.linalg.norm(inputs.reshape(len(inputs), -1), axis=1)
         allowance = spec.fp_allowance(norms)
         parts.append(certify_logits(logits, certified_spec, method, allowance))
@@ -111,7 +113,9 @@ def certify_dataset(
     seconds = time.perf_counter() - started
     certificates = _concatenate(parts, method)
     summary = summarise(certificates, labels, eps_list, dataset.class_names)
-    return CertifyResult(certificates, labels, summary, certified_spec, np.concatenate(allowances), seconds)
+    return CertifyResult(
+        certificates, labels, summary, certified_spec, np.concatenate(allowances), seconds
+    )
 
 
 def _model_labels(dataset: Dataset, spec: CertificateSpec) -> np.ndarray:
@@ -129,8 +133,14 @@ def _model_labels(dataset: Dataset, spec: CertificateSpec) -> np.ndarray:
 def _concatenate(parts: list[Certificates], method: Method) -> Certificates:
     if not parts:
         empty = np.zeros(0)
-        return Certificates(empty.astype(np.int64), empty.astype(np.int64), empty, empty,
-                            np.zeros(0, dtype=np.int64), method)
+        return Certificates(
+            empty.astype(np.int64),
+            empty.astype(np.int64),
+            empty,
+            empty,
+            np.zeros(0, dtype=np.int64),
+            method,
+        )
     return Certificates(
         prediction=np.concatenate([p.prediction for p in parts]),
         runner_up=np.concatenate([p.runner_up for p in parts]),

@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lipcert.attack import AttackResult, AttackSettings, Attacker, check_executor_against_runtime
+from lipcert.attack import Attacker, AttackResult, AttackSettings, check_executor_against_runtime
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
 from lipcert.certify.command import CertifyRequest, prepare, run_with_progress
 from lipcert.certify.metrics import parse_eps_list
@@ -33,22 +33,40 @@ class AttackOutcome:
 
 
 def run_attack(
-    request: CertifyRequest, settings: AttackSettings, search_distance: bool, console: Console | None
+    request: CertifyRequest,
+    settings: AttackSettings,
+    search_distance: bool,
+    console: Console | None,
 ) -> AttackOutcome:
     if settings.steps < 1 or settings.restarts < 1:
-        raise UsageError(f"expected --steps >= 1 and --restarts >= 1 but got {settings.steps}, {settings.restarts}")
+        raise UsageError(
+            "expected --steps >= 1 and --restarts >= 1 but got "
+            f"{settings.steps}, {settings.restarts}"
+        )
     if request.limit is None:
         request = CertifyRequest(**{**request.__dict__, "limit": DEFAULT_ATTACK_LIMIT})
     prepared = prepare(request, load_config())
     certified = run_with_progress(prepared, parse_eps_list("1"), console)
-    inputs = np.concatenate([pixels for _, pixels, _ in prepared.dataset.batches(1 << 30, dtype=np.float64)])
-    model_inputs = inputs if prepared.preprocessing is None else prepared.preprocessing.apply(inputs)
-    runtime = prepared.evaluator if isinstance(prepared.evaluator, OnnxRuntimeEvaluator) else prepared.evaluator.reference
-    check_executor_against_runtime(prepared.loaded.graph, runtime.logits(model_inputs), model_inputs, prepared.analysis.spec)
+    inputs = np.concatenate(
+        [pixels for _, pixels, _ in prepared.dataset.batches(1 << 30, dtype=np.float64)]
+    )
+    model_inputs = (
+        inputs if prepared.preprocessing is None else prepared.preprocessing.apply(inputs)
+    )
+    runtime = (
+        prepared.evaluator
+        if isinstance(prepared.evaluator, OnnxRuntimeEvaluator)
+        else prepared.evaluator.reference
+    )
+    check_executor_against_runtime(
+        prepared.loaded.graph, runtime.logits(model_inputs), model_inputs, prepared.analysis.spec
+    )
     spec64 = prepared.analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     preprocessing = prepared.preprocessing
     attacker = Attacker(
-        prepared.loaded.graph, spec64, settings,
+        prepared.loaded.graph,
+        spec64,
+        settings,
         mean=None if preprocessing is None else preprocessing.mean,
         std=None if preprocessing is None else preprocessing.std,
     )
@@ -60,15 +78,22 @@ def run_attack(
         status.start()
     try:
         result = attacker.attack(
-            inputs, np.where(usable, certificates.prediction, 0), radius, search_distance=search_distance,
+            inputs,
+            np.where(usable, certificates.prediction, 0),
+            radius,
+            search_distance=search_distance,
             on_progress=None if status is None else status.update,
         )
     finally:
         if status is not None:
             status.stop()
-    outcome = AttackOutcome(result, certified.labels, _to_json(str(request.model), result, certified.labels))
+    outcome = AttackOutcome(
+        result, certified.labels, _to_json(str(request.model), result, certified.labels)
+    )
     if request.csv_path is not None:
-        write_atomically(request.csv_path, lambda handle: write_csv(handle, result, certified.labels))
+        write_atomically(
+            request.csv_path, lambda handle: write_csv(handle, result, certified.labels)
+        )
     if console is not None:
         render(console, str(request.model), result, certified.labels)
     return outcome
@@ -86,16 +111,20 @@ def _to_json(model: str, result: AttackResult, labels: np.ndarray) -> dict[str, 
     distance = result.adversarial_distance
     return {
         "model": model,
-        "n": int(len(labels)),
+        "n": len(labels),
         "certified": int(np.sum(result.radius > 0)),
-        "violations": int(len(violations)),
+        "violations": len(violations),
         "violating_samples": [
-            {"index": int(i), "radius": float(result.radius[i]), "distance": float(result.violation_distance[i])}
+            {
+                "index": int(i),
+                "radius": float(result.radius[i]),
+                "distance": float(result.violation_distance[i]),
+            }
             for i in violations
         ],
         "adversarial_found": int(np.sum(np.isfinite(distance))),
         "gap": {
-            "samples": int(len(ratios)),
+            "samples": len(ratios),
             "median_ratio": float(np.median(ratios)) if len(ratios) else None,
             "mean_ratio": float(np.mean(ratios)) if len(ratios) else None,
             "max_ratio": float(np.max(ratios)) if len(ratios) else None,
@@ -108,15 +137,21 @@ def write_csv(handle: IO[str], result: AttackResult, labels: np.ndarray) -> None
     import pandas as pd
 
     distance = result.adversarial_distance
-    frame = pd.DataFrame({
-        "index": np.arange(len(labels)),
-        "label": labels,
-        "prediction": result.prediction,
-        "radius": result.radius,
-        "adversarial_distance": distance,
-        "ratio": np.where(np.isfinite(distance) & (distance > 0), result.radius / np.where(distance > 0, distance, 1), np.nan),
-        "violation": result.violation,
-    })
+    frame = pd.DataFrame(
+        {
+            "index": np.arange(len(labels)),
+            "label": labels,
+            "prediction": result.prediction,
+            "radius": result.radius,
+            "adversarial_distance": distance,
+            "ratio": np.where(
+                np.isfinite(distance) & (distance > 0),
+                result.radius / np.where(distance > 0, distance, 1),
+                np.nan,
+            ),
+            "violation": result.violation,
+        }
+    )
     frame.to_csv(handle, index=False)
 
 
@@ -138,7 +173,8 @@ def render(console: Console, model: str, result: AttackResult, labels: np.ndarra
     if result.violation.any():
         for i in np.flatnonzero(result.violation):
             console.print(
-                f"[bold red]UNSOUND CERTIFICATE[/]: sample {i}: radius {result.radius[i]:.6g} but the decision "
+                f"[bold red]UNSOUND CERTIFICATE[/]: sample {i}: radius {result.radius[i]:.6g} "
+                "but the decision "
                 f"changes at distance {result.violation_distance[i]:.6g}",
                 highlight=False,
             )

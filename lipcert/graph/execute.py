@@ -167,7 +167,10 @@ def _batch_norm(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x, scale, bias, mean, var = args[:5]
     shape = (1, -1) + (1,) * (x.dim() - 2)
     eps = float(node.attr("epsilon", 1e-5))
-    return [(x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)]
+    return [
+        (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps) * scale.reshape(shape)
+        + bias.reshape(shape)
+    ]
 
 
 # --- element-wise --------------------------------------------------------------------------
@@ -256,7 +259,9 @@ def _clip(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 def _shrink(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
     bias, lambd = float(node.attr("bias", 0.0)), float(node.attr("lambd", 0.5))
-    return [torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))]
+    return [
+        torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+    ]
 
 
 @_op("SiLU")
@@ -318,7 +323,12 @@ def _reshape(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     allow_zero = int(node.attr("allowzero", 0))
     shape = [x.shape[i] if (d == 0 and not allow_zero) else d for i, d in enumerate(target)]
     folded_batch = ex.graph.batch_size
-    if shape and shape[0] == folded_batch and x.shape[0] != folded_batch and ex.graph.shape(node.inputs[0])[0] == folded_batch:
+    if (
+        shape
+        and shape[0] == folded_batch
+        and x.shape[0] != folded_batch
+        and ex.graph.shape(node.inputs[0])[0] == folded_batch
+    ):
         shape[0] = int(x.shape[0])  # the target was folded at the probe's batch size
     return [x.reshape(shape)]
 
@@ -404,15 +414,28 @@ def _split(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 def _concat(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     axis = int(node.attr("axis", 0))
     batch = max(t.shape[0] for t in args if t.dim() > 0)
-    parts = [t.expand(batch, *t.shape[1:]) if t.dim() > 0 and t.shape[0] == 1 and axis % t.dim() != 0 else t for t in args]
+    parts = [
+        t.expand(batch, *t.shape[1:])
+        if t.dim() > 0 and t.shape[0] == 1 and axis % t.dim() != 0
+        else t
+        for t in args
+    ]
     return [torch.cat(parts, dim=axis)]
 
 
 @_op("Pad")
 def _pad(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
-    amounts = _ints(args[1]) if len(args) > 1 and args[1] is not None else [int(p) for p in node.attr("pads", [])]
-    value = float(args[2].reshape(-1)[0]) if len(args) > 2 and args[2] is not None and args[2].numel() else 0.0
+    amounts = (
+        _ints(args[1])
+        if len(args) > 1 and args[1] is not None
+        else [int(p) for p in node.attr("pads", [])]
+    )
+    value = (
+        float(args[2].reshape(-1)[0])
+        if len(args) > 2 and args[2] is not None and args[2].numel()
+        else 0.0
+    )
     axes = _ints(args[3]) if len(args) > 3 and args[3] is not None else list(range(x.dim()))
     per_axis = [(0, 0)] * x.dim()
     for i, axis in enumerate(axes):
@@ -441,7 +464,7 @@ def _gather(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     axis = int(node.attr("axis", 0)) % x.dim()
     flat = indices.reshape(-1).long() % x.shape[axis]
     out = x.index_select(axis, flat)
-    shape = list(x.shape[:axis]) + list(indices.shape) + list(x.shape[axis + 1:])
+    shape = list(x.shape[:axis]) + list(indices.shape) + list(x.shape[axis + 1 :])
     return [out.reshape(shape)]
 
 
@@ -450,7 +473,12 @@ def _expand(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
     target = _ints(args[1])
     shape = list(torch.broadcast_shapes(tuple(x.shape), tuple(target)))
-    if shape and shape[0] == ex.graph.batch_size and x.shape[0] != shape[0] and len(target) == x.dim():
+    if (
+        shape
+        and shape[0] == ex.graph.batch_size
+        and x.shape[0] != shape[0]
+        and len(target) == x.dim()
+    ):
         shape[0] = int(x.shape[0])  # the target was folded at the probe's batch size
     return [x.expand(shape)]
 

@@ -110,8 +110,9 @@ def _ordered(graph: Graph, nodes: list[Node]) -> tuple[Node, ...]:
     return tuple(sorted(nodes, key=lambda n: order[id(n)]))
 
 
-def _fused(graph: Graph, op: str, root: Node, inputs: tuple[str, ...], body: list[Node],
-           **attrs: object) -> Node:
+def _fused(
+    graph: Graph, op: str, root: Node, inputs: tuple[str, ...], body: list[Node], **attrs: object
+) -> Node:
     return Node(
         name=root.name,
         op=op,
@@ -135,10 +136,9 @@ def match_group_sort(graph: Graph, concat: Node) -> Node | None:
     if concat.op != "Concat" or len(concat.inputs) != 2:
         return None
     view = _View(graph)
-    parts = [view.producer(name, ("ReduceMin", "ReduceMax")) for name in concat.inputs]
-    if parts[0] is None or parts[1] is None or {parts[0].op, parts[1].op} != {"ReduceMin", "ReduceMax"}:
+    low, high = (view.producer(name, ("ReduceMin", "ReduceMax")) for name in concat.inputs)
+    if low is None or high is None or {low.op, high.op} != {"ReduceMin", "ReduceMax"}:
         return None
-    low, high = parts
     source = low.inputs[0]
     if high.inputs[0] != source or graph.is_constant(source):
         return None
@@ -149,8 +149,15 @@ def match_group_sort(graph: Graph, concat: Node) -> Node | None:
             return None
         if not view.only_used_by(reduce.outputs[0], [concat]):
             return None
-    return _fused(graph, "GroupSort", concat, (source,), [low, high, concat],
-                  axis=axis, group_size=graph.shape(source)[axis])
+    return _fused(
+        graph,
+        "GroupSort",
+        concat,
+        (source,),
+        [low, high, concat],
+        axis=axis,
+        group_size=graph.shape(source)[axis],
+    )
 
 
 # --- MaxMin: Concat(Relu(x), Relu(-x)) ------------------------------------------------------
@@ -174,9 +181,11 @@ def match_max_min(graph: Graph, concat: Node) -> Node | None:
         if negation is None or not _negates(graph, negation, source):
             continue
         inner = [positive, negative, negation]
-        if not (view.only_used_by(positive.outputs[0], [concat])
-                and view.only_used_by(negative.outputs[0], [concat])
-                and view.only_used_by(negation.outputs[0], [negative])):
+        if not (
+            view.only_used_by(positive.outputs[0], [concat])
+            and view.only_used_by(negative.outputs[0], [concat])
+            and view.only_used_by(negation.outputs[0], [negative])
+        ):
             continue
         axis = _axis(int(concat.attr("axis", 0)), len(graph.shape(source)))
         return _fused(graph, "MaxMin", concat, (source,), [*inner, concat], axis=axis)
@@ -203,11 +212,12 @@ def match_sorted_slices(graph: Graph, concat: Node) -> Node | None:
     if concat.op != "Concat" or len(concat.inputs) != 2:
         return None
     view = _View(graph)
-    parts = [view.producer(name, ("Max", "Min")) for name in concat.inputs]
-    if parts[0] is None or parts[1] is None or {parts[0].op, parts[1].op} != {"Max", "Min"}:
+    first, second = (view.producer(name, ("Max", "Min")) for name in concat.inputs)
+    if first is None or second is None or {first.op, second.op} != {"Max", "Min"}:
         return None
-    if len(parts[0].inputs) != 2 or set(parts[0].inputs) != set(parts[1].inputs):
+    if len(first.inputs) != 2 or set(first.inputs) != set(second.inputs):
         return None
+    parts = [first, second]
     a, b = parts[0].inputs
     pieces = _disjoint_pieces(graph, view, a, b)
     if pieces is None:
@@ -223,9 +233,7 @@ def match_sorted_slices(graph: Graph, concat: Node) -> Node | None:
     return _fused(graph, "GroupSort", concat, (source,), body, group_size=2)
 
 
-def _disjoint_pieces(
-    graph: Graph, view: _View, a: str, b: str
-) -> tuple[str, list[Node]] | None:
+def _disjoint_pieces(graph: Graph, view: _View, a: str, b: str) -> tuple[str, list[Node]] | None:
     """When a and b are disjoint parts of one tensor, that tensor and the nodes cutting it."""
     node_a, node_b = view.producers.get(a), view.producers.get(b)
     if node_a is None or node_b is None:
@@ -274,9 +282,7 @@ def match_l2_pool(graph: Graph, root: Node) -> Node | None:
     Pow(x, 2) -> AveragePool -> [Sign(a) * Relu(Abs(a)) | Relu | Abs] -> [Mul by c] ->
     Pow(., 0.5) or Sqrt. The optional wrappers are the identity on the non-negative averages.
     """
-    if root.op == "Sqrt":
-        current = root.inputs[0]
-    elif root.op == "Pow" and _scalar(graph, root.inputs[1]) == 0.5:
+    if root.op == "Sqrt" or (root.op == "Pow" and _scalar(graph, root.inputs[1]) == 0.5):
         current = root.inputs[0]
     else:
         return None
@@ -308,14 +314,17 @@ def match_l2_pool(graph: Graph, root: Node) -> Node | None:
         if not view.only_used_by(node.outputs[0], [n for n in body if node.outputs[0] in n.inputs]):
             return None
     attrs = {k: v for k, v in pool.attrs.items()}
-    return _fused(graph, "L2NormPool", root, (source,), body,
-                  pool_op=pool.op, scale=scale, **attrs)
+    return _fused(graph, "L2NormPool", root, (source,), body, pool_op=pool.op, scale=scale, **attrs)
 
 
 def _squares(graph: Graph, node: Node) -> bool:
     if node.op == "Pow":
         return _scalar(graph, node.inputs[1]) == 2.0
-    return node.op == "Mul" and node.inputs[0] == node.inputs[1] and not graph.is_constant(node.inputs[0])
+    return (
+        node.op == "Mul"
+        and node.inputs[0] == node.inputs[1]
+        and not graph.is_constant(node.inputs[0])
+    )
 
 
 def _identity_on_nonnegative(graph: Graph, view: _View, name: str) -> tuple[str, list[Node]] | None:
@@ -326,10 +335,14 @@ def _identity_on_nonnegative(graph: Graph, view: _View, name: str) -> tuple[str,
     if node.op in ("Relu", "Abs"):
         return node.inputs[0], [node]
     if node.op == "Mul" and len(node.inputs) == 2:
-        sign = next((view.producers.get(n) for n in node.inputs
-                     if view.producer(n, "Sign") is not None), None)
-        relu = next((view.producers.get(n) for n in node.inputs
-                     if view.producer(n, "Relu") is not None), None)
+        sign = next(
+            (view.producers.get(n) for n in node.inputs if view.producer(n, "Sign") is not None),
+            None,
+        )
+        relu = next(
+            (view.producers.get(n) for n in node.inputs if view.producer(n, "Relu") is not None),
+            None,
+        )
         if sign is None or relu is None:
             return None
         absolute = view.producer(relu.inputs[0], "Abs")
@@ -349,9 +362,12 @@ def match_silu(graph: Graph, mul: Node) -> Node | None:
     view = _View(graph)
     for name in mul.inputs:
         sigmoid = view.producer(name, "Sigmoid")
-        if sigmoid is not None and sigmoid.inputs[0] == _other_input(mul, name):
-            if view.only_used_by(sigmoid.outputs[0], [mul]):
-                return _fused(graph, "SiLU", mul, (sigmoid.inputs[0],), [sigmoid, mul])
+        if (
+            sigmoid is not None
+            and sigmoid.inputs[0] == _other_input(mul, name)
+            and view.only_used_by(sigmoid.outputs[0], [mul])
+        ):
+            return _fused(graph, "SiLU", mul, (sigmoid.inputs[0],), [sigmoid, mul])
     return None
 
 
@@ -366,7 +382,11 @@ def match_circular_conv(graph: Graph, conv: Node) -> Node | None:
     pad = view.producer(conv.inputs[0], "Pad")
     if pad is None or pad.attr("mode", "constant") != "wrap":
         return None
-    if any(int(p) for p in conv.attr("pads", [])) or conv.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+    if any(int(p) for p in conv.attr("pads", [])) or conv.attr("auto_pad", "NOTSET") not in (
+        "NOTSET",
+        "VALID",
+        "",
+    ):
         return None
     if not view.only_used_by(pad.outputs[0], [conv]) or len(pad.inputs) < 2:
         return None
@@ -380,8 +400,14 @@ def match_circular_conv(graph: Graph, conv: Node) -> Node | None:
     attrs = dict(conv.attrs)
     attrs["pads"] = begin[2:] + end[2:]
     attrs.pop("auto_pad", None)
-    return Node(name=conv.name, op="CircularConv", inputs=(pad.inputs[0], *conv.inputs[1:]),
-                outputs=conv.outputs, attrs=attrs, body=_ordered(graph, [pad, conv]))
+    return Node(
+        name=conv.name,
+        op="CircularConv",
+        inputs=(pad.inputs[0], *conv.inputs[1:]),
+        outputs=conv.outputs,
+        attrs=attrs,
+        body=_ordered(graph, [pad, conv]),
+    )
 
 
 # --- BatchNormalization folded into the layer before it ------------------------------------
@@ -404,7 +430,9 @@ def match_folded_batchnorm(graph: Graph, bn: Node) -> Node | None:
         return None
     if not graph.is_constant(layer.inputs[1]) or len(graph.shape(bn.inputs[0])) < 2:
         return None
-    gamma, beta, mean, var = (np.asarray(graph.constant(n), dtype=np.float64) for n in bn.inputs[1:5])
+    gamma, beta, mean, var = (
+        np.asarray(graph.constant(n), dtype=np.float64) for n in bn.inputs[1:5]
+    )
     scale = gamma / np.sqrt(var + float(bn.attr("epsilon", 1e-5)))
     weight = np.asarray(graph.constant(layer.inputs[1]), dtype=np.float64)
     if layer.op == "Conv":
@@ -414,13 +442,21 @@ def match_folded_batchnorm(graph: Graph, bn: Node) -> Node | None:
             return None
         alpha = float(layer.attr("alpha", 1.0))
         # Gemm's output feature j uses column j of op(B): scale those columns.
-        folded = alpha * (weight * scale[:, None] if layer.attr("transB", 0) else weight * scale[None, :])
+        folded = alpha * (
+            weight * scale[:, None] if layer.attr("transB", 0) else weight * scale[None, :]
+        )
     weight_name = f"{layer.name}/batchnorm_folded_weight"
     graph.constants[weight_name] = folded
     attrs = {k: v for k, v in layer.attrs.items() if k != "alpha"}
     del beta, mean
-    return Node(name=f"{layer.name}+{bn.name}", op=layer.op, inputs=(layer.inputs[0], weight_name),
-                outputs=bn.outputs, attrs=attrs, body=_ordered(graph, [layer, bn]))
+    return Node(
+        name=f"{layer.name}+{bn.name}",
+        op=layer.op,
+        inputs=(layer.inputs[0], weight_name),
+        outputs=bn.outputs,
+        attrs=attrs,
+        body=_ordered(graph, [layer, bn]),
+    )
 
 
 _MATCHERS: tuple[Matcher, ...] = (

@@ -16,7 +16,15 @@ from lipcert.datasets import Dataset
 from lipcert.reports.format import bound_text
 
 CSV_COLUMNS = (
-    "index", "label", "prediction", "correct", "margin", "radius", "signed_radius", "runner_up", "status",
+    "index",
+    "label",
+    "prediction",
+    "correct",
+    "margin",
+    "radius",
+    "signed_radius",
+    "runner_up",
+    "status",
 )
 
 _METHOD_TEXT = {
@@ -49,7 +57,8 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     spec = result.spec
     dataset = context.dataset
     console.print(
-        f"[bold]{context.model}[/] on [bold]{dataset.name}[/] ({dataset.split}, {summary.n} samples, "
+        f"[bold]{context.model}[/] on [bold]{dataset.name}[/] "
+        f"({dataset.split}, {summary.n} samples, "
         f"{dataset.source})",
         highlight=False,
     )
@@ -61,7 +70,8 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     head.add_row("radii in", input_space(context))
     head.add_row(
         "margins",
-        f"{context.precision}; rounding allowance up to {np.max(result.allowance, initial=0):.3g} on the "
+        f"{context.precision}; rounding allowance up to "
+        f"{np.max(result.allowance, initial=0):.3g} on the "
         "logits (worst-case bound, taken off every margin)",
     )
     head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
@@ -73,7 +83,9 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
             f"{summary.ties} ties, {summary.non_finite} NaN/Inf logits, "
             f"{summary.within_allowance} margins within the float allowance",
         )
-    head.add_row("time", f"{result.seconds:.2f} s ({summary.n / max(result.seconds, 1e-9):.0f} samples/s)")
+    head.add_row(
+        "time", f"{result.seconds:.2f} s ({summary.n / max(result.seconds, 1e-9):.0f} samples/s)"
+    )
     console.print(head)
     for note in context.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
@@ -95,12 +107,20 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     classes.add_column("MCR", justify="right")
     for row in summary.per_class:
         name = f"{row.label} {row.name}" if row.name else str(row.label)
-        classes.add_row(name, str(row.n), f"{row.accuracy:.3f}",
-                        *(f"{v:.3f}" for v in row.certified_accuracy), f"{row.mcr:.3f}")
+        classes.add_row(
+            name,
+            str(row.n),
+            f"{row.accuracy:.3f}",
+            *(f"{v:.3f}" for v in row.certified_accuracy),
+            f"{row.mcr:.3f}",
+        )
     console.print(classes)
     for gate in gates:
         style = "green" if gate.passed else "red"
-        console.print(f"[{style}]{'PASSED' if gate.passed else 'FAILED'}[/]: {gate.message()}", highlight=False)
+        console.print(
+            f"[{style}]{'PASSED' if gate.passed else 'FAILED'}[/]: {gate.message()}",
+            highlight=False,
+        )
 
 
 def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[str, Any]:
@@ -109,14 +129,20 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
     dataset = context.dataset
     return {
         "model": context.model,
-        "dataset": {"name": dataset.name, "split": dataset.split, "source": dataset.source, "n": summary.n},
+        "dataset": {
+            "name": dataset.name,
+            "split": dataset.split,
+            "source": dataset.source,
+            "n": summary.n,
+        },
         "n": summary.n,
         "accuracy": summary.accuracy,
         "mcr": summary.mcr,
         "mean_radius": summary.mean_radius,
         "median_radius": summary.median_radius,
         "certified_accuracy": [
-            {"eps": eps.value, "label": eps.label, "value": value} for eps, value in summary.certified_accuracy
+            {"eps": eps.value, "label": eps.label, "value": value}
+            for eps, value in summary.certified_accuracy
         ],
         "lipschitz_bound": spec.lipschitz_bound,
         "certificate": result.certificates.method.value,
@@ -144,7 +170,8 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
             for row in summary.per_class
         ],
         "gates": [
-            {"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed} for g in gates
+            {"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+            for g in gates
         ],
         "notes": list(context.notes),
         "seconds": result.seconds,

@@ -19,4 +19,6 @@ def bound_text(value: float) -> str:
     exponent = math.floor(math.log10(abs(value)))
     scale = 10 ** (digits - 1 - exponent)
     rounded = math.ceil(value * scale) / scale
-    return f"{rounded:.{max(digits - 1 - exponent, 0)}f}" if -4 <= exponent < 6 else f"{rounded:.5e}"
+    return (
+        f"{rounded:.{max(digits - 1 - exponent, 0)}f}" if -4 <= exponent < 6 else f"{rounded:.5e}"
+    )

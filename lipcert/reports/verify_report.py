@@ -33,8 +33,13 @@ def pairwise_range(spec: CertificateSpec) -> tuple[float, float] | None:
     return float(off_diagonal.min()), float(off_diagonal.max())
 
 
-def render(console: Console, model: LoadedModel, analysis: Analysis, result: Verdict,
-           empirical: float | None) -> None:
+def render(
+    console: Console,
+    model: LoadedModel,
+    analysis: Analysis,
+    result: Verdict,
+    empirical: float | None,
+) -> None:
     spec = analysis.spec
     table = Table(
         title=f"Lipschitz bounds of {model.path} (L2, input {shape_text(spec.input_shape)})",
@@ -69,19 +74,29 @@ def render(console: Console, model: LoadedModel, analysis: Analysis, result: Ver
     summary.add_row("per-logit bound", f"{bound_text(min(logits))} .. {bound_text(max(logits))}")
     pair = pairwise_range(spec)
     if pair is not None:
-        summary.add_row("pairwise bound (f_i - f_j)", f"{bound_text(pair[0])} .. {bound_text(pair[1])}")
+        summary.add_row(
+            "pairwise bound (f_i - f_j)", f"{bound_text(pair[0])} .. {bound_text(pair[1])}"
+        )
     if spec.head is not None and spec.body_bound is not None:
         summary.add_row("linear head / body bound", f"{spec.head} / {bound_text(spec.body_bound)}")
     if empirical is not None:
         ratio = empirical / spec.lipschitz_bound if spec.lipschitz_bound > 0 else float("nan")
-        summary.add_row("empirical lower bound", f"{empirical:.6g} (tightness {ratio:.3f}; an estimate, never certifies)")
+        summary.add_row(
+            "empirical lower bound",
+            f"{empirical:.6g} (tightness {ratio:.3f}; an estimate, never certifies)",
+        )
     console.print(summary)
     limit = result.expected * (1.0 + result.tolerance)
     if result.passed:
-        console.print(f"[green]PASSED[/]: bound {bound_text(spec.lipschitz_bound)} <= {result.expected:g} * (1 + {result.tolerance:g})", highlight=False)
+        console.print(
+            f"[green]PASSED[/]: bound {bound_text(spec.lipschitz_bound)} <= "
+            f"{result.expected:g} * (1 + {result.tolerance:g})",
+            highlight=False,
+        )
     else:
         console.print(
-            f"[red]FAILED[/]: bound {bound_text(spec.lipschitz_bound)} > {limit:.6g} = {result.expected:g} * (1 + {result.tolerance:g})",
+            f"[red]FAILED[/]: bound {bound_text(spec.lipschitz_bound)} > {limit:.6g} = "
+            f"{result.expected:g} * (1 + {result.tolerance:g})",
             highlight=False,
         )
         if pair is not None and max(logits) <= limit:
@@ -92,7 +107,9 @@ def render(console: Console, model: LoadedModel, analysis: Analysis, result: Ver
             )
 
 
-def to_json(model: LoadedModel, analysis: Analysis, result: Verdict, empirical: float | None) -> dict[str, Any]:
+def to_json(
+    model: LoadedModel, analysis: Analysis, result: Verdict, empirical: float | None
+) -> dict[str, Any]:
     spec = analysis.spec
     return {
         "model": model.path,

@@ -14,7 +14,9 @@ from lipcert.frontends.onnx_file import load_from_proto
 from lipcert.model import LoadOptions
 
 
-def build(nodes: list, inits: dict[str, np.ndarray], in_shape: tuple[int, ...], out: int) -> onnx.ModelProto:
+def build(
+    nodes: list, inits: dict[str, np.ndarray], in_shape: tuple[int, ...], out: int
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "g",
@@ -53,8 +55,13 @@ def test_residual_add_sums_the_branches() -> None:
     rng = np.random.default_rng(0)
     w = rng.normal(size=(6, 6)) * 0.3
     model = build(
-        [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1), helper.make_node("Add", ["x", "h"], ["y"])],
-        {"W": w}, (6,), 6,
+        [
+            helper.make_node("Gemm", ["x", "W"], ["h"], transB=1),
+            helper.make_node("Add", ["x", "h"], ["y"]),
+        ],
+        {"W": w},
+        (6,),
+        6,
     )
     _, analysis = analysis_of(model)
     expected = 1 + sigma(w)
@@ -72,7 +79,9 @@ def test_concat_takes_the_root_of_the_sum_of_squares() -> None:
             helper.make_node("Concat", ["p", "q"], ["c"], axis=1),
             helper.make_node("Gemm", ["c", "H"], ["y"], transB=1),
         ],
-        {"A": a, "B": b, "H": np.eye(7)}, (5,), 7,
+        {"A": a, "B": b, "H": np.eye(7)},
+        (5,),
+        7,
     )
     _, analysis = analysis_of(model)
     # the head is found: body bound sqrt(|A|^2 + |B|^2), head rows of the identity
@@ -92,7 +101,9 @@ def test_pairwise_bounds_of_a_head_with_bias_and_per_logit_scale() -> None:
             helper.make_node("Gemm", ["r", "W", "c"], ["z"], transB=1),
             helper.make_node("Mul", ["z", "s"], ["y"]),
         ],
-        {"B": body, "W": head, "c": rng.normal(size=4), "s": scale}, (8,), 4,
+        {"B": body, "W": head, "c": rng.normal(size=4), "s": scale},
+        (8,),
+        4,
     )
     _, analysis = analysis_of(model)
     spec = analysis.spec
@@ -125,7 +136,9 @@ def test_input_normalisation_multiplies_the_bound_by_one_over_min_std() -> None:
             helper.make_node("Div", ["c", "s"], ["d"]),
             helper.make_node("Flatten", ["d"], ["y"], axis=1),
         ],
-        {"m": mean, "s": std}, (3, 2, 2), 12,
+        {"m": mean, "s": std},
+        (3, 2, 2),
+        12,
     )
     _, analysis = analysis_of(model)
     assert analysis.spec.lipschitz_bound == pytest.approx(4.0, rel=1e-12)
@@ -135,8 +148,13 @@ def test_input_normalisation_multiplies_the_bound_by_one_over_min_std() -> None:
 def test_softmax_at_the_output_is_dropped_and_noted() -> None:
     w = np.eye(3) * 2.0
     model = build(
-        [helper.make_node("Gemm", ["x", "W"], ["z"], transB=1), helper.make_node("Softmax", ["z"], ["y"], axis=1)],
-        {"W": w}, (3,), 3,
+        [
+            helper.make_node("Gemm", ["x", "W"], ["z"], transB=1),
+            helper.make_node("Softmax", ["z"], ["y"], axis=1),
+        ],
+        {"W": w},
+        (3,),
+        3,
     )
     loaded, analysis = analysis_of(model)
     assert loaded.graph.output_name == "z"
@@ -145,7 +163,12 @@ def test_softmax_at_the_output_is_dropped_and_noted() -> None:
 
 
 def test_spec_scaled_multiplies_every_bound() -> None:
-    model = build([helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)], {"W": np.array([[1.0, 0.0], [0.0, 2.0]])}, (2,), 2)
+    model = build(
+        [helper.make_node("Gemm", ["x", "W"], ["y"], transB=1)],
+        {"W": np.array([[1.0, 0.0], [0.0, 2.0]])},
+        (2,),
+        2,
+    )
     _, analysis = analysis_of(model)
     scaled = analysis.spec.scaled(4.0)
     assert scaled.lipschitz_bound >= 8.0 and scaled.lipschitz_bound == pytest.approx(8.0)

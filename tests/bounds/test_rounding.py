@@ -55,8 +55,16 @@ def test_one_gemm_by_hand() -> None:
 
 def _export(module: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    torch.onnx.export(module.eval(), (torch.zeros(1, *shape),), buffer, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=18, dynamo=False)
+    torch.onnx.export(
+        module.eval(),
+        (torch.zeros(1, *shape),),
+        buffer,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        opset_version=18,
+        dynamo=False,
+    )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -64,19 +72,31 @@ class GroupSort2(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         pairs = x.view(shape[0], shape[1] // 2, 2, *shape[2:])
-        return torch.cat([pairs.min(2, keepdim=True)[0], pairs.max(2, keepdim=True)[0]], 2).view(shape)
+        return torch.cat([pairs.min(2, keepdim=True)[0], pairs.max(2, keepdim=True)[0]], 2).view(
+            shape
+        )
 
 
 def random_networks() -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
     torch.manual_seed(0)
     conv = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), GroupSort2(), torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        torch.nn.ReLU(), torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 64),
-        GroupSort2(), torch.nn.Linear(64, 10),
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        GroupSort2(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 4 * 4, 64),
+        GroupSort2(),
+        torch.nn.Linear(64, 10),
     )
     smooth = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(48, 200), torch.nn.Tanh(), torch.nn.Linear(200, 200),
-        torch.nn.Sigmoid(), torch.nn.Linear(200, 5),
+        torch.nn.Flatten(),
+        torch.nn.Linear(48, 200),
+        torch.nn.Tanh(),
+        torch.nn.Linear(200, 200),
+        torch.nn.Sigmoid(),
+        torch.nn.Linear(200, 5),
     )
 
     class Residual(torch.nn.Module):
@@ -88,8 +108,11 @@ def random_networks() -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
             h = x + self.body(x)
             return torch.nn.functional.max_pool2d(h, 2).flatten(1)
 
-    return [("conv_groupsort", conv, (3, 16, 16)), ("tanh_sigmoid", smooth, (3, 4, 4)),
-            ("residual_maxpool", Residual(), (3, 8, 8))]
+    return [
+        ("conv_groupsort", conv, (3, 16, 16)),
+        ("tanh_sigmoid", smooth, (3, 4, 4)),
+        ("residual_maxpool", Residual(), (3, 8, 8)),
+    ]
 
 
 NETWORKS = random_networks()
@@ -101,7 +124,11 @@ def _measured_errors(loaded, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray
     spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     logits32 = OnnxRuntimeEvaluator(loaded).logits(inputs).astype(np.float64)
     with torch.no_grad():
-        logits64 = GraphExecutor(loaded.graph, torch.float64)(torch.as_tensor(inputs)).numpy().reshape(len(inputs), -1)
+        logits64 = (
+            GraphExecutor(loaded.graph, torch.float64)(torch.as_tensor(inputs))
+            .numpy()
+            .reshape(len(inputs), -1)
+        )
     norms = np.linalg.norm(inputs.reshape(len(inputs), -1), axis=1)
     errors = np.linalg.norm(logits32 - logits64, axis=1)
     return errors, spec32.fp_allowance(norms) + spec64.fp_allowance(norms)
@@ -115,7 +142,9 @@ def _probe_inputs(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarra
 
 
 @pytest.mark.parametrize(("name", "module", "shape"), NETWORKS, ids=[n for n, _, _ in NETWORKS])
-def test_measured_float32_error_is_within_the_allowance(name: str, module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+def test_measured_float32_error_is_within_the_allowance(
+    name: str, module: torch.nn.Module, shape: tuple[int, ...]
+) -> None:
     loaded = load_from_proto(_export(module, shape), LoadOptions(), source=name, fmt="onnx")
     errors, allowance = _measured_errors(loaded, _probe_inputs(shape, np.random.default_rng(1)))
     assert np.all(errors <= allowance), (errors / allowance).max()

@@ -9,7 +9,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def linear_onnx(path: Path, weight: np.ndarray, bias: np.ndarray, input_shape: tuple[int, ...]) -> Path:
+def linear_onnx(
+    path: Path, weight: np.ndarray, bias: np.ndarray, input_shape: tuple[int, ...]
+) -> Path:
     """f(x) = W flatten(x) + b as an ONNX file with a dynamic batch axis."""
     weight = np.asarray(weight, dtype=np.float32)
     bias = np.asarray(bias, dtype=np.float32)

@@ -37,7 +37,9 @@ def run(*args: str) -> object:
 
 
 @pytest.mark.parametrize("margins", ["float32", "float64"])
-def test_radii_match_the_exact_distance_to_the_boundary(linear_case, tmp_path: Path, margins: str) -> None:
+def test_radii_match_the_exact_distance_to_the_boundary(
+    linear_case, tmp_path: Path, margins: str
+) -> None:
     model, data, weight, bias, x = linear_case
     out = tmp_path / "radii.csv"
     result = run(model, "--dataset", data, "--csv", out, "--json", "--quiet", "--margins", margins)
@@ -65,7 +67,15 @@ def test_csv_columns_and_json_keys_are_the_contract(linear_case, tmp_path: Path)
     header = out.read_text().splitlines()[0]
     assert header == "index,label,prediction,correct,margin,radius,signed_radius,runner_up,status"
     summary = json.loads(result.stdout)
-    for key in ("n", "accuracy", "mcr", "certified_accuracy", "lipschitz_bound", "certificate", "passed"):
+    for key in (
+        "n",
+        "accuracy",
+        "mcr",
+        "certified_accuracy",
+        "lipschitz_bound",
+        "certificate",
+        "passed",
+    ):
         assert key in summary
     assert [c["label"] for c in summary["certified_accuracy"]] == ["36/255", "0.5"]
     assert summary["certified_accuracy"][0]["eps"] == pytest.approx(36 / 255)
@@ -75,7 +85,9 @@ def test_gate_passes_and_fails_with_the_exact_value(linear_case) -> None:
     model, data, *_ = linear_case
     passing = run(model, "--dataset", data, "--quiet", "--min-accuracy", "0.5")
     assert passing.exit_code == 0
-    failing = run(model, "--dataset", data, "--quiet", "--json", "--min-accuracy", "0.9", "--min-mcr", "-100")
+    failing = run(
+        model, "--dataset", data, "--quiet", "--json", "--min-accuracy", "0.9", "--min-mcr", "-100"
+    )
     assert failing.exit_code == 1
     accuracy = json.loads(failing.stdout)["accuracy"]
     assert f"GateError: clean accuracy is {accuracy:.6g} < 0.9 required" in failing.stderr
@@ -85,8 +97,19 @@ def test_gate_passes_and_fails_with_the_exact_value(linear_case) -> None:
 
 def test_certified_accuracy_gate_uses_gate_eps(linear_case) -> None:
     model, data, *_ = linear_case
-    result = run(model, "--dataset", data, "--quiet", "--json", "--eps", "0.01,0.02",
-                 "--gate-eps", "0.05", "--min-certified-accuracy", "0.99")
+    result = run(
+        model,
+        "--dataset",
+        data,
+        "--quiet",
+        "--json",
+        "--eps",
+        "0.01,0.02",
+        "--gate-eps",
+        "0.05",
+        "--min-certified-accuracy",
+        "0.99",
+    )
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     gate = summary["gates"][0]
@@ -95,9 +118,11 @@ def test_certified_accuracy_gate_uses_gate_eps(linear_case) -> None:
     assert gate["value"] == summary["certified_accuracy"][2]["value"]
 
 
-def test_gate_defaults_come_from_pyproject(linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gate_defaults_come_from_pyproject(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, data, *_ = linear_case
-    (tmp_path / "pyproject.toml").write_text("[tool.lipcert]\nmin-accuracy = 0.99\neps = [\"0.1\"]\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.lipcert]\nmin-accuracy = 0.99\neps = ["0.1"]\n')
     monkeypatch.chdir(tmp_path)
     result = run(model, "--dataset", data, "--quiet", "--json")
     assert result.exit_code == 1
@@ -107,7 +132,9 @@ def test_gate_defaults_come_from_pyproject(linear_case, tmp_path: Path, monkeypa
     assert overridden.exit_code == 0
 
 
-def test_unknown_pyproject_key_is_a_usage_error(linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_pyproject_key_is_a_usage_error(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, data, *_ = linear_case
     (tmp_path / "pyproject.toml").write_text("[tool.lipcert]\nmin-acuracy = 0.9\n")
     monkeypatch.chdir(tmp_path)
@@ -116,7 +143,9 @@ def test_unknown_pyproject_key_is_a_usage_error(linear_case, tmp_path: Path, mon
     assert "unknown key 'min-acuracy'" in result.stderr
 
 
-def test_github_step_summary_is_appended(linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_github_step_summary_is_appended(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, data, *_ = linear_case
     summary = tmp_path / "summary.md"
     summary.write_text("before\n")
@@ -127,7 +156,9 @@ def test_github_step_summary_is_appended(linear_case, tmp_path: Path, monkeypatc
     assert "### lipcert certify" in text and "| gate: clean accuracy >= 0.1 |" in text
 
 
-def test_interrupted_csv_write_leaves_no_file(linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_csv_write_leaves_no_file(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, data, *_ = linear_case
     import lipcert.reports.certify_report as report
 
@@ -147,7 +178,10 @@ def test_interrupted_csv_write_leaves_no_file(linear_case, tmp_path: Path, monke
     ("extra", "message"),
     [
         (["--eps", "-0.1"], "expected eps > 0 but got '-0.1'"),
-        (["--certificate", "global", "--margins", "float16"], "expected --margins float32 or float64"),
+        (
+            ["--certificate", "global", "--margins", "float16"],
+            "expected --margins float32 or float64",
+        ),
         (["--batch-size", "0"], "expected --batch-size >= 1"),
         (["--std", "0"], "expected --std > 0"),
         (["--mean", "0.1,0.2"], "expected --mean with 1 or 1 values"),
@@ -179,10 +213,15 @@ def test_labels_out_of_the_models_range(linear_case, tmp_path: Path) -> None:
     np.savez(data, x=np.zeros((4, 1, 4, 4), dtype=np.uint8), y=np.array([0, 1, 2, 7]))
     result = run(model, "--dataset", data, "--quiet")
     assert result.exit_code == 2
-    assert "DatasetError: labels of 'labels.npz' range over 0..7 but the model has 3 logit(s)" in result.stderr
+    assert (
+        "DatasetError: labels of 'labels.npz' range over 0..7 but the model has 3 logit(s)"
+        in result.stderr
+    )
 
 
-def test_missing_named_dataset_lists_where_it_looked(linear_case, tmp_path: Path, monkeypatch) -> None:
+def test_missing_named_dataset_lists_where_it_looked(
+    linear_case, tmp_path: Path, monkeypatch
+) -> None:
     model, *_ = linear_case
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
@@ -204,12 +243,16 @@ def test_binary_model_with_one_logit(tmp_path: Path) -> None:
     data = tmp_path / "binary.npz"
     np.savez(data, x=images, y=labels)
     out = tmp_path / "r.csv"
-    result = run(model, "--dataset", data, "--quiet", "--json", "--csv", out, "--margins", "float64")
+    result = run(
+        model, "--dataset", data, "--quiet", "--json", "--csv", out, "--margins", "float64"
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["certificate"] == "binary"
     assert json.loads(result.stdout)["accuracy"] == 1.0
     radius = np.array([float(r["radius"]) for r in csv.DictReader(out.open())])
-    exact = np.abs(x.reshape(40, -1) @ weight.astype(np.float32).T.astype(np.float64) + np.float32(bias[0]))[:, 0]
+    exact = np.abs(
+        x.reshape(40, -1) @ weight.astype(np.float32).T.astype(np.float64) + np.float32(bias[0])
+    )[:, 0]
     exact /= np.linalg.norm(weight.astype(np.float32))
     assert np.all(radius <= exact)
     np.testing.assert_allclose(radius, exact, atol=1e-9)
@@ -218,8 +261,20 @@ def test_binary_model_with_one_logit(tmp_path: Path) -> None:
 def test_preprocessing_makes_radii_pixel_space(linear_case, tmp_path: Path) -> None:
     model, data, weight, bias, x = linear_case
     out = tmp_path / "r.csv"
-    result = run(model, "--dataset", data, "--quiet", "--csv", out, "--mean", "0.5", "--std", "0.25",
-                 "--margins", "float64")
+    result = run(
+        model,
+        "--dataset",
+        data,
+        "--quiet",
+        "--csv",
+        out,
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+        "--margins",
+        "float64",
+    )
     assert result.exit_code == 0, result.output
     radius = np.array([float(r["radius"]) for r in csv.DictReader(out.open())])
     # g(x) = f((x - 0.5) / 0.25): a linear classifier with weights W / 0.25

@@ -31,7 +31,11 @@ def test_summary_by_hand() -> None:
     assert summary.mean_radius == pytest.approx(0.275)
     assert summary.median_radius == pytest.approx(0.25)
     rows = {row.label: row for row in summary.per_class}
-    assert rows[1].n == 2 and rows[1].accuracy == pytest.approx(0.5) and rows[1].mcr == pytest.approx(-0.1)
+    assert (
+        rows[1].n == 2
+        and rows[1].accuracy == pytest.approx(0.5)
+        and rows[1].mcr == pytest.approx(-0.1)
+    )
 
 
 def test_parse_eps_list_keeps_labels_and_fractions() -> None:

@@ -17,7 +17,9 @@ def spec_for(weight: np.ndarray, body: float = 1.0, head: bool = True) -> Certif
     k = w.shape[0]
     pairwise = None
     if head and k > 1:
-        pairwise = np.array([[np.linalg.norm(w[i] - w[j]) * body for j in range(k)] for i in range(k)])
+        pairwise = np.array(
+            [[np.linalg.norm(w[i] - w[j]) * body for j in range(k)] for i in range(k)]
+        )
     norm = float(np.linalg.svd(w, compute_uv=False)[0]) * body
     return CertificateSpec(
         lipschitz_bound=norm,
@@ -39,7 +41,9 @@ def test_pairwise_radius_is_the_distance_to_a_linear_boundary() -> None:
     expected = []
     for row in logits:
         p = int(np.argmax(row))
-        expected.append(min((row[p] - row[j]) / np.linalg.norm(w[p] - w[j]) for j in range(5) if j != p))
+        expected.append(
+            min((row[p] - row[j]) / np.linalg.norm(w[p] - w[j]) for j in range(5) if j != p)
+        )
     np.testing.assert_allclose(result.radius, expected, rtol=1e-12)
     assert np.all(result.prediction == np.argmax(logits, axis=1))
 
@@ -48,7 +52,9 @@ def test_global_radius_is_top2_margin_over_sqrt2_l() -> None:
     w = np.diag([1.0, 2.0, 0.5])
     logits = np.array([[3.0, 1.0, 0.0], [0.0, 0.5, 2.0]])
     result = certify_logits(logits, spec_for(w, head=False), Method.GLOBAL, np.zeros(2))
-    np.testing.assert_allclose(result.radius, [2.0 / (math.sqrt(2) * 2.0), 1.5 / (math.sqrt(2) * 2.0)], rtol=1e-12)
+    np.testing.assert_allclose(
+        result.radius, [2.0 / (math.sqrt(2) * 2.0), 1.5 / (math.sqrt(2) * 2.0)], rtol=1e-12
+    )
     assert list(result.runner_up) == [1, 1]
 
 
@@ -78,15 +84,26 @@ def test_ties_and_non_finite_logits_are_never_certified(method: Method) -> None:
     w = np.eye(3)
     logits = np.array([[1.0, 1.0, 0.0], [np.nan, 0.0, 0.0], [np.inf, 0.0, 0.0], [2.0, 0.0, 0.0]])
     result = certify_logits(logits, spec_for(w), method, np.zeros(4))
-    assert list(result.status) == [Status.TIE, Status.NON_FINITE, Status.NON_FINITE, Status.CERTIFIED]
+    assert list(result.status) == [
+        Status.TIE,
+        Status.NON_FINITE,
+        Status.NON_FINITE,
+        Status.CERTIFIED,
+    ]
     assert list(result.radius[:3]) == [0.0, 0.0, 0.0]
     assert result.radius[3] > 0
     assert result.prediction[1] == -1 and result.prediction[2] == -1
 
 
 def test_binary_nan_is_not_certified() -> None:
-    result = certify_logits(np.array([[np.nan], [1.0]]), spec_for(np.array([[1.0]])), Method.BINARY, np.zeros(2))
-    assert result.status[0] == Status.NON_FINITE and result.radius[0] == 0.0 and result.prediction[0] == -1
+    result = certify_logits(
+        np.array([[np.nan], [1.0]]), spec_for(np.array([[1.0]])), Method.BINARY, np.zeros(2)
+    )
+    assert (
+        result.status[0] == Status.NON_FINITE
+        and result.radius[0] == 0.0
+        and result.prediction[0] == -1
+    )
 
 
 def test_pairwise_is_tighter_than_global_and_sound_for_a_per_logit_head() -> None:
@@ -103,10 +120,14 @@ def test_pairwise_is_tighter_than_global_and_sound_for_a_per_logit_head() -> Non
     exact = []
     for row in logits:
         p = int(np.argmax(row))
-        exact.append(min((row[p] - row[j]) / np.linalg.norm(w[p] - w[j]) for j in range(4) if j != p))
+        exact.append(
+            min((row[p] - row[j]) / np.linalg.norm(w[p] - w[j]) for j in range(4) if j != p)
+        )
     np.testing.assert_allclose(pairwise.radius, exact, rtol=1e-12)
     assert np.any(over_claim > np.array(exact) * (1 + 1e-9))  # the trap is real
-    assert np.all(pairwise.radius >= (naive[:, -1] - naive[:, -2]) / 2 * (1 - 1e-12))  # and tighter than /2
+    assert np.all(
+        pairwise.radius >= (naive[:, -1] - naive[:, -2]) / 2 * (1 - 1e-12)
+    )  # and tighter than /2
 
 
 def test_choose_method() -> None:

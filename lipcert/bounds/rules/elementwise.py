@@ -84,14 +84,18 @@ def leaky_relu(node: Node, graph: Graph) -> LayerBound:
 def prelu(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
     slope = constant_input(node, graph, 1, "slope")
-    return LayerBound(max(1.0, max_abs_up(slope)), "max(1, max |slope|)", exact=True, rounding=ONE_ROUNDING)
+    return LayerBound(
+        max(1.0, max_abs_up(slope)), "max(1, max |slope|)", exact=True, rounding=ONE_ROUNDING
+    )
 
 
 @rule("Elu")
 def elu(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
     alpha = abs(float(node.attr("alpha", 1.0)))
-    return LayerBound(max(1.0, alpha), "max(1, |alpha|)", exact=True, rounding=library_rounding(node, graph))
+    return LayerBound(
+        max(1.0, alpha), "max(1, |alpha|)", exact=True, rounding=library_rounding(node, graph)
+    )
 
 
 @rule("Celu")
@@ -105,8 +109,12 @@ def selu(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
     alpha = abs(float(node.attr("alpha", 1.67326319217681884765625)))
     gamma = abs(float(node.attr("gamma", 1.05070102214813232421875)))
-    return LayerBound(max_abs_up(np.array([gamma, gamma * alpha])), "gamma * max(1, alpha)", exact=True,
-                      rounding=library_rounding(node, graph))
+    return LayerBound(
+        max_abs_up(np.array([gamma, gamma * alpha])),
+        "gamma * max(1, alpha)",
+        exact=True,
+        rounding=library_rounding(node, graph),
+    )
 
 
 @rule("HardSigmoid")
@@ -148,7 +156,9 @@ def _broadcast_gain(node: Node, graph: Graph, source: str, scale: np.ndarray | N
     out_shape = graph.shape(node.outputs[0])
     padded = (1,) * (len(out_shape) - len(in_shape)) + tuple(in_shape)
     gains = np.ones(out_shape) if scale is None else np.broadcast_to(np.abs(scale), out_shape)
-    expanded = tuple(axis for axis, (a, b) in enumerate(zip(padded, out_shape, strict=True)) if a != b)
+    expanded = tuple(
+        axis for axis, (a, b) in enumerate(zip(padded, out_shape, strict=True)) if a != b
+    )
     if not expanded:
         return max_abs_up(gains)
     squares = np.sum(np.square(gains), axis=expanded)
@@ -174,7 +184,9 @@ def mul(node: Node, graph: Graph) -> LayerBound:
 def div(node: Node, graph: Graph) -> LayerBound:
     sources = graph.data_inputs(node)
     if sources != [node.inputs[0]] or len(sources) != 1:
-        raise refuse(node, "division by a data tensor is not Lipschitz; only x / constant is supported")
+        raise refuse(
+            node, "division by a data tensor is not Lipschitz; only x / constant is supported"
+        )
     divisor = constant_input(node, graph, 1, "divisor")
     if np.any(divisor == 0):
         raise refuse(node, "division by zero")
@@ -195,7 +207,9 @@ def add(node: Node, graph: Graph) -> LayerBound:
     if len(sources) == 1:
         gain = _broadcast_gain(node, graph, sources[0], None)
         return LayerBound(gain, "adds a constant", exact=True, rounding=rounding)
-    return LayerBound(1.0, "sum of the branches' bounds", exact=False, combine=Combine.SUM, rounding=rounding)
+    return LayerBound(
+        1.0, "sum of the branches' bounds", exact=False, combine=Combine.SUM, rounding=rounding
+    )
 
 
 @rule("Mean")
@@ -205,8 +219,13 @@ def mean(node: Node, graph: Graph) -> LayerBound:
         raise refuse(node, "Mean of data and constants is not supported")
     factor = 1.0 / len(sources)
     rounding = Rounding(terms=len(sources) + 1, output_gain=1.0)
-    return LayerBound(factor, "1/n times the sum of the branches' bounds", exact=False,
-                      combine=Combine.SUM, rounding=rounding)
+    return LayerBound(
+        factor,
+        "1/n times the sum of the branches' bounds",
+        exact=False,
+        combine=Combine.SUM,
+        rounding=rounding,
+    )
 
 
 @rule("Max", "Min")
@@ -220,7 +239,9 @@ def max_min(node: Node, graph: Graph) -> LayerBound:
             raise refuse(node, f"broadcasting the data branch {source!r} is not supported")
     if len(sources) == 1:
         return LayerBound(1.0, "max/min with a constant is 1-Lipschitz", exact=True)
-    return LayerBound(1.0, "sqrt of the sum of squared branch bounds", exact=False, combine=Combine.RSS)
+    return LayerBound(
+        1.0, "sqrt of the sum of squared branch bounds", exact=False, combine=Combine.RSS
+    )
 
 
 @rule("Cast")
@@ -232,4 +253,6 @@ def cast(node: Node, graph: Graph) -> LayerBound:
     # allowance covers, and a cast to an integer type is a step function.
     if target not in (1, 11):
         raise refuse(node, f"only casts to float32 or float64 are supported, not to type {target}")
-    return LayerBound(1.0, "float cast (identity in exact arithmetic)", exact=True, rounding=ONE_ROUNDING)
+    return LayerBound(
+        1.0, "float cast (identity in exact arithmetic)", exact=True, rounding=ONE_ROUNDING
+    )

@@ -22,7 +22,9 @@ def constant_input(node: Node, graph: Graph, index: int, what: str) -> np.ndarra
         raise refuse(node, f"expected a {what} input")
     name = node.inputs[index]
     if not graph.is_constant(name):
-        raise refuse(node, f"its {what} {name!r} depends on the input; only constant weights are supported")
+        raise refuse(
+            node, f"its {what} {name!r} depends on the input; only constant weights are supported"
+        )
     value = np.asarray(graph.constant(name), dtype=np.float64)
     if not np.all(np.isfinite(value)):
         raise refuse(node, f"its {what} {name!r} holds NaN or Inf values")
@@ -67,7 +69,9 @@ def matmul(node: Node, graph: Graph) -> LayerBound:
     """
     left, right = node.inputs[0], node.inputs[1]
     if graph.is_constant(left) == graph.is_constant(right):
-        raise refuse(node, "a product of two data tensors is not Lipschitz; one side must be constant")
+        raise refuse(
+            node, "a product of two data tensors is not Lipschitz; one side must be constant"
+        )
     weight_index = 1 if graph.is_constant(right) else 0
     weight = constant_input(node, graph, weight_index, "weight")
     if weight.ndim < 2:
@@ -103,7 +107,9 @@ def conv(node: Node, graph: Graph) -> LayerBound:
         weight, spatial, win.strides, win.pads_begin, win.pads_end, win.dilations, groups
     )
     # The zero-padded operator is a restriction of the circular one: an upper bound.
-    return LayerBound(factor, "FFT of the kernel on the padded grid", exact=False, rounding=rounding)
+    return LayerBound(
+        factor, "FFT of the kernel on the padded grid", exact=False, rounding=rounding
+    )
 
 
 SIZE_FREE = "reshaped kernel norm x sqrt(overlap), any input size"
@@ -125,7 +131,11 @@ def conv_rounding(node: Node, graph: Graph, weight: np.ndarray, groups: int) -> 
     bias = _optional(node, graph, 2)
     out_shape = graph.shape(node.outputs[0])
     per_channel = int(np.prod(out_shape[2:]))
-    offset = 0.0 if bias is None else mul_up(float(np.linalg.norm(bias)), float(np.sqrt(per_channel)) * (1 + 1e-12))
+    offset = (
+        0.0
+        if bias is None
+        else mul_up(float(np.linalg.norm(bias)), float(np.sqrt(per_channel)) * (1 + 1e-12))
+    )
     rounding = Rounding(
         terms=int(np.prod(weight.shape[1:])) + 1,
         input_gain=abs_conv_gain(weight, groups),
@@ -152,7 +162,9 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
         gain = abs_conv_gain(original, int(layer.attr("group", 1)))
     else:
         gain = mul_up(abs(float(layer.attr("alpha", 1.0))), spectral.matrix_norm(np.abs(original)))
-    shift = np.abs(constant_input(bn, graph, 3, "mean") * scale) + np.abs(constant_input(bn, graph, 2, "bias"))
+    shift = np.abs(constant_input(bn, graph, 3, "mean") * scale) + np.abs(
+        constant_input(bn, graph, 2, "bias")
+    )
     out_shape = graph.shape(node.outputs[0])
     shift_norm = _broadcast_norm(shift.reshape(-1, *([1] * (len(out_shape) - 2))), out_shape)
     max_scale = max_abs_up(scale)
@@ -198,7 +210,9 @@ def circular_conv(node: Node, graph: Graph) -> LayerBound:
         circular=True,
     )
     divisible = all(n % s == 0 for n, s in zip(spatial, win.strides, strict=True))
-    return LayerBound(factor, "FFT of the kernel on the circular grid", exact=divisible, rounding=rounding)
+    return LayerBound(
+        factor, "FFT of the kernel on the circular grid", exact=divisible, rounding=rounding
+    )
 
 
 @rule("ConvTranspose")
@@ -207,7 +221,9 @@ def conv_transpose(node: Node, graph: Graph) -> LayerBound:
     data_input(node, graph, 0)
     weight = constant_input(node, graph, 1, "weight")
     if weight.ndim - 2 not in (1, 2):
-        raise refuse(node, f"only 1-D and 2-D transposed convolutions are supported ({weight.shape})")
+        raise refuse(
+            node, f"only 1-D and 2-D transposed convolutions are supported ({weight.shape})"
+        )
     groups = int(node.attr("group", 1))
     out_spatial = graph.shape(node.outputs[0])[2:]
     if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID") and "pads" not in node.attrs:
@@ -221,7 +237,9 @@ def conv_transpose(node: Node, graph: Graph) -> LayerBound:
     factor = spectral.conv_transpose_norm(
         weight, out_spatial, win.strides, win.pads_begin, win.pads_end, win.dilations, groups
     )
-    return LayerBound(factor, "FFT of the adjoint convolution on the padded grid", exact=False, rounding=rounding)
+    return LayerBound(
+        factor, "FFT of the adjoint convolution on the padded grid", exact=False, rounding=rounding
+    )
 
 
 @rule("BatchNormalization")

@@ -34,7 +34,12 @@ def overlap(win: Window, spatial: tuple[int, ...], graph: Graph) -> tuple[int, s
     """m for this window at this input size (or for any size), and how it was found."""
     if graph.size_known:
         m = spectral.window_multiplicity(
-            spatial, win.kernel, win.strides, win.pads_begin, win.pads_end, win.dilations,
+            spatial,
+            win.kernel,
+            win.strides,
+            win.pads_begin,
+            win.pads_end,
+            win.dilations,
             win.ceil_mode,
         )
         return m, "windows counted at this input size"
@@ -59,8 +64,12 @@ def lp_pool(node: Node, graph: Graph) -> LayerBound:
     gain = _p_norm_gain(p, window_size)
     factor = mul_up(sqrt_up(m), gain)
     rounding = Rounding(terms=window_size + LIBRARY_ULPS, input_gain=factor)
-    return LayerBound(factor, f"p-norm of windows, sqrt(m), m = {m} ({how})",
-                      exact=p >= 2.0 and graph.size_known, rounding=rounding)
+    return LayerBound(
+        factor,
+        f"p-norm of windows, sqrt(m), m = {m} ({how})",
+        exact=p >= 2.0 and graph.size_known,
+        rounding=rounding,
+    )
 
 
 def _p_norm_gain(p: float, size: int) -> float:
@@ -83,14 +92,18 @@ def average_pool(node: Node, graph: Graph) -> LayerBound:
             spatial, win.kernel, win.strides, win.pads_begin, win.pads_end, win.ceil_mode, count_pad
         )
         rounding = Rounding(terms=math.prod(win.kernel) + 1, input_gain=factor)
-        return LayerBound(factor, "SVD of the separable pooling operator", exact=True, rounding=rounding)
+        return LayerBound(
+            factor, "SVD of the separable pooling operator", exact=True, rounding=rounding
+        )
     # Schur test: entries 1/divisor, at most m windows per position, rows sum to at most 1.
     m = max_overlap(win)
     full_windows = not win.ceil_mode and (count_pad or not win.has_padding)
     smallest_divisor = math.prod(win.kernel) if full_windows else 1
     factor = sqrt_up(up(m / smallest_divisor))
     rounding = Rounding(terms=math.prod(win.kernel) + 1, input_gain=factor)
-    return LayerBound(factor, "Schur bound sqrt(m / divisor), any input size", exact=False, rounding=rounding)
+    return LayerBound(
+        factor, "Schur bound sqrt(m / divisor), any input size", exact=False, rounding=rounding
+    )
 
 
 @rule("GlobalAveragePool")
@@ -190,5 +203,9 @@ def reduce_mean(node: Node, graph: Graph) -> LayerBound:
 def reduce_sum(node: Node, graph: Graph) -> LayerBound:
     size = _group_size(node, graph)
     factor = sqrt_up(size)
-    return LayerBound(factor, f"sqrt(group size {size})", exact=True,
-                      rounding=Rounding(terms=size, input_gain=factor))
+    return LayerBound(
+        factor,
+        f"sqrt(group size {size})",
+        exact=True,
+        rounding=Rounding(terms=size, input_gain=factor),
+    )

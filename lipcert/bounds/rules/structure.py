@@ -76,7 +76,9 @@ def concat(node: Node, graph: Graph) -> LayerBound:
         raise refuse(node, "concatenating along the batch axis mixes samples")
     if len(graph.data_inputs(node)) == 1:
         return LayerBound(1.0, "one data part beside constants", exact=True)
-    return LayerBound(1.0, "sqrt of the sum of squared part bounds", exact=False, combine=Combine.RSS)
+    return LayerBound(
+        1.0, "sqrt of the sum of squared part bounds", exact=False, combine=Combine.RSS
+    )
 
 
 def _copy_gain(counts: np.ndarray) -> float:
@@ -102,7 +104,9 @@ def pad(node: Node, graph: Graph) -> LayerBound:
         view = [1] * len(shape)
         view[axis] = shape[axis]
         counts = counts * axis_counts.reshape(view)
-    return LayerBound(_copy_gain(counts), f"{mode} padding copies elements: sqrt(max copies)", exact=True)
+    return LayerBound(
+        _copy_gain(counts), f"{mode} padding copies elements: sqrt(max copies)", exact=True
+    )
 
 
 def _pad_amounts(node: Node, graph: Graph, rank: int) -> list[tuple[int, int]]:
