@@ -75,3 +75,49 @@ def max_overlap(win: Window) -> int:
         extent = (k - 1) * d + 1
         total *= min(k, math.ceil(extent / s))
     return total
+
+
+def transpose_window(
+    node: Node,
+    spatial_input: tuple[int, ...],
+    spatial_output: tuple[int, ...],
+    kernel: tuple[int, ...],
+) -> Window:
+    """A ConvTranspose's explicit padding, from its pads or from its output size.
+
+    The full transposed convolution has s (n - 1) + (k - 1) d + 1 positions per axis; the
+    output keeps output_size of them from `pads_begin` on. Without explicit pads (an
+    output_shape attribute, or auto_pad), the padding to remove is
+    total = s (n - 1) + output_padding + (k - 1) d + 1 - output_size, split as onnxruntime
+    does: begin = total // 2 for SAME_UPPER, else total - total // 2.
+    """
+    rank = len(kernel)
+    strides = tuple(int(s) for s in node.attr("strides", [1] * rank))
+    dilations = tuple(int(d) for d in node.attr("dilations", [1] * rank))
+    if len(strides) != rank or len(dilations) != rank or min(strides + dilations) < 1:
+        raise refuse(node, f"unusable strides {strides!r} or dilations {dilations!r}")
+    auto_pad = node.attr("auto_pad", "NOTSET") or "NOTSET"
+    explicit = auto_pad == "NOTSET" and node.attr("output_shape") is None
+    if explicit:
+        pads = [int(p) for p in node.attr("pads", [0] * (2 * rank))]
+        if len(pads) != 2 * rank or min(pads) < 0:
+            raise refuse(node, f"unusable pads {pads!r}")
+        return Window(kernel, strides, dilations, tuple(pads[:rank]), tuple(pads[rank:]))
+    output_padding = [int(p) for p in node.attr("output_padding", [0] * rank)]
+    begin, end = [], []
+    for axis in range(rank):
+        extent = (kernel[axis] - 1) * dilations[axis] + 1
+        total = (
+            strides[axis] * (spatial_input[axis] - 1)
+            + output_padding[axis]
+            + extent
+            - spatial_output[axis]
+        )
+        if total < 0:
+            raise refuse(
+                node, f"its output is larger than the full transposed convolution on axis {axis}"
+            )
+        first = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+        begin.append(first)
+        end.append(total - first)
+    return Window(kernel, strides, dilations, tuple(begin), tuple(end))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipcert.bounds.geometry import window
+from lipcert.bounds.geometry import transpose_window, window
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph.ir import Graph, Node
 
@@ -141,7 +141,7 @@ def _conv_transpose(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tens
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
     out_shape = ex.shape_of(node.outputs[0])
-    win = window(node, tuple(out_shape[2:]), tuple(weight.shape[2:]))
+    win = transpose_window(node, tuple(x.shape[2:]), tuple(out_shape[2:]), tuple(weight.shape[2:]))
     transpose = F.conv_transpose1d if weight.dim() == 3 else F.conv_transpose2d
     groups = int(node.attr("group", 1))
     full = transpose(x, weight, None, stride=win.strides, dilation=win.dilations, groups=groups)

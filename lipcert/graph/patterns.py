@@ -144,6 +144,9 @@ def match_group_sort(graph: Graph, concat: Node) -> Node | None:
         return None
     rank = len(graph.shape(source))
     axis = _axis(int(concat.attr("axis", 0)), rank)
+    # A group of one element would be copied twice (norm sqrt(2)); axis 0 holds samples.
+    if axis == 0 or graph.shape(source)[axis] < 2:
+        return None
     for reduce in (low, high):
         if int(reduce.attr("keepdims", 1)) != 1 or _reduce_axes(graph, reduce) != [axis]:
             return None
@@ -219,6 +222,15 @@ def match_sorted_slices(graph: Graph, concat: Node) -> Node | None:
         return None
     parts = [first, second]
     a, b = parts[0].inputs
+    # Pairs must match one to one: broadcasting a smaller slice would copy its elements.
+    shapes = {
+        graph.shape(a),
+        graph.shape(b),
+        graph.shape(first.outputs[0]),
+        graph.shape(second.outputs[0]),
+    }
+    if len(shapes) != 1:
+        return None
     pieces = _disjoint_pieces(graph, view, a, b)
     if pieces is None:
         return None
@@ -395,8 +407,14 @@ def match_circular_conv(graph: Graph, conv: Node) -> Node | None:
     amounts = [int(v) for v in np.asarray(graph.constant(pad.inputs[1])).reshape(-1)]
     rank = len(amounts) // 2
     begin, end = amounts[:rank], amounts[rank:]
-    if begin[:2] != [0, 0] or end[:2] != [0, 0]:
+    if begin[:2] != [0, 0] or end[:2] != [0, 0] or not graph.is_constant(conv.inputs[1]):
         return None
+    # Only a wrap of exactly the kernel's reach makes the valid conv a circular one.
+    kernel = np.asarray(graph.constant(conv.inputs[1])).shape[2:]
+    dilations = [int(d) for d in conv.attr("dilations", [1] * len(kernel))]
+    for axis, (k, d) in enumerate(zip(kernel, dilations, strict=True)):
+        if begin[2 + axis] + end[2 + axis] != (k - 1) * d:
+            return None
     attrs = dict(conv.attrs)
     attrs["pads"] = begin[2:] + end[2:]
     attrs.pop("auto_pad", None)

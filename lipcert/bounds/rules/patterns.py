@@ -34,6 +34,7 @@ def l2_norm_pool(node: Node, graph: Graph) -> LayerBound:
     source = node.inputs[0]
     spatial = graph.shape(source)[2:]
     scale = float(node.attr("scale", 1.0))
+    full = True
     if node.attr("pool_op") == "GlobalAveragePool":
         divisor, m, how = math.prod(spatial), 1, "one window"
         if not graph.size_known:
@@ -51,4 +52,6 @@ def l2_norm_pool(node: Node, graph: Graph) -> LayerBound:
     # squares, a sum of the window, a division, the scaling and a square root
     window_size = divisor if node.attr("pool_op") == "GlobalAveragePool" else math.prod(kernel)
     rounding = Rounding(terms=window_size + 8, input_gain=factor)
-    return LayerBound(factor, method, exact=graph.size_known, rounding=rounding)
+    # Exact when every window has the same divisor; else the smallest possible divisor (1)
+    # gives an upper bound.
+    return LayerBound(factor, method, exact=graph.size_known and full, rounding=rounding)
