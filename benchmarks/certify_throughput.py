@@ -70,7 +70,7 @@ def main() -> None:
         loaded = load_model(model_path)
         analysis = analyse(loaded.graph)
         method = choose_method(analysis.spec, "auto")
-        evaluator = OnnxRuntimeEvaluator(loaded)
+        evaluator = OnnxRuntimeEvaluator(loaded, spec=analysis.spec)
         eps = parse_eps_list("36/255,72/255,108/255,1")
         plain_inference(evaluator, dataset, args.batch_size)  # warm-up
         plain_times, certify_times = [], []

@@ -17,11 +17,20 @@ from lipcert.model import LoadedModel
 
 
 class OnnxRuntimeEvaluator:
-    """float32 logits from onnxruntime, in batches (padded when the model fixes its batch)."""
+    """float32 logits from onnxruntime, in batches (padded when the model fixes its batch).
+
+    Bounds are computed on the function of one sample. A model that mixes the samples of a
+    batch (a reshape across the batch axis, say) computes something else on a batch, so the
+    first batch is checked against one-sample runs, within both rounding bounds; if they
+    differ, or the batch does not run, samples are evaluated one at a time from then on.
+    Without a `spec` (hence no rounding bound to compare with) the check is skipped.
+    """
 
     precision = "float32"
 
-    def __init__(self, model: LoadedModel, threads: int | None = None) -> None:
+    def __init__(
+        self, model: LoadedModel, threads: int | None = None, spec: CertificateSpec | None = None
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -40,10 +49,20 @@ class OnnxRuntimeEvaluator:
         self.fixed_batch = model.fixed_batch
         double_input = "double" in self.session.get_inputs()[0].type
         self.input_dtype = np.float64 if double_input else np.float32
+        self.spec = spec
+        self.one_at_a_time = False
+        self.batch_checked = self.fixed_batch is not None or spec is None
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, K) of a batch (N, *input_shape)."""
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        if self.one_at_a_time:
+            return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
+        if not self.batch_checked and len(batch) > 1:
+            self.batch_checked = True
+            if not self._batches_like_single_samples(batch):
+                self.one_at_a_time = True
+                return self.logits(batch)
         if self.fixed_batch is None:
             return self._run(batch)
         parts = []
@@ -57,6 +76,22 @@ class OnnxRuntimeEvaluator:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out).reshape(len(batch), -1)
+
+    def _batches_like_single_samples(self, batch: np.ndarray) -> bool:
+        probe = batch[: min(len(batch), 4)]
+        try:
+            together = self._run(probe).astype(np.float64)
+        except Exception:  # the model does not run on a batch: one sample at a time
+            return False
+        alone = np.concatenate([self._run(probe[i : i + 1]) for i in range(len(probe))])
+        if together.shape != alone.shape:
+            return False
+        norms = np.linalg.norm(probe.reshape(len(probe), -1).astype(np.float64), axis=1)
+        assert self.spec is not None  # batch_checked is set when there is none
+        limit = 2 * self.spec.fp_allowance(norms)
+        gap = np.linalg.norm(together - alone.astype(np.float64), axis=1)
+        finite = np.isfinite(gap)
+        return bool(np.all(~finite | (gap <= limit)))
 
 
 class Float64Evaluator:

@@ -96,7 +96,7 @@ def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
         analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto")
     )
     preprocessing = parse_preprocessing(request.mean, request.std, dataset.images.shape[1])
-    runtime = OnnxRuntimeEvaluator(loaded, threads=request.threads)
+    runtime = OnnxRuntimeEvaluator(loaded, threads=request.threads, spec=analysis.spec)
     evaluator: OnnxRuntimeEvaluator | Float64Evaluator = runtime
     spec = analysis.spec
     if request.margins == "float64":
