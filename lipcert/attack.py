@@ -117,11 +117,16 @@ class Attacker:
                 self.settings.restarts,
             )
             for k, i in enumerate(index):
-                if found[k] and self._confirmed(points[k], int(prediction[i])):
+                if not found[k]:
+                    continue
+                point = self._inside_ball(inputs[i], points[k] - x[i], float(radius[i]))
+                if self._confirmed(point, int(prediction[i])):
                     violation[i] = True
                     violation_distance[i] = float(
                         np.linalg.norm(
-                            points[k].double().numpy() - np.asarray(inputs[i], dtype=np.float64)
+                            (
+                                point - torch.as_tensor(np.asarray(inputs[i], dtype=np.float64))
+                            ).numpy()
                         )
                     )
         distance = np.full(n, np.inf)
@@ -178,6 +183,19 @@ class Attacker:
                 best_point[better] = (x + delta)[better]
         return (best_margin > 0).numpy(), best_point
 
+    @staticmethod
+    def _inside_ball(center: np.ndarray, delta: torch.Tensor, radius: float) -> torch.Tensor:
+        """The float32 attack's step from x, applied to x in float64, within the ball.
+
+        The attack ran on x rounded to float32; its step is moved to the exact x and, if the
+        rounding pushed it past the radius, scaled back inside.
+        """
+        step = delta.double()
+        norm = float(step.norm())
+        if norm >= radius:
+            step = step * (radius * (1 - 1e-9) / norm)
+        return torch.as_tensor(np.asarray(center, dtype=np.float64)) + step
+
     def _confirmed(self, point: torch.Tensor, prediction: int) -> bool:
         """The decision change holds for the exact function: checked in float64."""
         with torch.no_grad():
@@ -191,13 +209,18 @@ class Attacker:
     def _smallest_distance(
         self, x: torch.Tensor, target: torch.Tensor, radius: np.ndarray
     ) -> np.ndarray:
-        """Doubling then bisection of the PGD radius, per sample: an upper bound of the distance."""
+        """From the certified radius, doubling then bisection of the PGD radius, per sample: an
+        upper bound of the distance to the boundary (found in float32, so it may fall a few
+        float32 ulps below an exact certificate's radius)."""
         n = len(x)
         settings = self.settings
         scale = float(x.flatten(1).norm(dim=1).mean()) or 1.0
-        low = np.maximum(np.asarray(radius, dtype=np.float64), 0.0)
+        # The search starts at the certified radius, not above it: a certificate that is too
+        # large must show up here as a distance below the radius.
+        certified = np.maximum(np.asarray(radius, dtype=np.float64), 0.0)
+        low = np.zeros(n)
         high = np.full(n, np.inf)
-        eps = np.where(low > 0, 2 * low, 0.01 * scale)
+        eps = np.where(certified > 0, certified, 0.01 * scale)
 
         def pgd(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
             found, _ = self._pgd(

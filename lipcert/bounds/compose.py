@@ -85,9 +85,14 @@ class CertificateSpec:
         )
 
     def pair_bound(self, i: int, j: int) -> float:
-        """Upper bound of the Lipschitz constant of f_i - f_j."""
+        """Upper bound of the Lipschitz constant of f_i - f_j (pairwise when there is a head)."""
         if self.pairwise_bounds is not None:
             return float(self.pairwise_bounds[i, j])
+        return self.global_pair_bound
+
+    @property
+    def global_pair_bound(self) -> float:
+        """sqrt(2) L: bounds f_i - f_j for every pair, since |u_i - u_j| <= sqrt(2) ||u||."""
         return mul_up(math.sqrt(2.0) * (1.0 + 1e-15), self.lipschitz_bound)
 
 

@@ -114,7 +114,7 @@ def _multiclass(
         assert spec.pairwise_bounds is not None  # choose_method guarantees it
         bounds = spec.pairwise_bounds[prediction]  # (N, K)
     else:
-        bounds = np.full((n, k), spec.pair_bound(0, 1))
+        bounds = np.full((n, k), spec.global_pair_bound)
     ratios = (margins - pair_allowance[:, None]) / np.where(bounds > 0, bounds, np.inf)
     ratios[np.arange(n), prediction] = np.inf
     runner_up = np.argmin(ratios, axis=1)

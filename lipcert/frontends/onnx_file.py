@@ -37,7 +37,10 @@ _RANDOM_OPS = frozenset(
         "Bernoulli",
     }
 )
-_OUTPUT_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax"})
+# Monotone maps at the output: they change neither the argmax nor, for one output, the side
+# of the decision threshold (Sigmoid: p > 1/2 exactly when its input is > 0). Certificates
+# use their input, the logits, where a one-logit decision is "positive means class 1".
+_OUTPUT_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid"})
 # A batch size fixed by a model beyond this is taken as a malformed file.
 _MAX_FIXED_BATCH = 4096
 # The probe run keeps every intermediate tensor: one larger than this (1 GiB of float32) is
@@ -590,12 +593,16 @@ def _attribute_value(attribute: onnx.AttributeProto) -> Any:
 
 
 def _drop_output_activation(graph: Graph) -> None:
-    """Certificates use logits: a Softmax/LogSoftmax at the output is stepped over."""
+    """Certificates use logits: a Softmax, LogSoftmax or Sigmoid at the output is stepped
+    over (a Softmax only along the last axis, where it keeps the argmax)."""
     producers = graph.producers()
     node = producers.get(graph.output_name)
     while node is not None and node.op in _OUTPUT_ACTIVATIONS:
         source = graph.data_inputs(node)
         if len(source) != 1:
+            break
+        rank = len(graph.shape(source[0]))
+        if node.op != "Sigmoid" and int(node.attr("axis", -1)) % rank != rank - 1:
             break
         graph.notes.append(
             f"{node.op} at the output ({node.name}) dropped: certificates use its input, the logits"

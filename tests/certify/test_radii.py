@@ -139,3 +139,14 @@ def test_choose_method() -> None:
         choose_method(spec_for(w, head=False), "pairwise")
     with pytest.raises(UsageError, match="expected --certificate auto, pairwise or global"):
         choose_method(spec_for(w), "bogus")
+
+
+def test_global_certificate_ignores_the_pairwise_bounds_of_a_head() -> None:
+    """--certificate global on a model with a head uses sqrt(2) L for every pair, never the
+    pairwise bound of one particular pair."""
+    w = np.array([[1.0, 0.0], [0.9, 0.0], [-1.0, 0.0]])
+    spec = spec_for(w)
+    assert spec.pairwise_bounds is not None and spec.pairwise_bounds[0, 1] < 0.2
+    logits = np.array([[0.2, 0.1, -0.5]])
+    result = certify_logits(logits, spec, Method.GLOBAL, np.zeros(1))
+    assert result.radius[0] == pytest.approx(0.1 / (math.sqrt(2) * spec.lipschitz_bound), rel=1e-12)
