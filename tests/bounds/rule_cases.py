@@ -475,10 +475,18 @@ def unary_case(
     linear: bool = False,
     constructed: bool = True,
     input_scale: float = 2.0,
+    not_last: bool = False,
 ) -> RuleCase:
-    """An element-wise op; its constructed point puts every element where |f'| is largest."""
+    """An element-wise op; its constructed point puts every element where |f'| is largest.
+
+    `not_last` puts an Identity after the op: ops that are dropped at a model's output
+    (Sigmoid, like Softmax) are bounded only inside a model.
+    """
     extra = extra_inputs or {}
-    model = make_model([node(op, ["x", *extra], **(attrs or {}))], list(shape), extra, opset=opset)
+    nodes = [node(op, ["x", *extra], ["h" if not_last else "y"], **(attrs or {}))]
+    if not_last:
+        nodes.append(node("Identity", ["h"]))
+    model = make_model(nodes, list(shape), extra, opset=opset)
 
     def points() -> tuple[np.ndarray, ...]:
         if not constructed or linear:
@@ -858,7 +866,7 @@ def activation_cases() -> list[RuleCase]:
         unary_case("tanh", "Tanh", torch.tanh),
         unary_case("softplus", "Softplus", _softplus),
         unary_case("softsign", "Softsign", lambda x: x / (1 + x.abs())),
-        unary_case("sigmoid", "Sigmoid", lambda x: 1 / (1 + torch.exp(-x))),
+        unary_case("sigmoid", "Sigmoid", lambda x: 1 / (1 + torch.exp(-x)), not_last=True),
         unary_case("sin", "Sin", torch.sin),
         unary_case("cos", "Cos", torch.cos),
         unary_case("atan", "Atan", torch.atan),

@@ -173,3 +173,38 @@ def test_spec_scaled_multiplies_every_bound() -> None:
     scaled = analysis.spec.scaled(4.0)
     assert scaled.lipschitz_bound >= 8.0 and scaled.lipschitz_bound == pytest.approx(8.0)
     assert scaled.pairwise_bounds[0, 1] >= analysis.spec.pairwise_bounds[0, 1] * 4.0
+
+
+def test_sigmoid_at_the_output_of_one_logit_is_dropped() -> None:
+    """p > 1/2 exactly when the logit is > 0: certificates use the logit and its sign."""
+    model = build(
+        [
+            helper.make_node("Gemm", ["x", "W"], ["z"], transB=1),
+            helper.make_node("Sigmoid", ["z"], ["y"]),
+        ],
+        {"W": np.array([[3.0, 4.0]])},
+        (2,),
+        1,
+    )
+    loaded, analysis = analysis_of(model)
+    assert loaded.graph.output_name == "z"
+    assert any("Sigmoid at the output" in note for note in analysis.notes)
+    assert analysis.spec.logit_bounds[0] == pytest.approx(5.0, rel=1e-9)
+
+
+def test_softmax_over_another_axis_is_not_dropped() -> None:
+    model = build(
+        [
+            helper.make_node("Gemm", ["x", "W"], ["z"], transB=1),
+            helper.make_node("Softmax", ["z"], ["y"], axis=0),
+        ],
+        {"W": np.eye(3)},
+        (3,),
+        3,
+    )
+    from lipcert.errors import UnsupportedOpError
+
+    loaded = load_from_proto(model, LoadOptions(), source="test", fmt="onnx")
+    assert loaded.graph.output_name == "y"
+    with pytest.raises(UnsupportedOpError, match="Softmax"):
+        analyse(loaded.graph)
