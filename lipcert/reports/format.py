@@ -10,7 +10,12 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def bound_text(value: float) -> str:
-    """A bound for display: rounded up, never down, so the text never understates it."""
+    """A bound for display, to 6 digits, rounded up so the text does not understate it.
+
+    The safe rounding of the computation leaves bounds a few ulps above round numbers
+    (1 + 2e-16 for a chain of exact ones): excesses below 1e-12 relative are not rounded up,
+    so such a bound reads 1.00000, not 1.00001. JSON output carries every digit.
+    """
     if not math.isfinite(value):
         return str(value)
     if value == 0:
@@ -18,7 +23,7 @@ def bound_text(value: float) -> str:
     digits = 6
     exponent = math.floor(math.log10(abs(value)))
     scale = 10 ** (digits - 1 - exponent)
-    rounded = math.ceil(value * scale) / scale
+    rounded = math.ceil(value * (1 - 1e-12) * scale) / scale
     return (
         f"{rounded:.{max(digits - 1 - exponent, 0)}f}" if -4 <= exponent < 6 else f"{rounded:.5e}"
     )
