@@ -169,16 +169,16 @@ def certify(
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Certify only the first N samples.")] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Samples per inference batch [default: 256].")
+        int | None, typer.Option("--batch-size", help="Samples per inference batch (default 256).")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="onnxruntime threads [default: all cores].")
+        int | None, typer.Option(help="onnxruntime threads (default all cores).")
     ] = None,
     eps: Annotated[
         str | None,
         typer.Option(
             help="Radii for certified accuracy, e.g. 36/255,72/255 "
-            "[default: 36/255,72/255,108/255,1]."
+            "(default 36/255,72/255,108/255,1)."
         ),
     ] = None,
     mean: Annotated[
@@ -195,7 +195,7 @@ def certify(
     ] = None,
     certificate: Annotated[
         str | None,
-        typer.Option(help="auto, pairwise (needs a linear head) or global [default: auto]."),
+        typer.Option(help="auto, pairwise (needs a linear head) or global (default auto)."),
     ] = None,
     margins: Annotated[
         str,
@@ -224,7 +224,7 @@ def certify(
     gate_eps: Annotated[
         str | None,
         typer.Option(
-            "--gate-eps", help="The eps of the certified-accuracy gate [default: the first --eps]."
+            "--gate-eps", help="The eps of the certified-accuracy gate (default the first --eps)."
         ),
     ] = None,
     min_accuracy: Annotated[
@@ -294,7 +294,7 @@ def attack(
     ] = None,
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     limit: Annotated[
-        int | None, typer.Option(help="Attack the first N samples [default: 200].")
+        int | None, typer.Option(help="Attack the first N samples (default 200).")
     ] = None,
     steps: Annotated[int, typer.Option(help="Gradient steps per attack.")] = 40,
     restarts: Annotated[
