@@ -58,6 +58,41 @@ TrustOpt = Annotated[
 TracebackOpt = Annotated[
     bool, typer.Option("--traceback", help="Show the full traceback of an error.")
 ]
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset",
+        help="cifar10, cifar100, mnist, fashion-mnist, or an .npz file with arrays x and y.",
+        show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
+]
+SplitOpt = Annotated[str, typer.Option(help="test or train.")]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Per-channel mean subtracted before the model (part of the certified function)."
+    ),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option(help="Per-channel std the input is divided by (part of the certified function)."),
+]
+CertificateOpt = Annotated[
+    str | None,
+    typer.Option(help="auto, pairwise (needs a linear head) or global (default auto)."),
+]
+MarginsOpt = Annotated[
+    str,
+    typer.Option(
+        help="float32: onnxruntime and a worst-case rounding allowance (fast); float64: the "
+        "graph in float64, a negligible allowance, tighter radii (about 5x slower)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")]
 
 
 @contextmanager
@@ -155,18 +190,9 @@ def verify(
 @app.command()
 def certify(
     model: ModelArg,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset",
-            help="cifar10, cifar100, mnist, fashion-mnist, or an .npz file with arrays x and y.",
-            show_default=False,
-        ),
-    ],
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
-    ] = None,
-    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    dataset: DatasetOpt,
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = "test",
     limit: Annotated[int | None, typer.Option(help="Certify only the first N samples.")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Samples per inference batch (default 256).")
@@ -181,39 +207,15 @@ def certify(
             "(default 36/255,72/255,108/255,1)."
         ),
     ] = None,
-    mean: Annotated[
-        str | None,
-        typer.Option(
-            help="Per-channel mean subtracted before the model (part of the certified function)."
-        ),
-    ] = None,
-    std: Annotated[
-        str | None,
-        typer.Option(
-            help="Per-channel std the input is divided by (part of the certified function)."
-        ),
-    ] = None,
-    certificate: Annotated[
-        str | None,
-        typer.Option(help="auto, pairwise (needs a linear head) or global (default auto)."),
-    ] = None,
-    margins: Annotated[
-        str,
-        typer.Option(
-            help="float32: onnxruntime and a worst-case rounding allowance (fast); "
-            "float64: the graph in "
-            "float64, a negligible allowance, tighter radii (about 5x slower)."
-        ),
-    ] = "float32",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    certificate: CertificateOpt = None,
+    margins: MarginsOpt = "float32",
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per sample to this CSV file.")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", help="No tables or progress on stderr.")
-    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     min_certified_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -283,16 +285,9 @@ def certify(
 @app.command()
 def attack(
     model: ModelArg,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            "--dataset", help="A dataset name or an .npz file, as for certify.", show_default=False
-        ),
-    ],
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
-    ] = None,
-    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    dataset: DatasetOpt,
+    data_dir: DataDirOpt = None,
+    split: SplitOpt = "test",
     limit: Annotated[
         int | None, typer.Option(help="Attack the first N samples (default 200).")
     ] = None,
@@ -306,22 +301,18 @@ def attack(
             "--no-distance", help="Skip the search for the smallest adversarial distance."
         ),
     ] = False,
-    mean: Annotated[str | None, typer.Option(help="As for certify.")] = None,
-    std: Annotated[str | None, typer.Option(help="As for certify.")] = None,
-    certificate: Annotated[str | None, typer.Option(help="As for certify.")] = None,
-    margins: Annotated[str, typer.Option(help="As for certify.")] = "float32",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    certificate: CertificateOpt = None,
+    margins: MarginsOpt = "float32",
     csv_path: Annotated[
         Path | None,
         typer.Option(
             "--csv", help="One row per sample: radius, adversarial distance, ratio, violation."
         ),
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", help="No tables or progress on stderr.")
-    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_model: TrustOpt = False,
