@@ -52,6 +52,24 @@ def sqrt_up(x: float) -> float:
     return up(math.sqrt(float(x)))
 
 
+def inverse_sqrt_up(x: float) -> float:
+    """1 / sqrt(x) rounded up: two correctly rounded operations, two ulps added (an ulp is
+    at least u = 2^-53 of a normal number, each rounding at most u)."""
+    return up(up(1.0 / math.sqrt(float(x))))
+
+
+def sum_of_squares_up(values: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Sums of squares along `axis`, each increased by its worst-case rounding error.
+
+    n squares summed in any order are off by at most gamma_(n+1) of the (non-negative) sum.
+    """
+    squares = np.square(np.asarray(values, dtype=np.float64))
+    total = np.sum(squares, axis=axis)
+    count = squares.size // max(np.size(total), 1)
+    gamma = (count + 1) * FLOAT64_EPS
+    return np.nextafter(total * (1.0 + 2.0 * gamma), np.inf)
+
+
 def singular_value_up(sigma: float, dimension: int) -> float:
     """A computed largest singular value turned into a guaranteed upper bound.
 

@@ -80,8 +80,22 @@ def certify_logits(
     return _multiclass(logits, spec, method, allowance)
 
 
+_EPS = float(np.finfo(np.float64).eps)
+
+
 def _round_down(values: np.ndarray) -> np.ndarray:
-    return np.nextafter(values, -np.inf)
+    """A quotient computed by one rounded division, made a lower bound: two ulps down."""
+    return np.nextafter(np.nextafter(values, -np.inf), -np.inf)
+
+
+def _margin_lower(margins: np.ndarray, allowance: np.ndarray) -> np.ndarray:
+    """margin - allowance, decreased by the rounding of computing them in float64.
+
+    The margin (a difference of logits) and the subtraction are rounded once each, each off
+    by at most u times the larger operand: 2 eps (|margin| + allowance) covers both, also
+    when the two nearly cancel.
+    """
+    return margins - allowance - 2 * _EPS * (np.abs(margins) + allowance)
 
 
 def _binary(scores: np.ndarray, spec: CertificateSpec, allowance: np.ndarray) -> Certificates:
@@ -89,8 +103,9 @@ def _binary(scores: np.ndarray, spec: CertificateSpec, allowance: np.ndarray) ->
     prediction = np.where(finite, (scores > 0).astype(np.int64), -1)
     margin = np.where(finite, np.abs(scores), np.nan)
     radius = np.zeros(len(scores))
-    usable = finite & (margin > allowance)
-    radius[usable] = _round_down((margin[usable] - allowance[usable]) / spec.logit_bounds[0])
+    numerator = _margin_lower(np.where(finite, margin, 0.0), allowance)
+    usable = finite & (numerator > 0)
+    radius[usable] = _round_down(numerator[usable] / spec.logit_bounds[0])
     status = np.full(len(scores), Status.CERTIFIED, dtype=np.int64)
     status[finite & ~usable] = Status.WITHIN_ALLOWANCE
     status[finite & (scores == 0)] = Status.TIE
@@ -115,7 +130,8 @@ def _multiclass(
         bounds = spec.pairwise_bounds[prediction]  # (N, K)
     else:
         bounds = np.full((n, k), spec.global_pair_bound)
-    ratios = (margins - pair_allowance[:, None]) / np.where(bounds > 0, bounds, np.inf)
+    numerators = _margin_lower(margins, pair_allowance[:, None])
+    ratios = numerators / np.where(bounds > 0, bounds, np.inf)
     ratios[np.arange(n), prediction] = np.inf
     runner_up = np.argmin(ratios, axis=1)
     radius = _round_down(ratios[np.arange(n), runner_up])

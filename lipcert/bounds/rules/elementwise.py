@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipcert.bounds.numeric import max_abs_up, sqrt_up
+from lipcert.bounds.numeric import max_abs_up, sqrt_up, sum_of_squares_up
 from lipcert.bounds.registry import (
     EXACT,
     LIBRARY_ULPS,
@@ -183,8 +183,7 @@ def _broadcast_gain(node: Node, graph: Graph, source: str, scale: np.ndarray | N
     )
     if not expanded:
         return max_abs_up(gains)
-    squares = np.sum(np.square(gains), axis=expanded)
-    return sqrt_up(max_abs_up(squares))
+    return sqrt_up(max_abs_up(sum_of_squares_up(gains, axis=expanded)))
 
 
 @rule("Mul")

@@ -14,7 +14,7 @@ import numpy as np
 
 from lipcert.bounds import spectral
 from lipcert.bounds.geometry import Window, max_overlap, window
-from lipcert.bounds.numeric import mul_up, sqrt_up, up
+from lipcert.bounds.numeric import inverse_sqrt_up, mul_up, sqrt_up, up
 from lipcert.bounds.registry import LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
 
@@ -115,7 +115,7 @@ def global_average_pool(node: Node, graph: Graph) -> LayerBound:
         # of certify, which always loads the model at the dataset's size.
         rounding = Rounding(terms=size + 1, input_gain=1.0)
         return LayerBound(1.0, "1/sqrt(H*W) <= 1, any input size", exact=False, rounding=rounding)
-    factor = up(1.0 / math.sqrt(size))
+    factor = inverse_sqrt_up(size)
     rounding = Rounding(terms=size + 1, input_gain=factor)
     return LayerBound(factor, "1/sqrt(H*W)", exact=True, rounding=rounding)
 
@@ -194,7 +194,7 @@ def reduce_logsumexp(node: Node, graph: Graph) -> LayerBound:
 @rule("ReduceMean")
 def reduce_mean(node: Node, graph: Graph) -> LayerBound:
     size = _group_size(node, graph)
-    factor = up(1.0 / math.sqrt(size))
+    factor = inverse_sqrt_up(size)
     rounding = Rounding(terms=size + 1, input_gain=factor)
     return LayerBound(factor, f"1/sqrt(group size {size})", exact=True, rounding=rounding)
 
