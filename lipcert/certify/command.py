@@ -16,6 +16,7 @@ from lipcert.certify.pipeline import (
     CertifyResult,
     Preprocessing,
     certify_dataset,
+    model_labels,
     parse_preprocessing,
 )
 from lipcert.certify.radii import Method, choose_method
@@ -92,6 +93,7 @@ def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
     )
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
+    model_labels(dataset, analysis.spec)  # before any progress display: errors stay one line
     method = choose_method(
         analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto")
     )

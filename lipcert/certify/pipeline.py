@@ -92,7 +92,7 @@ def certify_dataset(
     by 255 in that precision (correctly rounded); with preprocessing, in float64 and then
     rounded once by the evaluator. The allowance covers that one rounding of the input.
     """
-    labels = _model_labels(dataset, spec)
+    labels = model_labels(dataset, spec)
     certified_spec = spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
     parts: list[Certificates] = []
     allowances: list[np.ndarray] = []
@@ -132,7 +132,7 @@ def input_norms(inputs: np.ndarray) -> np.ndarray:
     return np.sqrt(squares) * (1.0 + 2.0**-20)
 
 
-def _model_labels(dataset: Dataset, spec: CertificateSpec) -> np.ndarray:
+def model_labels(dataset: Dataset, spec: CertificateSpec) -> np.ndarray:
     """The dataset's labels as class indices of the model's logits, checked."""
     labels = np.asarray(dataset.labels, dtype=np.int64)
     classes = 2 if spec.num_logits == 1 else spec.num_logits

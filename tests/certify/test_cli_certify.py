@@ -283,3 +283,27 @@ def test_preprocessing_makes_radii_pixel_space(linear_case, tmp_path: Path) -> N
     exact = distance_to_boundary(w, b, x)
     assert np.all(radius <= exact * (1 + 1e-12))
     np.testing.assert_allclose(radius, exact, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "content", ["truncated", "labels"], ids=["truncated_npz", "labels_out_of_range"]
+)
+def test_hostile_dataset_leaves_no_output_file(linear_case, tmp_path: Path, content: str) -> None:
+    model, *_ = linear_case
+    data = tmp_path / "bad.npz"
+    if content == "truncated":
+        np.savez(data, x=np.zeros((4, 1, 4, 4), dtype=np.uint8), y=np.zeros(4, dtype=np.int64))
+        data.write_bytes(data.read_bytes()[:100])
+    else:
+        np.savez(data, x=np.zeros((4, 1, 4, 4), dtype=np.uint8), y=np.array([0, 1, 2, 9]))
+    out = tmp_path / "radii.csv"
+    result = run(model, "--dataset", data, "--csv", out, "--json")
+    assert result.exit_code == 2
+    assert (
+        result.stderr.startswith("DatasetError:") and len(result.stderr.strip().splitlines()) == 1
+    )
+    assert result.stdout == ""
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "linear.onnx"] or not out.exists()
+    )
+    assert not out.exists()
