@@ -316,6 +316,21 @@ _REFUSALS = [
         id="hard_shrink",
     ),
     pytest.param(
+        [
+            node("Unsqueeze", ["x", "axis"], ["image"]),
+            node("LpPool", ["image"], kernel_shape=[1, 1], p=0),
+        ],
+        {"axis": i64([1])},
+        r"node 'lppool_node' \(LpPool\): Lp pooling with p = 0.0 < 1 is not Lipschitz",
+        id="lppool_p0",
+    ),
+    pytest.param(
+        [node("Celu", ["x"], alpha=-0.5)],
+        {},
+        r"node 'celu_node' \(Celu\): CELU with alpha -0.5 <= 0 is not Lipschitz",
+        id="celu_negative_alpha",
+    ),
+    pytest.param(
         [node("Dropout", ["x", "ratio", "training"])],
         {"ratio": f32(0.5), "training": np.array(True)},
         r"node 'dropout_node' \(Dropout\): Dropout in training mode",
@@ -457,3 +472,10 @@ def test_discontinuous_shrink_is_refused(bias: float, lambd: float) -> None:
     assert abs(float(jump[0, 1] - jump[0, 0])) > 0.4  # no Lipschitz constant at all
     with pytest.raises(UnsupportedOpError, match=r"node 'shrink_node' \(Shrink\)"):
         analyse(load_graph(model))
+
+
+def test_celu_with_negative_alpha_is_really_not_lipschitz() -> None:
+    """The refusal above is not caution: onnxruntime's CELU(alpha=-0.5) is steep at x = -3."""
+    model = make_model([node("Celu", ["x"], alpha=-0.5)], [2])
+    y = run_onnxruntime(model, np.array([[-3.0, -3.001]], dtype=np.float32))
+    assert abs(y[0, 0] - y[0, 1]) / 0.001 > 100

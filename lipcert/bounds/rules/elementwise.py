@@ -118,7 +118,12 @@ def elu(node: Node, graph: Graph) -> LayerBound:
 
 @rule("Celu")
 def celu(node: Node, graph: Graph) -> LayerBound:
+    """max(0, x) + min(0, alpha (exp(x / alpha) - 1)): slope exp(x / alpha) <= 1 for x < 0
+    when alpha > 0; with alpha < 0 that slope grows without bound as x falls."""
     _single_data_input(node, graph)
+    alpha = float(node.attr("alpha", 1.0))
+    if not alpha > 0:
+        raise refuse(node, f"CELU with alpha {alpha!r} <= 0 is not Lipschitz")
     return LayerBound(1.0, "sup |celu'| = 1", exact=True, rounding=library_rounding(node, graph))
 
 

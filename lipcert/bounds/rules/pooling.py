@@ -58,7 +58,7 @@ def max_pool(node: Node, graph: Graph) -> LayerBound:
 def lp_pool(node: Node, graph: Graph) -> LayerBound:
     """The p-norm of each window: sqrt(m) * max(1, k^(1/p - 1/2)) in L2."""
     win, spatial = _pool_window(node, graph)
-    p = float(node.attr("p", 2))
+    p = _norm_order(node)
     m, how = overlap(win, spatial, graph)
     window_size = math.prod(win.kernel)
     gain = _p_norm_gain(p, window_size)
@@ -70,6 +70,14 @@ def lp_pool(node: Node, graph: Graph) -> LayerBound:
         exact=p >= 2.0 and graph.size_known,
         rounding=rounding,
     )
+
+
+def _norm_order(node: Node) -> float:
+    """The p of an Lp pooling; (sum |v|^p)^(1/p) is a norm, hence Lipschitz, only for p >= 1."""
+    p = float(node.attr("p", 2))
+    if not p >= 1:
+        raise refuse(node, f"Lp pooling with p = {p!r} < 1 is not Lipschitz")
+    return p
 
 
 def _p_norm_gain(p: float, size: int) -> float:
@@ -128,7 +136,7 @@ def global_max_pool(node: Node, graph: Graph) -> LayerBound:
 @rule("GlobalLpPool")
 def global_lp_pool(node: Node, graph: Graph) -> LayerBound:
     source = graph.data_inputs(node)[0]
-    p = float(node.attr("p", 2))
+    p = _norm_order(node)
     size = math.prod(graph.shape(source)[2:])
     if p >= 2.0:
         rounding = Rounding(terms=size + LIBRARY_ULPS, input_gain=1.0)
