@@ -53,22 +53,12 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lipcert import zoo  # the repository root is put on sys.path just above
+from lipcert.datasets.catalog import CATALOG
 
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
 HERE = Path(__file__).resolve().parent
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+FASHION_MNIST_CLASSES = CATALOG["fashion-mnist"].class_names
 # The binary task: Sneaker (label 0) against Ankle boot (label 1).
 BINARY_PAIR = (7, 9)
 

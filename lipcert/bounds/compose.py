@@ -233,10 +233,11 @@ def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec
                 pairwise[i, j] = mul_up(singular_value_up(float(differences[j]), dimension), body)
     head_norm = spectral.matrix_norm(rows)
     vector = min(total, mul_up(head_norm, body))
+    pairs = np.minimum(pairwise, mul_up(math.sqrt(2.0) * (1 + 1e-15), vector))
     return CertificateSpec(
         lipschitz_bound=vector,
         logit_bounds=tuple(min(b, vector) for b in logit),
-        pairwise_bounds=np.minimum(pairwise, mul_up(math.sqrt(2.0) * (1 + 1e-15), vector)),
+        pairwise_bounds=pairs if num_logits > 1 else None,  # one logit has no pairs
         num_logits=num_logits,
         input_shape=graph.input_shape,
         size_known=graph.size_known,

@@ -90,9 +90,6 @@ class Graph:
                 users.setdefault(name, []).append(node)
         return users
 
-    def __iter__(self) -> Iterator[Node]:
-        return iter(self.nodes)
-
     def prune(self) -> None:
         """Drop the nodes that do not lead to the output, and unused constants."""
         needed = {self.output_name}
