@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lipcert.bounds.compose import CertificateSpec
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.errors import UnsoundCertificateError
 from lipcert.graph import Graph
 from lipcert.graph.execute import GraphExecutor

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipcert.bounds.compose import CertificateSpec
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.errors import ModelLoadError, UnsoundCertificateError
 from lipcert.graph import Graph
 from lipcert.model import LoadedModel

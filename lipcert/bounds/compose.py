@@ -18,6 +18,7 @@ import numpy as np
 from lipcert.bounds import spectral
 from lipcert.bounds.numeric import add_up, mul_up, rss_up, singular_value_up
 from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node, refuse
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.patterns import fuse_patterns
@@ -41,61 +42,6 @@ class LayerReport:
     cumulative: float  # bound of input -> this node's output
 
 
-@dataclass(frozen=True)
-class CertificateSpec:
-    """What certify consumes: guaranteed upper bounds of the logits' Lipschitz constants.
-
-    `lipschitz_bound` bounds the whole logit vector (L2 -> L2), `logit_bounds[i]` the logit
-    i alone, and `pairwise_bounds[i, j]` (when a linear head was found) the difference
-    f_i - f_j. Without a head, f_i - f_j is bounded by sqrt(2) * lipschitz_bound.
-    """
-
-    lipschitz_bound: float
-    logit_bounds: tuple[float, ...]
-    pairwise_bounds: np.ndarray | None
-    num_logits: int
-    input_shape: tuple[int, ...]
-    size_known: bool
-    body_bound: float | None = None
-    head: str | None = None
-    # ||f computed in float32 (x) - f(x)||_2 <= fp_error_constant + fp_error_slope * ||x||_2
-    fp_error_constant: float = 0.0
-    fp_error_slope: float = 0.0
-
-    def fp_allowance(self, input_norms: np.ndarray) -> np.ndarray:
-        """Per sample, a bound of the float32 error of the logit vector (L2)."""
-        norms = np.asarray(input_norms, dtype=np.float64)
-        return np.nextafter(
-            self.fp_error_constant + self.fp_error_slope * norms * (1 + 1e-12), np.inf
-        )
-
-    def scaled(self, factor: float) -> CertificateSpec:
-        """The spec of x -> f(a x) for an input map of Lipschitz constant `factor`."""
-        from dataclasses import replace
-
-        pairwise = (
-            None if self.pairwise_bounds is None else self.pairwise_bounds * factor * (1 + 1e-15)
-        )
-        return replace(
-            self,
-            lipschitz_bound=mul_up(self.lipschitz_bound, factor),
-            logit_bounds=tuple(mul_up(b, factor) for b in self.logit_bounds),
-            pairwise_bounds=pairwise,
-            body_bound=None if self.body_bound is None else mul_up(self.body_bound, factor),
-        )
-
-    def pair_bound(self, i: int, j: int) -> float:
-        """Upper bound of the Lipschitz constant of f_i - f_j (pairwise when there is a head)."""
-        if self.pairwise_bounds is not None:
-            return float(self.pairwise_bounds[i, j])
-        return self.global_pair_bound
-
-    @property
-    def global_pair_bound(self) -> float:
-        """sqrt(2) L: bounds f_i - f_j for every pair, since |u_i - u_j| <= sqrt(2) ||u||."""
-        return mul_up(math.sqrt(2.0) * (1.0 + 1e-15), self.lipschitz_bound)
-
-
 @dataclass
 class Analysis:
     """The bound of every layer and the certificate spec of one graph."""
@@ -116,13 +62,16 @@ class Analysis:
 
 
 def analyse(graph: Graph) -> Analysis:
-    """Fuse patterns, bound every node, compose, and build the certificate spec."""
+    """Fuse patterns, bound every node, compose, and build the certificate spec.
+
+    `graph` is left as it is: patterns are fused in a copy, which is `Analysis.graph`.
+    """
     from threadpoolctl import threadpool_limits
 
     # The bounds are many small eigenvalue problems: BLAS threads only add contention (5 to
     # 10 times slower with two threads on a two-core machine).
     with threadpool_limits(limits=1, user_api="blas"):
-        return _analyse(graph)
+        return _analyse(graph.copy())
 
 
 def _analyse(graph: Graph) -> Analysis:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
+from lipcert.graph.ir import refuse as refuse  # rules raise it; it lives with the graph
 
 
 class Combine(enum.Enum):
@@ -97,8 +98,3 @@ def bound_node(node: Node, graph: Graph) -> LayerBound:
             f"supported ops: {', '.join(supported_ops())}"
         )
     return function(node, graph)
-
-
-def refuse(node: Node, why: str) -> UnsupportedOpError:
-    """The error a rule raises when it knows the op but not this use of it."""
-    return UnsupportedOpError(f"node {node.name!r} ({node.op}): {why}")

@@ -9,7 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, CertificateSpec, analyse
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, analyse
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.gates import Gate, evaluate_gates
 from lipcert.certify.metrics import Eps, parse_eps_list
 from lipcert.certify.pipeline import (

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipcert.bounds.compose import CertificateSpec
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.metrics import Eps, Summary, summarise
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
 from lipcert.datasets import Dataset

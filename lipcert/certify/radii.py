@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipcert.bounds.compose import CertificateSpec
+from lipcert.bounds.spec import CertificateSpec
 
 
 class Method(enum.Enum):

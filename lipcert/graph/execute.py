@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lipcert.bounds.geometry import transpose_window, window
 from lipcert.errors import UnsupportedOpError
+from lipcert.graph.geometry import pad_source_index, transpose_window, window
 from lipcert.graph.ir import Graph, Node
 
 Tensor = torch.Tensor
@@ -451,10 +451,8 @@ def _pad(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 
 
 def _index_pad(x: Tensor, axis: int, before: int, after: int, mode: str) -> Tensor:
-    from lipcert.bounds.rules.structure import _source_index
-
     size = x.shape[axis]
-    index = [_source_index(i, size, mode) for i in range(-before, size + after)]
+    index = [pad_source_index(i, size, mode) for i in range(-before, size + after)]
     return x.index_select(axis, torch.as_tensor(index, dtype=torch.long))
 
 

@@ -16,10 +16,12 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
+from lipcert.errors import UnsupportedOpError
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,20 @@ class Graph:
                 users.setdefault(name, []).append(node)
         return users
 
+    def copy(self) -> Graph:
+        """A copy whose node list, tables and notes can change without touching this graph.
+
+        Nodes are immutable and constant arrays are never written in place, so they are shared.
+        """
+        return replace(
+            self,
+            nodes=list(self.nodes),
+            constants=dict(self.constants),
+            shapes=dict(self.shapes),
+            notes=list(self.notes),
+            zero_input_values=dict(self.zero_input_values),
+        )
+
     def prune(self) -> None:
         """Drop the nodes that do not lead to the output, and unused constants."""
         needed = {self.output_name}
@@ -100,6 +116,11 @@ class Graph:
                 needed.update(name for inner in _flatten(node) for name in inner.inputs if name)
         self.nodes = kept[::-1]
         self.constants = {k: v for k, v in self.constants.items() if k in needed}
+
+
+def refuse(node: Node, why: str) -> UnsupportedOpError:
+    """The error for a node lipcert knows the op of but cannot use as it is."""
+    return UnsupportedOpError(f"node {node.name!r} ({node.op}): {why}")
 
 
 def _flatten(node: Node) -> Iterator[Node]:

@@ -9,7 +9,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lipcert.bounds.compose import Analysis, CertificateSpec
+from lipcert.bounds.compose import Analysis
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.model import LoadedModel
 from lipcert.reports.format import bound_text, shape_text
 

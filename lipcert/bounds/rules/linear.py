@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.geometry import transpose_window, window
 from lipcert.bounds.numeric import max_abs_up, mul_up, sqrt_up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
+from lipcert.graph.geometry import transpose_window, window
 
 
 def constant_input(node: Node, graph: Graph, index: int, what: str) -> np.ndarray:

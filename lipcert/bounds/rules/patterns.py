@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from lipcert.bounds.geometry import window
 from lipcert.bounds.numeric import mul_up, sqrt_up, up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.bounds.rules.pooling import overlap
 from lipcert.graph import Graph, Node
+from lipcert.graph.geometry import window
 
 
 @rule("GroupSort")

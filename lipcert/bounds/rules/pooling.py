@@ -13,10 +13,10 @@ import math
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.geometry import Window, max_overlap, window
 from lipcert.bounds.numeric import inverse_sqrt_up, mul_up, sqrt_up, up
 from lipcert.bounds.registry import LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
+from lipcert.graph.geometry import Window, max_overlap, window
 
 
 def _pool_window(node: Node, graph: Graph) -> tuple[Window, tuple[int, ...]]:

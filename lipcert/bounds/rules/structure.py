@@ -12,6 +12,7 @@ import numpy as np
 from lipcert.bounds.numeric import sqrt_up
 from lipcert.bounds.registry import Combine, LayerBound, refuse, rule
 from lipcert.graph import Graph, Node
+from lipcert.graph.geometry import pad_source_index
 
 
 def _one_source(node: Node, graph: Graph) -> str:
@@ -131,23 +132,8 @@ def _axis_copy_counts(n: int, before: int, after: int, mode: str) -> np.ndarray:
     """How many output positions along one axis read each input position."""
     counts = np.zeros(n, dtype=np.int64)
     for out in range(-before, n + after):
-        counts[_source_index(out, n, mode)] += 1
+        counts[pad_source_index(out, n, mode)] += 1
     return counts
-
-
-def _source_index(i: int, n: int, mode: str) -> int:
-    if 0 <= i < n:
-        return i
-    if mode == "edge":
-        return min(max(i, 0), n - 1)
-    if mode == "wrap":
-        return i % n
-    # reflect, without repeating the edge element
-    if n == 1:
-        return 0
-    period = 2 * (n - 1)
-    j = i % period
-    return j if j < n else period - j
 
 
 @rule("Gather")

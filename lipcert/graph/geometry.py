@@ -1,12 +1,15 @@
-"""ONNX window geometry: the attributes of Conv, ConvTranspose and pooling made explicit."""
+"""ONNX geometry: the attributes of Conv, ConvTranspose and pooling made explicit, and the
+index maps of padding modes.
+
+Both the bound rules and the graph executor read these, so they live with the graph, once.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from lipcert.bounds.registry import refuse
-from lipcert.graph import Node
+from lipcert.graph.ir import Node, refuse
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,20 @@ def transpose_window(
         begin.append(first)
         end.append(total - first)
     return Window(kernel, strides, dilations, tuple(begin), tuple(end))
+
+
+def pad_source_index(i: int, n: int, mode: str) -> int:
+    """The input position that output position `i` (from -before on) copies, along an axis
+    of size `n`, for the Pad modes edge, wrap and reflect."""
+    if 0 <= i < n:
+        return i
+    if mode == "edge":
+        return min(max(i, 0), n - 1)
+    if mode == "wrap":
+        return i % n
+    # reflect, without repeating the edge element
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    j = i % period
+    return j if j < n else period - j
