@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, analyse
+from lipcert.bounds.compose import Analysis, analyse
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.gates import Gate, evaluate_gates
 from lipcert.certify.metrics import Eps, parse_eps_list
@@ -17,6 +17,7 @@ from lipcert.certify.pipeline import (
     CertifyResult,
     Preprocessing,
     certify_dataset,
+    choose_evaluators,
     model_labels,
     parse_preprocessing,
 )
@@ -28,7 +29,7 @@ from lipcert.frontends import load_model
 from lipcert.model import LoadedModel, LoadOptions, parse_input_shape
 from lipcert.reports import certify_report
 from lipcert.reports.files import append_text, write_atomically
-from lipcert.runtime import Float64Evaluator, OnnxRuntimeEvaluator
+from lipcert.evaluators import Evaluator
 
 DEFAULT_EPS = "36/255,72/255,108/255,1"
 DEFAULT_BATCH_SIZE = 256
@@ -74,9 +75,10 @@ class Prepared:
     analysis: Analysis
     method: Method
     preprocessing: Preprocessing | None
-    evaluator: OnnxRuntimeEvaluator | Float64Evaluator
+    evaluator: Evaluator
     spec: CertificateSpec  # with the rounding allowance of the evaluator's precision
     batch_size: int
+    exact: Evaluator | None = None  # recomputes the samples whose certificate rounding may change
 
 
 def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
@@ -99,15 +101,18 @@ def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
         analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto")
     )
     preprocessing = parse_preprocessing(request.mean, request.std, dataset.images.shape[1])
-    runtime = OnnxRuntimeEvaluator(loaded, threads=request.threads, spec=analysis.spec)
-    evaluator: OnnxRuntimeEvaluator | Float64Evaluator = runtime
-    spec = analysis.spec
-    if request.margins == "float64":
-        spec = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
-        evaluator = Float64Evaluator(
-            loaded.graph, runtime, analysis.spec, spec, threads=request.threads
-        )
-    return Prepared(dataset, loaded, analysis, method, preprocessing, evaluator, spec, batch_size)
+    chosen = choose_evaluators(loaded, analysis, request.margins, request.threads)
+    return Prepared(
+        dataset,
+        loaded,
+        analysis,
+        method,
+        preprocessing,
+        chosen.evaluator,
+        chosen.spec,
+        batch_size,
+        chosen.exact,
+    )
 
 
 def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutcome:
@@ -194,6 +199,7 @@ def run_with_progress(
             batch_size=prepared.batch_size,
             preprocessing=prepared.preprocessing,
             on_batch=on_batch,
+            exact=prepared.exact,
         )
 
     if console is None:

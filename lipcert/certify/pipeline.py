@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lipcert.bounds.compose import Analysis
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.metrics import Eps, Summary, summarise
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
 from lipcert.datasets import Dataset
 from lipcert.errors import DatasetError, UsageError
-from lipcert.runtime import Float64Evaluator, OnnxRuntimeEvaluator
-
-Evaluator = OnnxRuntimeEvaluator | Float64Evaluator
+from lipcert.evaluators import Evaluation, Evaluator, check_agreement
+from lipcert.model import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,10 @@ class Preprocessing:
         return (batch.astype(np.float64) - self.mean.reshape(shape)) / self.std.reshape(shape)
 
 
-def parse_preprocessing(mean: str | None, std: str | None, channels: int) -> Preprocessing | None:
-    """--mean/--std: comma-separated, one value or one per channel; std > 0."""
+def parse_preprocessing(
+    mean: str | None, std: str | None, channels: int, per: str = "channel"
+) -> Preprocessing | None:
+    """--mean/--std: comma-separated, one value or one per channel (or feature); std > 0."""
     if mean is None and std is None:
         return None
     values = []
@@ -56,7 +58,8 @@ def parse_preprocessing(mean: str | None, std: str | None, channels: int) -> Pre
         if parsed.size == 1:
             parsed = np.full(channels, parsed[0])
         if parsed.size != channels:
-            raise UsageError(f"expected {name} with 1 or {channels} values but got {text!r}")
+            count = "1 value" if channels == 1 else f"1 or {channels} values (one per {per})"
+            raise UsageError(f"expected {name} with {count} but got {text!r}")
         if not np.all(np.isfinite(parsed)):
             raise UsageError(f"expected finite {name} values but got {text!r}")
         values.append(parsed)
@@ -71,8 +74,14 @@ class CertifyResult:
     labels: np.ndarray
     summary: Summary
     spec: CertificateSpec  # of the certified function (preprocessing included)
-    allowance: np.ndarray  # per-sample float32 error bound of the logits
+    allowance: np.ndarray  # per-sample error bound of the logits the radius was computed from
     seconds: float
+    exact: np.ndarray | None = None  # per sample: recomputed by the exact evaluator
+
+    @property
+    def exact_samples(self) -> int:
+        """How many samples needed the exact path (their certificate depended on rounding)."""
+        return 0 if self.exact is None else int(np.sum(self.exact))
 
 
 def certify_dataset(
@@ -85,51 +94,133 @@ def certify_dataset(
     batch_size: int = 256,
     preprocessing: Preprocessing | None = None,
     on_batch: Callable[[int], None] | None = None,
+    exact: Evaluator | None = None,
 ) -> CertifyResult:
     """Certified radius of every sample of `dataset`, and the summary metrics.
 
-    `spec` carries the rounding allowance of the evaluator's precision. Pixels are divided
-    by 255 in that precision (correctly rounded); with preprocessing, in float64 and then
-    rounded once by the evaluator. The allowance covers that one rounding of the input.
+    `spec` is the model's (without preprocessing); the evaluator bounds its own error. Pixels
+    are divided by 255 in the evaluator's input precision (correctly rounded); with
+    preprocessing, in float64 and then rounded once by the evaluator. The allowances cover
+    that one rounding of the input.
+
+    With an `exact` evaluator, the samples whose certificate the allowance may change (at an
+    eps of `eps_list`, or by flipping the decision) are evaluated again there, and both
+    evaluations of those samples must agree within their allowances.
     """
     labels = model_labels(dataset, spec)
     certified_spec = spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
     parts: list[Certificates] = []
     allowances: list[np.ndarray] = []
-    pixel_type = (
-        np.float32 if evaluator.precision == "float32" and preprocessing is None else np.float64
-    )
+    recomputed: list[np.ndarray] = []
+    pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
+    eps_values = np.array([e.value for e in eps_list], dtype=np.float64)
     started = time.perf_counter()
     for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
-        logits = evaluator.logits(inputs)
-        if logits.shape[1] != spec.num_logits:
+        evaluation = evaluator.evaluate(inputs)
+        if evaluation.logits.shape[1] != spec.num_logits:
             raise UsageError(
-                f"the model gave {logits.shape[1]} logits, its graph {spec.num_logits}"
+                f"the model gave {evaluation.logits.shape[1]} logits, its graph {spec.num_logits}"
             )
-        allowance = spec.fp_allowance(input_norms(inputs))
-        parts.append(certify_logits(logits, certified_spec, method, allowance))
+        certificates = certify_logits(
+            evaluation.logits, certified_spec, method, evaluation.allowance
+        )
+        allowance = evaluation.allowance
+        selected = np.zeros(len(inputs), dtype=bool)
+        if exact is not None:
+            selected = rounding_matters(evaluation, certificates, certified_spec, eps_values)
+            if selected.any():
+                index = np.flatnonzero(selected)
+                precise = exact.evaluate(np.asarray(inputs)[index])
+                check_agreement(
+                    precise,
+                    evaluation.take(index),
+                    f"{exact.name} and {evaluator.name}",
+                )
+                certificates = _replace(
+                    certificates,
+                    index,
+                    certify_logits(precise.logits, certified_spec, method, precise.allowance),
+                )
+                allowance = allowance.copy()
+                allowance[index] = precise.allowance
+        parts.append(certificates)
         allowances.append(allowance)
+        recomputed.append(selected)
         if on_batch is not None:
             on_batch(len(inputs))
     seconds = time.perf_counter() - started
     certificates = _concatenate(parts, method)
     summary = summarise(certificates, labels, eps_list, dataset.class_names)
     return CertifyResult(
-        certificates, labels, summary, certified_spec, np.concatenate(allowances), seconds
+        certificates,
+        labels,
+        summary,
+        certified_spec,
+        np.concatenate(allowances) if allowances else np.zeros(0),
+        seconds,
+        np.concatenate(recomputed) if exact is not None and recomputed else None,
     )
 
 
-def input_norms(inputs: np.ndarray) -> np.ndarray:
-    """Upper bounds of the L2 norms of the exact inputs, from their rounded values.
+def rounding_matters(
+    evaluation: Evaluation,
+    certificates: Certificates,
+    spec: CertificateSpec,
+    eps_values: np.ndarray,
+) -> np.ndarray:
+    """Samples whose certificate the allowance may change: the exact radius lies somewhere
+    in [radius with the allowance taken off, radius with it added], and that interval
+    contains a requested eps, or the decision itself may differ (margin within the
+    allowance, ties, non-finite logits)."""
+    upper = certify_logits(
+        evaluation.logits, spec, certificates.method, -evaluation.allowance
+    ).radius
+    lower = certificates.radius
+    uncertain = certificates.status != Status.CERTIFIED
+    straddles = np.any(
+        (lower[:, None] <= eps_values[None, :]) & (eps_values[None, :] <= upper[:, None]), axis=1
+    )
+    return uncertain | straddles
 
-    The inputs given may be the exact values rounded to float32 (relative error 2^-24 per
-    element, so their norm is within a factor 1 + 2^-23 of the exact one), and the sum of
-    squares is accumulated in float64: a factor 1 + 2^-20 covers both.
-    """
-    flat = inputs.reshape(len(inputs), -1)
-    squares = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-    return np.sqrt(squares) * (1.0 + 2.0**-20)
+
+def _replace(base: Certificates, index: np.ndarray, new: Certificates) -> Certificates:
+    """`base` with the samples `index` taken from `new` (of length len(index))."""
+    fields = {}
+    for name in ("prediction", "runner_up", "margin", "radius", "status"):
+        values = getattr(base, name).copy()
+        values[index] = getattr(new, name)
+        fields[name] = values
+    return Certificates(method=base.method, **fields)
+
+
+@dataclass(frozen=True)
+class Evaluators:
+    """The evaluator certify runs, the exact one it recomputes samples with (or None), and
+    the spec with the rounding allowance of the main evaluator's precision."""
+
+    evaluator: Evaluator
+    exact: Evaluator | None
+    spec: CertificateSpec
+
+
+def choose_evaluators(
+    loaded: LoadedModel, analysis: Analysis, margins: str, threads: int | None
+) -> Evaluators:
+    """float32 (default): onnxruntime with its rounding allowance, and the float64 graph for
+    the samples whose certificate that allowance may change. float64: the float64 graph for
+    every sample, each batch compared with onnxruntime."""
+    from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
+    from lipcert.evaluators.exact import Float64Evaluator
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+    runtime = OnnxRuntimeEvaluator(loaded, threads=threads, spec=analysis.spec)
+    if margins == "float64":
+        exact = Float64Evaluator(analysis.graph, spec64, reference=runtime, threads=threads)
+        return Evaluators(exact, None, spec64)
+    exact = Float64Evaluator(analysis.graph, spec64, threads=threads)
+    return Evaluators(runtime, exact, analysis.spec)
 
 
 def model_labels(dataset: Dataset, spec: CertificateSpec) -> np.ndarray:

@@ -53,10 +53,8 @@ def run_attack(
     model_inputs = (
         inputs if prepared.preprocessing is None else prepared.preprocessing.apply(inputs)
     )
-    runtime = (
-        prepared.evaluator
-        if isinstance(prepared.evaluator, OnnxRuntimeEvaluator)
-        else prepared.evaluator.reference
+    runtime = OnnxRuntimeEvaluator(
+        prepared.loaded, threads=request.threads, spec=prepared.analysis.spec
     )
     check_executor_against_runtime(
         prepared.loaded.graph, runtime.logits(model_inputs), model_inputs, prepared.analysis.spec

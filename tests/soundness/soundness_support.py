@@ -95,7 +95,9 @@ def certify_both(
     runtime = OnnxRuntimeEvaluator(loaded, threads=1)
     spec32 = analysis.spec
     spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
-    float64 = Float64Evaluator(loaded.graph, runtime, spec32, spec64)
+    float64 = Float64Evaluator(
+        loaded.graph, spec64, reference=OnnxRuntimeEvaluator(loaded, spec=spec32)
+    )
     norms = np.linalg.norm(points.reshape(len(points), -1), axis=1)
     results = []
     for name, evaluator, spec in (("float32", runtime, spec32), ("float64", float64, spec64)):

@@ -1,0 +1,99 @@
+"""float32 logits from onnxruntime (CPU), with the worst-case a-priori rounding allowance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lipcert.bounds.spec import CertificateSpec
+from lipcert.errors import ModelLoadError
+from lipcert.evaluators.base import Evaluation, agree, input_norms
+from lipcert.model import LoadedModel
+
+
+def make_session(model_bytes: bytes, path: Any, threads: int | None) -> Any:
+    """An onnxruntime CPU session (the only provider lipcert's rounding analysis covers)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"onnxruntime cannot run {str(path)!r}: {exc}") from None
+
+
+class OnnxRuntimeEvaluator:
+    """float32 logits from onnxruntime, in batches (padded when the model fixes its batch).
+
+    The allowance is the a-priori bound of the spec, c + d ||x|| (`float_error_bound`), or
+    infinite without a spec. Bounds are computed on the function of one sample. A model that
+    mixes the samples of a batch (a reshape across the batch axis, say) computes something
+    else on a batch, so the first batch is checked against one-sample runs within both
+    allowances; if they differ, or the batch does not run, samples are evaluated one at a
+    time from then on. Without a `spec` the check is skipped.
+    """
+
+    name = "onnxruntime float32"
+    precision = "float32"
+
+    def __init__(
+        self, model: LoadedModel, threads: int | None = None, spec: CertificateSpec | None = None
+    ) -> None:
+        self.session = make_session(model.onnx_bytes, model.path, threads)
+        self.input_name = model.input_name
+        self.output_name = model.output_name
+        self.fixed_batch = model.fixed_batch
+        double_input = "double" in self.session.get_inputs()[0].type
+        self.input_dtype: type = np.float64 if double_input else np.float32
+        self.spec = spec
+        self.one_at_a_time = False
+        self.batch_checked = self.fixed_batch is not None or spec is None
+
+    def evaluate(self, batch: np.ndarray) -> Evaluation:
+        logits = self.logits(batch).astype(np.float64)
+        if self.spec is None:
+            return Evaluation(logits, np.full(len(logits), np.inf))
+        return Evaluation(logits, self.spec.fp_allowance(input_norms(batch)))
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, K) of a batch (N, *input_shape), as onnxruntime returns them."""
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        if self.one_at_a_time:
+            return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
+        if not self.batch_checked and len(batch) > 1:
+            self.batch_checked = True
+            if not self._batches_like_single_samples(batch):
+                self.one_at_a_time = True
+                return self.logits(batch)
+        if self.fixed_batch is None:
+            return self._run(batch)
+        parts = []
+        for start in range(0, len(batch), self.fixed_batch):
+            chunk = batch[start : start + self.fixed_batch]
+            padded = np.zeros((self.fixed_batch, *batch.shape[1:]), dtype=batch.dtype)
+            padded[: len(chunk)] = chunk
+            parts.append(self._run(padded)[: len(chunk)])
+        return np.concatenate(parts)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        return np.asarray(out).reshape(len(batch), -1)
+
+    def _batches_like_single_samples(self, batch: np.ndarray) -> bool:
+        probe = batch[: min(len(batch), 4)]
+        try:
+            together = self._run(probe).astype(np.float64)
+        except Exception:  # the model does not run on a batch: one sample at a time
+            return False
+        alone = np.concatenate([self._run(probe[i : i + 1]) for i in range(len(probe))])
+        if together.shape != alone.shape or self.spec is None:
+            return together.shape == alone.shape
+        allowance = self.spec.fp_allowance(input_norms(probe))
+        return agree(
+            Evaluation(together, allowance), Evaluation(alone.astype(np.float64), allowance)
+        )
