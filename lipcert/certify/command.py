@@ -25,11 +25,11 @@ from lipcert.certify.radii import Method, choose_method
 from lipcert.config import load_config
 from lipcert.datasets import Dataset, load_dataset
 from lipcert.errors import DatasetError, ShapeError, UsageError
+from lipcert.evaluators import Evaluator
 from lipcert.frontends import load_model
 from lipcert.model import LoadedModel, LoadOptions, parse_input_shape
 from lipcert.reports import certify_report
 from lipcert.reports.files import append_text, write_atomically
-from lipcert.evaluators import Evaluator
 
 DEFAULT_EPS = "36/255,72/255,108/255,1"
 DEFAULT_BATCH_SIZE = 256
