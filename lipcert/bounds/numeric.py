@@ -1,7 +1,8 @@
 """Arithmetic that rounds the safe way for upper bounds.
 
 Every Lipschitz bound lipcert reports is computed in float64 and then rounded up, so that
-the floating-point error of the computation itself cannot make the bound too small.
+the floating-point error of the computation itself cannot make the bound too small. Rules
+round through these helpers only: one place says how each operation is made safe.
 """
 
 from __future__ import annotations
@@ -56,6 +57,27 @@ def inverse_sqrt_up(x: float) -> float:
     """1 / sqrt(x) rounded up: two correctly rounded operations, two ulps added (an ulp is
     at least u = 2^-53 of a normal number, each rounding at most u)."""
     return up(up(1.0 / math.sqrt(float(x))))
+
+
+def div_up(x: float, y: float) -> float:
+    """x / y for non-negative x and positive y, rounded up (division is correctly rounded)."""
+    return up(float(x) / float(y))
+
+
+def pow_up(x: float, exponent: float) -> float:
+    """x ** exponent for x > 0, rounded up.
+
+    pow is not correctly rounded, but every libm in use is accurate to a few ulps (glibc
+    documents at most 1); a relative margin of 8 eps covers that with room to spare.
+    """
+    return up(math.pow(float(x), float(exponent)) * (1.0 + 8.0 * FLOAT64_EPS))
+
+
+def norm_up(values: np.ndarray) -> float:
+    """The L2 norm of all of `values`, rounded up."""
+    if not np.size(values):
+        return 0.0
+    return sqrt_up(float(sum_of_squares_up(np.reshape(values, -1))))
 
 
 def sum_of_squares_up(values: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ never look certified.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,12 +37,22 @@ class Rounding:
     of summation. For a dot-product layer, terms is the length of the sums and input_gain the
     norm of the operator with absolute weights, since |fl(w.x) - w.x| <= gamma_n |w|.|x|.
     terms = 0 means the op is exact in floating point (max, sort, copies, ReLU).
+
+    Sizes are L2 norms of the whole tensor of one sample. Where a node has several data
+    inputs, ||input|| is the sum of their norms: a sum of n tensors rounds its partial sums,
+    |fl(a_1 + ... + a_n) - (a_1 + ... + a_n)| <= gamma_(n-1) (|a_1| + ... + |a_n|), which
+    the output's size does not bound when the terms cancel.
     """
 
     terms: int = 0
     input_gain: float = 0.0
     output_gain: float = 0.0
     offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        values = (self.terms, self.input_gain, self.output_gain, self.offset)
+        if self.terms < 0 or not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(f"expected finite non-negative rounding terms but got {self!r}")
 
 
 EXACT = Rounding()
@@ -57,14 +68,15 @@ class LayerBound:
 
     `exact` says the factor equals the true constant of the operation (up to the rounding
     margin), rather than being an upper bound that may be loose. `rounding` says how much
-    floating-point error the op adds when executed.
+    floating-point error the op adds when executed: every rule states it (there is no
+    default), EXACT only for ops that are exact in floating point (copies, max, ReLU...).
     """
 
     factor: float
     method: str
     exact: bool
+    rounding: Rounding
     combine: Combine = Combine.CHAIN
-    rounding: Rounding = EXACT
 
 
 Rule = Callable[[Node, Graph], LayerBound]

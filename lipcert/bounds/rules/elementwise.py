@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipcert.bounds.numeric import max_abs_up, sqrt_up, sum_of_squares_up
+from lipcert.bounds.numeric import (
+    add_up,
+    div_up,
+    max_abs_up,
+    norm_up,
+    sqrt_up,
+    sum_of_squares_up,
+)
 from lipcert.bounds.registry import (
     EXACT,
     LIBRARY_ULPS,
@@ -153,7 +160,7 @@ def hard_sigmoid(node: Node, graph: Graph) -> LayerBound:
 @rule("Clip")
 def clip(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
-    return LayerBound(1.0, "clipping is 1-Lipschitz", exact=True)
+    return LayerBound(1.0, "clipping is 1-Lipschitz", exact=True, rounding=EXACT)
 
 
 @rule("Shrink")
@@ -229,31 +236,58 @@ def add(node: Node, graph: Graph) -> LayerBound:
     for source in sources:
         if graph.shape(source) != graph.shape(node.outputs[0]) and len(sources) > 1:
             raise refuse(node, f"broadcasting the data branch {source!r} is not supported")
-    rounding = Rounding(terms=max(len(node.inputs) - 1, 1), output_gain=1.0)
+    gain = _broadcast_gain(node, graph, sources[0], None) if len(sources) == 1 else 1.0
+    rounding = _sum_rounding(node, graph, gain)
     if len(sources) == 1:
-        gain = _broadcast_gain(node, graph, sources[0], None)
         return LayerBound(gain, "adds a constant", exact=True, rounding=rounding)
     return LayerBound(
-        1.0, "sum of the branches' bounds", exact=False, combine=Combine.SUM, rounding=rounding
+        1.0, "sum of the branches' bounds", exact=False, rounding=rounding, combine=Combine.SUM
     )
+
+
+def _sum_rounding(node: Node, graph: Graph, data_gain: float) -> Rounding:
+    """The rounding of a sum of the node's n operands, in any order.
+
+    One addition (n = 2) is correctly rounded: at most u of its result. Longer sums round
+    their partial sums, whose size the result does not bound when terms cancel:
+    |fl(sum) - sum| <= gamma_(n-1) sum |a_i| <= gamma_(n-1) (sum of the operands' norms),
+    data operands (their norms times `data_gain`, the norm of broadcasting one) and
+    constants (their broadcast norms) alike.
+    """
+    operands = [name for name in node.inputs if name]
+    if len(operands) <= 2:
+        return Rounding(terms=1, output_gain=1.0)
+    out_shape = graph.shape(node.outputs[0])
+    constants = [
+        norm_up(np.broadcast_to(np.abs(constant_input(node, graph, i, "term")), out_shape))
+        for i, name in enumerate(node.inputs)
+        if name and graph.is_constant(name)
+    ]
+    return Rounding(terms=len(operands) - 1, input_gain=data_gain, offset=add_up(*constants))
 
 
 @rule("Mean")
 def mean(node: Node, graph: Graph) -> LayerBound:
+    """(a_1 + ... + a_n) / n, computed as a sum and then a division (or a product by 1/n).
+
+    The sum's error gamma_(n-1) sum |a_i| is divided by n; the division (or the rounded
+    reciprocal and the product) adds two roundings of the result: gamma_(n+1) of
+    (sum of the operands' norms) / n + |mean| bounds it.
+    """
     sources = graph.data_inputs(node)
     if len(sources) != len([n for n in node.inputs if n]):
         raise refuse(node, "Mean of data and constants is not supported")
     for source in sources:
         if graph.shape(source) != graph.shape(node.outputs[0]):
             raise refuse(node, f"broadcasting the data branch {source!r} is not supported")
-    factor = 1.0 / len(sources)
-    rounding = Rounding(terms=len(sources) + 1, output_gain=1.0)
+    factor = div_up(1.0, len(sources))
+    rounding = Rounding(terms=len(sources) + 1, input_gain=factor, output_gain=1.0)
     return LayerBound(
         factor,
         "1/n times the sum of the branches' bounds",
         exact=False,
-        combine=Combine.SUM,
         rounding=rounding,
+        combine=Combine.SUM,
     )
 
 
@@ -267,9 +301,13 @@ def max_min(node: Node, graph: Graph) -> LayerBound:
         if graph.shape(source) != graph.shape(node.outputs[0]):
             raise refuse(node, f"broadcasting the data branch {source!r} is not supported")
     if len(sources) == 1:
-        return LayerBound(1.0, "max/min with a constant is 1-Lipschitz", exact=True)
+        return LayerBound(1.0, "max/min with a constant is 1-Lipschitz", exact=True, rounding=EXACT)
     return LayerBound(
-        1.0, "sqrt of the sum of squared branch bounds", exact=False, combine=Combine.RSS
+        1.0,
+        "sqrt of the sum of squared branch bounds",
+        exact=False,
+        rounding=EXACT,
+        combine=Combine.RSS,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.numeric import max_abs_up, mul_up, sqrt_up
+from lipcert.bounds.numeric import add_up, max_abs_up, mul_up, norm_up, sqrt_up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import transpose_window, window
@@ -149,11 +149,7 @@ def conv_rounding(node: Node, graph: Graph, weight: np.ndarray, groups: int) -> 
     bias = _optional(node, graph, 2)
     out_shape = graph.shape(node.outputs[0])
     per_channel = int(np.prod(out_shape[2:]))
-    offset = (
-        0.0
-        if bias is None
-        else mul_up(float(np.linalg.norm(bias)), float(np.sqrt(per_channel)) * (1 + 1e-12))
-    )
+    offset = 0.0 if bias is None else mul_up(norm_up(bias), sqrt_up(per_channel))
     rounding = Rounding(
         terms=int(np.prod(weight.shape[1:])) + 1,
         input_gain=abs_conv_gain(weight, groups),
@@ -190,7 +186,7 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
         terms=folded.terms + 4,
         input_gain=max(folded.input_gain, mul_up(max_scale, gain)),
         output_gain=1.0,
-        offset=max(folded.offset, mul_up(max_scale, folded.offset)) + shift_norm,
+        offset=add_up(max(folded.offset, mul_up(max_scale, folded.offset)), shift_norm),
     )
 
 
@@ -204,8 +200,7 @@ def _broadcast_norm(value: np.ndarray | None, shape: tuple[int, ...], scale: flo
     """L2 norm of `scale * value` broadcast to `shape`, rounded up."""
     if value is None:
         return 0.0
-    full = np.broadcast_to(np.abs(value) * scale, shape)
-    return mul_up(float(np.linalg.norm(full)), 1.0 + 1e-12)
+    return mul_up(norm_up(np.broadcast_to(np.abs(value), shape)), scale)
 
 
 @rule("CircularConv")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from lipcert.bounds.numeric import mul_up, sqrt_up, up
-from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
+from lipcert.bounds.registry import EXACT, LayerBound, Rounding, refuse, rule
 from lipcert.bounds.rules.pooling import overlap
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import window
@@ -14,13 +14,13 @@ from lipcert.graph.geometry import window
 @rule("GroupSort")
 def group_sort(node: Node, graph: Graph) -> LayerBound:
     """Sorting within disjoint groups (min/max of pairs, or of slices) is 1-Lipschitz."""
-    return LayerBound(1.0, "sorting within disjoint groups", exact=True)
+    return LayerBound(1.0, "sorting within disjoint groups", exact=True, rounding=EXACT)
 
 
 @rule("MaxMin")
 def max_min_activation(node: Node, graph: Graph) -> LayerBound:
     """(relu(x), relu(-x)) per element is 1-Lipschitz (an isometry on same-sign pairs)."""
-    return LayerBound(1.0, "(relu(x), relu(-x)) per element", exact=True)
+    return LayerBound(1.0, "(relu(x), relu(-x)) per element", exact=True, rounding=EXACT)
 
 
 @rule("L2NormPool")

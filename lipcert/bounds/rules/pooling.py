@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.numeric import inverse_sqrt_up, mul_up, sqrt_up, up
-from lipcert.bounds.registry import LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
+from lipcert.bounds.numeric import inverse_sqrt_up, mul_up, pow_up, sqrt_up, up
+from lipcert.bounds.registry import EXACT, LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import Window, max_overlap, window
 
@@ -51,7 +51,7 @@ def max_pool(node: Node, graph: Graph) -> LayerBound:
     win, spatial = _pool_window(node, graph)
     m, how = overlap(win, spatial, graph)
     method = "windows do not overlap" if m == 1 else f"sqrt(m), m = {m} ({how})"
-    return LayerBound(sqrt_up(m), method, exact=graph.size_known)
+    return LayerBound(sqrt_up(m), method, exact=graph.size_known, rounding=EXACT)
 
 
 @rule("LpPool")
@@ -86,7 +86,7 @@ def _p_norm_gain(p: float, size: int) -> float:
         raise ValueError(f"expected p > 0 but got {p!r}")
     if p >= 2.0:
         return 1.0
-    return up(size ** (1.0 / p - 0.5) * (1.0 + 1e-12))
+    return pow_up(size, up(1.0 / p) - 0.5)
 
 
 @rule("AveragePool")
@@ -130,7 +130,7 @@ def global_average_pool(node: Node, graph: Graph) -> LayerBound:
 
 @rule("GlobalMaxPool")
 def global_max_pool(node: Node, graph: Graph) -> LayerBound:
-    return LayerBound(1.0, "max over one window", exact=True)
+    return LayerBound(1.0, "max over one window", exact=True, rounding=EXACT)
 
 
 @rule("GlobalLpPool")
@@ -181,7 +181,7 @@ def _group_size(node: Node, graph: Graph) -> int:
 def reduce_max(node: Node, graph: Graph) -> LayerBound:
     """Max over disjoint groups: each output moves by at most its group's change."""
     _group_size(node, graph)
-    return LayerBound(1.0, "max/min over disjoint groups", exact=True)
+    return LayerBound(1.0, "max/min over disjoint groups", exact=True, rounding=EXACT)
 
 
 @rule("ReduceL2")

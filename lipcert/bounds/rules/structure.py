@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipcert.bounds.numeric import sqrt_up
-from lipcert.bounds.registry import Combine, LayerBound, refuse, rule
+from lipcert.bounds.registry import EXACT, Combine, LayerBound, refuse, rule
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import pad_source_index
 
@@ -28,7 +28,7 @@ def _same_size(node: Node, graph: Graph, what: str) -> LayerBound:
     out_size = int(np.prod(graph.shape(node.outputs[0])))
     if in_size != out_size:
         raise refuse(node, f"expected a {what} that keeps {in_size} elements but got {out_size}")
-    return LayerBound(1.0, what, exact=True)
+    return LayerBound(1.0, what, exact=True, rounding=EXACT)
 
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -48,25 +48,25 @@ def dropout(node: Node, graph: Graph) -> LayerBound:
         training = node.inputs[2]
         if not graph.is_constant(training) or bool(np.asarray(graph.constant(training)).any()):
             raise refuse(node, "Dropout in training mode is random")
-    return LayerBound(1.0, "identity at inference", exact=True)
+    return LayerBound(1.0, "identity at inference", exact=True, rounding=EXACT)
 
 
 @rule("Identity")
 def identity(node: Node, graph: Graph) -> LayerBound:
     _one_source(node, graph)
-    return LayerBound(1.0, "identity", exact=True)
+    return LayerBound(1.0, "identity", exact=True, rounding=EXACT)
 
 
 @rule("Slice")
 def slice_(node: Node, graph: Graph) -> LayerBound:
     _one_source(node, graph)
-    return LayerBound(1.0, "restriction to a subset of elements", exact=True)
+    return LayerBound(1.0, "restriction to a subset of elements", exact=True, rounding=EXACT)
 
 
 @rule("Split")
 def split(node: Node, graph: Graph) -> LayerBound:
     _one_source(node, graph)
-    return LayerBound(1.0, "each part is a restriction", exact=True)
+    return LayerBound(1.0, "each part is a restriction", exact=True, rounding=EXACT)
 
 
 @rule("Concat")
@@ -76,9 +76,13 @@ def concat(node: Node, graph: Graph) -> LayerBound:
     if axis % len(graph.shape(node.outputs[0])) == 0:
         raise refuse(node, "concatenating along the batch axis mixes samples")
     if len(graph.data_inputs(node)) == 1:
-        return LayerBound(1.0, "one data part beside constants", exact=True)
+        return LayerBound(1.0, "one data part beside constants", exact=True, rounding=EXACT)
     return LayerBound(
-        1.0, "sqrt of the sum of squared part bounds", exact=False, combine=Combine.RSS
+        1.0,
+        "sqrt of the sum of squared part bounds",
+        exact=False,
+        rounding=EXACT,
+        combine=Combine.RSS,
     )
 
 
@@ -92,7 +96,7 @@ def pad(node: Node, graph: Graph) -> LayerBound:
     source = _one_source(node, graph)
     mode = node.attr("mode", "constant")
     if mode == "constant":
-        return LayerBound(1.0, "padding with a constant", exact=True)
+        return LayerBound(1.0, "padding with a constant", exact=True, rounding=EXACT)
     if mode not in ("reflect", "edge", "wrap"):
         raise refuse(node, f"unknown pad mode {mode!r}")
     shape = graph.shape(source)
@@ -106,7 +110,10 @@ def pad(node: Node, graph: Graph) -> LayerBound:
         view[axis] = shape[axis]
         counts = counts * axis_counts.reshape(view)
     return LayerBound(
-        _copy_gain(counts), f"{mode} padding copies elements: sqrt(max copies)", exact=True
+        _copy_gain(counts),
+        f"{mode} padding copies elements: sqrt(max copies)",
+        exact=True,
+        rounding=EXACT,
     )
 
 
@@ -147,7 +154,9 @@ def gather(node: Node, graph: Graph) -> LayerBound:
         raise refuse(node, "gathering along the batch axis mixes samples")
     size = graph.shape(source)[axis]
     counts = np.bincount(indices % size, minlength=size)
-    return LayerBound(_copy_gain(counts), "sqrt(most copies of one element)", exact=True)
+    return LayerBound(
+        _copy_gain(counts), "sqrt(most copies of one element)", exact=True, rounding=EXACT
+    )
 
 
 @rule("Expand", "Tile")
@@ -160,7 +169,9 @@ def expand(node: Node, graph: Graph) -> LayerBound:
         padded = (1,) * (len(out_shape) - len(in_shape)) + tuple(in_shape)
         if padded[0] != out_shape[0]:
             raise refuse(node, "expanding along the batch axis mixes samples")
-    return LayerBound(sqrt_up(copies), f"each element copied {copies} times", exact=True)
+    return LayerBound(
+        sqrt_up(copies), f"each element copied {copies} times", exact=True, rounding=EXACT
+    )
 
 
 @rule("TopK")
@@ -170,4 +181,6 @@ def top_k(node: Node, graph: Graph) -> LayerBound:
     axis = int(node.attr("axis", -1)) % len(graph.shape(source))
     if axis == 0:
         raise refuse(node, "sorting along the batch axis mixes samples")
-    return LayerBound(1.0, "sorting (and keeping k values) is 1-Lipschitz", exact=True)
+    return LayerBound(
+        1.0, "sorting (and keeping k values) is 1-Lipschitz", exact=True, rounding=EXACT
+    )

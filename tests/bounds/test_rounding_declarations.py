@@ -1,0 +1,83 @@
+"""Soundness by structure: every rule states its rounding, and only exact ops state none.
+
+A rule cannot build a LayerBound without saying what rounding its op adds (no default), and
+an op that is not exact in floating point must declare some (terms > 0). The ops allowed to
+declare none are listed here: each only copies, selects, or compares its input elements and
+constants, so its float32 result is the exact result on the same float32 inputs. The test
+checks that too, on every rule case of those ops: the float64 reference, fed the case's float32
+inputs, gives values that float32 represents exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from rule_cases import RuleCase, all_cases, random_inputs
+
+from lipcert.bounds.compose import analyse
+from lipcert.bounds.registry import EXACT, LayerBound, Rounding
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.model import LoadOptions
+
+EXACT_IN_FLOAT = frozenset(
+    {
+        # copies and restrictions
+        "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "DepthToSpace",
+        "SpaceToDepth", "Identity", "Dropout", "Slice", "Split", "Concat", "Pad", "Gather",
+        "Expand", "Tile",
+        # selections and comparisons
+        "Relu", "Abs", "Neg", "Clip", "Max", "Min", "MaxPool", "GlobalMaxPool", "ReduceMax",
+        "ReduceMin", "TopK", "GroupSort", "MaxMin",
+    }
+)  # fmt: skip
+
+CASES = all_cases()
+
+
+def _declared(case: RuleCase) -> Rounding:
+    graph = load_from_proto(case.model, LoadOptions(), source="t", fmt="onnx").graph
+    analysis = analyse(graph)
+    roundings = [layer.rounding for node, layer in analysis.node_bounds if node.op == case.op]
+    assert len(roundings) == 1, [node.op for node, _ in analysis.node_bounds]
+    return roundings[0]
+
+
+def test_a_layer_bound_needs_its_rounding() -> None:
+    with pytest.raises(TypeError, match="rounding"):
+        LayerBound(1.0, "no rounding stated", exact=True)  # type: ignore[call-arg]
+
+
+def test_rounding_refuses_negative_or_infinite_terms() -> None:
+    for bad in ({"terms": -1}, {"input_gain": float("inf")}, {"offset": float("nan")}):
+        with pytest.raises(ValueError, match="rounding"):
+            Rounding(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_op_not_exact_in_float_declares_rounding(case: RuleCase) -> None:
+    rounding = _declared(case)
+    if case.op not in EXACT_IN_FLOAT:
+        assert rounding.terms > 0, f"{case.op} declares no rounding"
+        assert rounding.input_gain + rounding.output_gain + rounding.offset > 0
+
+
+_EXACT_CASES = [case for case in CASES if case.op in EXACT_IN_FLOAT]
+
+
+@pytest.mark.parametrize("case", _EXACT_CASES, ids=[case.id for case in _EXACT_CASES])
+def test_ops_listed_as_exact_are_exact_in_float32(case: RuleCase) -> None:
+    x = random_inputs(case, 4, "exact-in-float")
+    with torch.no_grad():
+        result = case.reference(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_array_equal(result, result.astype(np.float32).astype(np.float64))
+    assert _declared(case) == EXACT or _declared(case).terms > 0
+
+
+def test_a_rounding_op_fails_the_exactness_check() -> None:
+    """The check above can fail: a Mul by a constant rounds (its case is not in the table)."""
+    (case,) = [c for c in CASES if c.op == "Mul"][:1]
+    x = random_inputs(case, 4, "exact-in-float")
+    with torch.no_grad():
+        result = case.reference(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    assert np.any(result != result.astype(np.float32).astype(np.float64))
