@@ -117,33 +117,9 @@ def certify_dataset(
     started = time.perf_counter()
     for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
-        evaluation = evaluator.evaluate(inputs)
-        if evaluation.logits.shape[1] != spec.num_logits:
-            raise UsageError(
-                f"the model gave {evaluation.logits.shape[1]} logits, its graph {spec.num_logits}"
-            )
-        certificates = certify_logits(
-            evaluation.logits, certified_spec, method, evaluation.allowance
+        certificates, allowance, selected = certify_batch(
+            evaluator, certified_spec, method, inputs, eps_values, exact=exact
         )
-        allowance = evaluation.allowance
-        selected = np.zeros(len(inputs), dtype=bool)
-        if exact is not None:
-            selected = rounding_matters(evaluation, certificates, certified_spec, eps_values)
-            if selected.any():
-                index = np.flatnonzero(selected)
-                precise = exact.evaluate(np.asarray(inputs)[index])
-                check_agreement(
-                    precise,
-                    evaluation.take(index),
-                    f"{exact.name} and {evaluator.name}",
-                )
-                certificates = _replace(
-                    certificates,
-                    index,
-                    certify_logits(precise.logits, certified_spec, method, precise.allowance),
-                )
-                allowance = allowance.copy()
-                allowance[index] = precise.allowance
         parts.append(certificates)
         allowances.append(allowance)
         recomputed.append(selected)
@@ -161,6 +137,48 @@ def certify_dataset(
         seconds,
         np.concatenate(recomputed) if exact is not None and recomputed else None,
     )
+
+
+def certify_batch(
+    evaluator: Evaluator,
+    spec: CertificateSpec,
+    method: Method,
+    inputs: np.ndarray,
+    eps_values: np.ndarray,
+    *,
+    exact: Evaluator | None = None,
+) -> tuple[Certificates, np.ndarray, np.ndarray]:
+    """Certificates of one batch of inputs of the certified function `spec` describes.
+
+    Returns them with the allowance each radius was computed with and, per sample, whether
+    the `exact` evaluator recomputed it (see `certify_dataset`).
+    """
+    evaluation = evaluator.evaluate(inputs)
+    if evaluation.logits.shape[1] != spec.num_logits:
+        raise UsageError(
+            f"the model gave {evaluation.logits.shape[1]} logits, its graph {spec.num_logits}"
+        )
+    certificates = certify_logits(evaluation.logits, spec, method, evaluation.allowance)
+    allowance = evaluation.allowance
+    selected = np.zeros(len(inputs), dtype=bool)
+    if exact is not None:
+        selected = rounding_matters(evaluation, certificates, spec, eps_values)
+        if selected.any():
+            index = np.flatnonzero(selected)
+            precise = exact.evaluate(np.asarray(inputs)[index])
+            check_agreement(
+                precise,
+                evaluation.take(index),
+                f"{exact.name} and {evaluator.name}",
+            )
+            certificates = _replace(
+                certificates,
+                index,
+                certify_logits(precise.logits, spec, method, precise.allowance),
+            )
+            allowance = allowance.copy()
+            allowance[index] = precise.allowance
+    return certificates, allowance, selected
 
 
 def rounding_matters(
