@@ -44,15 +44,40 @@ _TRUST_HINT = (
 
 def load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
     """Read a PyTorch checkpoint into a LoadedModel (graph for bounds, ONNX for the runtime)."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"no model file at {str(path)!r}")
     module, metadata = _read_module(path, options)
+    input_shape = options.input_shape or _shape_from_metadata(metadata, path)
+    loaded = _load_module(module, input_shape, path)
+    loaded.metadata = metadata
+    return loaded
+
+
+def load_module(module: Any, input_shape: tuple[int, ...], source: str = "<module>") -> LoadedModel:
+    """A torch module in memory into a LoadedModel, the way a checkpoint's module goes.
+
+    The module itself is not touched: a copy is put in eval mode, its parametrizations are
+    evaluated into plain weights, and that copy is exported and checked. `source` names the
+    model in messages.
+    """
+    import copy
+
+    try:
+        duplicate = copy.deepcopy(module)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot copy the module {source!r}: {type(exc).__name__}: {_one_line(exc)}"
+        ) from None
+    return _load_module(duplicate, input_shape, Path(source))
+
+
+def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -> LoadedModel:
+    """Eval mode, plain weights, export, check: changes `module` in place."""
+    import torch
+
     switchable = _eval_mode(module, path)
     _materialise_parametrizations(module)
-    input_shape = options.input_shape or _shape_from_metadata(metadata, path)
     if input_shape is None:
         raise UsageError(
             "a PyTorch checkpoint does not record its input shape: pass --input-shape C,H,W "
@@ -72,7 +97,6 @@ def load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
         fmt="pytorch",
     )
     loaded.torch_module = module
-    loaded.metadata = metadata
     return loaded
 
 
