@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from lipcert.bounds.registry import LayerBound, bound_node, supported_ops
 from lipcert.bounds.rules import elementwise, linear, patterns, pooling, structure
+from lipcert.bounds.rules import blocks  # SLL, Sandwich, ScatterND, refused selects
 
 __all__ = [
     "LayerBound",
+    "blocks",
     "bound_node",
     "elementwise",
     "linear",

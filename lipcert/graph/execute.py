@@ -647,5 +647,55 @@ def _global_pool(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]
     return [x.abs().pow(p).sum(dim=dims, keepdim=True).pow(1.0 / p)]
 
 
+# --- comparisons, selects and scatters (inside fused patterns: see select_patterns.py) ------
+
+_COMPARISONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "Greater": torch.gt,
+    "Less": torch.lt,
+    "GreaterOrEqual": torch.ge,
+    "LessOrEqual": torch.le,
+    "Equal": torch.eq,
+}
+
+
+@_op(*_COMPARISONS)
+def _compare(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
+    return [_COMPARISONS[node.op](args[0], args[1])]
+
+
+@_op("Where")
+def _where(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
+    return [torch.where(args[0].to(torch.bool), args[1], args[2])]
+
+
+@_op("ScatterND")
+def _scatter_nd(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
+    """ONNX ScatterND; indices folded at batch 1 are only valid at batch 1 (checked)."""
+    data, indices, updates = args[0], args[1].to(torch.long), args[2]
+    depth = indices.shape[-1]
+    flat_index = indices.reshape(-1, depth)
+    expected = tuple(indices.shape[:-1]) + tuple(data.shape[depth:])
+    if tuple(updates.shape) != expected:
+        raise UnsupportedOpError(
+            f"node {node.name!r} (ScatterND): updates of shape {tuple(updates.shape)} do not "
+            f"match indices {tuple(indices.shape)} on data {tuple(data.shape)}"
+        )
+    out = data.clone().to(updates.dtype) if data.is_floating_point() else data.clone()
+    slices = updates.reshape(flat_index.shape[0], *data.shape[depth:])
+    position = tuple(flat_index[:, axis] for axis in range(depth))
+    reduction = node.attr("reduction", "none")
+    if reduction == "none":
+        out[position] = slices
+    elif reduction == "add":
+        out[position] = out[position] + slices
+    elif reduction == "mul":
+        out[position] = out[position] * slices
+    elif reduction == "max":
+        out[position] = torch.maximum(out[position], slices)
+    else:
+        out[position] = torch.minimum(out[position], slices)
+    return [out]
+
+
 def supported_ops() -> list[str]:
     return sorted(_OPS)

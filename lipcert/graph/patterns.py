@@ -18,6 +18,8 @@ from collections.abc import Callable
 import numpy as np
 
 from lipcert.graph.ir import Graph, Node
+from lipcert.graph.residual_blocks import match_sandwich_block, match_sll_block
+from lipcert.graph.select_patterns import SELECT_MATCHERS
 
 Matcher = Callable[[Graph, Node], "Node | None"]
 
@@ -479,6 +481,9 @@ def match_folded_batchnorm(graph: Graph, bn: Node) -> Node | None:
 
 _MATCHERS: tuple[Matcher, ...] = (
     match_folded_batchnorm,
+    *SELECT_MATCHERS,  # lipcert.graph.select_patterns: Where/Greater as Max, Min, MinMax
+    match_sll_block,  # x - W D s(W^T x + b): lipcert.graph.residual_blocks
+    match_sandwich_block,  # W2 D s(W1 x + b) (LBDN): lipcert.graph.residual_blocks
     match_circular_conv,
     match_group_sort,
     match_max_min,

@@ -1,0 +1,553 @@
+"""Rules for blocks that are Lipschitz as a whole, and for ScatterND and comparisons.
+
+- SLLBlock (lipcert.graph.residual_blocks): y = x - W D s(W^T x + b), bound max(1, ||M||^2 - 1).
+- SandwichBlock: y = W2 s(W1 x + b), a one-layer quadratic-constraint (LipSDP) certificate
+  verified in float64 with an explicit rounding allowance, or the product of the norms.
+- ScatterND of data into a constant at constant, distinct indices: an isometric embedding.
+- Comparisons and Where outside a recognised pattern: refused (the select may jump).
+
+Every bound is an L2 operator-norm (Lipschitz) upper bound, computed in float64 and rounded up.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from lipcert.bounds import spectral
+from lipcert.bounds.numeric import FLOAT64_EPS, add_up, max_abs_up, mul_up, sqrt_up, up
+from lipcert.bounds.registry import EXACT, Combine, LayerBound, Rounding, refuse, rule
+from lipcert.bounds.rules.linear import abs_conv_gain, constant_input
+from lipcert.graph import Graph, Node
+from lipcert.graph.geometry import Window, window
+
+# A convolution is written out as a dense matrix (exactly: its entries are copies of kernel
+# entries) when its smaller side is at most this, and its size at most _DENSE_ENTRIES.
+_DENSE_SIDE = 1024
+_DENSE_ENTRIES = 1 << 22
+
+
+# --- linear parts -----------------------------------------------------------------------------
+
+
+def _dense_operator(node: Node, graph: Graph) -> np.ndarray:
+    """A (out, in) with y = A x + c per sample, for a Gemm or MatMul with constant weight."""
+    if node.op == "Gemm":
+        if node.attr("transA", 0):
+            raise refuse(node, "transA=1 on the data input is not supported")
+        weight = constant_input(node, graph, 1, "weight B")
+        operator = weight if node.attr("transB", 0) else weight.T
+        return float(node.attr("alpha", 1.0)) * operator
+    weight = constant_input(node, graph, 1, "weight")
+    if weight.ndim != 2:
+        raise refuse(node, f"expected a 2-D weight but got shape {weight.shape}")
+    return weight.T
+
+
+def conv_matrix(
+    weight: np.ndarray, spatial: tuple[int, ...], win: Window, groups: int
+) -> np.ndarray:
+    """The zero-padded convolution (ONNX Conv, no bias) as a dense matrix, exactly.
+
+    Rows are output (channel, position) in C order, columns input (channel, position). Each
+    entry is one kernel entry or zero (a tap reaches each input position from one output at
+    most once), so the matrix holds no rounding error.
+    """
+    c_out, c_in_group = weight.shape[:2]
+    kernel = weight.shape[2:]
+    out_sizes = [
+        (n + b + e - ((k - 1) * d + 1)) // s + 1
+        for n, b, e, k, d, s in zip(
+            spatial, win.pads_begin, win.pads_end, kernel, win.dilations, win.strides, strict=True
+        )
+    ]
+    out_count, in_count = math.prod(out_sizes), math.prod(spatial)
+    matrix = np.zeros((c_out * out_count, c_in_group * groups * in_count))
+    out_grid = np.stack(np.meshgrid(*[np.arange(n) for n in out_sizes], indexing="ij"), axis=-1)
+    out_grid = out_grid.reshape(-1, len(spatial))
+    per_group = c_out // groups
+    channel_out = np.arange(c_out)
+    channel_in = (channel_out // per_group)[:, None] * c_in_group + np.arange(c_in_group)[None, :]
+    for tap in itertools.product(*[range(k) for k in kernel]):
+        positions = out_grid * np.array(win.strides) - np.array(win.pads_begin)
+        positions = positions + np.array(tap) * np.array(win.dilations)
+        valid = np.all((positions >= 0) & (positions < np.array(spatial)), axis=1)
+        if not valid.any():
+            continue
+        out_flat = np.flatnonzero(valid)
+        in_flat = np.ravel_multi_index(tuple(positions[valid].T), spatial)
+        rows = channel_out[:, None, None] * out_count + out_flat[None, None, :]
+        cols = channel_in[:, :, None] * in_count + in_flat[None, None, :]
+        values = weight[(slice(None), slice(None), *tap)]
+        full = np.broadcast_shapes(rows.shape, cols.shape)
+        matrix[np.broadcast_to(rows, full), np.broadcast_to(cols, full)] = np.broadcast_to(
+            values[:, :, None], full
+        )
+    return matrix
+
+
+def _small(rows: int, cols: int) -> bool:
+    return min(rows, cols) <= _DENSE_SIDE and rows * cols <= _DENSE_ENTRIES
+
+
+def _conv_parts(node: Node, graph: Graph) -> tuple[np.ndarray, tuple[int, ...], Window, int]:
+    weight = constant_input(node, graph, 1, "weight")
+    spatial = graph.shape(node.inputs[0])[2:]
+    if len(spatial) != weight.ndim - 2:
+        raise refuse(node, f"weight {weight.shape} does not match the input {spatial}")
+    return (
+        weight,
+        spatial,
+        window(node, spatial, tuple(weight.shape[2:])),
+        int(node.attr("group", 1)),
+    )
+
+
+def _scaled_norm_up(values: np.ndarray, factors: int) -> float:
+    """||X|| for X computed from exact data by `factors` rounded products per entry.
+
+    Each entry of the computed matrix is within (factors + 1) eps of the exact one, so the
+    difference has spectral norm at most (factors + 1) eps ||X~||_F <= that times
+    sqrt(min side) ||X~||_2; the allowance below covers it with room to spare.
+    """
+    norm = spectral.matrix_norm(values)
+    margin = 4.0 * (factors + 2) * math.sqrt(min(values.shape)) * FLOAT64_EPS
+    return up(norm * (1.0 + margin))
+
+
+def _conv_scaled_norm(
+    node: Node, graph: Graph, out_scale: np.ndarray, in_scale: np.ndarray | None, factors: int
+) -> tuple[float, str]:
+    """Upper bound of ||diag(out_scale) Conv diag(in_scale)||, per-channel scales.
+
+    Exact (dense SVD of the explicit matrix) on small maps, else the FFT bound on the padded
+    grid, or the size-free bound when the input size is open.
+    """
+    weight, spatial, win, groups = _conv_parts(node, graph)
+    scaled = weight * out_scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    if in_scale is not None:
+        if groups != 1:
+            raise refuse(node, "a per-channel multiplier before a grouped conv is not supported")
+        scaled = scaled * in_scale.reshape(1, -1, *([1] * (weight.ndim - 2)))
+    margin = 1.0 + 4.0 * (factors + 2) * FLOAT64_EPS
+    if not graph.size_known:
+        bound = spectral.conv_norm_size_free(scaled, win.strides, win.dilations, groups)
+        return mul_up(bound, margin), "size-free conv bound"
+    channels_in = weight.shape[1] * groups
+    rows = weight.shape[0] * math.prod(graph.shape(node.outputs[0])[2:])
+    cols = channels_in * math.prod(spatial)
+    if _small(rows, cols):
+        matrix = conv_matrix(scaled, spatial, win, groups)
+        return _scaled_norm_up(matrix, factors + 1), "SVD of the explicit conv"
+    bound = spectral.conv_norm(
+        scaled, spatial, win.strides, win.pads_begin, win.pads_end, win.dilations, groups
+    )
+    return mul_up(bound, margin), "FFT of the kernel on the padded grid"
+
+
+def _bias_norm(node: Node, graph: Graph) -> float:
+    """Norm of the constants a block adds (biases of its ops and Add/Sub of constants)."""
+    total = 0.0
+    for inner in node.body:
+        constants = [n for n in inner.inputs if n and graph.is_constant(n)]
+        if inner.op in ("Add", "Sub") or (inner.op in ("Conv", "Gemm", "ConvTranspose")):
+            for name in constants[1:] if inner.op != "Add" and inner.op != "Sub" else constants:
+                value = np.abs(np.asarray(graph.constant(name), dtype=np.float64))
+                shape = graph.shape(inner.outputs[0])
+                if inner.op == "Conv" or inner.op == "ConvTranspose":
+                    value = value.reshape(-1, *([1] * (len(shape) - 2)))
+                try:
+                    full = np.broadcast_to(value, shape)
+                except ValueError:
+                    full = value
+                total = add_up(total, mul_up(float(np.linalg.norm(full)), 1.0 + 1e-12))
+    return total
+
+
+def _abs_gain(node: Node, graph: Graph) -> tuple[float, int]:
+    """(norm of the op with absolute weights, length of its dot products)."""
+    if node.op in ("Gemm", "MatMul"):
+        operator = np.abs(_dense_operator(node, graph))
+        return spectral.matrix_norm(operator), operator.shape[1]
+    weight = constant_input(node, graph, 1, "weight")
+    groups = int(node.attr("group", 1))
+    if node.op == "ConvTranspose":
+        # the adjoint of the Conv with this weight: same absolute gain; each output sums
+        # C_out/groups * taps products of the transposed layout, at most this many.
+        return abs_conv_gain(weight, groups), int(np.prod(weight.shape)) // groups
+    return abs_conv_gain(weight, groups), int(np.prod(weight.shape[1:]))
+
+
+def _two_layer_rounding(
+    node: Node, graph: Graph, first_norm: float, second_norm: float, max_pre: float, max_post: float
+) -> Rounding:
+    """Rounding of z = pre * (A1 x + b), h = post * s(z), y = A2 h (+ constants).
+
+    The first op's sums err by gamma_n1 |A1| |x|, carried to y with gain ||A2|| max|pre post|;
+    the second op's by gamma_n2 |A2| |h| with ||h|| <= max|pre post| (||A1|| ||x|| + ||b||).
+    Multipliers, bias additions and the activation add a few relative roundings of the
+    hidden values, covered by the same terms (the count below adds 8 operations).
+    """
+    first, second = node.attr("first"), node.attr("second")
+    gain1, n1 = _abs_gain(first, graph)
+    gain2, n2 = _abs_gain(second, graph)
+    product = mul_up(max(max_pre, 1.0), max(max_post, 1.0))
+    input_gain = mul_up(product, add_up(mul_up(second_norm, gain1), mul_up(gain2, first_norm)))
+    offset = mul_up(product, add_up(second_norm, gain2), _bias_norm(node, graph))
+    return Rounding(terms=max(n1, n2) + 8, input_gain=input_gain, output_gain=1.0, offset=offset)
+
+
+# --- SLL / CPL --------------------------------------------------------------------------------
+
+
+@rule("SLLBlock")
+def sll_block(node: Node, graph: Graph) -> LayerBound:
+    """y = x - W D s(W^T x + b), D >= 0 diagonal, s with slopes in [0, 1].
+
+    Proof. The Jacobian (almost everywhere, and every Clarke Jacobian) is I - W D L W^T with
+    L = diag(s'(.)) in [0, 1]: I - M L M^T with M = W D^(1/2), diagonals commuting. M L M^T
+    is symmetric with 0 <= M L M^T <= M M^T, so the symmetric Jacobian has its eigenvalues in
+    [1 - ||M||^2, 1] and norm at most max(1, ||M||^2 - 1). The function is Lipschitz with the
+    supremum of its Jacobian norms (it is piecewise smooth and continuous).
+
+    ||M|| = ||D^(1/2) W^T||, the first op with its output units scaled by sqrt(d): an exact
+    SVD for dense layers and small convs, the FFT bound on the padded grid otherwise. The
+    bound max(1, ||M||^2 - 1) is attained over L in [0, 1]^n (L = 0 and L = I); it is the true
+    constant when the activation reaches both ends on some inputs (upper bound otherwise).
+    """
+    diagonal = np.asarray(node.attr("diagonal"), dtype=np.float64)
+    if np.any(diagonal < 0) or not np.all(np.isfinite(diagonal)):
+        raise refuse(node, "the diagonal of an SLL block must be finite and non-negative")
+    first = node.attr("first")
+    factors = int(node.attr("factors", 0)) + 2
+    roots = np.sqrt(diagonal)
+    if node.attr("kind") == "dense":
+        operator = roots[:, None] * _dense_operator(first, graph)
+        norm = _scaled_norm_up(operator, factors)
+        how = "SVD"
+    else:
+        norm, how = _conv_scaled_norm(first, graph, roots, None, factors)
+    squared = mul_up(norm, norm)
+    factor = max(1.0, up(squared - 1.0))
+    method = f"max(1, ||W D^1/2||^2 - 1), ||W D^1/2||^2 <= {squared:.6g} ({how})"
+    max_d = max_abs_up(diagonal)
+    rounding = _two_layer_rounding(node, graph, norm, norm, math.sqrt(max_d), math.sqrt(max_d))
+    rounding = Rounding(
+        terms=rounding.terms + 1,
+        input_gain=add_up(rounding.input_gain, 1.0),
+        output_gain=1.0,
+        offset=rounding.offset,
+    )
+    return LayerBound(factor, method, exact=False, rounding=rounding)
+
+
+# --- Sandwich ---------------------------------------------------------------------------------
+
+
+def lipsdp_bound(first: np.ndarray, second: np.ndarray) -> tuple[float, str] | None:
+    """Upper bound of the Lipschitz constant of x -> W2 s(W1 x + b), s slopes in [0, 1].
+
+    Proof (one-layer LipSDP, Fazlyab et al. 2019). For two inputs, let v = W1 dx and
+    w = s(z) - s(z') the change of the activations: w_i = l_i v_i with l_i in [0, 1], so
+    w_i (v_i - w_i) >= 0. For a diagonal T >= 0 and gamma > 0,
+        gamma^2 |dx|^2 - |W2 w|^2 - 2 sum_i t_i w_i (v_i - w_i)
+    is the quadratic form of K = [[gamma^2 I, -W1^T T], [-T W1, 2T - W2^T W2]] at (dx, w);
+    if K >= 0 then |W2 w| <= gamma |dx|. By the Schur complement (gamma > 0) K >= 0 if and
+    only if N = 2T - W2^T W2 - T W1 W1^T T / gamma^2 >= 0.
+
+    Margin: if N + 2 delta T >= 0 for some delta >= 0, then with T' = (1 + delta) T and
+    gamma' = (1 + delta) gamma one has 2T' - W2^T W2 - T' W1 W1^T T' / gamma'^2 = N + 2 delta T
+    >= 0: the block is gamma (1 + delta)-Lipschitz. With T = c D^2 (D > 0 diagonal) and the
+    congruence by D^-1, N + 2 delta T >= 0 iff
+        N' = 2c I - Q^T Q / gamma^2 - c^2 P P^T + 2 delta c I >= 0,  P = D W1, Q = W2 D^-1,
+    so delta = mu / (2c) for any mu >= -lambda_min(N'). mu is bounded soundly: the float64
+    eigenvalue of the computed N' minus LAPACK's backward error (64 h eps ||N'||_F) minus the
+    error of forming N' from the float data: P, Q carry 2 eps relative error per entry and
+    their Gram products gamma_n ||.||_F^2 (Higham, section 3.5), all bounded by the
+    Frobenius-norm term below.
+
+    T is a candidate only (from the layer's multipliers, balancing, or I; its scale c and
+    gamma from a search): nothing taken from the search is trusted, only the final check.
+    None when no candidate gives a finite bound.
+    """
+    hidden = first.shape[0]
+    if second.shape[1] != hidden or hidden == 0:
+        return None
+    candidates = []
+    rows = np.linalg.norm(first, axis=1)
+    cols = np.linalg.norm(second, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        balanced = np.sqrt(cols / rows)
+    if np.all(np.isfinite(balanced)) and np.all(balanced > 0):
+        candidates.append(("balanced T", balanced))
+    candidates.append(("T = c I", np.ones(hidden)))
+    best: tuple[float, str] | None = None
+    for label, scales in candidates:
+        result = _lipsdp_with(first, second, scales)
+        if result is not None and (best is None or result < best[0]):
+            best = (result, label)
+    return best
+
+
+def _lipsdp_with(first: np.ndarray, second: np.ndarray, scales: np.ndarray) -> float | None:
+    p = scales[:, None] * first
+    q = second / scales[None, :]
+    gram_p = p @ p.T
+    gram_q = q.T @ q
+    values, vectors = np.linalg.eigh(gram_p)
+    values = np.maximum(values, 0.0)
+    rotated = vectors.T @ gram_q @ vectors
+    top = float(values.max()) if values.size else 0.0
+    if top <= 0:
+        return None
+
+    def gamma_squared(c: float) -> float:
+        denominator = 2 * c - c * c * values
+        if np.any(denominator <= 0):
+            return math.inf
+        f = 1.0 / np.sqrt(denominator)
+        return float(np.linalg.eigvalsh(f[:, None] * rotated * f[None, :])[-1])
+
+    # gamma^2(c) on (0, 2 / top): golden-section search on log c.
+    low, high = math.log(1e-6 / top), math.log(2.0 / top)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = gamma_squared(math.exp(a)), gamma_squared(math.exp(b))
+    for _ in range(80):
+        if fa < fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = gamma_squared(math.exp(a))
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = gamma_squared(math.exp(b))
+    c = math.exp(a if fa < fb else b)
+    found = min(fa, fb)
+    if not math.isfinite(found) or found <= 0:
+        return None
+    gamma2 = found * (1 + 1e-12)
+    return _verify(p, q, c, gamma2)
+
+
+def _verify(p: np.ndarray, q: np.ndarray, c: float, gamma2: float) -> float:
+    """gamma (1 + mu / 2c) with mu >= -lambda_min(2c I - Q^T Q / gamma^2 - c^2 P P^T)."""
+    hidden = p.shape[0]
+    length = max(p.shape[1], q.shape[0])
+    matrix = 2 * c * np.eye(hidden) - (q.T @ q) / gamma2 - (c * c) * (p @ p.T)
+    smallest = float(np.linalg.eigvalsh(matrix)[0])
+    frob_q = float(np.sum(q * q)) * (1 + (q.size + 2) * FLOAT64_EPS)
+    frob_p = float(np.sum(p * p)) * (1 + (p.size + 2) * FLOAT64_EPS)
+    formed = (length + 16) * FLOAT64_EPS * (frob_q / gamma2 + c * c * frob_p + 2 * c * hidden)
+    backward = 64 * hidden * FLOAT64_EPS * float(np.linalg.norm(matrix)) * (1 + 1e-6)
+    mu = max(0.0, -smallest) + 2 * (formed + backward)
+    gamma = sqrt_up(gamma2)
+    return mul_up(gamma, up(1.0 + up(mu / (2 * c)) * (1 + 1e-12)))
+
+
+@rule("SandwichBlock")
+def sandwich_block(node: Node, graph: Graph) -> LayerBound:
+    """y = W2 diag(post) s(diag(pre) W1 x + b), s with slopes in [0, 1].
+
+    The multipliers fold into the weights (the Jacobian is W2 post L pre W1 with L diagonal
+    in [0, 1], and diagonals commute): W1' = pre W1, W2' = W2 post. The bound is the smaller
+    of ||W2'|| ||W1'|| (always sound) and the LipSDP certificate of lipsdp_bound, applied
+    to the explicit matrices (dense layers, and convolutions on small maps).
+    """
+    first, second = node.attr("first"), node.attr("second")
+    pre = np.asarray(node.attr("pre"), dtype=np.float64)
+    post = np.asarray(node.attr("post"), dtype=np.float64)
+    if not (np.all(np.isfinite(pre)) and np.all(np.isfinite(post))):
+        raise refuse(node, "its multipliers hold NaN or Inf values")
+    matrices: tuple[np.ndarray, np.ndarray] | None = None
+    if node.attr("kind") == "dense":
+        one = pre[:, None] * _dense_operator(first, graph)
+        two = _dense_operator(second, graph) * post[None, :]
+        norm1, norm2 = _scaled_norm_up(one, 2), _scaled_norm_up(two, 2)
+        matrices = (one, two)
+    else:
+        norm1, _ = _conv_scaled_norm(first, graph, pre, None, 2)
+        ones = np.ones(constant_input(second, graph, 1, "weight").shape[0])
+        norm2, _ = _conv_scaled_norm(second, graph, ones, post, 2)
+        matrices = _explicit_conv_pair(node, graph, pre, post)
+    product = mul_up(norm1, norm2)
+    factor, method = product, "product of the two layers' norms"
+    if matrices is not None:
+        certified = lipsdp_bound(*matrices)
+        if certified is not None and certified[0] < factor:
+            factor = certified[0]
+            method = f"one-layer LipSDP certificate ({certified[1]}), verified in float64"
+    rounding = _two_layer_rounding(
+        node, graph, norm1, norm2, max_abs_up(pre) if pre.size else 1.0, max_abs_up(post)
+    )
+    return LayerBound(factor, method, exact=False, rounding=rounding)
+
+
+def _explicit_conv_pair(
+    node: Node, graph: Graph, pre: np.ndarray, post: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    first, second = node.attr("first"), node.attr("second")
+    if not graph.size_known:
+        return None
+    parts = []
+    for layer in (first, second):
+        weight, spatial, win, groups = _conv_parts(layer, graph)
+        rows = weight.shape[0] * math.prod(graph.shape(layer.outputs[0])[2:])
+        cols = weight.shape[1] * groups * math.prod(spatial)
+        if not _small(rows, cols):
+            return None
+        parts.append(conv_matrix(weight, spatial, win, groups))
+    positions = math.prod(graph.shape(first.outputs[0])[2:])
+    one = np.repeat(pre, positions)[:, None] * parts[0]
+    two = parts[1] * np.repeat(post, positions)[None, :]
+    return one, two
+
+
+# --- ScatterND --------------------------------------------------------------------------------
+
+
+def _batch_axis(graph: Graph, name: str) -> int:
+    """The axis of `name` holding the samples: 0, moved by the Transposes that produced it."""
+    producers = graph.producers()
+    node = producers.get(name)
+    if node is None or node.op != "Transpose" or graph.is_constant(node.inputs[0]):
+        return 0
+    perm = [int(p) for p in node.attr("perm", [])]
+    inner = _batch_axis(graph, node.inputs[0])
+    if not perm:
+        perm = list(range(len(graph.shape(name))))[::-1]
+    return perm.index(inner)
+
+
+@rule("ScatterND")
+def scatter_nd(node: Node, graph: Graph) -> LayerBound:
+    """data with the slices at constant, distinct indices replaced by updates.
+
+    With distinct indices every element of updates lands in its own output position and the
+    other positions keep data's elements: output = (data on the kept positions, updates on
+    the written ones), two disjoint sets of coordinates. So:
+    - constant data, updates carrying data (channel zero-padding): an isometric embedding
+      plus a constant, norm 1 (reduction none or add; max/min with a constant are
+      1-Lipschitz per element; mul scales each written element by its constant);
+    - data carrying data, constant updates: a restriction of coordinates, norm <= 1;
+    - both carrying data (reduction none): sqrt(L_data^2 + L_updates^2).
+    Repeated indices are refused (their order is unspecified, or they sum).
+    """
+    data, indices, updates = node.inputs[0], node.inputs[1], node.inputs[2]
+    reduction = str(node.attr("reduction", "none"))
+    if reduction not in ("none", "add", "mul", "max", "min"):
+        raise refuse(node, f"unknown reduction {reduction!r}")
+    if not graph.is_constant(indices):
+        raise refuse(node, "its indices depend on the input")
+    data_shape = (
+        tuple(np.asarray(graph.constant(data)).shape)
+        if graph.is_constant(data)
+        else graph.shape(data)
+    )
+    index = np.asarray(graph.constant(indices)).astype(np.int64)
+    depth = index.shape[-1]
+    if depth > len(data_shape):
+        raise refuse(node, f"index depth {depth} exceeds the rank of the data {data_shape}")
+    bounds = np.array(data_shape[:depth])
+    flat = index.reshape(-1, depth)
+    if np.any(flat < -bounds) or np.any(flat >= bounds):
+        raise refuse(node, "an index lies outside the data")
+    flat = np.where(flat < 0, flat + bounds, flat)
+    if len(np.unique(flat, axis=0)) != len(flat):
+        raise refuse(node, "repeated indices: the result depends on the order of the updates")
+    _check_batch(node, graph, index, flat, data_shape)
+    data_is_input = not graph.is_constant(data)
+    updates_is_input = not graph.is_constant(updates)
+    if data_is_input and updates_is_input:
+        if reduction == "add":
+            return LayerBound(
+                1.0,
+                "data plus scattered updates",
+                exact=False,
+                combine=Combine.SUM,
+                rounding=Rounding(terms=1, output_gain=1.0),
+            )
+        if reduction != "none":
+            raise refuse(node, f"reduction {reduction!r} of two data tensors is not supported")
+        return LayerBound(
+            1.0,
+            "disjoint kept and written positions",
+            exact=False,
+            combine=Combine.RSS,
+            rounding=EXACT,
+        )
+    if updates_is_input:
+        if reduction == "mul":
+            written = np.asarray(graph.constant(data), dtype=np.float64)[tuple(flat.T)]
+            gain = max_abs_up(written) if written.size else 0.0
+            return LayerBound(
+                gain,
+                "updates times constant data at distinct indices",
+                exact=True,
+                rounding=Rounding(terms=1, output_gain=1.0),
+            )
+        rounding = Rounding(terms=1, output_gain=1.0) if reduction == "add" else EXACT
+        return LayerBound(
+            1.0,
+            "updates written to distinct positions of a constant",
+            exact=flat.size > 0,
+            rounding=rounding,
+        )
+    if data_is_input:
+        if reduction == "mul":
+            value = np.asarray(graph.constant(updates), dtype=np.float64)
+            gain = max(1.0, max_abs_up(value)) if value.size else 1.0
+            return LayerBound(
+                gain,
+                "data scaled at distinct positions",
+                exact=False,
+                rounding=Rounding(terms=1, output_gain=1.0),
+            )
+        rounding = Rounding(terms=1, output_gain=1.0) if reduction == "add" else EXACT
+        return LayerBound(
+            1.0, "data with constant positions written", exact=False, rounding=rounding
+        )
+    raise refuse(node, "expected a data input")
+
+
+def _check_batch(
+    node: Node, graph: Graph, index: np.ndarray, flat: np.ndarray, data_shape: tuple[int, ...]
+) -> None:
+    """With several samples per batch, each update must stay in its own sample."""
+    if graph.batch_size == 1 or graph.is_constant(node.inputs[2]):
+        return
+    axis = _batch_axis(graph, node.inputs[2])
+    leading = index.ndim - 1  # the updates' axes that enumerate the index tuples
+    depth = index.shape[-1]
+    if axis >= leading:
+        # the batch axis lies in the copied slices: it lands on axis depth + (axis - leading)
+        if depth + axis - leading != axis:
+            raise refuse(node, "it may move elements between the samples of a batch")
+        return
+    if axis >= depth:
+        raise refuse(node, "it may move elements between the samples of a batch")
+    source = np.indices(index.shape[:-1])[axis].reshape(-1)
+    if not np.array_equal(flat[:, axis], source):
+        raise refuse(node, "it moves elements between the samples of a batch")
+    del data_shape
+
+
+# --- comparisons outside a pattern ------------------------------------------------------------
+
+
+@rule(
+    "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Where", "Not", "And", "Or", "Xor"
+)
+def data_dependent_select(node: Node, graph: Graph) -> LayerBound:
+    """A comparison or a select on data outside a recognised pattern (Max/Min written with
+    Where, MinMax, Householder) may be discontinuous: refused."""
+    if not graph.data_inputs(node):
+        raise refuse(node, "expected a data input")
+    raise refuse(
+        node,
+        "a data-dependent comparison or select outside a recognised pattern may be "
+        "discontinuous (recognised: Where(Greater(a, b), a, b) as Max/Min, MinMax pairs, "
+        "Householder activations)",
+    )
