@@ -6,11 +6,12 @@ Every rule module is imported here, so the table is complete once lipcert.bounds
 from __future__ import annotations
 
 from lipcert.bounds.registry import LayerBound, bound_node, supported_ops
-from lipcert.bounds.rules import elementwise, linear, patterns, pooling, structure
+from lipcert.bounds.rules import affine_blocks, elementwise, linear, patterns, pooling, structure
 from lipcert.bounds.rules import blocks  # SLL, Sandwich, ScatterND, refused selects
 
 __all__ = [
     "LayerBound",
+    "affine_blocks",
     "blocks",
     "bound_node",
     "elementwise",

@@ -507,6 +507,40 @@ def _space_to_depth(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tens
     return [y.reshape(n, c * b * b, h // b, w // b)]
 
 
+@_op("DFT")
+def _dft(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
+    """ONNX DFT: the last axis holds (real) or (real, imaginary); output always the latter.
+
+    Opset 17-19 read `axis` from the attribute, opset 20 from the third input. A onesided
+    forward transform keeps bins 0 .. n // 2; a onesided inverse reads those bins as the half
+    spectrum of a real signal of length n (irfft).
+    """
+    from lipcert.graph.dft import dft_geometry
+
+    x = args[0]
+    length_arg = args[1] if len(args) > 1 else None
+    axis_arg = args[2] if len(args) > 2 else None
+    geometry = dft_geometry(
+        node,
+        tuple(x.shape),
+        None if length_arg is None else _ints(length_arg)[0],
+        None if axis_arg is None else _ints(axis_arg)[0],
+    )
+    signal = x[..., 0] if x.shape[-1] == 1 else torch.complex(x[..., 0], x[..., 1])
+    n, axis = geometry.length, geometry.axis
+    if not geometry.inverse:
+        out = torch.fft.fft(signal, n=n, dim=axis)
+        if geometry.onesided:
+            out = out.narrow(axis, 0, n // 2 + 1)
+    elif geometry.onesided:
+        out = torch.fft.irfft(signal, n=n, dim=axis)
+    else:
+        out = torch.fft.ifft(signal, n=n, dim=axis)
+    if not out.is_complex():
+        out = torch.complex(out, torch.zeros_like(out))
+    return [torch.stack([out.real, out.imag], dim=-1).to(x.dtype)]
+
+
 @_op("TopK")
 def _top_k(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]

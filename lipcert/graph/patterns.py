@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lipcert.graph.affine_blocks import fuse_affine
 from lipcert.graph.ir import Graph, Node
 from lipcert.graph.residual_blocks import match_sandwich_block, match_sll_block
 from lipcert.graph.select_patterns import SELECT_MATCHERS
@@ -37,6 +38,7 @@ def fuse_patterns(graph: Graph) -> Graph:
                 if fused is not None:
                     _replace(graph, fused)
                     changed = True
+    fuse_affine(graph)  # sliced circular padding, then affine blocks (lipcert.graph.affine_blocks)
     return graph
 
 

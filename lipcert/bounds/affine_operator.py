@@ -1,0 +1,625 @@
+"""Norms of affine blocks (lipcert.graph.affine_blocks) bounded as one operator.
+
+A fused `AffineBlock` computes x -> A x + c; its Lipschitz constant is ||A||_2. Methods, each
+a guaranteed upper bound (the rule takes the smallest that applies):
+
+- **product of the parts**: the op-by-op composition over the block's body (a chain
+  multiplies, a sum of branches adds), what lipcert does without the block. Always applies.
+- **probed matrix** (exact): on small blocks, A is built column by column by running the
+  bias-free body on the unit vectors in float64, and its largest singular value is computed
+  by SVD; the float64 error of the probing and of the SVD are added (see probe_bound).
+- **polynomial of one convolution**: when the block is a reshaping prefix, then p(A) for a
+  single stride-1 convolution A applied several times with sums and scalar factors between
+  (a truncated Taylor series, x + conv(x)), then a reshaping suffix:
+  - A skew-symmetric (kernel equal to minus its flipped transpose, symmetric padding):
+    ||p(A)|| <= max over |t| <= rho of |p(i t)| with rho >= ||A|| (see skew_polynomial_bound);
+  - p of degree 1: c0 x + c1 conv(x) is one convolution whose kernel is c1 K plus c0 at
+    the tap that reads the output's own position; its norm is bounded as a conv's is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lipcert.bounds import numeric, spectral
+from lipcert.bounds.numeric import add_up, mul_up, rss_up
+from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node
+from lipcert.graph import Graph, Node
+from lipcert.graph.geometry import window
+
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+FLOAT64_UNIT_ROUNDOFF = 2.0**-53
+# The probed matrix holds at most this many entries (32 MiB of float64), with its smaller side
+# at most _PROBE_MAX_SIDE: its SVD then takes well under a second.
+PROBE_MAX_ENTRIES = 1 << 22
+PROBE_MAX_SIDE = 1536
+# A kernel is taken as skew-symmetric when the norm of its symmetric part is at most this
+# fraction of its skew part's: the symmetric part's norm is still added (see below), so this
+# only decides when the method is worth using, never whether it is sound.
+SKEW_TOLERANCE = 1e-6
+# Margin on |zero-input values| read from a float32 run (as lipcert.bounds.compose takes).
+_ZERO_INPUT_MARGIN = 1e-3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One method's bound of ||A||."""
+
+    factor: float
+    method: str
+    exact: bool
+
+
+def body_bounds(node: Node, graph: Graph) -> list[tuple[Node, LayerBound]]:
+    """Each body node's own rule (the nodes are the graph's; their tensors keep their shapes)."""
+    return [(inner, bound_node(inner, graph)) for inner in node.body]
+
+
+def _combine(layer: LayerBound, incoming: list[float]) -> float:
+    if layer.combine is Combine.CHAIN:
+        return mul_up(layer.factor, incoming[0])
+    if layer.combine is Combine.SUM:
+        return mul_up(layer.factor, add_up(*incoming))
+    return mul_up(layer.factor, rss_up(*incoming))
+
+
+def path_bounds(
+    node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
+) -> dict[str, float]:
+    """For every tensor t of the body, a bound of the Lipschitz constant of entry -> t."""
+    values = {node.inputs[0]: 1.0}
+    for inner, layer in bounds:
+        incoming = [values[name] for name in graph.data_inputs(inner)]
+        result = _combine(layer, incoming)
+        for name in inner.outputs:
+            if name:
+                values[name] = result
+    return values
+
+
+def product_bound(node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]) -> Candidate:
+    """The op-by-op composition over the body: always sound, loose for residual sums."""
+    factor = path_bounds(node, graph, bounds)[node.outputs[0]]
+    return Candidate(factor, "product and sum of its ops' bounds", exact=False)
+
+
+# --- the floating-point allowance of the whole block ---------------------------------------
+
+
+def _gamma(terms: int, unit: float) -> float:
+    if terms <= 0:
+        return 0.0
+    product = terms * unit
+    return math.inf if product >= 1 else float(np.nextafter(product / (1 - product), np.inf))
+
+
+def block_rounding(
+    node: Node,
+    graph: Graph,
+    bounds: list[tuple[Node, LayerBound]],
+    unit: float = FLOAT32_UNIT_ROUNDOFF,
+) -> Rounding:
+    """The rounding error of running the block's own ops, as one Rounding of the fused node.
+
+    Forward over the body, as lipcert.bounds.compose.float_error_bound does over a graph,
+    with sizes and errors affine in s = ||block input||: a body tensor t satisfies
+    ||t(x)|| <= ||t(0)|| + L_t (s + ||entry(0)||), since t(x) - t(0) = A_t (entry(x) -
+    entry(0)) with ||A_t|| <= L_t (the op-by-op bound from the entry to t). Each node passes
+    on its input errors times its bound and adds its own rounding. The exit's error C + D s is
+    returned as Rounding(terms=1, input_gain=D/g, offset=C/g) with g = gamma(1): since
+    gamma(n, u) / gamma(1, u) grows with u, the allowance computed at the float32 unit also
+    covers any smaller unit (float64).
+    """
+    paths = path_bounds(node, graph, bounds)
+    entry = node.inputs[0]
+    zeros = _zero_norms(node, graph)
+    entry_zero = zeros[entry]
+    sizes: dict[str, tuple[float, float]] = {entry: (0.0, 1.0)}
+    errors: dict[str, tuple[float, float]] = {entry: (0.0, 0.0)}
+    for inner, layer in bounds:
+        sources = graph.data_inputs(inner)
+        incoming = _sum(errors[name] for name in sources)
+        propagated = _scale(incoming, layer.factor)
+        output = inner.outputs[0]
+        out_size = (add_up(zeros[output], mul_up(paths[output], entry_zero)), paths[output])
+        local = (0.0, 0.0)
+        r = layer.rounding
+        if r.terms:
+            size_in = _sum([*(sizes[name] for name in sources), incoming])
+            size_out = _sum([out_size, propagated])
+            terms = _sum(
+                [_scale(size_in, r.input_gain), _scale(size_out, r.output_gain), (r.offset, 0.0)]
+            )
+            local = _scale(terms, _gamma(r.terms, unit))
+        for name in inner.outputs:
+            if name:
+                sizes[name] = out_size
+                errors[name] = _sum([propagated, local])
+    constant, slope = errors[node.outputs[0]]
+    g = _gamma(1, unit)
+    return Rounding(
+        terms=1,
+        input_gain=numeric.up(slope / g) if slope else 0.0,
+        offset=numeric.up(constant / g) if constant else 0.0,
+    )
+
+
+def _sum(parts: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    c, d = 0.0, 0.0
+    for a, b in parts:
+        c, d = add_up(c, a), add_up(d, b)
+    return c, d
+
+
+def _scale(value: tuple[float, float], factor: float) -> tuple[float, float]:
+    return mul_up(value[0], factor), mul_up(value[1], factor)
+
+
+def _zero_norms(node: Node, graph: Graph) -> dict[str, float]:
+    """||t(0)|| per sample (rounded up) for the entry and every tensor the body writes."""
+    names = [node.inputs[0], *(name for inner in node.body for name in inner.outputs if name)]
+    found: dict[str, float] = {}
+    missing = []
+    for name in names:
+        value = graph.zero_input_values.get(name)
+        if value is None:
+            missing.append(name)
+        else:
+            norm = float(np.linalg.norm(np.asarray(value, dtype=np.float64)[:1]))
+            found[name] = numeric.up(norm * (1 + _ZERO_INPUT_MARGIN))
+    if missing:
+        if node.inputs[0] in missing:
+            raise RuntimeError(f"no zero-input value recorded for tensor {node.inputs[0]!r}")
+        start = np.asarray(graph.zero_input_values[node.inputs[0]], dtype=np.float64)[:1]
+        values = _run_body(node, graph, start, linear=False)
+        for name in missing:
+            norm = float(np.linalg.norm(values[name]))
+            found[name] = numeric.up(norm * (1 + _ZERO_INPUT_MARGIN))
+    return found
+
+
+# --- probing the explicit matrix --------------------------------------------------------------
+
+
+def _leaves(nodes: Iterable[Node]) -> list[Node]:
+    found: list[Node] = []
+    for node in nodes:
+        found.extend(_leaves(node.body) if node.body else [node])
+    return found
+
+
+def _linear_part(node: Node, graph: Graph) -> tuple[list[Node], dict[str, np.ndarray]]:
+    """The body's ops with every constant term removed: x -> A x.
+
+    Biases of Conv/ConvTranspose/Gemm are dropped, BatchNorm becomes its scale, an Add/Sub
+    of a constant becomes the identity (or a negation), constant padding pads with zero and
+    a constant part of a Concat becomes zeros. The other ops are linear already.
+    """
+    extra: dict[str, np.ndarray] = {}
+    nodes = []
+    for leaf in _leaves(node.body):
+        data = graph.data_inputs(leaf)
+        op = leaf.op
+        if op in ("Conv", "ConvTranspose", "Gemm"):
+            nodes.append(_with(leaf, inputs=leaf.inputs[:2]))
+        elif op == "BatchNormalization":
+            scale = np.asarray(graph.constant(leaf.inputs[1]), dtype=np.float64) / np.sqrt(
+                np.asarray(graph.constant(leaf.inputs[4]), dtype=np.float64)
+                + float(leaf.attr("epsilon", 1e-5))
+            )
+            rank = len(graph.shape(leaf.inputs[0]))
+            name = f"{leaf.name}/linear_scale"
+            extra[name] = scale.reshape(-1, *([1] * (rank - 2)))
+            nodes.append(_with(leaf, op="Mul", inputs=(leaf.inputs[0], name), attrs={}))
+        elif op in ("Add", "Sum") and len(data) < len([n for n in leaf.inputs if n]):
+            if len(data) == 1:
+                nodes.append(_with(leaf, op="Identity", inputs=(data[0],), attrs={}))
+            else:
+                nodes.append(_with(leaf, op="Sum", inputs=tuple(data), attrs={}))
+        elif op == "Sub" and len(data) == 1:
+            negate = data[0] != leaf.inputs[0]
+            nodes.append(_with(leaf, op="Neg" if negate else "Identity", inputs=(data[0],), attrs={}))
+        elif op == "Pad" and leaf.attr("mode", "constant") == "constant":
+            inputs = list(leaf.inputs)
+            if len(inputs) > 2:
+                inputs[2] = ""
+            nodes.append(_with(leaf, inputs=tuple(inputs)))
+        elif op == "Concat" and len(data) < len(leaf.inputs):
+            inputs = []
+            for i, name in enumerate(leaf.inputs):
+                if name in data:
+                    inputs.append(name)
+                else:
+                    zero_name = f"{leaf.name}/linear_zero_{i}"
+                    extra[zero_name] = np.zeros(np.asarray(graph.constant(name)).shape)
+                    inputs.append(zero_name)
+            nodes.append(_with(leaf, inputs=tuple(inputs)))
+        else:
+            nodes.append(leaf)
+    return nodes, extra
+
+
+def _with(node: Node, **changes: object) -> Node:
+    fields = {
+        "name": node.name,
+        "op": node.op,
+        "inputs": node.inputs,
+        "outputs": node.outputs,
+        "attrs": node.attrs,
+    }
+    fields.update(changes)
+    return Node(**fields)  # type: ignore[arg-type]
+
+
+def _run_body(node: Node, graph: Graph, start: np.ndarray, *, linear: bool) -> dict[str, np.ndarray]:
+    """Every tensor of the body (per sample, flattened) for a batch of entry values."""
+    import torch
+
+    from lipcert.graph.execute import GraphExecutor
+
+    if linear:
+        nodes, extra = _linear_part(node, graph)
+    else:
+        nodes, extra = _leaves(node.body), {}
+    sub = Graph(
+        input_name=node.inputs[0],
+        output_name=node.outputs[0],
+        nodes=nodes,
+        constants={**graph.constants, **extra},
+        shapes=graph.shapes,
+        size_known=graph.size_known,
+        batch_size=graph.batch_size,
+        opset=graph.opset,
+    )
+    executor = GraphExecutor(sub, dtype=torch.float64)
+    values: dict[str, object] = dict(executor.constants)
+    x = torch.as_tensor(np.array(start, dtype=np.float64))
+    values[sub.input_name] = x
+    executor._batch = int(x.shape[0])
+    with torch.no_grad():
+        executor._run(sub.nodes, values)
+    batch = int(x.shape[0])
+    return {
+        name: value.detach().numpy().reshape(batch, -1)  # type: ignore[attr-defined]
+        for name, value in values.items()
+        if name not in executor.constants
+    }
+
+
+def probe_bound(
+    node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
+) -> Candidate | None:
+    """Exact ||A|| of a small block: its explicit matrix, probed on unit vectors, then SVD.
+
+    Column j of A is the bias-free body applied to the unit vector e_j in float64. The
+    float64 run has a worst-case error per column of at most D = block_rounding's slope at
+    the float64 unit (op-by-op sizes, any summation order), so the computed matrix M has
+    ||M - A||_2 <= ||M - A||_F <= sqrt(n) D, and ||A|| <= sigma_max(M) (rounded up by the
+    SVD allowance) + sqrt(n) D. The probe is cross-checked against the model's own body at
+    its own batch size (f(v) - f(0) = A v for random v): a body whose ops mix the samples of
+    a batch, or any disagreement, and the probe is not used.
+    """
+    entry, exit_ = node.inputs[0], node.outputs[0]
+    entry_shape = graph.shape(entry)[1:]
+    n = int(np.prod(entry_shape))
+    m = int(np.prod(graph.shape(exit_)[1:]))
+    if n * m > PROBE_MAX_ENTRIES or min(n, m) > PROBE_MAX_SIDE or not graph.size_known:
+        return None
+    try:
+        basis = np.eye(n).reshape(n, *entry_shape)
+        columns = _run_body(node, graph, basis, linear=True)[exit_]  # (n, m): row j is A e_j
+        matrix = columns.T
+        if not _probe_agrees(node, graph, matrix, entry_shape):
+            return None
+    except Exception:  # noqa: BLE001 - any failure to probe only means: use another method
+        return None
+    if not np.all(np.isfinite(matrix)):
+        return None
+    sigma = spectral.matrix_norm(matrix)
+    slope = block_rounding(node, graph, bounds, unit=FLOAT64_UNIT_ROUNDOFF).input_gain
+    error = mul_up(mul_up(slope, _gamma(1, FLOAT64_UNIT_ROUNDOFF)), numeric.sqrt_up(n))
+    return Candidate(
+        add_up(sigma, error), f"SVD of the probed {m}x{n} matrix of the whole block", exact=True
+    )
+
+
+def _probe_agrees(
+    node: Node, graph: Graph, matrix: np.ndarray, entry_shape: tuple[int, ...]
+) -> bool:
+    rng = np.random.default_rng(0)
+    batch = graph.batch_size
+    n = matrix.shape[1]
+    v = rng.standard_normal((batch, n))
+    start = np.asarray(graph.zero_input_values.get(node.inputs[0], np.zeros((batch, n))))
+    start = np.broadcast_to(start.reshape(start.shape[0], -1)[:1], (batch, n))
+    at_v = _run_body(node, graph, (start + v).reshape(batch, *entry_shape), linear=False)
+    at_0 = _run_body(node, graph, start.reshape(batch, *entry_shape), linear=False)
+    exit_ = node.outputs[0]
+    difference = at_v[exit_] - at_0[exit_]
+    expected = v @ matrix.T
+    scale = float(np.abs(matrix).sum(axis=1).max() * np.abs(v).max() + np.abs(at_0[exit_]).max())
+    return bool(np.all(np.abs(difference - expected) <= 1e-9 * max(scale, 1e-300)))
+
+
+# --- one convolution applied several times: p(A) ----------------------------------------------
+
+# Ops that only move, restrict or zero-pad elements: allowed before and after the polynomial.
+_PASSIVE = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Identity",
+        "Dropout",
+        "Slice",
+        "Pad",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ConvPolynomial:
+    """The block as suffix o p(A) o prefix, A one stride-1 convolution from C to C channels."""
+
+    conv: Node
+    coefficients: np.ndarray  # p(A) = sum_k coefficients[k] A^k
+    outer_factor: float  # product of the prefix's and suffix's bounds
+    circular: bool
+
+
+def conv_polynomial(
+    node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
+) -> ConvPolynomial | None:
+    """Read the block as prefix, p(A), suffix; None when it is not of that form."""
+    factors = {id(inner): layer.factor for inner, layer in bounds}
+    body = list(node.body)
+    users: dict[str, list[Node]] = {}
+    for inner in body:
+        for name in graph.data_inputs(inner):
+            users.setdefault(name, []).append(inner)
+    producers = {name: inner for inner in body for name in inner.outputs if name}
+    outer = 1.0
+    start = node.inputs[0]
+    taken: set[int] = set()
+    while len(users.get(start, [])) == 1 and _passive(graph, users[start][0]):
+        step = users[start][0]
+        taken.add(id(step))
+        outer = mul_up(outer, factors[id(step)])
+        start = step.outputs[0]
+    stop = node.outputs[0]
+    while stop != start and stop in producers:
+        step = producers[stop]
+        source = step.inputs[0]
+        if not _passive(graph, step) or len(users.get(source, [])) != 1 or id(step) in taken:
+            break
+        taken.add(id(step))
+        outer = mul_up(outer, factors[id(step)])
+        stop = source
+    polynomial: dict[str, np.ndarray] = {start: np.array([1.0])}
+    conv: Node | None = None
+    for inner in body:
+        if id(inner) in taken:
+            continue
+        coefficients = _apply(graph, inner, polynomial, conv)
+        if coefficients is None:
+            return None
+        if inner.op in ("Conv", "CircularConv") and conv is None:
+            conv = inner
+        polynomial[inner.outputs[0]] = coefficients
+    if conv is None or stop not in polynomial:
+        return None
+    return ConvPolynomial(conv, polynomial[stop], outer, circular=conv.op == "CircularConv")
+
+
+def _passive(graph: Graph, node: Node) -> bool:
+    if node.op not in _PASSIVE or len(graph.data_inputs(node)) != 1:
+        return False
+    return node.op != "Pad" or node.attr("mode", "constant") == "constant"
+
+
+def _apply(
+    graph: Graph, node: Node, polynomial: dict[str, np.ndarray], conv: Node | None
+) -> np.ndarray | None:
+    data = graph.data_inputs(node)
+    if any(name not in polynomial for name in data):
+        return None
+    inputs = [polynomial[name] for name in data]
+    op = node.op
+    if op in ("Conv", "CircularConv"):
+        if conv is not None and not _same_conv(graph, conv, node):
+            return None
+        if conv is None and not _square_conv(graph, node):
+            return None
+        return np.concatenate([[0.0], inputs[0]])
+    if op in ("Identity", "Dropout"):
+        return inputs[0]
+    if op == "Neg":
+        return -inputs[0]
+    if op in ("Add", "Sum"):
+        return _add(inputs)
+    if op == "Sub":
+        if len(data) == 2:
+            return _add([inputs[0], -inputs[1]])
+        return inputs[0] if data[0] == node.inputs[0] else -inputs[0]
+    if op in ("Mul", "Div"):
+        other = next(n for n in node.inputs if n != data[0])
+        value = np.asarray(graph.constant(other), dtype=np.float64)
+        if value.size != 1 or (op == "Div" and data[0] != node.inputs[0]):
+            return None
+        scalar = float(value.reshape(-1)[0])
+        if op == "Div":
+            if scalar == 0:
+                return None
+            return inputs[0] / scalar
+        return inputs[0] * scalar
+    return None
+
+
+def _add(parts: list[np.ndarray]) -> np.ndarray:
+    size = max(len(p) for p in parts)
+    total = np.zeros(size)
+    for p in parts:
+        total[: len(p)] += p
+    return total
+
+
+def _square_conv(graph: Graph, node: Node) -> bool:
+    """A stride-1, ungrouped convolution from C channels to C on the same grid."""
+    if not graph.is_constant(node.inputs[1]):
+        return False
+    weight = np.asarray(graph.constant(node.inputs[1]))
+    if weight.ndim < 3 or weight.shape[0] != weight.shape[1] or int(node.attr("group", 1)) != 1:
+        return False
+    if graph.shape(node.inputs[0]) != graph.shape(node.outputs[0]):
+        return False
+    return all(int(s) == 1 for s in node.attr("strides", [1] * (weight.ndim - 2)))
+
+
+def _same_conv(graph: Graph, first: Node, other: Node) -> bool:
+    if first.op != other.op or not graph.is_constant(other.inputs[1]):
+        return False
+    keys = ("pads", "strides", "dilations", "group", "auto_pad", "kernel_shape")
+    if any(first.attr(k) != other.attr(k) for k in keys):
+        return False
+    if graph.shape(first.inputs[0]) != graph.shape(other.inputs[0]):
+        return False
+    a = np.asarray(graph.constant(first.inputs[1]))
+    b = np.asarray(graph.constant(other.inputs[1]))
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _geometry(graph: Graph, conv: Node) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    weight = np.asarray(graph.constant(conv.inputs[1]))
+    spatial = graph.shape(conv.inputs[0])[2:]
+    win = window(conv, spatial, tuple(weight.shape[2:]))
+    return spatial, win.pads_begin, win.pads_end, win.dilations
+
+
+def _conv_operator_norm(graph: Graph, conv: Node, kernel: np.ndarray, circular: bool) -> float:
+    """Upper bound of the norm of `conv` with its weight replaced by `kernel` (stride 1)."""
+    spatial, begin, end, dilations = _geometry(graph, conv)
+    rank = len(spatial)
+    if not graph.size_known:
+        if circular:
+            taps = int(np.prod(kernel.shape[2:]))
+            reshaped = spectral.matrix_norm(kernel.reshape(kernel.shape[0], -1))
+            return mul_up(numeric.sqrt_up(taps), reshaped)
+        return spectral.conv_norm_size_free(kernel, (1,) * rank, dilations, 1)
+    return spectral.conv_norm(
+        kernel, spatial, (1,) * rank, begin, end, dilations, 1, circular=circular
+    )
+
+
+def flipped_transpose(kernel: np.ndarray) -> np.ndarray:
+    """The kernel of the adjoint of a symmetric-padded stride-1 conv: K^T with taps reversed."""
+    spatial_axes = tuple(range(2, kernel.ndim))
+    return np.flip(np.swapaxes(kernel, 0, 1), axis=spatial_axes)
+
+
+def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]:
+    """Bounds of ||suffix p(A) prefix|| <= outer * ||p(A)||, by every method that applies."""
+    conv = poly.conv
+    weight = np.asarray(graph.constant(conv.inputs[1]), dtype=np.float64)
+    c = poly.coefficients
+    found: list[Candidate] = []
+    rho = _conv_operator_norm(graph, conv, weight, poly.circular)
+    absolute = numeric.add_up(*(mul_up(abs(float(ck)), rho**k) for k, ck in enumerate(c)))
+    found.append(Candidate(mul_up(poly.outer_factor, numeric.up(absolute * (1 + 1e-12))),
+                           f"sum of |c_k| ||A||^k over a polynomial of degree {len(c) - 1} in one conv",
+                           exact=False))
+    spatial, begin, end, dilations = _geometry(graph, conv)
+    kernel = weight.shape[2:]
+    symmetric = all(
+        b == e and b * 2 == (k - 1) * d for b, e, k, d in zip(begin, end, kernel, dilations, strict=True)
+    )
+    if symmetric:
+        skew_part = (weight - flipped_transpose(weight)) / 2
+        symmetric_part = (weight + flipped_transpose(weight)) / 2
+        rho_skew = _conv_operator_norm(graph, conv, skew_part, poly.circular)
+        epsilon = (
+            0.0
+            if not np.any(symmetric_part)
+            else _conv_operator_norm(graph, conv, symmetric_part, poly.circular)
+        )
+        if epsilon <= SKEW_TOLERANCE * rho_skew:
+            value = skew_polynomial_bound(c, rho_skew, epsilon)
+            found.append(
+                Candidate(
+                    mul_up(poly.outer_factor, value),
+                    "polynomial of a skew-symmetric conv: max |p(it)| over |t| <= ||A||",
+                    exact=False,
+                )
+            )
+    if len(c) <= 2:
+        identity_tap = []
+        for b, k, d in zip(begin, kernel, dilations, strict=True):
+            if b % d or b // d >= k:
+                identity_tap = None
+                break
+            identity_tap.append(b // d)
+        if identity_tap is not None:
+            folded = (c[1] if len(c) > 1 else 0.0) * weight
+            channels = weight.shape[0]
+            index = (np.arange(channels), np.arange(channels), *[np.full(channels, t) for t in identity_tap])
+            folded[index] += c[0]
+            value = _conv_operator_norm(graph, conv, folded, poly.circular)
+            # float64 rounding of the folded taps: at most 2 ulps of each, far below the
+            # allowance the norm adds; one more relative ulp-scale margin covers it.
+            value = numeric.up(value * (1 + 1e-12))
+            found.append(
+                Candidate(
+                    mul_up(poly.outer_factor, value),
+                    "identity folded into the conv kernel (c0 x + c1 conv(x) is one conv)",
+                    exact=poly.circular and graph.size_known and poly.outer_factor == 1.0,
+                )
+            )
+    return found
+
+
+def skew_polynomial_bound(coefficients: np.ndarray, rho: float, epsilon: float = 0.0) -> float:
+    """Upper bound of ||p(S + E)|| for S skew-symmetric with ||S|| <= rho and ||E|| <= epsilon.
+
+    S is normal with eigenvalues i t, |t| <= rho, so p(S) is normal with eigenvalues p(i t)
+    and ||p(S)|| = max |p(i t)| over its spectrum <= max over |t| <= rho of |p(i t)|. For the
+    perturbation, (S + E)^k - S^k is a sum of products with at least one E, whose norms add
+    up to at most (rho + epsilon)^k - rho^k: so
+    ||p(S + E)|| <= max_{|t| <= rho} |p(i t)| + sum_k |c_k| ((rho + epsilon)^k - rho^k).
+
+    The maximum of q(t) = |p(i t)|^2 (a real polynomial, even in t) on [0, rho] is bounded
+    on a grid of spacing h: between two grid points q is at most the larger of its values
+    plus h^2 / 8 max |q''| (the error of linear interpolation), with max |q''| bounded by
+    sum |a_k| k (k - 1) rho^(k - 2); the float64 evaluation error of Horner's rule is added.
+    """
+    c = np.asarray(coefficients, dtype=np.float64)
+    k = np.arange(len(c))
+    real = np.where(k % 2 == 0, c * np.where(k % 4 == 0, 1.0, -1.0), 0.0)
+    imag = np.where(k % 2 == 1, c * np.where(k % 4 == 1, 1.0, -1.0), 0.0)
+    q = np.polynomial.polynomial.polyadd(
+        np.polynomial.polynomial.polymul(real, real), np.polynomial.polynomial.polymul(imag, imag)
+    )
+    points = 1 << 14
+    t = np.linspace(0.0, rho, points + 1)
+    values = np.polynomial.polynomial.polyval(t, q)
+    degree = np.arange(len(q))
+    absolute_sum = float(np.sum(np.abs(q) * rho**degree))
+    evaluation = 4 * len(q) * numeric.FLOAT64_EPS * absolute_sum
+    second = float(np.sum(np.abs(q) * degree * np.maximum(degree - 1, 0) * rho ** np.maximum(degree - 2, 0)))
+    h = rho / points
+    q_max = float(values.max()) + evaluation + h * h / 8 * second
+    # The coefficients themselves come from a few float64 operations on the model's
+    # constants: a relative margin far above their rounding.
+    top = numeric.sqrt_up(max(q_max, 0.0) * (1 + 1e-12))
+    perturbation = 0.0
+    if epsilon > 0:
+        perturbation = float(
+            np.sum(np.abs(c) * ((rho + epsilon) ** k - rho**k))
+        ) * (1 + 1e-12)
+    return numeric.up(add_up(top, perturbation) * (1 + 1e-12))
