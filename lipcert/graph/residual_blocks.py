@@ -366,13 +366,14 @@ def match_sll_block(graph: Graph, sub: Node) -> Node | None:
 # --- Sandwich ---------------------------------------------------------------------------------
 
 
-def match_sandwich_block(graph: Graph, second: Node) -> Node | None:
-    """W2 D_post s(D_pre W1 x + b): two linear layers around an activation with a per-unit
-    multiplier after it (LBDN's Psi); the rule certifies the pair as a whole. A pair of
-    layers without that multiplier is left alone (bounded layer by layer)."""
-    if second.op not in ("Gemm", "MatMul", "Conv") or graph.is_constant(second.inputs[0]):
-        return None
+def match_sandwich_block(graph: Graph, root: Node) -> Node | None:
+    """c W2 D_post s(D_pre W1 x + b): two linear layers around an activation with a per-unit
+    multiplier after it (LBDN's Psi), then scalar multipliers; the rule certifies the whole.
+    A pair of layers without that multiplier is left alone (bounded layer by layer)."""
     chain = _Chain(graph)
+    second, out_scale, out_nodes = _sandwich_end(chain, root)
+    if second is None or graph.is_constant(second.inputs[0]):
+        return None
     conv = second.op == "Conv"
     hidden = _walk_hidden(chain, second.inputs[0], second, conv)
     if hidden is None:
@@ -420,16 +421,52 @@ def match_sandwich_block(graph: Graph, second: Node) -> Node | None:
     return _fused(
         graph,
         "SandwichBlock",
-        second,
+        root,
         source,
-        [second, *hidden.nodes, first],
+        [*out_nodes, second, *hidden.nodes, first],
         kind="conv" if conv else "dense",
         first=first,
         second=second,
         pre=tuple(float(v) for v in pre),
-        post=tuple(float(v) for v in post),
+        post=tuple(float(v) for v in post * out_scale),
         activation=hidden.activation.op,
     )
+
+
+def _sandwich_end(chain: _Chain, root: Node) -> tuple[Node | None, float, list[Node]]:
+    """The second linear op of a sandwich ending at `root`, and the scalars after it.
+
+    A linear op whose only reader is a scalar multiplier is not an end: the sandwich then
+    ends at that multiplier (matched when the matcher reaches it).
+    """
+    graph = chain.graph
+    scale = 1.0
+    nodes: list[Node] = []
+    node = root
+    while node.op in ("Mul", "Div"):
+        parts = _data_and_constant(graph, node)
+        if parts is None or parts[1].size != 1 or node.body:
+            return None, 1.0, []
+        if graph.shape(parts[0]) != graph.shape(node.outputs[0]):
+            return None, 1.0, []
+        value = float(parts[1].reshape(-1)[0])
+        if value == 0 or not np.isfinite(value):
+            return None, 1.0, []
+        scale *= value if node.op == "Mul" else 1.0 / value
+        nodes.append(node)
+        previous = chain.producer_of(parts[0], node)
+        if previous is None:
+            return None, 1.0, []
+        node = previous
+    if node.op not in ("Gemm", "MatMul", "Conv") or node.body:
+        return None, 1.0, []
+    if node is root:
+        readers = chain.consumers.get(root.outputs[0], [])
+        if len(readers) == 1 and readers[0].op in ("Mul", "Div") and not readers[0].body:
+            parts = _data_and_constant(graph, readers[0])
+            if parts is not None and parts[1].size == 1:
+                return None, 1.0, []
+    return node, scale, nodes
 
 
 __all__ = ["match_sandwich_block", "match_sll_block", "slope_in_unit_interval"]

@@ -36,12 +36,27 @@ def _extreme(graph: Graph, where: Node, compare: Node) -> str | None:
     if len(where.inputs) != 3 or where.inputs[0] != compare.outputs[0]:
         return None
     p, q = compare.inputs
+    first, second = where.inputs[1], where.inputs[2]
+    shape = graph.shape(where.outputs[0])
     larger_first = _SELECTS_FIRST_WHEN_LARGER[compare.op]
-    if (where.inputs[1], where.inputs[2]) == (p, q):
+    if _same(graph, first, p, shape) and _same(graph, second, q, shape):
         return "Max" if larger_first else "Min"
-    if (where.inputs[1], where.inputs[2]) == (q, p):
+    if _same(graph, first, q, shape) and _same(graph, second, p, shape):
         return "Min" if larger_first else "Max"
     return None
+
+
+def _same(graph: Graph, one: str, other: str, shape: tuple[int, ...]) -> bool:
+    """The same tensor, or two constants equal once broadcast to the select's shape."""
+    if one == other:
+        return True
+    if not (graph.is_constant(one) and graph.is_constant(other)):
+        return False
+    a, b = np.asarray(graph.constant(one)), np.asarray(graph.constant(other))
+    try:
+        return bool(np.array_equal(np.broadcast_to(a, shape), np.broadcast_to(b, shape)))
+    except ValueError:
+        return False
 
 
 def _ordered(graph: Graph, nodes: list[Node]) -> tuple[Node, ...]:
@@ -66,7 +81,8 @@ def match_where_extreme(graph: Graph, where: Node) -> Node | None:
     op = _extreme(graph, where, compare)
     if op is None or not _only_users(graph, compare.outputs[0], [where]):
         return None
-    p, q = compare.inputs
+    # The select's own branches (a constant may be written twice, as 0 and zeros_like(a)).
+    p, q = where.inputs[1], where.inputs[2]
     if graph.is_constant(p) and graph.is_constant(q):
         return None
     return Node(
@@ -151,7 +167,9 @@ def _slice_positions(graph: Graph, node: Node, shape: tuple[int, ...]) -> list[s
         name = node.inputs[index] if index < len(node.inputs) else ""
         if name and not graph.is_constant(name):
             return None
-        values.append([int(v) for v in np.asarray(graph.constant(name)).reshape(-1)] if name else None)
+        values.append(
+            [int(v) for v in np.asarray(graph.constant(name)).reshape(-1)] if name else None
+        )
     starts, ends, axes, steps = values
     if starts is None or ends is None:
         return None

@@ -246,7 +246,9 @@ def sll_block(node: Node, graph: Graph) -> LayerBound:
 # --- Sandwich ---------------------------------------------------------------------------------
 
 
-def lipsdp_bound(first: np.ndarray, second: np.ndarray) -> tuple[float, str] | None:
+def lipsdp_bound(
+    first: np.ndarray, second: np.ndarray, hint: np.ndarray | None = None
+) -> tuple[float, str] | None:
     """Upper bound of the Lipschitz constant of x -> W2 s(W1 x + b), s slopes in [0, 1].
 
     Proof (one-layer LipSDP, Fazlyab et al. 2019). For two inputs, let v = W1 dx and
@@ -268,7 +270,8 @@ def lipsdp_bound(first: np.ndarray, second: np.ndarray) -> tuple[float, str] | N
     their Gram products gamma_n ||.||_F^2 (Higham, section 3.5), all bounded by the
     Frobenius-norm term below.
 
-    T is a candidate only (from the layer's multipliers, balancing, or I; its scale c and
+    T is a candidate only (`hint`, from the layer's multipliers: LBDN's Psi^2 is post / pre;
+    balancing the norms of W1's rows and W2's columns; or I; its scale c and
     gamma from a search): nothing taken from the search is trusted, only the final check.
     None when no candidate gives a finite bound.
     """
@@ -276,6 +279,8 @@ def lipsdp_bound(first: np.ndarray, second: np.ndarray) -> tuple[float, str] | N
     if second.shape[1] != hidden or hidden == 0:
         return None
     candidates = []
+    if hint is not None and hint.shape == (hidden,) and np.all(np.isfinite(hint) & (hint > 0)):
+        candidates.append(("T from the layer's multipliers", np.sqrt(hint)))
     rows = np.linalg.norm(first, axis=1)
     cols = np.linalg.norm(second, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -375,7 +380,11 @@ def sandwich_block(node: Node, graph: Graph) -> LayerBound:
     product = mul_up(norm1, norm2)
     factor, method = product, "product of the two layers' norms"
     if matrices is not None:
-        certified = lipsdp_bound(*matrices)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hint = np.abs(post) / np.abs(pre)
+        if matrices[0].shape[0] != hint.size:  # convolutions: one unit per channel and position
+            hint = np.repeat(hint, matrices[0].shape[0] // max(hint.size, 1))
+        certified = lipsdp_bound(*matrices, hint=hint)
         if certified is not None and certified[0] < factor:
             factor = certified[0]
             method = f"one-layer LipSDP certificate ({certified[1]}), verified in float64"
