@@ -92,6 +92,14 @@ MarginsOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Draw certified accuracy against radius into this .png or .svg file "
+        '(needs matplotlib: pip install "lipcert[plot]").',
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")]
 
 
@@ -216,6 +224,7 @@ def certify(
     ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    plot: PlotOpt = None,
     min_certified_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -249,6 +258,10 @@ def certify(
     from lipcert.certify.command import CertifyRequest, run_certify
 
     with reported_errors(show_traceback):
+        if plot is not None:
+            from lipcert.plots import check_plot_path
+
+            check_plot_path(plot)
         request = CertifyRequest(
             model=model,
             dataset=dataset,
@@ -272,6 +285,8 @@ def certify(
             margins=margins,
         )
         outcome = run_certify(request, console=None if quiet else stderr)
+        if plot is not None:
+            _plot_certify(plot, model, outcome.result)
         if as_json:
             _emit_json(outcome.json)
         failed = [gate for gate in outcome.gates if not gate.passed]
@@ -388,6 +403,134 @@ def datasets(
                 else f"[dim]not found ({len(location.searched)} places searched)[/]",
             )
         Console().print(table)
+
+
+@app.command()
+def compare(
+    models: Annotated[
+        list[Path],
+        typer.Argument(help="Models to compare (.onnx files or checkpoints).", show_default=False),
+    ],
+    dataset: DatasetOpt,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    eps: Annotated[
+        str | None,
+        typer.Option(help="Radii for certified accuracy (default 36/255,72/255,108/255,1)."),
+    ] = None,
+    robustness: Annotated[
+        str,
+        typer.Option(
+            help="The robustness axis of the Pareto front: mcr, or an eps (e.g. 36/255) for "
+            "the certified accuracy at that radius."
+        ),
+    ] = "mcr",
+    certificate: CertificateOpt = None,
+    margins: Annotated[
+        str, typer.Option(help="float32 (onnxruntime, default) or float64 (the graph).")
+    ] = "float32",
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Write the table (one row per model) here.")
+    ] = None,
+    as_json: JsonOpt = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Draw the Pareto front into this .png or .svg file (and the certified-"
+            "accuracy curves into FILE-curves.png/.svg).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    arch: ArchOpt = None,
+    trust_model: TrustOpt = False,
+    show_traceback: TracebackOpt = False,
+) -> None:
+    """Compare models on one dataset: a table and the accuracy-robustness Pareto front.
+
+    A model is on the front when no other is at least as accurate and as robust (the MCR, or
+    certified accuracy at --robustness EPS), and better on one. Exit 0, or 2 on usage, model
+    or data errors.
+    """
+    from lipcert.certify.metrics import parse_eps_list
+    from lipcert.compare import compare_models
+    from lipcert.datasets import load_dataset
+
+    with reported_errors(show_traceback):
+        eps_list = parse_eps_list(eps or "36/255,72/255,108/255,1")
+        measure: Any = "mcr" if robustness == "mcr" else parse_eps_list(robustness)[0]
+        if plot is not None:
+            from lipcert.plots import check_plot_path
+
+            check_plot_path(plot)
+        data = load_dataset(dataset, split=split, data_dir=data_dir, limit=limit)
+        stems = [m.stem for m in models]
+        comparison = compare_models(
+            [str(m) for m in models],
+            data,
+            eps_list,
+            robustness=measure,
+            names=stems if len(set(stems)) == len(stems) else [str(m) for m in models],
+            precision=margins,  # type: ignore[arg-type]  # checked by the API
+            certificate=certificate or "auto",  # type: ignore[arg-type]
+            input_shape=tuple(int(d) for d in data.images.shape[1:]),
+            arch=arch,
+            trust=trust_model,
+        )
+        if csv_path is not None:
+            comparison.to_csv(csv_path)
+        if plot is not None:
+            from lipcert.plots import plot_certified_accuracy, plot_pareto
+
+            plot_pareto(comparison, plot)
+            curves = plot.with_name(f"{plot.stem}-curves{plot.suffix}")
+            plot_certified_accuracy(comparison, curves, eps=[e.value for e in comparison.eps])
+        if not quiet:
+            # one row per model: wide rather than wrapped, also when piped (80 columns)
+            width = max(Console(stderr=as_json).width, 132)
+            console = Console(stderr=as_json, highlight=False, width=width)
+            _render_comparison(console, comparison, f"{data.name} ({len(data)} samples)")
+        if as_json:
+            _emit_json(comparison.to_dict())
+    raise typer.Exit(int(ExitCode.PASSED))
+
+
+def _render_comparison(console: Console, comparison: Any, data: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{len(comparison.names)} models on {data}")
+    table.add_column("model", no_wrap=True)
+    for column in ("accuracy", "MCR", *(f"cert@{e.label}" for e in comparison.eps)):
+        table.add_column(column, justify="right")
+    table.add_column("L", justify="right")
+    table.add_column("time s", justify="right")
+    table.add_column("front", justify="center")
+    for row, report in zip(comparison.rows(), comparison.reports, strict=True):
+        table.add_row(
+            row["model"],
+            f"{row['accuracy']:.3f}",
+            f"{row['mcr']:.3f}",
+            *(f"{value:.3f}" for _, value in report.summary.certified_accuracy),
+            f"{row['lipschitz_bound']:.3f}",
+            f"{row['load_seconds'] + row['certify_seconds']:.1f}",
+            "*" if row["pareto"] else "",
+        )
+    console.print(table)
+    measure = "MCR" if comparison.robustness == "mcr" else comparison.robustness
+    console.print(
+        f"Pareto front (clean accuracy against {measure}): {', '.join(comparison.front)}",
+        highlight=False,
+    )
+
+
+def _plot_certify(path: Path, model: Path, result: Any) -> None:
+    from lipcert.plots import plot_certified_accuracy
+
+    certificates = result.certificates
+    correct = certificates.prediction == result.labels
+    eps = [e.value for e, _ in result.summary.certified_accuracy]
+    plot_certified_accuracy({str(model): (certificates.radius, correct)}, path, eps=eps)
 
 
 def _version(value: bool) -> None:
