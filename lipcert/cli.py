@@ -1,7 +1,9 @@
 """The `lipcert` command line: parse, call the library, render, map errors to exit codes.
 
-No maths here. Tables go to stderr, JSON to stdout, and every lipcert error becomes one line
-`ErrorType: message` on stderr with exit code 2 (usage, model or data) or 1 (a check failed).
+No maths here. Reports go to stdout (to stderr with --json, whose document is then all of
+stdout); progress, warnings and errors go to stderr. Every error is one line
+`ErrorType: message`, with exit code 2 (usage, model or data), 1 (a check failed) or 3 (a bug
+in lipcert, with a request to report it).
 """
 
 from __future__ import annotations
@@ -9,27 +11,70 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from lipcert import __version__
 from lipcert.errors import ExitCode, LipcertError
 
+try:  # newer typer vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - typer with click as a dependency
+    from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
+
+class OneLineErrors(TyperGroup):
+    """Usage errors of the command line itself (typer's and click's) as one line, exit 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as exc:
+            context = getattr(exc, "ctx", None)
+            where = context.command_path if context is not None else "lipcert"
+            sys.stderr.write(
+                f"UsageError: {' '.join(exc.format_message().split())} "
+                f"(see '{where} --help')\n"
+            )
+            sys.exit(int(ExitCode.USAGE_OR_INPUT))
+        except typer.Abort:
+            sys.stderr.write("interrupted\n")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="lipcert",
+    cls=OneLineErrors,
     help="Robustness certificates for 1-Lipschitz neural networks: sound Lipschitz bounds, "
     "certified radii, certified accuracy and CI gates.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 stderr = Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    """The report's console: stdout, its width from the terminal or $COLUMNS (80 when piped)."""
+    return Console(highlight=False)
+
 
 ModelArg = Annotated[
     Path, typer.Argument(help="An .onnx file or a PyTorch checkpoint.", show_default=False)
@@ -58,40 +103,69 @@ TrustOpt = Annotated[
 TracebackOpt = Annotated[
     bool, typer.Option("--traceback", help="Show the full traceback of an error.")
 ]
+_DATASET_HELP = (
+    "cifar10, cifar100, mnist, fashion-mnist, an .npz file with arrays x and y (x images, or "
+    "(N, d) features), or a .csv file of features with a label column."
+)
 DatasetOpt = Annotated[
-    str,
+    str, typer.Option("--dataset", help=_DATASET_HELP, show_default=False)
+]
+CertifyDatasetOpt = Annotated[
+    str | None,
     typer.Option(
-        "--dataset",
-        help="cifar10, cifar100, mnist, fashion-mnist, or an .npz file with arrays x and y.",
-        show_default=False,
+        "--dataset", help=_DATASET_HELP + " Required here or in [tool.lipcert].", show_default=False
     ),
+]
+LabelColumnOpt = Annotated[
+    str | None,
+    typer.Option("--label-column", help="The label column of a .csv dataset (default label)."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="A TOML file with a [tool.lipcert] table (default: the nearest pyproject.toml "
+        "with one, from here up to the repository root).",
+    ),
+]
+NoConfigOpt = Annotated[
+    bool, typer.Option("--no-config", help="Read no [tool.lipcert] table.")
 ]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
 ]
-SplitOpt = Annotated[str, typer.Option(help="test or train.")]
+SplitOpt = Annotated[str | None, typer.Option(help="test or train (default test).")]
 MeanOpt = Annotated[
     str | None,
     typer.Option(
-        help="Per-channel mean subtracted before the model (part of the certified function)."
+        help="Mean per channel (per feature for tabular data) subtracted before the model; "
+        "part of the certified function."
     ),
 ]
 StdOpt = Annotated[
     str | None,
-    typer.Option(help="Per-channel std the input is divided by (part of the certified function)."),
+    typer.Option(
+        help="Std per channel (per feature) the input is divided by; part of the certified "
+        "function."
+    ),
 ]
 CertificateOpt = Annotated[
     str | None,
     typer.Option(help="auto, pairwise (needs a linear head) or global (default auto)."),
 ]
 MarginsOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
-        help="float32: onnxruntime and a worst-case rounding allowance (fast); float64: the "
-        "graph in float64, a negligible allowance, tighter radii (about 5x slower)."
+        help="float32 (default): onnxruntime and a worst-case rounding allowance (fast); "
+        "float64: the graph in float64, a negligible allowance, tighter radii (about 5x slower)."
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print a JSON document on stdout (and the report, if any, on stderr)."
+    ),
+]
 PlotOpt = Annotated[
     Path | None,
     typer.Option(
@@ -100,7 +174,7 @@ PlotOpt = Annotated[
         '(needs matplotlib: pip install "lipcert[plot]").',
     ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="No tables or progress on stderr.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No report and no progress.")]
 
 
 @contextmanager
@@ -113,24 +187,31 @@ def reported_errors(show_traceback: bool) -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
-        stderr.print("interrupted", highlight=False)
+        sys.stderr.write("interrupted\n")
         raise typer.Exit(130) from None
-    except Exception as exc:  # a bug: still one line, with the way to see more
+    except Exception as exc:  # a bug in lipcert: its own exit code, and a way to report it
         _fail(
             exc,
-            int(ExitCode.USAGE_OR_INPUT),
+            int(ExitCode.INTERNAL_ERROR),
             show_traceback,
-            hint=" (run with --traceback for details)",
+            prefix="internal error (a bug in lipcert) ",
+            hint="; please report it to lipcert's maintainers with the output of --traceback",
         )
 
 
-def _fail(exc: BaseException, code: int, show_traceback: bool, hint: str = "") -> NoReturn:
+def _fail(
+    exc: BaseException, code: int, show_traceback: bool, prefix: str = "", hint: str = ""
+) -> NoReturn:
     if show_traceback:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     # Plain text, never wrapped: one line whatever the terminal's width.
-    message = " ".join(f"{type(exc).__name__}: {exc}{hint}".split("\n"))
+    message = " ".join(f"{prefix}{type(exc).__name__}: {exc}{hint}".split())
     sys.stderr.write(message + "\n")
     raise typer.Exit(code) from None
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(" ".join(f"warning: {message}".split()) + "\n")
 
 
 def _load(model: Path, input_shape: str | None, arch: str | None, trust_model: bool) -> Any:
@@ -165,20 +246,29 @@ def verify(
             help="Also search a lower bound by gradient ascent (shows tightness; never certifies).",
         ),
     ] = False,
+    details: Annotated[
+        bool,
+        typer.Option(
+            "--details",
+            help="List the ops each recognised pattern covers, and every reshape, in the table.",
+        ),
+    ] = False,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """Compute a guaranteed Lipschitz bound of MODEL, layer by layer.
 
     Exit 0 when the logit vector's bound is at most EXPECT * (1 + TOL), 1 when above,
-    2 on usage, load or unsupported-op errors.
+    2 on usage, load or unsupported-op errors, 3 on a bug in lipcert.
     """
     from lipcert.bounds.compose import analyse
     from lipcert.errors import UsageError
     from lipcert.reports import verify_report
 
     with reported_errors(show_traceback):
-        if not expect > 0 or not tol >= 0:
-            raise UsageError(f"expected --expect > 0 and --tol >= 0 but got {expect!r} and {tol!r}")
+        if not (0 < expect < float("inf")) or not (0 <= tol < float("inf")):
+            raise UsageError(
+                f"expected a finite --expect > 0 and --tol >= 0 but got {expect!r} and {tol!r}"
+            )
         loaded = _load(model, input_shape, arch, trust_model)
         analysis = analyse(loaded.graph)
         lower = None
@@ -191,16 +281,17 @@ def verify(
         if as_json:
             _emit_json(verify_report.to_json(loaded, analysis, result, lower))
         else:
-            verify_report.render(stderr, loaded, analysis, result, lower)
+            verify_report.render(stdout_console(), loaded, analysis, result, lower, details=details)
     raise typer.Exit(int(ExitCode.PASSED if result.passed else ExitCode.CHECK_FAILED))
 
 
 @app.command()
 def certify(
     model: ModelArg,
-    dataset: DatasetOpt,
+    dataset: CertifyDatasetOpt = None,
     data_dir: DataDirOpt = None,
-    split: SplitOpt = "test",
+    split: SplitOpt = None,
+    label_column: LabelColumnOpt = None,
     limit: Annotated[int | None, typer.Option(help="Certify only the first N samples.")] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Samples per inference batch (default 256).")
@@ -218,7 +309,7 @@ def certify(
     mean: MeanOpt = None,
     std: StdOpt = None,
     certificate: CertificateOpt = None,
-    margins: MarginsOpt = "float32",
+    margins: MarginsOpt = None,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Write one row per sample to this CSV file.")
     ] = None,
@@ -229,33 +320,43 @@ def certify(
         float | None,
         typer.Option(
             "--min-certified-accuracy",
-            help="Gate: exit 1 when certified accuracy at --gate-eps is below this.",
+            help="Gate: exit 1 when certified accuracy at --gate-eps is below this fraction "
+            "(0 to 1).",
         ),
     ] = None,
     gate_eps: Annotated[
         str | None,
         typer.Option(
-            "--gate-eps", help="The eps of the certified-accuracy gate (default the first --eps)."
+            "--gate-eps",
+            help="The eps of the certified-accuracy gate (default the first --eps); needs "
+            "--min-certified-accuracy.",
         ),
     ] = None,
     min_accuracy: Annotated[
         float | None,
-        typer.Option("--min-accuracy", help="Gate: exit 1 when clean accuracy is below this."),
+        typer.Option(
+            "--min-accuracy", help="Gate: exit 1 when clean accuracy is below this fraction."
+        ),
     ] = None,
     min_mcr: Annotated[
-        float | None, typer.Option("--min-mcr", help="Gate: exit 1 when the MCR is below this.")
+        float | None,
+        typer.Option("--min-mcr", help="Gate: exit 1 when the MCR (a radius) is below this."),
     ] = None,
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_model: TrustOpt = False,
+    config: ConfigOpt = None,
+    no_config: NoConfigOpt = False,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """Certify every sample of a dataset: radii, certified accuracy, MCR, and CI gates.
 
     Exit 0 when every gate passes (or none is set), 1 when a gate fails, 2 on usage, model
-    or data errors. Gate defaults may come from [tool.lipcert] in ./pyproject.toml.
+    or data errors, 3 on a bug in lipcert. Defaults for the options may come from the
+    [tool.lipcert] table of the nearest pyproject.toml (see --config).
     """
     from lipcert.certify.command import CertifyRequest, run_certify
+    from lipcert.reports import certify_report
 
     with reported_errors(show_traceback):
         if plot is not None:
@@ -283,17 +384,27 @@ def certify(
             arch=arch,
             trust_model=trust_model,
             margins=margins,
+            label_column=label_column,
+            config_path=config,
+            no_config=no_config,
         )
         outcome = run_certify(request, console=None if quiet else stderr)
         if plot is not None:
             _plot_certify(plot, model, outcome.result)
+        for warning in outcome.warnings:
+            _warn(warning)
+        if not quiet:
+            report = stderr if as_json else stdout_console()
+            certify_report.render(report, outcome.context, outcome.result, outcome.gates)
         if as_json:
             _emit_json(outcome.json)
         failed = [gate for gate in outcome.gates if not gate.passed]
         if failed:
-            from lipcert.errors import GateError
+            if quiet:  # else the report has said it, once
+                from lipcert.errors import GateError
 
-            raise GateError("; ".join(gate.message() for gate in failed))
+                raise GateError("; ".join(gate.message() for gate in failed))
+            raise typer.Exit(int(ExitCode.CHECK_FAILED))
     raise typer.Exit(int(ExitCode.PASSED))
 
 
@@ -378,31 +489,37 @@ def attack(
 @app.command()
 def datasets(
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Also search this folder.")
+        Path | None, typer.Option("--data-dir", help="Also search this folder (first).")
     ] = None,
     show_traceback: TracebackOpt = False,
 ) -> None:
-    """List the named datasets lipcert can find, and where."""
+    """List the named datasets lipcert can find, where, and every place it looked."""
+    from rich.markup import escape
     from rich.table import Table
 
     from lipcert.datasets import dataset_locations
 
     with reported_errors(show_traceback):
+        console = stdout_console()
+        locations = dataset_locations(data_dir)
         table = Table(title="datasets")
         for column in ("name", "split", "format"):
             table.add_column(column, no_wrap=True)
         table.add_column("path", overflow="fold")
-        for location in dataset_locations(data_dir):
-            found = location.path is not None
+        for location in locations:
             table.add_row(
                 location.name,
                 location.split,
                 location.format or "-",
-                str(location.path)
-                if found
-                else f"[dim]not found ({len(location.searched)} places searched)[/]",
+                escape(str(location.path)) if location.path is not None else "not found",
             )
-        Console().print(table)
+        console.print(table)
+        places: dict[str, None] = {}
+        for location in locations:
+            places.update((str(place), None) for place in location.searched)
+        console.print("searched, in order (--data-dir, $LIPCERT_DATA, then download caches):")
+        for place in places:
+            console.print(f"  {escape(place)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

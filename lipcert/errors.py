@@ -11,6 +11,7 @@ class ExitCode(enum.IntEnum):
     PASSED = 0
     CHECK_FAILED = 1  # a gate, a bound check or an attack found a failure
     USAGE_OR_INPUT = 2  # bad usage, or a model or data file that cannot be used
+    INTERNAL_ERROR = 3  # a bug in lipcert: an exception it did not expect
 
 
 class LipcertError(Exception):

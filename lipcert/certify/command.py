@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ from rich.console import Console
 
 from lipcert.bounds.compose import Analysis, analyse
 from lipcert.bounds.spec import CertificateSpec
-from lipcert.certify.gates import Gate, evaluate_gates
+from lipcert.certify.gates import FRACTION_GATES, Gate, check_threshold, evaluate_gates
 from lipcert.certify.metrics import Eps, parse_eps_list
 from lipcert.certify.pipeline import (
     CertifyResult,
@@ -22,14 +22,15 @@ from lipcert.certify.pipeline import (
     parse_preprocessing,
 )
 from lipcert.certify.radii import Method, choose_method
-from lipcert.config import load_config
+from lipcert.config import TABLE, Config, resolve_config
 from lipcert.datasets import Dataset, load_dataset
-from lipcert.errors import DatasetError, ShapeError, UsageError
+from lipcert.datasets.catalog import canonical_name
+from lipcert.errors import DatasetError, ModelLoadError, ShapeError, UsageError
 from lipcert.evaluators import Evaluator
 from lipcert.frontends import load_model
 from lipcert.model import LoadedModel, LoadOptions, parse_input_shape
 from lipcert.reports import certify_report
-from lipcert.reports.files import append_text, write_atomically
+from lipcert.reports.files import append_text, check_output_path, write_atomically
 
 DEFAULT_EPS = "36/255,72/255,108/255,1"
 DEFAULT_BATCH_SIZE = 256
@@ -37,10 +38,12 @@ DEFAULT_BATCH_SIZE = 256
 
 @dataclass(frozen=True)
 class CertifyRequest:
+    """The options of `lipcert certify`; None means "not given" (the config or a default)."""
+
     model: Path
-    dataset: str
+    dataset: str | None = None
     data_dir: Path | None = None
-    split: str = "test"
+    split: str | None = None
     limit: int | None = None
     batch_size: int | None = None
     threads: int | None = None
@@ -56,7 +59,118 @@ class CertifyRequest:
     input_shape: str | None = None
     arch: str | None = None
     trust_model: bool = False
-    margins: str = "float32"
+    margins: str | None = None
+    label_column: str | None = None
+    config_path: Path | None = None
+    no_config: bool = False
+
+
+# Request fields a [tool.lipcert] table may set, by config key.
+_CONFIG_FIELDS = (
+    "dataset",
+    "data_dir",
+    "split",
+    "limit",
+    "batch_size",
+    "threads",
+    "eps",
+    "mean",
+    "std",
+    "certificate",
+    "min_certified_accuracy",
+    "gate_eps",
+    "min_accuracy",
+    "min_mcr",
+    "input_shape",
+    "arch",
+    "margins",
+    "label_column",
+)
+_CERTIFICATES = ("auto", "pairwise", "global")
+
+
+def with_config(request: CertifyRequest, config: Config) -> CertifyRequest:
+    """The request with every option it leaves unset taken from the config."""
+    updates: dict[str, Any] = {}
+    for name in _CONFIG_FIELDS:
+        if getattr(request, name) is None and config.get(name) is not None:
+            value = config.get(name)
+            if name == "data_dir":
+                value = Path(value)
+            elif name in ("eps", "gate_eps", "mean", "std", "input_shape"):
+                value = str(value)
+            updates[name] = value
+    return replace(request, **updates) if updates else request
+
+
+def check_request(request: CertifyRequest, config: Config) -> tuple[list[Eps], Eps | None]:
+    """Every check that needs no file read: usage errors come before any work.
+
+    Returns the eps list and the certified-accuracy gate's eps (None without that gate).
+    """
+
+    def origin(name: str) -> str:
+        given_in_file = config.path is not None and config.get(name) is not None
+        if given_in_file and getattr(request, name) == _config_value(config, name):
+            return config.origin(name)
+        return "--" + name.replace("_", "-")
+
+    if request.dataset is None:
+        raise UsageError(
+            "expected --dataset (a dataset name, a .npz or a .csv file), or dataset in "
+            f"{TABLE} of a pyproject.toml"
+        )
+    for name in ("limit", "batch_size", "threads"):
+        value = getattr(request, name)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise UsageError(f"expected {origin(name)} >= 1 but got {value!r}")
+    if request.margins is not None and request.margins not in ("float32", "float64"):
+        raise UsageError(
+            f"expected {origin('margins')} float32 or float64 but got {request.margins!r}"
+        )
+    if request.certificate is not None and request.certificate not in _CERTIFICATES:
+        raise UsageError(
+            f"expected {origin('certificate')} auto, pairwise or global but got "
+            f"{request.certificate!r}"
+        )
+    if request.split is not None and request.split not in ("test", "train"):
+        raise UsageError(f"expected {origin('split')} test or train but got {request.split!r}")
+    for name in ("min_certified_accuracy", "min_accuracy", "min_mcr"):
+        value = getattr(request, name)
+        if value is not None:
+            check_threshold(value, fraction=name in FRACTION_GATES, origin=origin(name))
+    eps_list = parse_eps_list(request.eps or DEFAULT_EPS, what=origin("eps"))
+    if request.gate_eps is not None and request.min_certified_accuracy is None:
+        raise UsageError(
+            f"{origin('gate_eps')} sets the eps of the certified-accuracy gate, which needs "
+            "--min-certified-accuracy (or min-certified-accuracy in the config)"
+        )
+    gate_eps = None
+    if request.min_certified_accuracy is not None:
+        gate_eps = _gate_eps(request.gate_eps, eps_list, origin("gate_eps"))
+    if request.csv_path is not None:
+        dataset_file = None if canonical_name(request.dataset) else Path(request.dataset)
+        check_output_path(
+            request.csv_path,
+            option="--csv",
+            inputs=[
+                ("the model", request.model),
+                ("the dataset", dataset_file),
+                ("the config file", config.path),
+            ],
+        )
+    if not request.model.exists():
+        raise ModelLoadError(f"no model file at {str(request.model)!r}")
+    return eps_list, gate_eps
+
+
+def _config_value(config: Config, name: str) -> Any:
+    value = config.get(name)
+    if name == "data_dir":
+        return Path(value)
+    if name in ("eps", "gate_eps", "mean", "std", "input_shape"):
+        return str(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -64,6 +178,9 @@ class CertifyOutcome:
     result: CertifyResult
     gates: list[Gate]
     json: dict[str, Any]
+    context: certify_report.Context
+    # Problems that do not change the result (a CI summary file that cannot be written).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -81,18 +198,27 @@ class Prepared:
     exact: Evaluator | None = None  # recomputes the samples whose certificate rounding may change
 
 
-def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
-    """Load the dataset, then the model at its image shape, bound it, pick the evaluator."""
+def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepared:
+    """Load the dataset, then the model at its input shape, bound it, pick the evaluator."""
     batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
     if batch_size < 1 or (request.threads is not None and request.threads < 1):
         raise UsageError(
             "expected --batch-size >= 1 and --threads >= 1 but got "
             f"{batch_size!r}, {request.threads!r}"
         )
-    if request.margins not in ("float32", "float64"):
-        raise UsageError(f"expected --margins float32 or float64 but got {request.margins!r}")
+    margins = request.margins or "float32"
+    if margins not in ("float32", "float64"):
+        raise UsageError(f"expected --margins float32 or float64 but got {margins!r}")
+    if request.dataset is None:
+        raise UsageError("expected --dataset (a dataset name, a .npz or a .csv file)")
+    if request.limit is not None and request.limit < 1:
+        raise UsageError(f"expected --limit >= 1 but got {request.limit!r}")
     dataset = load_dataset(
-        request.dataset, split=request.split, data_dir=request.data_dir, limit=request.limit
+        request.dataset,
+        split=request.split or "test",
+        data_dir=request.data_dir,
+        limit=request.limit,
+        label_column=request.label_column,
     )
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
@@ -100,8 +226,13 @@ def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
     method = choose_method(
         analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto")
     )
-    preprocessing = parse_preprocessing(request.mean, request.std, dataset.images.shape[1])
-    chosen = choose_evaluators(loaded, analysis, request.margins, request.threads)
+    preprocessing = parse_preprocessing(
+        request.mean,
+        request.std,
+        dataset.images.shape[1],
+        per="feature" if dataset.is_features else "channel",
+    )
+    chosen = choose_evaluators(loaded, analysis, margins, request.threads)
     return Prepared(
         dataset,
         loaded,
@@ -116,35 +247,50 @@ def prepare(request: CertifyRequest, config: dict[str, Any]) -> Prepared:
 
 
 def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutcome:
-    """Load, certify, write the CSV and the CI summary, evaluate the gates."""
-    config = load_config()
-    eps_list = parse_eps_list(_first_given(request.eps, config.get("eps"), DEFAULT_EPS))
-    gate_eps = _gate_eps(_first_given(request.gate_eps, config.get("gate_eps"), None), eps_list)
-    thresholds = {
-        "min_certified_accuracy": _pick(
-            request.min_certified_accuracy, config, "min_certified_accuracy"
-        ),
-        "min_accuracy": _pick(request.min_accuracy, config, "min_accuracy"),
-        "min_mcr": _pick(request.min_mcr, config, "min_mcr"),
-    }
+    """Resolve the config, check every option, certify, write the CSV and the CI summary.
+
+    `console` shows progress (None: none). The report is the caller's to render, from the
+    outcome's context; nothing is printed here.
+    """
+    config = resolve_config(request.config_path, no_config=request.no_config)
+    request = with_config(request, config)
+    eps_list, gate_eps = check_request(request, config)
     prepared = prepare(request, config)
     result = run_with_progress(prepared, eps_list, console)
-    gates = evaluate_gates(result.summary, gate_eps=gate_eps, **thresholds)
+    gates = evaluate_gates(
+        result.summary,
+        gate_eps=gate_eps,
+        min_certified_accuracy=request.min_certified_accuracy,
+        min_accuracy=request.min_accuracy,
+        min_mcr=request.min_mcr,
+    )
     context = certify_report.Context(
         model=str(request.model),
         dataset=prepared.dataset,
         preprocessing=prepared.preprocessing,
         notes=tuple(prepared.analysis.notes),
         precision=prepared.evaluator.precision,
+        config=None if config.path is None else str(config.path),
     )
     if request.csv_path is not None:
         write_atomically(request.csv_path, lambda handle: certify_report.write_csv(handle, result))
+    warnings = []
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
-        append_text(summary_file, certify_report.markdown(context, result, gates))
-    if console is not None:
-        certify_report.render(console, context, result, gates)
-    return CertifyOutcome(result, gates, certify_report.to_json(context, result, gates))
+        try:
+            append_text(summary_file, certify_report.markdown(context, result, gates))
+        except OSError as exc:
+            warnings.append(
+                f"cannot append the summary to $GITHUB_STEP_SUMMARY {summary_file!r}: "
+                f"{exc.strerror or exc}"
+            )
+    return CertifyOutcome(
+        result,
+        gates,
+        certify_report.to_json(context, result, gates),
+        context,
+        tuple(warnings),
+    )
 
 
 def _first_given(*values: Any) -> Any:
@@ -152,28 +298,29 @@ def _first_given(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def _pick(value: float | None, config: dict[str, Any], key: str) -> float | None:
-    chosen = value if value is not None else config.get(key)
-    return None if chosen is None else float(chosen)
-
-
-def _gate_eps(text: str | float | None, eps_list: list[Eps]) -> Eps:
+def _gate_eps(text: str | None, eps_list: list[Eps], origin: str) -> Eps:
     """The gate's eps: given, else the first of --eps; added to the list when missing."""
     if text is None:
         return eps_list[0]
-    (eps,) = parse_eps_list(str(text))
-    if all(e.value != eps.value for e in eps_list):
+    given = parse_eps_list(str(text), what=origin)
+    if len(given) != 1:
+        raise UsageError(f"expected one value for {origin} but got {text!r}")
+    eps = given[0]
+    same = next((e for e in eps_list if e.value == eps.value), None)
+    if same is None:
         eps_list.append(eps)
-    return next(e for e in eps_list if e.value == eps.value)
+        return eps
+    return same
 
 
 def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:
     """The model at the dataset's image shape (or --input-shape, which must match it)."""
     image_shape = tuple(int(d) for d in dataset.images.shape[1:])
+    what = "features" if dataset.is_features else "images"
     given = parse_input_shape(request.input_shape)
     if given is not None and given != image_shape:
         raise DatasetError(
-            f"--input-shape {given!r} differs from the images of {dataset.name!r}, {image_shape!r}"
+            f"--input-shape {given!r} differs from the {what} of {dataset.name!r}, {image_shape!r}"
         )
     options = LoadOptions(
         input_shape=image_shape, arch=request.arch, trust_model=request.trust_model
@@ -181,7 +328,7 @@ def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:
     try:
         return load_model(request.model, options)
     except ShapeError as exc:
-        raise DatasetError(f"the images of {dataset.name!r} do not fit the model: {exc}") from None
+        raise DatasetError(f"the {what} of {dataset.name!r} do not fit the model: {exc}") from None
 
 
 def run_with_progress(

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lipcert.certify.metrics import Eps, Summary
+from lipcert.errors import UsageError
+
+# Gates whose thresholds are fractions of the samples (MCR is a radius, in input units).
+FRACTION_GATES = ("min_certified_accuracy", "min_accuracy")
+
+
+def check_threshold(value: float, *, fraction: bool, origin: str) -> float:
+    """A gate threshold as given, refused when NaN or infinite, or not a fraction in [0, 1].
+
+    `origin` names where the value comes from (`--min-accuracy`, or a key and its file).
+    A percentage (70 for 0.70) is refused with the fraction it probably meant.
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"expected a number for {origin} but got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise UsageError(f"expected a finite number for {origin} but got {value!r}")
+    if fraction and not 0.0 <= value <= 1.0:
+        hint = f"; did you mean {value / 100:.2f}?" if 1.0 < value <= 100.0 else ""
+        raise UsageError(f"expected {origin} to be a fraction in [0, 1] but got {value:g}{hint}")
+    return value
 
 
 @dataclass(frozen=True)

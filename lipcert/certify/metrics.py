@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,25 +106,42 @@ def summarise(
     )
 
 
-def parse_eps_list(text: str) -> list[Eps]:
-    """'36/255,72/255,1' -> thresholds; each a number or a fraction a/b, all > 0."""
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    """A plain decimal number ('0.5', '1e-3'); None for anything else ('1_0', 'inf', 'nan')."""
+    text = text.strip()
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def parse_eps_list(text: str, *, what: str = "--eps") -> list[Eps]:
+    """'36/255,72/255,1' -> thresholds; each a number or a fraction a/b, finite, > 0, distinct."""
     from lipcert.errors import UsageError
 
-    values = []
+    values: list[Eps] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        try:
-            if "/" in part:
-                numerator, denominator = part.split("/", 1)
-                value = float(numerator) / float(denominator)
-            else:
-                value = float(part)
-        except (ValueError, ZeroDivisionError):
-            raise UsageError(f"expected eps like 36/255 or 0.5 but got {part!r}") from None
+        pieces = [parse_number(piece) for piece in part.split("/", 1)]
+        if any(piece is None for piece in pieces):
+            raise UsageError(
+                f"expected {what} values like 36/255 or 0.5 (finite decimal numbers) but got "
+                f"{part!r}"
+            )
+        numbers = [float(piece) for piece in pieces if piece is not None]
+        value = numbers[0] / numbers[1] if len(numbers) == 2 and numbers[1] != 0 else numbers[0]
+        if len(numbers) == 2 and numbers[1] == 0:
+            raise UsageError(f"expected {what} values with a non-zero denominator but got {part!r}")
         if not np.isfinite(value) or value <= 0:
-            raise UsageError(f"expected eps > 0 but got {part!r}")
+            raise UsageError(f"expected {what} values > 0 but got {part!r}")
+        same = next((e for e in values if e.value == value), None)
+        if same is not None:
+            raise UsageError(
+                f"expected distinct {what} values but got {same.label!r} and {part!r}, both "
+                f"{value:.6g}"
+            )
         values.append(Eps(part, value))
     if not values:
-        raise UsageError(f"expected at least one eps but got {text!r}")
+        raise UsageError(f"expected at least one {what} value but got {text!r}")
     return values

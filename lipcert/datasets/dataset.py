@@ -13,10 +13,12 @@ from lipcert.errors import DatasetError, UsageError
 
 @dataclass(frozen=True)
 class Dataset:
-    """Labelled images, checked on construction.
+    """Labelled images or feature vectors, checked on construction.
 
-    images is (N, C, H, W), either uint8 in 0..255 or float32 in [0, 1]; labels is (N,)
-    int64 in 0..num_classes-1; N >= 1. batches() always yields float32 in [0, 1].
+    kind "images": images is (N, C, H, W), either uint8 in 0..255 or float32 in [0, 1], and
+    batches() yields pixels in [0, 1] (uint8 / 255). kind "features": images is (N, d)
+    float64, any finite values, yielded as they are (no scaling: radii are in the units of
+    the features). labels is (N,) int64 in 0..num_classes-1; N >= 1.
     """
 
     name: str
@@ -26,15 +28,20 @@ class Dataset:
     num_classes: int
     class_names: tuple[str, ...] | None
     source: str
+    kind: str = "images"
 
     def __post_init__(self) -> None:
         source = self.source
-        if self.images.ndim != 4:
+        if self.kind == "features":
+            self._check_features()
+        elif self.kind != "images":
+            raise DatasetError(f"{source}: expected kind 'images' or 'features', not {self.kind!r}")
+        elif self.images.ndim != 4:
             raise DatasetError(
                 f"{source}: expected images of shape (N, C, H, W) but found shape "
                 f"{self.images.shape!r}"
             )
-        if self.images.dtype not in (np.uint8, np.float32):
+        if self.kind == "images" and self.images.dtype not in (np.uint8, np.float32):
             raise DatasetError(
                 f"{source}: expected uint8 or float32 images but found dtype "
                 f"{str(self.images.dtype)!r}"
@@ -55,7 +62,7 @@ class Dataset:
                 f"{source}: expected at least 2 classes but found num_classes={self.num_classes!r}"
             )
         check_label_range(self.labels, self.num_classes, source=source, what="labels")
-        if self.images.dtype == np.float32:
+        if self.kind == "images" and self.images.dtype == np.float32:
             check_unit_interval(self.images, source=source, what="images")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise DatasetError(
@@ -63,15 +70,34 @@ class Dataset:
                 f"{len(self.class_names)}"
             )
 
+    def _check_features(self) -> None:
+        source = self.source
+        if self.images.ndim != 2 or self.images.dtype != np.float64:
+            raise DatasetError(
+                f"{source}: expected features of shape (N, d) and dtype float64 but found shape "
+                f"{self.images.shape!r} and dtype {str(self.images.dtype)!r}"
+            )
+        bad = np.flatnonzero(~np.isfinite(self.images).all(axis=1))
+        if bad.size:
+            raise DatasetError(
+                f"{source}: expected finite feature values but row {int(bad[0])} holds "
+                f"{self.images[int(bad[0])].tolist()!r}"
+            )
+
+    @property
+    def is_features(self) -> bool:
+        return self.kind == "features"
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def batches(
         self, batch_size: int, dtype: type[np.floating] = np.float32
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(start index, pixels in [0, 1] of `dtype`, int64 labels) for consecutive batches.
+        """(start index, inputs of `dtype`, int64 labels) for consecutive batches.
 
-        uint8 pixels are divided by 255 in `dtype` (float32 or float64, correctly rounded),
+        Features are yielded as they are (rounded to `dtype`). uint8 pixels are divided by
+        255 in `dtype` (float32 or float64, correctly rounded),
         one batch at a time, so the dataset is never held as float all at once. Every
         yielded array is a fresh copy the caller may modify.
         """
@@ -80,6 +106,6 @@ class Dataset:
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
             pixels = self.images[start:stop].astype(dtype)
-            if self.images.dtype == np.uint8:
+            if self.kind == "images" and self.images.dtype == np.uint8:
                 pixels /= dtype(255)
             yield start, pixels, self.labels[start:stop].copy()

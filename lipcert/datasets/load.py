@@ -1,4 +1,4 @@
-"""load_dataset: one entry point for named datasets and .npz files."""
+"""load_dataset: one entry point for named datasets, .npz files and CSV files of features."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from lipcert.datasets.dataset import Dataset
 from lipcert.datasets.idx import read_idx_dataset
 from lipcert.datasets.locate import find_dataset
 from lipcert.datasets.npz import read_keras_mnist, read_npz
+from lipcert.datasets.tabular import read_csv
 from lipcert.errors import DatasetError, UsageError
 
 # format -> reader(path, name, split, limit); one entry per format locate.py can report.
@@ -28,23 +29,30 @@ def load_dataset(
     split: str = "test",
     data_dir: str | Path | None = None,
     limit: int | None = None,
+    label_column: str | None = None,
 ) -> Dataset:
-    """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist) or a .npz file.
+    """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist), a .npz or a .csv file.
 
-    A name ending in .npz, or an existing path that is not a known dataset name, is read as
-    a file (split is then "file" and the split argument is ignored). limit keeps the first
-    `limit` samples, reading no more than needed where the format allows.
+    A name ending in .npz or .csv, or an existing path that is not a known dataset name, is
+    read as a file (split is then "file" and the split argument is ignored). A CSV file holds
+    features and a label column (`label_column`, default "label"). limit keeps the first
+    `limit` samples, reading no more than needed.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"expected limit >= 1 (or None for all samples) but got {limit!r}")
     name = canonical_name(name_or_path)
     path = Path(name_or_path).expanduser()
-    if name_or_path.lower().endswith(".npz") or (name is None and path.exists()):
-        return _load_file(path, limit)
+    is_csv = name_or_path.lower().endswith(".csv")
+    if label_column is not None and not is_csv:
+        raise UsageError(
+            f"--label-column is for CSV files, but the dataset {name_or_path!r} is not one"
+        )
+    if is_csv or name_or_path.lower().endswith(".npz") or (name is None and path.exists()):
+        return _load_file(path, limit, label_column)
     if name is None:
         raise DatasetError(
-            f"expected a dataset name ({', '.join(KNOWN_DATASETS)}) or a .npz file but got "
-            f"{name_or_path!r}, which is neither a known name nor an existing file"
+            f"expected a dataset name ({', '.join(KNOWN_DATASETS)}), a .npz or a .csv file but "
+            f"got {name_or_path!r}, which is neither a known name nor an existing file"
         )
     if split not in SPLITS:
         raise UsageError(f"expected split 'test' or 'train' but got {split!r}")
@@ -52,12 +60,14 @@ def load_dataset(
     return _READERS[data_format](path, name, split, limit)
 
 
-def _load_file(path: Path, limit: int | None) -> Dataset:
+def _load_file(path: Path, limit: int | None, label_column: str | None) -> Dataset:
     if path.is_dir():
         raise DatasetError(
-            f"expected a .npz file but {str(path)!r} is a folder; to read a dataset folder give "
-            f"the dataset name and --data-dir {str(path)!r}"
+            f"expected a .npz or .csv file but {str(path)!r} is a folder; to read a dataset "
+            f"folder give the dataset name and --data-dir {str(path)!r}"
         )
     if not path.is_file():
-        raise DatasetError(f"expected a .npz file but found no file {str(path)!r}")
+        raise DatasetError(f"expected a .npz or .csv file but found no file {str(path)!r}")
+    if path.suffix.lower() == ".csv":
+        return read_csv(path, limit=limit, label_column=label_column)
     return read_npz(path, limit=limit)

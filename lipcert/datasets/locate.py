@@ -1,7 +1,9 @@
 """Where the named datasets' files are looked for, and in which layouts.
 
-Search order: the --data-dir folder, then the folders in $LIPCERT_DATA (separated by the
-OS path separator), then the usual download caches (cache_roots). In every folder the
+Loading with --data-dir D searches D only: a dataset missing there is an error naming D, never
+a silent fall-back to another copy. Without it: the folders in $LIPCERT_DATA (separated by the
+OS path separator), then the usual download caches (cache_roots). `lipcert datasets` lists
+every place, --data-dir first. In every folder the
 layouts torchvision and Keras write are tried (cifar-10-batches-py, MNIST/raw, mnist.npz ...);
 the files lying directly in the folder are accepted for the folders the user gave only,
 since MNIST and Fashion-MNIST share file names.
@@ -90,11 +92,12 @@ def find_dataset(name: str, split: str, data_dir: str | Path | None = None) -> t
 
     When there is none, a DatasetError lists every place searched and how to get the files.
     """
-    location, incomplete = _search(name, split, data_dir)
+    location, incomplete = _search(name, split, data_dir, only_given=data_dir is not None)
     if location.path is None or location.format is None:
         notes = "".join(f"; incomplete: {note}" for note in incomplete)
+        where = "" if data_dir is None else f" --data-dir {str(data_dir)!r} only:"
         raise DatasetError(
-            f"{name} {split} split not found: looked in "
+            f"{name} {split} split not found: looked in{where} "
             f"{', '.join(str(place) for place in location.searched)}{notes}; "
             f"to get it, {CATALOG[name].how_to_get}"
         )
@@ -107,13 +110,16 @@ def dataset_locations(data_dir: str | Path | None = None) -> list[DatasetLocatio
 
 
 def _search(
-    name: str, split: str, data_dir: str | Path | None
+    name: str, split: str, data_dir: str | Path | None, *, only_given: bool = False
 ) -> tuple[DatasetLocation, list[str]]:
     searched: list[Path] = []
     tried: set[tuple[Path, str]] = set()
     incomplete: list[str] = []
-    roots = [(root, True) for root in user_dirs(data_dir)]
-    roots += [(root, False) for root in cache_roots()]
+    if only_given and data_dir is not None:
+        roots = [(root, True) for root in user_dirs(data_dir)[:1]]
+    else:
+        roots = [(root, True) for root in user_dirs(data_dir)]
+        roots += [(root, False) for root in cache_roots()]
     for root, given in roots:
         for layout in _LAYOUTS[name]:
             subdirs = (

@@ -1,7 +1,10 @@
-"""Images and labels from .npz archives: a user's file with arrays x and y, or Keras' mnist.npz.
+"""Images or features and labels from .npz archives: a user's file with arrays x and y, or
+Keras' mnist.npz.
 
-Archives are opened with allow_pickle=False, and each array's .npy header is checked against
-the archive member's size before numpy allocates the array.
+Arrays are read by lipcert itself, never unpickled: each member's .npy header (shape, dtype)
+is checked against the sizes the zip directory declares before anything is decompressed;
+absurd sizes and expansion ratios (a zip bomb) are refused, and only the rows a limit needs
+are decompressed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ _CHANNELS = (1, 3, 4)
 _MAX_LABEL = 2**31 - 1
 # What zipfile and np.load raise on a damaged archive: NotImplementedError for unknown
 # compression methods or versions, RuntimeError for an encrypted member.
+# An array larger than this (uncompressed) is refused, whatever its compression.
+MAX_ARRAY_BYTES = 1 << 32
+# A member that inflates more than this many times and to more than _RATIO_FLOOR bytes is
+# refused as a zip bomb (real image data compresses 2x to 20x; an all-zero array 1000x).
+MAX_EXPANSION = 200
+_RATIO_FLOOR = 1 << 26
 _ARCHIVE_ERRORS = (
     OSError,
     ValueError,
@@ -36,30 +45,42 @@ _ARCHIVE_ERRORS = (
 
 
 def read_npz(path: Path, *, limit: int | None) -> Dataset:
-    """A dataset from a .npz file holding x (images) and y (labels).
+    """A dataset from a .npz file holding x (images or feature vectors) and y (labels).
 
     x is (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4} (taken as such only when
-    the array is not plausible as NCHW); uint8 is kept, floats must lie in [0, 1]. y is (N,)
-    integers (floats of integral value accepted) or (N, K) one-hot; labels that are all -1 or +1
-    (the sign convention of binary classifiers) become classes 0 and 1. num_classes is K for
-    one-hot labels, else max label + 1, and at least 2; it is taken over the whole file, so
-    it does not change with `limit`.
+    the array is not plausible as NCHW): uint8 is kept, floats must lie in [0, 1]. x of shape
+    (N, d) is a table of features: any finite numbers, used as they are (radii are then in the
+    units of the features). y is (N,) integers (floats of integral value accepted) or (N, K)
+    one-hot; labels that are all -1 or +1 (the sign convention of binary classifiers) become
+    classes 0 and 1. num_classes is K for one-hot labels, else max label + 1, and at least 2;
+    it is taken over the whole file, so it does not change with `limit`.
     """
     source = str(path)
-    arrays = _load_arrays(path, ("x", "y"))
+    arrays, counts = _load_arrays(path, ("x", "y"), {"x": limit})
     x, y = arrays["x"], arrays["y"]
-    if x.ndim not in (3, 4):
+    if x.ndim not in (2, 3, 4):
         raise DatasetError(
-            f"{source}: expected 'x' of shape (N, H, W), (N, C, H, W) or (N, H, W, C) but "
-            f"found shape {x.shape!r}"
+            f"{source}: expected 'x' of shape (N, d), (N, H, W), (N, C, H, W) or (N, H, W, C) "
+            f"but found shape {counts['x']!r}"
         )
-    check_same_count(int(x.shape[0]), _count(y, source=source, key="y"), source=source)
+    check_same_count(counts["x"][0], _count(y, source=source, key="y"), source=source)
     labels, width = _labels(y, source=source, key="y")
     num_classes = max(2, width or 0, int(labels.max()) + 1 if labels.size else 0)
+    if x.ndim == 2:
+        return Dataset(
+            name=path.name,
+            split="file",
+            images=_features(x, source=source, key="x"),
+            labels=labels[:limit],
+            num_classes=num_classes,
+            class_names=None,
+            source=source,
+            kind="features",
+        )
     return Dataset(
         name=path.name,
         split="file",
-        images=_images(x[:limit], source=source, key="x"),
+        images=_images(x, source=source, key="x"),
         labels=labels[:limit],
         num_classes=num_classes,
         class_names=None,
@@ -71,21 +92,21 @@ def read_keras_mnist(path: Path, name: str, split: str, limit: int | None) -> Da
     """MNIST from Keras' mnist.npz (arrays x_train, y_train, x_test, y_test)."""
     source = str(path)
     x_key, y_key = f"x_{split}", f"y_{split}"
-    arrays = _load_arrays(path, (x_key, y_key))
+    arrays, counts = _load_arrays(path, (x_key, y_key), {x_key: limit, y_key: limit})
     x, y = arrays[x_key], arrays[y_key]
     if x.dtype != np.uint8 or x.ndim != 3:
         raise DatasetError(
             f"{source}: expected {x_key!r} of dtype uint8 and shape (N, 28, 28) but found dtype "
             f"{str(x.dtype)!r} and shape {x.shape!r}"
         )
-    check_same_count(int(x.shape[0]), _count(y, source=source, key=y_key), source=source)
-    labels, _ = _labels(y[:limit], source=source, key=y_key)
+    check_same_count(counts[x_key][0], counts[y_key][0], source=source)
+    labels, _ = _labels(y, source=source, key=y_key)
     info = CATALOG[name]
     check_label_range(labels, info.num_classes, source=source, what=repr(y_key))
     return Dataset(
         name=name,
         split=split,
-        images=np.ascontiguousarray(x[:limit, np.newaxis]),
+        images=np.ascontiguousarray(x[:, np.newaxis]),
         labels=labels,
         num_classes=info.num_classes,
         class_names=info.class_names,
@@ -93,28 +114,31 @@ def read_keras_mnist(path: Path, name: str, split: str, limit: int | None) -> Da
     )
 
 
-def _load_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _load_arrays(
+    path: Path, keys: tuple[str, ...], limits: dict[str, int | None]
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, ...]]]:
+    """The arrays `keys` (the first limits[key] rows of each), and their full shapes."""
     source = str(path)
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as members:
-                for key in keys:
-                    if key in _array_names(members):
-                        _check_member(members, key, source)
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
+        if not zipfile.is_zipfile(path):
             raise DatasetError(
-                f"{source}: expected a .npz archive with arrays {_names(keys)} but found a "
-                "single .npy array"
+                f"{source}: expected a .npz archive (numpy.savez) with arrays {_names(keys)} but "
+                "the file is not a zip archive"
             )
-        with loaded as archive:
-            missing = [key for key in keys if key not in archive.files]
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): name for name in archive.namelist()}
+            missing = [key for key in keys if key not in members]
             if missing:
                 raise DatasetError(
                     f"{source}: expected arrays {_names(keys)} but {_names(missing)} missing "
-                    f"(arrays found: {sorted(archive.files)!r})"
+                    f"(arrays found: {sorted(members)!r})"
                 )
-            return {key: archive[key] for key in keys}
+            arrays, shapes = {}, {}
+            for key in keys:
+                arrays[key], shapes[key] = _read_member(
+                    archive, members[key], key, source, limits.get(key)
+                )
+            return arrays, shapes
     except DatasetError:
         raise
     except _ARCHIVE_ERRORS as exc:
@@ -124,36 +148,60 @@ def _load_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         ) from exc
 
 
-def _array_names(archive: zipfile.ZipFile) -> set[str]:
-    return {name.removesuffix(".npy") for name in archive.namelist()}
-
-
-def _check_member(archive: zipfile.ZipFile, key: str, source: str) -> None:
-    """Refuse object arrays and headers whose declared size disagrees with the member."""
-    member = f"{key}.npy" if f"{key}.npy" in archive.namelist() else key
-    size = archive.getinfo(member).file_size
+def _read_member(
+    archive: zipfile.ZipFile, member: str, key: str, source: str, limit: int | None
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """One array, its header and sizes checked before decompressing; only `limit` rows read."""
+    info = archive.getinfo(member)
     with archive.open(member) as stream:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise DatasetError(
                 f"{source}: expected .npy format 1.0 or 2.0 for array {key!r} but found {version!r}"
             )
         header = stream.tell()
-    if dtype.hasobject:
+        if dtype.hasobject:
+            raise DatasetError(
+                f"{source}: expected a numeric array {key!r} but found a pickled object array "
+                f"(dtype {str(dtype)!r}); lipcert never unpickles data files"
+            )
+        declared = prod(shape) * dtype.itemsize
+        if header + declared != info.file_size:
+            raise DatasetError(
+                f"{source}: array {key!r} declares shape {shape!r} of {str(dtype)!r}, "
+                f"{declared} bytes, but the archive member holds {info.file_size - header}"
+            )
+        if declared > MAX_ARRAY_BYTES:
+            raise DatasetError(
+                f"{source}: array {key!r} declares {declared} bytes (shape {shape!r}), more than "
+                f"lipcert reads ({MAX_ARRAY_BYTES})"
+            )
+        rows = shape[0] if shape else 1
+        wanted = min(rows, limit) if limit is not None and shape and not fortran else rows
+        row_bytes = declared // rows if rows else 0
+        to_read = wanted * row_bytes
+        compressed = max(info.compress_size, 1)
+        if to_read > _RATIO_FLOOR and info.file_size > MAX_EXPANSION * compressed:
+            raise DatasetError(
+                f"{source}: array {key!r} inflates from {info.compress_size} to "
+                f"{info.file_size} bytes ({info.file_size // compressed}x), more than "
+                f"{MAX_EXPANSION}x: refused as a zip bomb; store it uncompressed (numpy.savez)"
+            )
+        data = stream.read(to_read)
+    if len(data) != to_read:
         raise DatasetError(
-            f"{source}: expected a numeric array {key!r} but found a pickled object array "
-            f"(dtype {str(dtype)!r}); lipcert never unpickles data files"
+            f"{source}: array {key!r} is truncated: expected {to_read} bytes, found {len(data)}"
         )
-    declared = prod(shape) * dtype.itemsize
-    if header + declared != size:
-        raise DatasetError(
-            f"{source}: array {key!r} declares shape {shape!r} of {str(dtype)!r}, "
-            f"{declared} bytes, but the archive member holds {size - header}"
-        )
+    read_shape = (wanted, *shape[1:]) if shape else ()
+    if fortran:  # column-major: the rows are not contiguous, so all of it was read
+        array = np.frombuffer(data, dtype=dtype).reshape(read_shape[::-1]).T[:limit]
+    else:
+        array = np.frombuffer(data, dtype=dtype).reshape(read_shape)
+    return array, tuple(int(d) for d in shape)
 
 
 def _count(y: np.ndarray, *, source: str, key: str) -> int:
@@ -177,6 +225,20 @@ def _images(x: np.ndarray, *, source: str, key: str) -> np.ndarray:
         )
     check_unit_interval(x, source=source, what=repr(key))
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _features(x: np.ndarray, *, source: str, key: str) -> np.ndarray:
+    """x (N, d) of numbers as float64 feature vectors (exact for every integer and float32)."""
+    if x.dtype.kind not in "biuf" or x.dtype.itemsize > 8:
+        raise DatasetError(
+            f"{source}: expected {key!r} of a numeric dtype (features) but found {str(x.dtype)!r}"
+        )
+    features = np.array(x, dtype=np.float64)
+    if x.dtype.kind in "iu" and np.any(np.abs(features) > 2.0**53):
+        raise DatasetError(
+            f"{source}: integer features in {key!r} above 2^53 lose digits as float64"
+        )
+    return features
 
 
 def _labels(y: np.ndarray, *, source: str, key: str) -> tuple[np.ndarray, int | None]:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lipcert.certify.gates import Gate
@@ -43,36 +45,40 @@ class Context:
     preprocessing: Preprocessing | None
     notes: tuple[str, ...]
     precision: str = "float32"
+    config: str | None = None  # the [tool.lipcert] file used, if any
 
 
 def input_space(context: Context) -> str:
-    text = "pixels scaled to [0, 1]"
+    if context.dataset.is_features:
+        text = "the units of the features as given (no scaling)"
+    else:
+        text = "pixels scaled to [0, 1]"
     if context.preprocessing is not None:
-        text += " (the certified function includes --mean/--std normalisation)"
+        text += "; the certified function includes the --mean/--std normalisation"
     return text
 
 
 def render(console: Console, context: Context, result: CertifyResult, gates: list[Gate]) -> None:
+    """The human report. Numbers are never cut: text wraps, number columns do not."""
     summary = result.summary
     spec = result.spec
     dataset = context.dataset
     console.print(
-        f"[bold]{context.model}[/] on [bold]{dataset.name}[/] "
-        f"({dataset.split}, {summary.n} samples, "
-        f"{dataset.source})",
+        f"[bold]{escape(context.model)}[/] on [bold]{escape(dataset.name)}[/] "
+        f"({dataset.split}, {summary.n} samples, {escape(dataset.source)})",
         highlight=False,
     )
-    head = Table(show_header=False, box=None)
-    head.add_column(style="bold")
-    head.add_column()
+    head = Table(show_header=False, box=None, padding=(0, 1, 0, 0))
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
     head.add_row("certificate", _METHOD_TEXT[result.certificates.method])
     head.add_row("Lipschitz bound", f"{bound_text(spec.lipschitz_bound)} (logit vector, L2)")
     head.add_row("radii in", input_space(context))
     head.add_row(
         "margins",
         f"{context.precision}; rounding allowance up to "
-        f"{np.max(result.allowance, initial=0):.3g} on the "
-        "logits (worst-case bound, taken off every margin)",
+        f"{np.max(result.allowance, initial=0):.3g} on the logits (worst-case bound, taken "
+        "off every margin)",
     )
     head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
     head.add_row("MCR", f"{summary.mcr:.4f} (mean signed radius)")
@@ -86,29 +92,36 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     head.add_row(
         "time", f"{result.seconds:.2f} s ({summary.n / max(result.seconds, 1e-9):.0f} samples/s)"
     )
+    head.add_row("config", escape(context.config) if context.config else "none")
     console.print(head)
     for note in context.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
-    table = Table(title="certified accuracy (correct and radius > eps)")
-    table.add_column("eps", justify="right")
-    table.add_column("value", justify="right")
-    table.add_column("certified accuracy", justify="right")
+    table = Table(title="certified accuracy (correct and radius > eps)", box=box.SIMPLE_HEAD)
+    table.add_column("eps", justify="right", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("certified accuracy", justify="right", no_wrap=True)
     for eps, value in summary.certified_accuracy:
-        table.add_row(eps.label, f"{eps.value:.5g}", f"{value:.4f}")
+        table.add_row(escape(eps.label), f"{eps.value:.5g}", f"{value:.4f}")
     console.print(table)
 
-    classes = Table(title="per class")
-    classes.add_column("class")
-    classes.add_column("n", justify="right")
-    classes.add_column("accuracy", justify="right")
+    labels = ", ".join(eps.label for eps, _ in summary.certified_accuracy)
+    classes = Table(
+        title=f"per class (certified accuracy at eps {escape(labels)})",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    classes.add_column("class", overflow="ellipsis", no_wrap=True, min_width=3)
+    classes.add_column("n", justify="right", no_wrap=True)
+    classes.add_column("acc", justify="right", no_wrap=True)
     for eps, _ in summary.certified_accuracy:
-        classes.add_column(f"cert@{eps.label}", justify="right")
-    classes.add_column("MCR", justify="right")
+        classes.add_column(escape(eps.label), justify="right", no_wrap=True)
+    classes.add_column("MCR", justify="right", no_wrap=True)
     for row in summary.per_class:
         name = f"{row.label} {row.name}" if row.name else str(row.label)
         classes.add_row(
-            name,
+            escape(name),
             str(row.n),
             f"{row.accuracy:.3f}",
             *(f"{v:.3f}" for v in row.certified_accuracy),
@@ -118,7 +131,7 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     for gate in gates:
         style = "green" if gate.passed else "red"
         console.print(
-            f"[{style}]{'PASSED' if gate.passed else 'FAILED'}[/]: {gate.message()}",
+            f"[{style}]{'PASSED' if gate.passed else 'FAILED'}[/]: {escape(gate.message())}",
             highlight=False,
         )
 
@@ -129,10 +142,12 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
     dataset = context.dataset
     return {
         "model": context.model,
+        "config": context.config,
         "dataset": {
             "name": dataset.name,
             "split": dataset.split,
             "source": dataset.source,
+            "kind": dataset.kind,
             "n": summary.n,
         },
         "n": summary.n,
@@ -195,12 +210,25 @@ def write_csv(handle: IO[str], result: CertifyResult) -> None:
             "radius": certificates.radius,
             "signed_radius": np.where(correct, certificates.radius, -certificates.radius),
             "runner_up": certificates.runner_up,
-            "status": [STATUS_NAMES[Status(s)] for s in certificates.status],
+            "status": _row_status(certificates.status, correct),
         },
         columns=list(CSV_COLUMNS),
     )
     # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
     frame.to_csv(handle, index=False)
+
+
+def _row_status(status: np.ndarray, correct: np.ndarray) -> list[str]:
+    """The CSV status: why a row is not certified, or "certified" (correct, radius > 0).
+
+    A wrong prediction is "misclassified" even when its decision has a positive radius: the
+    certificate is about the decision, and a robust wrong decision certifies nothing.
+    """
+    names = []
+    for code, right in zip(status, correct, strict=True):
+        name = STATUS_NAMES[Status(code)]
+        names.append("misclassified" if name == "certified" and not right else name)
+    return names
 
 
 def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
@@ -215,6 +243,7 @@ def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
         f"| MCR | {summary.mcr:.4f} |",
         f"| Lipschitz bound | {bound_text(result.spec.lipschitz_bound)} |",
         f"| certificate | {result.certificates.method.value} |",
+        f"| config | {f'`{context.config}`' if context.config else 'none'} |",
     ]
     for eps, value in summary.certified_accuracy:
         lines.append(f"| certified accuracy at eps={eps.label} | {value:.4f} |")

@@ -33,15 +33,15 @@ def test_known_name_wins_over_a_folder_of_that_name(tmp_path: Path) -> None:
 def test_unknown_name() -> None:
     with pytest.raises(
         DatasetError,
-        match=r"^expected a dataset name \(cifar10, cifar100, mnist, fashion-mnist\) or a \.npz "
-        r"file but got 'imagenet', which is neither a known name nor an existing file$",
+        match=r"^expected a dataset name \(cifar10, cifar100, mnist, fashion-mnist\), a \.npz or "
+        r"a \.csv file but got 'imagenet', which is neither a known name nor an existing file$",
     ):
         load_dataset("imagenet")
 
 
 def test_missing_npz_file(tmp_path: Path) -> None:
     with pytest.raises(
-        DatasetError, match=r"^expected a \.npz file but found no file '.*nope\.npz'$"
+        DatasetError, match=r"^expected a \.npz or \.csv file but found no file '.*nope\.npz'$"
     ):
         load_dataset(str(tmp_path / "nope.npz"))
 

@@ -97,18 +97,11 @@ def test_not_found_lists_every_place_and_how_to_get_it(
 ) -> None:
     given = tmp_path / "given"
     given.mkdir()
-    a, b = cache_dirs
-    places = [
-        given,
-        given / "cifar-10-batches-py",
-        given / "cifar-10-batches-bin",
-        a / "cifar-10-batches-py",
-        a / "cifar-10-batches-bin",
-        b / "cifar-10-batches-py",
-        b / "cifar-10-batches-bin",
-    ]
+    _ = cache_dirs  # caches exist but are not searched when --data-dir is given
+    places = [given, given / "cifar-10-batches-py", given / "cifar-10-batches-bin"]
     expected = (
-        f"cifar10 test split not found: looked in {', '.join(map(str, places))}; to get it, "
+        f"cifar10 test split not found: looked in --data-dir {str(given)!r} only: "
+        f"{', '.join(map(str, places))}; to get it, "
         "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
         "extract it into a folder given with --data-dir (or $LIPCERT_DATA)"
     )
@@ -193,3 +186,19 @@ def test_real_fashion_mnist_found_by_default(monkeypatch: pytest.MonkeyPatch) ->
     data = load_dataset("fashion-mnist", limit=3)
     assert data.source == str(FASHION_MNIST)
     assert data.labels[0] == 9
+
+
+def test_data_dir_never_falls_back_to_another_copy(
+    tmp_path: Path, cache_dirs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mnist(cache_dirs[0] / "MNIST" / "raw", 3)
+    monkeypatch.setenv(ENV_VAR, str(_mnist(tmp_path / "env", 2)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert load_dataset("mnist").labels[0] == 2  # without --data-dir: $LIPCERT_DATA
+    with pytest.raises(
+        DatasetError,
+        match=rf"^mnist test split not found: looked in --data-dir "
+        rf"'{empty}' only: {empty}, ",
+    ):
+        load_dataset("mnist", data_dir=empty)

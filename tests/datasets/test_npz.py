@@ -129,10 +129,10 @@ _Y = np.array([0, 1, 2])
             id="int64_pixels",
         ),
         pytest.param(
-            {"x": _X[0], "y": _Y},
-            r"expected 'x' of shape \(N, H, W\), \(N, C, H, W\) or \(N, H, W, C\) but found "
-            r"shape \(4, 4\)",
-            id="2d_pixels",
+            {"x": _X[:, 0, 0], "y": _Y},
+            r"expected 'x' of shape \(N, d\), \(N, H, W\), \(N, C, H, W\) or \(N, H, W, C\) but "
+            r"found shape \(3,\)",
+            id="1d_x",
         ),
         pytest.param(
             {"x": _X, "y": np.array([0, -1, 2])},
@@ -188,7 +188,9 @@ def test_single_npy_array(tmp_path: Path) -> None:
     with path.open("wb") as stream:
         np.save(stream, _X)
     with pytest.raises(
-        DatasetError, match=r"expected a \.npz archive with arrays 'x' and 'y' but found a single"
+        DatasetError,
+        match=r"expected a \.npz archive \(numpy\.savez\) with arrays 'x' and 'y' but the file is "
+        "not a zip archive",
     ):
         load_dataset(str(path))
 
@@ -197,7 +199,7 @@ def test_not_an_archive(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
     path.write_text("hello")
     with pytest.raises(
-        DatasetError, match=r"expected a \.npz archive \(numpy\.savez\) but it cannot be read"
+        DatasetError, match=r"expected a \.npz archive \(numpy\.savez\) .* not a zip archive"
     ):
         load_dataset(str(path))
 
@@ -258,3 +260,58 @@ def test_sign_labels_of_a_binary_task_become_classes(tmp_path) -> None:
     dataset = load_dataset(str(path))
     assert dataset.labels.tolist() == [0, 1, 1, 0]
     assert dataset.num_classes == 2
+
+
+def _compressed(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def test_zip_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
+    # 300 MB of zeros in a file of a few hundred KB
+    x = np.zeros((300, 1000, 1000), dtype=np.uint8)
+    path = _compressed(tmp_path / "bomb.npz", x=x, y=np.zeros(300, dtype=np.int64))
+    del x
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(DatasetError, match=r"array 'x' inflates from \d+ to 300000\d+ bytes"):
+        load_dataset(str(path))
+    # --limit 1 needs one row (1 MB): read without inflating the rest
+    one = load_dataset(str(path), limit=1)
+    assert one.images.shape == (1, 1, 1000, 1000)
+
+
+def test_limit_reads_only_the_rows_it_needs(tmp_path: Path, monkeypatch) -> None:
+    import zipfile
+
+    x = images(50, (4, 4))
+    path = _compressed(tmp_path / "d.npz", x=x, y=np.arange(50) % 3)
+    read: list[int] = []
+    original = zipfile.ZipExtFile.read
+
+    def counting(self, n=-1):  # type: ignore[no-untyped-def]
+        data = original(self, n)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting)
+    data = load_dataset(str(path), limit=2)
+    np.testing.assert_array_equal(data.images[:, 0], x[:2])
+    assert sum(read) < x.nbytes  # the x member was not read whole
+
+
+def test_fortran_order_arrays_are_read_right(tmp_path: Path) -> None:
+    x = np.asfortranarray(images(5, (3, 4)))
+    path = tmp_path / "f.npz"
+    np.savez(path, x=x, y=np.arange(5) % 2)
+    np.testing.assert_array_equal(load_dataset(str(path), limit=3).images[:, 0], x[:3])
+
+
+def test_features_keep_their_values(tmp_path: Path) -> None:
+    x = np.array([[-3.5, 250.0], [1e-3, 7.0]])
+    path = tmp_path / "t.npz"
+    np.savez(path, x=x, y=np.array([0, 1]))
+    data = load_dataset(str(path))
+    assert data.kind == "features" and data.images.dtype == np.float64
+    np.testing.assert_array_equal(data.images, x)
+    _, batch, _ = next(data.batches(8, dtype=np.float64))
+    np.testing.assert_array_equal(batch, x)  # no scaling of features
