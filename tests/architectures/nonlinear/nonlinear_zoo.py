@@ -285,7 +285,7 @@ def sandwich_net(seed: int = 0) -> nn.Module:
 def min_max_net(seed: int = 0, activation: type[nn.Module] = MinMaxWhere) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), activation(), nn.Flatten(), nn.Linear(64, 3)
+        nn.Flatten(), nn.Linear(32, 16), activation(), nn.Linear(16, 3)
     ).eval()
 
 

@@ -1,0 +1,309 @@
+"""SLL, CPL, Sandwich and comparison-select blocks: fused, bounded near their true constant.
+
+Every family of nonlinear_zoo is exported by both torch exporters (TorchScript with a dynamic
+batch, dynamo with a fixed one) and loaded as `lipcert verify` loads it. Ground truth:
+- SLL/CPL block: sup over activation slopes L in [0, 1]^n of ||I - M L M^T||, M = W D^1/2
+  built from the float32 weights with torch's own conv (autograd probe, float64): the closed
+  form max(1, ||M||^2 - 1), itself checked against an enumeration of the vertices of the box
+  on tiny sizes;
+- Sandwich block: sup over L of ||W2 L W1|| by enumeration of the vertices;
+- whole network: at most 1.05 times the product of the blocks' constants (and the exact norms
+  of the other layers), and never below the largest Jacobian norm of the float64 module.
+Look-alikes (V != W, a negative D, activations with slopes outside [0, 1], a select that
+jumps, repeated scatter indices) must not get a block bound.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from nonlinear_zoo import (
+    FIXED_BATCH,
+    IMAGE,
+    CPLConv,
+    CPLLinear,
+    Jump,
+    SandwichFc,
+    SLLConv,
+    SLLLinear,
+    cpl_net,
+    export,
+    largest_jacobian_norm,
+    min_max_net,
+    sandwich_constant_by_vertices,
+    sandwich_matrices,
+    sll_constant_by_vertices,
+    sll_constant_closed_form,
+    sll_conv_net,
+    sll_dense_net,
+    sll_factor,
+    sandwich_net,
+)
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from lipcert.bounds.compose import Analysis, analyse
+from lipcert.bounds.rules.blocks import lipsdp_bound
+from lipcert.errors import UnsupportedOpError
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.graph import Graph
+from lipcert.model import LoadOptions
+
+# The exported constants (SLL's T, CPL's h) are computed by onnxruntime in float32, the ground
+# truth in float64 from the same float32 parameters: they agree to a few float32 ulps.
+SOUND = 1 - 1e-5
+TARGET = 1.05
+
+FAMILIES = {
+    "sll_conv": lambda: sll_conv_net(),
+    "sll_dense": lambda: sll_dense_net(),
+    "sll_conv_scaled": lambda: sll_conv_net(seed=1, t_scale=1.7),
+    "sll_dense_scaled": lambda: sll_dense_net(seed=1, t_scale=1.7),
+    "cpl": lambda: cpl_net(),
+    "sandwich": lambda: sandwich_net(),
+    "minmax_where": lambda: min_max_net(),
+}
+BLOCK_OP = {
+    "sll_conv": "SLLBlock",
+    "sll_dense": "SLLBlock",
+    "sll_conv_scaled": "SLLBlock",
+    "sll_dense_scaled": "SLLBlock",
+    "cpl": "SLLBlock",
+    "sandwich": "SandwichBlock",
+    "minmax_where": "GroupSort",
+}
+CASES = [(name, dynamo) for name in FAMILIES for dynamo in (False, True)]
+IDS = [f"{name}-{'dynamo' if dynamo else 'torchscript'}" for name, dynamo in CASES]
+
+
+@functools.cache
+def module(name: str) -> nn.Module:
+    torch.set_num_threads(1)
+    return FAMILIES[name]()
+
+
+@functools.cache
+def analysis(name: str, dynamo: bool) -> Analysis:
+    return analyse(load_graph(export(module(name), dynamo)))
+
+
+def load_graph(model: onnx.ModelProto) -> Graph:
+    return load_from_proto(model, LoadOptions(), source="test", fmt="onnx").graph
+
+
+def block_truths(name: str) -> list[float]:
+    """The exact constant of each block of the network, in order."""
+    net = module(name)
+    truths = []
+    shape: tuple[int, ...] = (4, *IMAGE[1:]) if name.startswith("sll_conv") else IMAGE
+    for layer in net:
+        if isinstance(layer, SLLConv | CPLConv):
+            truths.append(sll_constant_closed_form(sll_factor(layer, shape)))
+        elif isinstance(layer, SLLLinear | CPLLinear):
+            size = layer.weight.shape[1] if isinstance(layer, SLLLinear) else layer.weights.shape[1]
+            truths.append(sll_constant_closed_form(sll_factor(layer, (size,))))
+        elif isinstance(layer, SandwichFc):
+            truths.append(sandwich_constant_by_vertices(*sandwich_matrices(layer)))
+    return truths
+
+
+def other_layers_norm(name: str) -> float:
+    """Exact norms of the layers outside the blocks (average pooling, the head, the conv)."""
+    net = module(name)
+    head = float(np.linalg.norm(net[-1].weight.detach().double().numpy(), 2))
+    if name.startswith("sll_conv"):
+        return 0.5 * head  # 2x2 average pooling, stride 2: exactly 1/2
+    if name == "minmax_where":
+        return float(np.linalg.norm(net[1].weight.detach().double().numpy(), 2)) * head
+    return head
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_blocks_are_fused_and_bounded_within_five_percent(name: str, dynamo: bool) -> None:
+    found = analysis(name, dynamo)
+    blocks = [layer for layer in found.layers if layer.op == BLOCK_OP[name]]
+    truths = block_truths(name)
+    if name == "minmax_where":
+        assert len(blocks) == 1 and blocks[0].bound == pytest.approx(1.0, rel=1e-12)
+        assert not {"Greater", "Where"} & {layer.op for layer in found.layers}
+        return
+    assert len(blocks) == len(truths), [layer.op for layer in found.layers]
+    for layer, truth in zip(blocks, truths, strict=True):
+        assert layer.bound >= truth * SOUND, (layer, truth)
+        # a 1-Lipschitz block gets at most 1.05; any block at most 1.05 x its constant
+        assert layer.bound <= TARGET * max(truth, 1.0 if name == "sandwich" else truth), (
+            layer,
+            truth,
+        )
+
+
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
+def test_network_bound_between_jacobian_norms_and_product_of_blocks(
+    name: str, dynamo: bool
+) -> None:
+    bound = analysis(name, dynamo).spec.lipschitz_bound
+    product = float(np.prod(block_truths(name) or [1.0])) * other_layers_norm(name)
+    if name == "sandwich":
+        product = max(product, other_layers_norm(name))  # blocks are 1-Lipschitz by design
+    assert bound <= TARGET * product
+    shape = IMAGE
+    assert bound >= largest_jacobian_norm(module(name), shape) * SOUND
+
+
+def test_scaled_sll_blocks_exceed_one() -> None:
+    """t_scale 1.7 takes ||M||^2 past 2: the bound is ||M||^2 - 1, not 1."""
+    truths = block_truths("sll_dense_scaled")
+    assert max(truths) > 1.1
+    blocks = [layer for layer in analysis("sll_dense_scaled", False).layers if layer.op == "SLLBlock"]
+    assert max(layer.bound for layer in blocks) > 1.1
+
+
+def test_closed_form_agrees_with_vertex_enumeration() -> None:
+    """The ground truth's closed form against enumerating L in {0, 1}^n (tiny layers)."""
+    torch.manual_seed(4)
+    for scale in (1.0, 1.8):
+        dense = SLLLinear(6, 8, t_scale=scale)
+        factor = sll_factor(dense, (6,))
+        assert sll_constant_closed_form(factor) == pytest.approx(
+            sll_constant_by_vertices(factor), rel=1e-9
+        )
+        conv = SLLConv(2, 2, t_scale=scale)
+        factor = sll_factor(conv, (2, 2, 2))
+        assert sll_constant_closed_form(factor) == pytest.approx(
+            sll_constant_by_vertices(factor), rel=1e-9
+        )
+
+
+# --- look-alikes ------------------------------------------------------------------------------
+
+LOOK_ALIKES = {
+    "other_weight": {"other": True},
+    "negative_d": {"negative_unit": True},
+    "leaky_negative_slope": {"activation": nn.LeakyReLU(-0.5)},
+    "leaky_slope_two": {"activation": nn.LeakyReLU(2.0)},
+}
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["conv", "dense"])
+@pytest.mark.parametrize("look", list(LOOK_ALIKES), ids=list(LOOK_ALIKES))
+def test_look_alikes_get_no_sll_bound(look: str, dense: bool) -> None:
+    build = sll_dense_net if dense else sll_conv_net
+    net = build(seed=2, **LOOK_ALIKES[look])
+    for dynamo in (False, True):
+        found = analyse(load_graph(export(net, dynamo)))
+        assert "SLLBlock" not in {layer.op for layer in found.layers}
+        # op by op the bound stays sound
+        assert found.spec.lipschitz_bound >= largest_jacobian_norm(net, IMAGE, points=6) * SOUND
+
+
+def test_tanh_is_slope_restricted() -> None:
+    net = sll_dense_net(seed=2, activation=nn.Tanh())
+    found = analyse(load_graph(export(net, False)))
+    assert [layer.op for layer in found.layers].count("SLLBlock") == 2
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_select_that_jumps_is_refused_naming_the_node(dynamo: bool) -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32, 4), Jump(), nn.Linear(4, 2)).eval()
+    with pytest.raises(UnsupportedOpError, match=r"node '.*' \((Greater|Where)\).*discontinuous"):
+        analyse(load_graph(export(net, dynamo)))
+
+
+def test_sandwich_without_multiplier_is_left_as_layers() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(32, 6), nn.ReLU(), nn.Linear(6, 5), nn.Linear(5, 3)
+    ).eval()
+    found = analyse(load_graph(export(net, False)))
+    assert "SandwichBlock" not in {layer.op for layer in found.layers}
+
+
+# --- the LipSDP certificate on its own ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lipsdp_is_sound_on_random_pairs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    first = rng.normal(size=(7, 5))
+    second = rng.normal(size=(4, 7))
+    bound, _ = lipsdp_bound(first, second)
+    truth = sandwich_constant_by_vertices(first, second)
+    assert bound >= truth * (1 - 1e-12)
+    product = np.linalg.norm(first, 2) * np.linalg.norm(second, 2)
+    assert bound <= product * (1 + 1e-9)
+
+
+def test_lipsdp_certifies_the_sandwich_structure_at_one() -> None:
+    """[A B] with orthonormal rows, Psi arbitrary: sqrt2 A^T Psi . sqrt2 Psi^-1 B is 1-Lipschitz."""
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(14, 6)))
+    rows = q.T  # 6 x 14, orthonormal rows
+    a, b = rows[:, :6], rows[:, 6:]
+    psi = np.exp(rng.normal(size=6))
+    first = np.sqrt(2) * b / psi[:, None]
+    second = np.sqrt(2) * a.T * psi[None, :]
+    bound, _ = lipsdp_bound(first, second, hint=psi**2)
+    assert 1.0 - 1e-12 <= bound <= 1.0 + 1e-9
+    assert sandwich_constant_by_vertices(first, second) <= bound
+
+
+# --- ScatterND --------------------------------------------------------------------------------
+
+
+def scatter_model(indices: np.ndarray, data_shape: tuple[int, ...], **attrs: object) -> onnx.ModelProto:
+    """y = ScatterND(zeros(data_shape), indices, Relu(x)) with x shaped as the updates."""
+    updates_shape = list(indices.shape[:-1]) + list(data_shape[indices.shape[-1] :])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("ScatterND", ["data", "indices", "r"], ["y"], name="scatter", **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scatter",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, updates_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(data_shape))],
+        [
+            numpy_helper.from_array(np.zeros(data_shape, dtype=np.float32), "data"),
+            numpy_helper.from_array(indices.astype(np.int64), "indices"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def test_scatter_of_channels_into_zeros_is_an_isometry() -> None:
+    indices = np.array([[[0, 0], [0, 2]]])  # (1, 2, 2): sample 0, channels 0 and 2
+    found = analyse(load_graph(scatter_model(indices, (1, 4, 3))))
+    layer = next(layer for layer in found.layers if layer.op == "ScatterND")
+    assert layer.bound == 1.0 and layer.exact
+
+
+def test_scatter_with_repeated_indices_is_refused() -> None:
+    indices = np.array([[[0, 1], [0, 1]]])
+    with pytest.raises(UnsupportedOpError, match=r"'scatter'.*repeated indices"):
+        analyse(load_graph(scatter_model(indices, (1, 4, 3))))
+
+
+def test_scatter_with_mul_reduction_scales_by_the_data() -> None:
+    indices = np.array([[[0, 1], [0, 3]]])
+    model = scatter_model(indices, (1, 4, 3), reduction="mul")
+    data = np.arange(12, dtype=np.float32).reshape(1, 4, 3) - 5
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(data, "data"))
+    found = analyse(load_graph(model))
+    layer = next(layer for layer in found.layers if layer.op == "ScatterND")
+    assert layer.bound == pytest.approx(max(abs(data[0, 1]).max(), abs(data[0, 3]).max()))
+
+
+def test_scatter_moving_elements_between_samples_is_refused() -> None:
+    """With a fixed batch of 2, an update of sample 0 written into sample 1."""
+    indices = np.array([[[1, 0]], [[0, 1]]])  # (2, 1, 2): sample 0 -> slot (1, 0)
+    model = scatter_model(indices, (2, 2, 3))
+    with pytest.raises(UnsupportedOpError, match="samples of a batch"):
+        analyse(load_graph(model))
+
+
+def test_dynamo_batch_of_the_zoo_is_fixed() -> None:
+    assert analysis("sll_conv", True).graph.batch_size == FIXED_BATCH
