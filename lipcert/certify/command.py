@@ -89,8 +89,8 @@ _CONFIG_FIELDS = (
 _CERTIFICATES = ("auto", "pairwise", "global")
 
 
-def with_config(request: CertifyRequest, config: Config) -> CertifyRequest:
-    """The request with every option it leaves unset taken from the config."""
+def with_config(request: CertifyRequest, config: Config) -> tuple[CertifyRequest, frozenset[str]]:
+    """The request with every option it leaves unset taken from the config, and their names."""
     updates: dict[str, Any] = {}
     for name in _CONFIG_FIELDS:
         if getattr(request, name) is None and config.get(name) is not None:
@@ -100,18 +100,20 @@ def with_config(request: CertifyRequest, config: Config) -> CertifyRequest:
             elif name in ("eps", "gate_eps", "mean", "std", "input_shape"):
                 value = str(value)
             updates[name] = value
-    return replace(request, **updates) if updates else request
+    return (replace(request, **updates) if updates else request), frozenset(updates)
 
 
-def check_request(request: CertifyRequest, config: Config) -> tuple[list[Eps], Eps | None]:
+def check_request(
+    request: CertifyRequest, config: Config, from_config: frozenset[str] = frozenset()
+) -> tuple[list[Eps], Eps | None]:
     """Every check that needs no file read: usage errors come before any work.
 
+    `from_config` names the options the config set, so that messages name the key and file.
     Returns the eps list and the certified-accuracy gate's eps (None without that gate).
     """
 
     def origin(name: str) -> str:
-        given_in_file = config.path is not None and config.get(name) is not None
-        if given_in_file and getattr(request, name) == _config_value(config, name):
+        if name in from_config:
             return config.origin(name)
         return "--" + name.replace("_", "-")
 
@@ -162,15 +164,6 @@ def check_request(request: CertifyRequest, config: Config) -> tuple[list[Eps], E
     if not request.model.exists():
         raise ModelLoadError(f"no model file at {str(request.model)!r}")
     return eps_list, gate_eps
-
-
-def _config_value(config: Config, name: str) -> Any:
-    value = config.get(name)
-    if name == "data_dir":
-        return Path(value)
-    if name in ("eps", "gate_eps", "mean", "std", "input_shape"):
-        return str(value)
-    return value
 
 
 @dataclass(frozen=True)
@@ -253,8 +246,8 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     outcome's context; nothing is printed here.
     """
     config = resolve_config(request.config_path, no_config=request.no_config)
-    request = with_config(request, config)
-    eps_list, gate_eps = check_request(request, config)
+    request, from_config = with_config(request, config)
+    eps_list, gate_eps = check_request(request, config, from_config)
     prepared = prepare(request, config)
     result = run_with_progress(prepared, eps_list, console)
     gates = evaluate_gates(
