@@ -338,3 +338,163 @@ def test_hostile_dataset_leaves_no_output_file(linear_case, tmp_path: Path, cont
         sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "linear.onnx"] or not out.exists()
     )
     assert not out.exists()
+
+
+# --- streams, duplicates, widths ------------------------------------------------------------
+
+
+def test_report_on_stdout_and_json_alone_on_stdout(linear_case) -> None:
+    model, data, *_ = linear_case
+    plain = run(model, "--dataset", data, "--no-config")
+    assert plain.exit_code == 0
+    assert "certified accuracy" in plain.stdout and "clean accuracy" in plain.stdout
+    with_json = run(model, "--dataset", data, "--no-config", "--json")
+    assert with_json.exit_code == 0
+    json.loads(with_json.stdout)  # nothing else on stdout
+    assert "clean accuracy" in with_json.stderr  # the report moved to stderr
+
+
+def test_failing_gate_is_said_once(linear_case) -> None:
+    model, data, *_ = linear_case
+    result = run(model, "--dataset", data, "--no-config", "--min-accuracy", "0.99")
+    assert result.exit_code == 1
+    output = result.stdout + result.stderr
+    assert output.count("clean accuracy is") == 1
+    assert "GateError" not in output and "FAILED: clean accuracy is" in result.stdout
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_certify_report_fits_the_width_without_losing_a_digit(
+    linear_case, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    model, data, *_ = linear_case
+    monkeypatch.setenv("COLUMNS", str(columns))
+    result = run(model, "--dataset", data, "--no-config", "--eps", "36/255,72/255,108/255,1")
+    summary = json.loads(run(model, "--dataset", data, "--no-config", "--json").stdout)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    assert "…" not in result.stdout
+    for row in summary["per_class"]:
+        cells = next(line.split() for line in lines if line.split()[:1] == [str(row["label"])])
+        numbers = [f"{row['accuracy']:.3f}", *(f"{v:.3f}" for v in row["certified_accuracy"])]
+        assert cells[1:] == [str(row["n"]), *numbers, f"{row['mcr']:.3f}"]
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def test_csv_keeps_the_mode_of_the_file_it_replaces(linear_case, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    model, data, *_ = linear_case
+    out = tmp_path / "radii.csv"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    assert run(model, "--dataset", data, "--quiet", "--csv", out).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert out.read_text().startswith("index,")
+    fresh = tmp_path / "fresh.csv"
+    old_mask = os.umask(0o027)
+    try:
+        assert run(model, "--dataset", data, "--quiet", "--csv", fresh).exit_code == 0
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # 0666 less the umask, as open() does
+
+
+@pytest.mark.parametrize("target", ["model", "dataset", "folder", "no-folder"])
+def test_csv_that_would_destroy_an_input_is_refused_before_the_work(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    import lipcert.certify.command as command
+
+    model, data, *_ = linear_case
+    path = {
+        "model": model,
+        "dataset": data,
+        "folder": tmp_path,
+        "no-folder": tmp_path / "missing" / "r.csv",
+    }[target]
+    before = {p: p.read_bytes() for p in (model, data)}
+
+    def no_work(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the dataset was read before the outputs were checked")
+
+    monkeypatch.setattr(command, "load_dataset", no_work)
+    result = run(model, "--dataset", data, "--quiet", "--csv", path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("UsageError:") and "--csv" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (model, data)} == before
+
+
+def test_csv_through_a_link_to_the_model_is_refused(linear_case, tmp_path: Path) -> None:
+    model, data, *_ = linear_case
+    link = tmp_path / "link.csv"
+    link.symlink_to(model)
+    result = run(model, "--dataset", data, "--quiet", "--csv", link)
+    assert result.exit_code == 2 and "is the model" in result.stderr
+
+
+def test_misclassified_rows_are_not_certified(linear_case, tmp_path: Path) -> None:
+    model, data, *_ = linear_case
+    out = tmp_path / "r.csv"
+    assert run(model, "--dataset", data, "--quiet", "--csv", out).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    wrong = [r for r in rows if r["correct"] == "False"]
+    assert len(wrong) == 10
+    assert all(r["status"] != "certified" for r in wrong)
+    assert {r["status"] for r in wrong} <= {"misclassified", "tie", "within_allowance"}
+    assert all(r["status"] in ("certified", "within_allowance") for r in rows if r not in wrong)
+
+
+def test_bad_step_summary_path_is_a_warning(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data, *_ = linear_case
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "missing" / "summary.md"))
+    result = run(model, "--dataset", data, "--quiet", "--min-accuracy", "0.1", "--no-config")
+    assert result.exit_code == 0
+    assert result.stderr.startswith("warning: cannot append the summary to $GITHUB_STEP_SUMMARY")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bug_in_lipcert_has_its_own_exit_code(
+    linear_case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lipcert.certify.command as command
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(command, "evaluate_gates", broken)
+    model, data, *_ = linear_case
+    result = run(model, "--dataset", data, "--quiet", "--no-config")
+    assert result.exit_code == 3
+    assert result.stderr.startswith("internal error (a bug in lipcert) ZeroDivisionError: oops")
+    assert "report" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    shown = run(model, "--dataset", data, "--quiet", "--no-config", "--traceback")
+    assert "Traceback (most recent call last)" in shown.stderr
+
+
+def test_help_shows_the_config_table_and_plain_flags() -> None:
+    result = runner.invoke(app, ["certify", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "[tool.lipcert]" in text
+    assert "--json <bool>" not in text and "<bool>" not in text
+    assert "--json" in text
+
+
+def test_missing_model_is_refused_before_the_dataset_is_read(
+    linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lipcert.certify.command as command
+
+    _, data, *_ = linear_case
+    monkeypatch.setattr(command, "load_dataset", lambda *a, **k: pytest.fail("dataset read"))
+    result = run(tmp_path / "nope.onnx", "--dataset", data, "--quiet")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("ModelLoadError: no model file at")
