@@ -99,7 +99,13 @@ class CertifiedAccuracy:
 
     def update(self, x: Any, y: Any) -> CertifiedBatch:
         """Certify a batch (inputs, labels) and add it; returns the batch's certificates."""
-        batch = self.model.certify(x, y, precision=self.precision, certificate=self.certificate)
+        batch = self.model.certify(
+            x,
+            y,
+            eps=[e.value for e in self.eps],
+            precision=self.precision,
+            certificate=self.certificate,
+        )
         self._state = _update(self._state, batch, self.eps)
         return batch
 
