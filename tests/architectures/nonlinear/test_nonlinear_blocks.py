@@ -307,3 +307,56 @@ def test_scatter_moving_elements_between_samples_is_refused() -> None:
 
 def test_dynamo_batch_of_the_zoo_is_fixed() -> None:
     assert analysis("sll_conv", True).graph.batch_size == FIXED_BATCH
+
+
+# --- the bounds of the conv SLL block on their own -----------------------------------------------
+
+CONV_GEOMETRIES = [
+    pytest.param(1, 1, 1, 1, id="3x3_pad1"),
+    pytest.param(2, 1, 1, 1, id="stride2"),
+    pytest.param(1, 2, 2, 1, id="dilation2"),
+    pytest.param(1, 1, 0, 2, id="groups2_valid"),
+]
+
+
+@pytest.mark.parametrize(("stride", "dilation", "padding", "groups"), CONV_GEOMETRIES)
+def test_conv_gram_row_bound_holds_against_the_explicit_operator(
+    stride: int, dilation: int, padding: int, groups: int
+) -> None:
+    from lipcert.bounds.rules.blocks import conv_gram_row_bound
+
+    rng = np.random.default_rng(stride + 3 * dilation + 7 * groups)
+    kernel = rng.normal(size=(4, 4 // groups, 3, 3))
+    diagonal = rng.uniform(0.1, 2.0, size=4)
+    for size in (3, 5, 8):
+        x = torch.zeros(1, 4, size, size, dtype=torch.float64)
+        weight = torch.as_tensor(kernel)
+        matrix = torch.autograd.functional.jacobian(
+            lambda v: torch.nn.functional.conv2d(
+                v, weight, stride=stride, padding=padding, dilation=dilation, groups=groups
+            ).reshape(-1),
+            x,
+        ).reshape(-1, x.numel()).numpy()
+        units = matrix.shape[0] // 4
+        scaled = np.repeat(np.sqrt(diagonal), units)[:, None] * matrix
+        exact = float(np.linalg.norm(scaled, 2)) ** 2
+        assert conv_gram_row_bound(kernel, diagonal, (dilation, dilation), groups) >= exact
+
+
+def test_conv_matrix_matches_torch() -> None:
+    from lipcert.bounds.rules.blocks import conv_matrix
+    from lipcert.graph.geometry import Window
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(4, 2, 3, 3))
+    win = Window(kernel=(3, 3), strides=(2, 1), dilations=(1, 2), pads_begin=(1, 2), pads_end=(0, 2))
+    x = torch.zeros(1, 4, 5, 6, dtype=torch.float64)
+    weight = torch.as_tensor(kernel)
+
+    def reference(v: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(v, (2, 2, 1, 0))
+        out = torch.nn.functional.conv2d(padded, weight, stride=(2, 1), dilation=(1, 2), groups=2)
+        return out.reshape(-1)
+
+    expected = torch.autograd.functional.jacobian(reference, x).reshape(-1, x.numel()).numpy()
+    assert np.array_equal(conv_matrix(kernel, (5, 6), win, 2), expected)
