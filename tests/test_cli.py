@@ -61,3 +61,51 @@ def test_datasets_lists_what_it_finds(tmp_path: Path, monkeypatch: pytest.Monkey
     flat = "".join(part.strip("│ ") for part in result.stdout.splitlines())
     assert "fashion-mnist" in flat and str(folder) in flat.replace("│", "").replace(" ", "")
     assert "not found" in result.stdout  # cifar10 is not there
+    # every place searched is listed, the given folder first
+    searched = result.stdout.split("searched, in order")[1].splitlines()[1:]
+    assert searched[0].strip() == str(folder)
+    assert str(tmp_path / ".keras" / "datasets" / "cifar-10-batches-py") in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name", ["fmnist_binary_hkr_alpha0p98_m1", "cifar10_shaped_ce_tau16"], ids=["binary", "cifar"]
+)
+def test_sample_safetensors_name_their_zoo_factory(name: str) -> None:
+    path = SAMPLES / f"{name}.safetensors"
+    plain = runner.invoke(app, ["verify", str(path), "--json"])
+    assert plain.exit_code in (0, 1), plain.output  # built from the arch its metadata names
+    reference = runner.invoke(app, ["verify", str(SAMPLES / f"{name}.onnx"), "--json"])
+    bound = json.loads(plain.stdout)["lipschitz_bound"]
+    assert bound == pytest.approx(json.loads(reference.stdout)["lipschitz_bound"], rel=1e-4)
+    wrong = runner.invoke(app, ["verify", str(path), "--arch", "lipcert.zoo:fashion_mnist_lipnet"])
+    assert wrong.exit_code == 2
+    assert "the file's metadata names arch 'lipcert.zoo:" in wrong.stderr
+
+
+def test_torch_export_program_records_its_input_shape(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    program = torch.export.export(module, (torch.zeros(1, 3, 2, 2),))
+    path = tmp_path / "m.pt2"
+    torch.export.save(program, str(path))
+    result = runner.invoke(app, ["verify", str(path), "--trust-model", "--json", "--expect", "99"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["input_shape"] == [3, 2, 2]
+    exact = float(np.linalg.svd(module[1].weight.detach().double().numpy(), compute_uv=False)[0])
+    assert report["lipschitz_bound"] >= exact
+
+
+def test_usage_errors_are_one_line() -> None:
+    for args in (["certify"], ["verify"], ["nope"], ["verify", "--expect", "x", "m.onnx"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("UsageError: "), (args, result.stderr)
+
+
+def test_shell_completion_is_offered() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert "--install-completion" in result.stdout and "--show-completion" in result.stdout

@@ -69,7 +69,27 @@ def load_module(module: Any, input_shape: tuple[int, ...], source: str = "<modul
         raise ModelLoadError(
             f"cannot copy the module {source!r}: {type(exc).__name__}: {_one_line(exc)}"
         ) from None
+    _own_parametrized_classes(duplicate)
     return _load_module(duplicate, input_shape, Path(source))
+
+
+def _own_parametrized_classes(module: Any) -> None:
+    """Give every parametrized submodule of a copy a class of its own.
+
+    torch keeps a parametrization's property on a class made for the module, which a deep
+    copy shares with the original; removing the parametrization deletes the property from
+    that class, and the original module would lose its weight. A clone of the class (same
+    bases, its own attributes) keeps the removal to the copy.
+    """
+    from torch.nn.utils import parametrize
+
+    for submodule in module.modules():
+        if parametrize.is_parametrized(submodule):
+            cls = type(submodule)
+            attributes = {
+                k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")
+            }
+            submodule.__class__ = type(cls.__name__, cls.__bases__, attributes)
 
 
 def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -> LoadedModel:
@@ -107,14 +127,18 @@ def _read_module(path: Path, options: LoadOptions) -> tuple[Any, dict[str, str]]
     kind = checkpoint_kind(path)
     if kind == "safetensors":
         state, metadata = _read_safetensors(path)
-        return _build(options.arch, state, path), metadata
+        # A sample model names its lipcert.zoo factory in its metadata: lipcert's own code,
+        # so it is used when --arch is not given. Any other named factory needs --arch.
+        recorded = metadata.get("arch")
+        zoo = recorded if recorded and recorded.startswith("lipcert.zoo:") else None
+        return _build(options.arch or zoo, state, path, recorded), metadata
     if kind in ("torchscript", "exported_program"):
         if not options.trust_model:
             what = "TorchScript archive" if kind == "torchscript" else "torch.export program"
             raise UnsafeModelError(
                 f"{str(path)!r} is a {what}, which can run code when loaded; {_TRUST_HINT}"
             )
-        return _read_trusted_program(path, kind), {}
+        return _read_trusted_program(path, kind)
     state_or_module = _read_pickle(path, options.trust_model)
     import torch
 
@@ -215,17 +239,40 @@ def _eval_mode(module: Any, path: Path) -> bool:
     return True
 
 
-def _read_trusted_program(path: Path, kind: str) -> Any:
+def _read_trusted_program(path: Path, kind: str) -> tuple[Any, dict[str, str]]:
+    """The module, and for a torch.export program the input shape it records."""
     import torch
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
             if kind == "torchscript":
-                return torch.jit.load(str(path), map_location="cpu")
-            return torch.export.load(str(path)).module()
+                return torch.jit.load(str(path), map_location="cpu"), {}
+            program = torch.export.load(str(path))
+            shape = _exported_input_shape(program)
+            metadata = {"input_shape": ",".join(map(str, shape))} if shape else {}
+            return program.module(), metadata
     except Exception as exc:
         raise ModelLoadError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _exported_input_shape(program: Any) -> tuple[int, ...] | None:
+    """The per-sample shape of a torch.export program's first input, when it is static.
+
+    The program records the example input's shape on its placeholder; the batch axis (which
+    may be symbolic) is dropped. None when another axis is symbolic or nothing is recorded.
+    """
+    inputs = list(getattr(program.graph_signature, "user_inputs", ()))
+    if not inputs:
+        return None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name == inputs[0]:
+            value = node.meta.get("val")
+            shape = tuple(getattr(value, "shape", ()))
+            if len(shape) >= 2 and all(type(d) is int for d in shape[1:]):
+                return tuple(int(d) for d in shape[1:])
+            return None
+    return None
 
 
 def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
@@ -248,7 +295,9 @@ def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
     )
 
 
-def _build(arch: str | None, state: dict[str, Any], path: Path) -> Any:
+def _build(
+    arch: str | None, state: dict[str, Any], path: Path, recorded: str | None = None
+) -> Any:
     if arch is None:
         raise UsageError(
             f"{str(path)!r} holds weights only: pass --arch package.module:factory (or "
@@ -273,8 +322,13 @@ def _build(arch: str | None, state: dict[str, Any], path: Path) -> Any:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
+        hint = (
+            f"; the file's metadata names arch {recorded!r}"
+            if recorded is not None and recorded != arch
+            else ""
+        )
         raise ModelLoadError(
-            f"the weights of {str(path)!r} do not fit --arch {arch!r}: {detail}"
+            f"the weights of {str(path)!r} do not fit --arch {arch!r}{hint}: {detail}"
         ) from None
     return module
 
