@@ -187,19 +187,22 @@ def rounding_matters(
     spec: CertificateSpec,
     eps_values: np.ndarray,
 ) -> np.ndarray:
-    """Samples whose certificate the allowance may change: the exact radius lies somewhere
-    in [radius with the allowance taken off, radius with it added], and that interval
-    contains a requested eps, or the decision itself may differ (margin within the
-    allowance, ties, non-finite logits)."""
+    """Samples whose certificate at a requested eps the allowance may change.
+
+    The exact radius lies in [radius with the allowance taken off, radius with it added]
+    (the upper end also covers a decision that may flip: it is the radius the computed
+    prediction would have); a sample is selected when that interval contains an eps.
+    Ties and non-finite logits are selected too (rare, and the exact logits may differ).
+    """
     upper = certify_logits(
         evaluation.logits, spec, certificates.method, -evaluation.allowance
     ).radius
     lower = certificates.radius
-    uncertain = certificates.status != Status.CERTIFIED
     straddles = np.any(
         (lower[:, None] <= eps_values[None, :]) & (eps_values[None, :] <= upper[:, None]), axis=1
     )
-    return uncertain | straddles
+    odd = (certificates.status == Status.TIE) | (certificates.status == Status.NON_FINITE)
+    return straddles | odd
 
 
 def _replace(base: Certificates, index: np.ndarray, new: Certificates) -> Certificates:
@@ -231,6 +234,7 @@ def choose_evaluators(
     from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
     from lipcert.evaluators.exact import Float64Evaluator
     from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+    from lipcert.evaluators.posterior import PosteriorEvaluator
 
     spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     runtime = OnnxRuntimeEvaluator(loaded, threads=threads, spec=analysis.spec)
@@ -238,6 +242,8 @@ def choose_evaluators(
         exact = Float64Evaluator(analysis.graph, spec64, reference=runtime, threads=threads)
         return Evaluators(exact, None, spec64)
     exact = Float64Evaluator(analysis.graph, spec64, threads=threads)
+    if PosteriorEvaluator.applies(loaded):
+        return Evaluators(PosteriorEvaluator(loaded, analysis, threads), exact, analysis.spec)
     return Evaluators(runtime, exact, analysis.spec)
 
 

@@ -55,7 +55,11 @@ class OnnxRuntimeEvaluator:
         self.batch_checked = self.fixed_batch is not None or spec is None
 
     def evaluate(self, batch: np.ndarray) -> Evaluation:
-        logits = self.logits(batch).astype(np.float64)
+        return self.evaluation_of(batch, self.logits(batch))
+
+    def evaluation_of(self, batch: np.ndarray, logits: np.ndarray) -> Evaluation:
+        """The evaluation of onnxruntime's `logits` of `batch`: the a-priori allowance."""
+        logits = np.asarray(logits, dtype=np.float64).reshape(len(batch), -1)
         if self.spec is None:
             return Evaluation(logits, np.full(len(logits), np.inf))
         return Evaluation(logits, self.spec.fp_allowance(input_norms(batch)))
@@ -67,7 +71,7 @@ class OnnxRuntimeEvaluator:
             return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
         if not self.batch_checked and len(batch) > 1:
             self.batch_checked = True
-            if not self._batches_like_single_samples(batch):
+            if not self.batches_like_single_samples(batch):
                 self.one_at_a_time = True
                 return self.logits(batch)
         if self.fixed_batch is None:
@@ -84,7 +88,8 @@ class OnnxRuntimeEvaluator:
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out).reshape(len(batch), -1)
 
-    def _batches_like_single_samples(self, batch: np.ndarray) -> bool:
+    def batches_like_single_samples(self, batch: np.ndarray) -> bool:
+        """Whether a batch gives the logits its samples give one at a time (within rounding)."""
         probe = batch[: min(len(batch), 4)]
         try:
             together = self._run(probe).astype(np.float64)

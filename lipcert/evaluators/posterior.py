@@ -1,0 +1,258 @@
+"""float32 onnxruntime with a per-sample a-posteriori allowance, and a float64 tail.
+
+The default evaluator of `lipcert certify`. It runs the model in onnxruntime (CPU, float32)
+up to a cut, then the rest of the graph (a chain of cheap ops at the end: dense layers,
+activations, the head) in float64 from onnxruntime's value at the cut. The dense layers with
+the longest sums, whose float32 rounding bound is the largest, thus run in float64.
+
+Every batch is checked against onnxruntime's own logits of the whole model (an extra output
+of the same run) within both allowances, so a float64 tail that does not compute the model
+is caught. The same onnxruntime run also returns, per sample, the sum of squares of every
+tensor whose size enters the rounding bound (a ReduceSumSquare node per tensor, added to the
+model), and the bound is computed from those sizes (`lipcert.bounds.fp_error`) instead of
+worst-case ones.
+A float32 sum of squares of n terms is at most (1 + gamma_(n+1)) times too small (all terms are
+non-negative; underflowed squares lose at most n 2^-126): the norms used are increased by that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, gamma
+from lipcert.bounds.fp_error import ErrorPlan
+from lipcert.bounds.registry import Rounding
+from lipcert.evaluators.base import Evaluation, check_agreement, input_norms
+from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator, make_session
+from lipcert.graph import Graph, Node
+from lipcert.model import LoadedModel
+
+# Ops that cost as much as the model itself in float64 (torch has no fast float64 kernels
+# for them): the float64 tail stops before the last of them.
+_HEAVY = frozenset({"Conv", "ConvTranspose", "AveragePool", "MaxPool", "LpPool"})
+_SUM_PREFIX = "lipcert_sum_of_squares_"
+
+
+class PosteriorEvaluator:
+    """float32 onnxruntime with an a-posteriori allowance (see the module docstring)."""
+
+    name = "onnxruntime float32 (a-posteriori rounding bound)"
+    precision = "float32"
+    input_dtype: type = np.float32
+
+    def __init__(self, model: LoadedModel, analysis: Analysis, threads: int | None = None):
+        import onnx
+
+        self.analysis = analysis
+        self.plan = ErrorPlan.of(analysis)
+        graph = analysis.graph
+        proto = onnx.load_from_string(model.onnx_bytes)
+        available = _float_tensors(proto)
+        rounding = {node.name: layer.rounding for node, layer in analysis.node_bounds}
+        tail = _float64_tail(graph, available, rounding)
+        self.cut = graph.output_name if not tail else graph.data_inputs(tail[0])[0]
+        self.tail_names = {node.name for node in tail}
+        self.units = {name: FLOAT64_UNIT_ROUNDOFF for name in self.tail_names}
+        tail_outputs = {name for node in tail for name in node.outputs}
+        self.measured = tuple(
+            name
+            for name in self.plan.needed
+            if name in available and name not in tail_outputs and name != graph.input_name
+        )
+        self.tail_measured = tuple(name for name in self.plan.needed if name in tail_outputs)
+        self.sizes = {name: int(np.prod(graph.shape(name)[1:])) for name in self.measured}
+        prefix = _prefix_model(proto, self.cut, model.output_name, self.measured, graph)
+        self.session = make_session(prefix.SerializeToString(), model.path, threads)
+        self.input_name = model.input_name
+        self.tail = _tail_executor(graph, tail, self.cut) if tail else None
+        # The plain evaluator checks that a batch computes what single samples do.
+        self.plain = OnnxRuntimeEvaluator(model, threads=threads, spec=analysis.spec)
+        self.checked = False
+
+    @staticmethod
+    def applies(model: LoadedModel) -> bool:
+        """Only float32 models with a free batch size (else the plain evaluator is used)."""
+        import onnxruntime as ort
+
+        if model.fixed_batch is not None:
+            return False
+        session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+        return "float)" in session.get_inputs()[0].type
+
+    def evaluate(self, batch: np.ndarray) -> Evaluation:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.checked and len(batch) > 1:
+            self.checked = True
+            self.plain.batch_checked = True
+            if not self.plain.batches_like_single_samples(batch):
+                self.plain.one_at_a_time = True
+        if self.plain.one_at_a_time:
+            return self.plain.evaluate(batch)
+        outputs = self.session.run(None, {self.input_name: batch})
+        cut_value = np.asarray(outputs[0])
+        runtime_logits = np.asarray(outputs[1]).reshape(len(batch), -1).astype(np.float64)
+        norms: dict[str, np.ndarray] = {}
+        for name, squares in zip(self.measured, outputs[2:], strict=True):
+            norms[name] = _norm_from_float32_squares(np.asarray(squares), self.sizes[name])
+        if self.tail is None:
+            logits = cut_value.reshape(len(batch), -1).astype(np.float64)
+        else:
+            logits, tail_norms = self.tail(cut_value, self.tail_measured)
+            norms.update(tail_norms)
+        norms[self.analysis.graph.input_name] = input_norms(batch)
+        allowance = self.plan.error(input_norms(batch), norms, self.units)
+        allowance = np.where(np.isnan(allowance), np.inf, allowance)
+        evaluation = Evaluation(logits, allowance)
+        if self.tail is not None:
+            check_agreement(
+                evaluation,
+                self.plain.evaluation_of(batch, runtime_logits),
+                "the graph's float64 tail and onnxruntime",
+            )
+        return evaluation
+
+
+def _norm_from_float32_squares(squares: np.ndarray, size: int) -> np.ndarray:
+    """An upper bound of the L2 norm from a float32 sum of `size` squares (any order)."""
+    squares = squares.reshape(-1).astype(np.float64)
+    g = gamma(size + 1)
+    if not g < 0.5:
+        return np.full(len(squares), np.inf)
+    bound = squares * (1 + 2 * g) + size * 2.0**-126
+    return np.sqrt(bound) * (1 + 1e-15)
+
+
+def _float_tensors(proto: Any) -> set[str]:
+    """Names of the float32 tensors the ONNX model computes (or takes as input)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    float_type = onnx.TensorProto.FLOAT
+    names = {
+        info.name
+        for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+        if info.type.tensor_type.elem_type == float_type
+    }
+    return names
+
+
+def _float64_tail(graph: Graph, available: set[str], rounding: dict[str, Rounding]) -> list[Node]:
+    """The longest chain of cheap single-input nodes at the end of the graph whose start
+    tensor onnxruntime computes, and which reads nothing else computed from the input."""
+    producers = graph.producers()
+    chain: list[Node] = []
+    name = graph.output_name
+    while True:
+        node = producers.get(name)
+        if node is None or node.op in _HEAVY:
+            break
+        sources = graph.data_inputs(node)
+        if len(sources) != 1:
+            break
+        chain.append(node)
+        name = sources[0]
+    chain.reverse()
+    # The tail starts at a tensor onnxruntime computes in float32 (not the input), with a node
+    # that rounds: exact ops (activations, reshapes) before it stay in onnxruntime.
+    while chain and (
+        graph.data_inputs(chain[0])[0] not in available
+        or graph.data_inputs(chain[0])[0] == graph.input_name
+        or rounding[chain[0].name].terms == 0
+    ):
+        chain.pop(0)
+    produced = {graph.data_inputs(chain[0])[0]} if chain else set()
+    for node in chain:
+        for name in node.inputs:
+            if name and name not in produced and not graph.is_constant(name):
+                return []
+        produced.update(node.outputs)
+    return chain
+
+
+def _prefix_model(
+    proto: Any, cut: str, logits: str, measured: tuple[str, ...], graph: Graph
+) -> Any:
+    """The ONNX model computing `cut`, the logits and the sum of squares of each measured
+    tensor."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    extra_nodes = []
+    outputs = [
+        helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT, None),
+        helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None),
+    ]
+    for i, name in enumerate(measured):
+        rank = len(graph.shape(name))
+        axes = list(range(1, rank))
+        out = f"{_SUM_PREFIX}{i}"
+        if opset >= 18:
+            axes_name = f"{out}_axes"
+            model.graph.initializer.append(
+                onnx.numpy_helper.from_array(np.array(axes, dtype=np.int64), axes_name)
+            )
+            extra_nodes.append(
+                helper.make_node("ReduceSumSquare", [name, axes_name], [out], keepdims=0)
+            )
+        else:
+            extra_nodes.append(
+                helper.make_node("ReduceSumSquare", [name], [out], axes=axes, keepdims=0)
+            )
+        outputs.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    model.graph.node.extend(extra_nodes)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    _prune(model.graph)
+    return model
+
+
+def _prune(graph: Any) -> None:
+    """Drop the nodes no output needs (after a switch from a Softmax to the logits, say)."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            keep.append(node)
+            needed.update(name for name in node.input if name)
+    kept = list(reversed(keep))
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _tail_executor(graph: Graph, tail: list[Node], cut: str) -> Any:
+    """A function (cut value, names) -> (float64 logits, float64 norms of the named tensors)."""
+    import dataclasses
+
+    import torch
+
+    from lipcert.graph.execute import GraphExecutor
+
+    class _Tail(GraphExecutor):
+        def values(self, x: torch.Tensor) -> dict[str, Any]:
+            values: dict[str, Any] = dict(self.constants)
+            values[self.graph.input_name] = x.to(self.dtype)
+            self._batch = int(x.shape[0])
+            self._run(self.graph.nodes, values)
+            return values
+
+    sub = dataclasses.replace(graph, input_name=cut, nodes=list(tail))
+    executor = _Tail(sub, torch.float64)
+
+    def run(value: np.ndarray, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with torch.no_grad():
+            values = executor.values(torch.as_tensor(value.astype(np.float64)))
+        logits = values[graph.output_name].reshape(len(value), -1).numpy()
+        norms = {}
+        for name in names:
+            flat = values[name].reshape(len(value), -1)
+            # float64 sums of n squares: relative error below (n + 2) 2^-52.
+            slack = 1 + (flat.shape[1] + 2) * 2.0**-52
+            norms[name] = flat.norm(dim=1).numpy() * slack
+        return logits, norms
+
+    return run
