@@ -37,6 +37,9 @@ FLOAT64_UNIT_ROUNDOFF = 2.0**-53
 # at most _PROBE_MAX_SIDE: its SVD then takes well under a second.
 PROBE_MAX_ENTRIES = 1 << 22
 PROBE_MAX_SIDE = 1536
+# Probing one model-sized batch at a time (bodies whose shapes pin the batch) costs one run
+# of the body per unit vector: only up to this many.
+PROBE_MAX_SINGLE = 1024
 # A kernel is taken as skew-symmetric when the norm of its symmetric part is at most this
 # fraction of its skew part's: the symmetric part's norm is still added (see below), so this
 # only decides when the method is worth using, never whether it is sound.
@@ -55,8 +58,41 @@ class Candidate:
 
 
 def body_bounds(node: Node, graph: Graph) -> list[tuple[Node, LayerBound]]:
-    """Each body node's own rule (the nodes are the graph's; their tensors keep their shapes)."""
-    return [(inner, bound_node(inner, graph)) for inner in node.body]
+    """Each body node's own rule (the nodes are the graph's; their tensors keep their shapes).
+
+    A Taylor series applies one convolution many times: nodes with the same op, attributes,
+    shapes and constant inputs (compared by value) share one computation of their rule.
+    """
+    found: list[tuple[Node, LayerBound]] = []
+    cache: dict[tuple[object, ...], LayerBound] = {}
+    for inner in node.body:
+        key = _rule_key(inner, graph)
+        if key is None:
+            found.append((inner, bound_node(inner, graph)))
+            continue
+        if key not in cache:
+            cache[key] = bound_node(inner, graph)
+        found.append((inner, cache[key]))
+    return found
+
+
+def _rule_key(node: Node, graph: Graph) -> tuple[object, ...] | None:
+    if node.op not in ("Conv", "CircularConv") or node.body and node.op == "Conv":
+        return None
+    constants = []
+    for name in node.inputs[1:]:
+        if not name or not graph.is_constant(name):
+            return None
+        value = np.asarray(graph.constant(name))
+        constants.append((value.dtype.str, value.shape, value.tobytes()))
+    data = graph.data_inputs(node)
+    return (
+        node.op,
+        repr(sorted(node.attrs.items())),
+        tuple(graph.shape(name) for name in data),
+        graph.shape(node.outputs[0]),
+        tuple(constants),
+    )
 
 
 def _combine(layer: LayerBound, incoming: list[float]) -> float:
@@ -309,13 +345,20 @@ def probe_bound(
     m = int(np.prod(graph.shape(exit_)[1:]))
     if n * m > PROBE_MAX_ENTRIES or min(n, m) > PROBE_MAX_SIDE or not graph.size_known:
         return None
-    try:
-        basis = np.eye(n).reshape(n, *entry_shape)
-        columns = _run_body(node, graph, basis, linear=True)[exit_]  # (n, m): row j is A e_j
-        matrix = columns.T
-        if not _probe_agrees(node, graph, matrix, entry_shape):
-            return None
-    except Exception:  # noqa: BLE001 - any failure to probe only means: use another method
+    matrix = None
+    # All unit vectors as one batch; where the body's folded shapes pin the batch size (a
+    # Reshape that moves the batch axis), as many batches of the model's own size.
+    for chunk in (n, graph.batch_size):
+        if chunk != n and n > PROBE_MAX_SINGLE:
+            break
+        try:
+            matrix = _probe(node, graph, entry_shape, chunk)
+            if _probe_agrees(node, graph, matrix, entry_shape):
+                break
+        except Exception:  # noqa: BLE001 - a failure to probe only means: use another method
+            pass
+        matrix = None
+    if matrix is None:
         return None
     if not np.all(np.isfinite(matrix)):
         return None
@@ -325,6 +368,20 @@ def probe_bound(
     return Candidate(
         add_up(sigma, error), f"SVD of the probed {m}x{n} matrix of the whole block", exact=True
     )
+
+
+def _probe(node: Node, graph: Graph, entry_shape: tuple[int, ...], chunk: int) -> np.ndarray:
+    """The (m, n) matrix of the bias-free body, probed `chunk` unit vectors at a time."""
+    n = int(np.prod(entry_shape))
+    basis = np.eye(n)
+    rows = []
+    for start in range(0, n, chunk):
+        part = basis[start : start + chunk]
+        if part.shape[0] < chunk:
+            part = np.concatenate([part, np.zeros((chunk - part.shape[0], n))])
+        out = _run_body(node, graph, part.reshape(chunk, *entry_shape), linear=True)
+        rows.append(out[node.outputs[0]][: min(chunk, n - start)])
+    return np.concatenate(rows).T
 
 
 def _probe_agrees(
@@ -543,7 +600,11 @@ def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]
     if symmetric:
         skew_part = (weight - flipped_transpose(weight)) / 2
         symmetric_part = (weight + flipped_transpose(weight)) / 2
-        rho_skew = _conv_operator_norm(graph, conv, skew_part, poly.circular)
+        rho_skew = (
+            rho
+            if not np.any(symmetric_part)
+            else _conv_operator_norm(graph, conv, skew_part, poly.circular)
+        )
         epsilon = (
             0.0
             if not np.any(symmetric_part)

@@ -34,6 +34,7 @@ _STRUCTURAL = frozenset(
         "Slice",
         "Pad",
         "Neg",
+        "Gather",
     }
 )
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "CircularConv", "Gemm", "MatMul", "DFT"})
