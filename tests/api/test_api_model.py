@@ -198,7 +198,19 @@ def test_from_torch_leaves_the_module_untouched(training: bool) -> None:
     net.train(training)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     modes = [m.training for m in net.modules()]
+    probe = torch.randn(5, 2)
+    net.eval()
+    with torch.no_grad():
+        before = net(probe)
+    net.train(training)
     lipcert.from_torch(net, (2,))
+    # the module still computes (a parametrization's property lives on a class the copy
+    # shares: removing it from the copy must not remove it from the module)
+    mode = net.training
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(probe), before)
+    net.train(mode)
     assert parametrize.is_parametrized(net[0], "weight")
     assert parametrize.is_parametrized(net[2], "weight")
     assert [m.training for m in net.modules()] == modes
