@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.ir import refuse as refuse  # rules raise it; it lives with the graph
+from lipcert.graph.opsets import check_node
 
 
 class Combine(enum.Enum):
@@ -102,11 +103,16 @@ def supported_ops() -> list[str]:
 
 
 def bound_node(node: Node, graph: Graph) -> LayerBound:
-    """The rule's bound for `node`, or UnsupportedOpError naming it."""
+    """The rule's bound for `node`, or UnsupportedOpError naming it.
+
+    The node's version and attributes (and those of a fused node's body) must be ones lipcert
+    implements (lipcert.graph.opsets) before any rule reads them.
+    """
     function = _RULES.get(node.op)
     if function is None:
         raise UnsupportedOpError(
             f"node {node.name!r} has op {node.op!r}, which has no sound Lipschitz rule; "
             f"supported ops: {', '.join(supported_ops())}"
         )
+    check_node(node, graph)
     return function(node, graph)

@@ -377,6 +377,7 @@ def _build_graph(
         batch_size=batch,
         source=source,
         zero_input_values=zero_values,
+        opset=_default_opset(model),
     )
     if output_name not in shapes:
         raise ModelLoadError(
@@ -388,6 +389,12 @@ def _build_graph(
         k: v for k, v in zero_values.items() if k in graph.shapes and _is_used(graph, k)
     }
     return graph, _runnable_model(model, graph.output_name)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (ai.onnx) domain the model imports."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return int(versions[0]) if versions else 0
 
 
 def _is_used(graph: Graph, name: str) -> bool:

@@ -17,8 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from lipcert.errors import UnsupportedOpError
-from lipcert.graph.geometry import pad_source_index, transpose_window, window
-from lipcert.graph.ir import Graph, Node
+from lipcert.graph.geometry import (
+    check_window_output,
+    pad_source_index,
+    transpose_window,
+    window,
+)
+from lipcert.graph.ir import Graph, Node, refuse
+from lipcert.graph.opsets import check_node, in_force
 
 Tensor = torch.Tensor
 OpFn = Callable[[Node, list[Any], "GraphExecutor"], list[Tensor]]
@@ -48,6 +54,8 @@ class GraphExecutor(torch.nn.Module):
                 raise UnsupportedOpError(
                     f"node {node.name!r} has op {node.op!r}, which lipcert cannot execute"
                 )
+            check_node(node, graph)
+            _check_semantics(node, graph)
 
     def forward(self, x: Tensor) -> Tensor:
         values: dict[str, Any] = dict(self.constants)
@@ -71,6 +79,56 @@ class GraphExecutor(torch.nn.Module):
         """The static shape of a tensor at the current batch size."""
         shape = self.graph.shape(name)
         return (self._batch, *shape[1:]) if shape else shape
+
+
+# Cast targets the executor runs: FLOAT and DOUBLE (it computes in its own float dtype).
+_FLOAT_TYPES = (1, 11)
+
+
+def _check_semantics(node: Node, graph: Graph) -> None:
+    """Refuse attribute values whose meaning the executor does not reproduce."""
+    if node.op == "TopK" and not node.attr("sorted", 1):
+        k_value = node.attr("k") if len(node.inputs) < 2 else graph.constants.get(node.inputs[1])
+        if k_value is None or _ints(k_value)[0] > 1:
+            raise refuse(node, "TopK with sorted=0 returns its values in an unspecified order")
+    elif node.op == "BatchNormalization":
+        if not node.attr("spatial", 1):
+            raise refuse(node, "BatchNormalization with spatial=0 is not supported")
+        if node.attr("training_mode", 0):
+            raise refuse(node, "training-mode BatchNormalization uses batch statistics")
+    elif node.op == "Cast" and int(node.attr("to", 0)) not in _FLOAT_TYPES:
+        raise refuse(
+            node, f"only casts to float32 or float64 are run, not to type {node.attr('to')}"
+        )
+    elif node.op == "Gelu" and node.attr("approximate", "none") not in ("none", "tanh"):
+        raise refuse(node, f"unknown GELU approximation {node.attr('approximate')!r}")
+    elif node.op == "Pad" and node.attr("mode", "constant") not in _PAD_MODES:
+        raise refuse(node, f"unknown pad mode {node.attr('mode')!r}")
+    elif node.op == "DepthToSpace" and node.attr("mode", "DCR") not in ("DCR", "CRD"):
+        raise refuse(node, f"unknown DepthToSpace mode {node.attr('mode')!r}")
+    elif node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
+        training = graph.constants.get(node.inputs[2])
+        if training is None or bool(np.asarray(training).any()):
+            raise refuse(node, "Dropout in training mode is random")
+    if node.op in ("Conv", "MaxPool", "AveragePool", "LpPool"):
+        spatial = graph.shape(node.inputs[0])[2:]
+        if node.op == "Conv":
+            weight = graph.constants.get(node.inputs[1])
+            kernel = () if weight is None else tuple(np.asarray(weight).shape[2:])
+        else:
+            kernel = tuple(int(k) for k in node.attr("kernel_shape", []))
+        if kernel:
+            win = window(node, spatial, kernel)
+            check_window_output(node, win, spatial, graph.shape(node.outputs[0])[2:])
+    if node.op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        used = node.outputs[1] == graph.output_name or any(
+            node.outputs[1] in other.inputs for other in _all_nodes(graph.nodes)
+        )
+        if used:
+            raise refuse(node, "the indices output of MaxPool is not computed")
+
+
+_PAD_MODES = ("constant", "reflect", "edge", "wrap")
 
 
 def _all_nodes(nodes: list[Node] | tuple[Node, ...]) -> list[Node]:
@@ -308,9 +366,15 @@ def _cast(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 
 @_op("Softmax", "LogSoftmax")
 def _softmax(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
-    axis = int(node.attr("axis", -1))
+    """From opset 13 along one axis (default -1); before, over the 2-D view that flattens the
+    axes from `axis` (default 1) on into one."""
+    x = args[0]
     function = torch.softmax if node.op == "Softmax" else torch.log_softmax
-    return [function(args[0], dim=axis)]
+    if (in_force(node.op, ex.graph.opset) or 13) >= 13:
+        return [function(x, dim=int(node.attr("axis", -1)))]
+    axis = int(node.attr("axis", 1)) % max(x.dim(), 1)
+    flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
+    return [function(flat, dim=1).reshape(x.shape)]
 
 
 # --- structure -----------------------------------------------------------------------------
@@ -336,8 +400,9 @@ def _reshape(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 @_op("Flatten")
 def _flatten(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
-    axis = int(node.attr("axis", 1)) % max(x.dim(), 1)
-    return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
+    axis = int(node.attr("axis", 1))
+    axis = axis + x.dim() if axis < 0 else axis  # axis = rank is allowed: (all, 1)
+    return [x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))]
 
 
 @_op("Transpose")
@@ -382,9 +447,15 @@ def _dropout(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 @_op("Slice")
 def _slice(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
-    starts, ends = _ints(args[1]), _ints(args[2])
-    axes = _ints(args[3]) if len(args) > 3 and args[3] is not None else list(range(len(starts)))
-    steps = _ints(args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
+    if len(args) == 1:  # up to opset 9: starts, ends and axes are attributes
+        starts, ends = _ints(node.attr("starts")), _ints(node.attr("ends"))
+        axes = _ints(node.attr("axes", list(range(len(starts)))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(args[1]), _ints(args[2])
+        given = len(args) > 3 and args[3] is not None
+        axes = _ints(args[3]) if given else list(range(len(starts)))
+        steps = _ints(args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
     index = [slice(None)] * x.dim()
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         size = x.shape[axis % x.dim()]
@@ -426,16 +497,13 @@ def _concat(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 @_op("Pad")
 def _pad(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
-    amounts = (
-        _ints(args[1])
-        if len(args) > 1 and args[1] is not None
-        else [int(p) for p in node.attr("pads", [])]
-    )
-    value = (
-        float(args[2].reshape(-1)[0])
-        if len(args) > 2 and args[2] is not None and args[2].numel()
-        else 0.0
-    )
+    if len(args) == 1:  # up to opset 10: the amounts and the fill value are attributes
+        amounts = [int(p) for p in node.attr("pads", [])]
+        value = float(node.attr("value", 0.0))
+    else:
+        amounts = _ints(args[1])
+        given = len(args) > 2 and args[2] is not None and args[2].numel()
+        value = float(args[2].reshape(-1)[0]) if given else 0.0
     axes = _ints(args[3]) if len(args) > 3 and args[3] is not None else list(range(x.dim()))
     per_axis = [(0, 0)] * x.dim()
     for i, axis in enumerate(axes):
@@ -543,8 +611,9 @@ def _dft(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 
 @_op("TopK")
 def _top_k(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
+    """Sorted values only: the executor refuses sorted=0 (any order) for k > 1."""
     x = args[0]
-    k = _ints(args[1])[0]
+    k = int(node.attr("k")) if len(args) == 1 else _ints(args[1])[0]  # an attribute in opset 1
     axis = int(node.attr("axis", -1))
     values, indices = torch.topk(x, k, dim=axis, largest=bool(node.attr("largest", 1)), sorted=True)
     return [values, indices]
@@ -565,7 +634,8 @@ def _reduce(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x = args[0]
     dims = _reduce_dims(node, args, x)
     if not dims:
-        return [x]
+        # No axes: no reduction, but the element-wise steps remain (the ONNX specification)
+        return [torch.abs(x) if node.op in ("ReduceL1", "ReduceL2") else x]
     keep = bool(node.attr("keepdims", 1))
     if node.op == "ReduceMax":
         out = torch.amax(x, dim=dims, keepdim=keep)

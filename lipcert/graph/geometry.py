@@ -141,3 +141,40 @@ def pad_source_index(i: int, n: int, mode: str) -> int:
     period = 2 * (n - 1)
     j = i % period
     return j if j < n else period - j
+
+
+def window_output_size(win: Window, spatial_input: tuple[int, ...]) -> tuple[int, ...]:
+    """The output size per axis the ONNX specification gives a Conv or pooling window."""
+    sizes = []
+    for n, k, s, d, b, e in zip(
+        spatial_input,
+        win.kernel,
+        win.strides,
+        win.dilations,
+        win.pads_begin,
+        win.pads_end,
+        strict=True,
+    ):
+        span = n + b + e - ((k - 1) * d + 1)
+        count = (-(-span // s) if win.ceil_mode else span // s) + 1
+        if win.ceil_mode and (count - 1) * s >= n + b:
+            count -= 1  # a last window starting in the end padding is dropped
+        sizes.append(count)
+    return tuple(sizes)
+
+
+def check_window_output(
+    node: Node, win: Window, spatial_input: tuple[int, ...], spatial_output: tuple[int, ...]
+) -> None:
+    """Refuse a window whose output size is not the one onnxruntime computed.
+
+    onnxruntime pads pooling with auto_pad SAME as if the kernel were not dilated, so its
+    windows are not the ones the specification (and lipcert's geometry) describes.
+    """
+    expected = window_output_size(win, spatial_input)
+    if expected != tuple(spatial_output):
+        raise refuse(
+            node,
+            f"onnxruntime computes an output of size {tuple(spatial_output)} where its "
+            f"attributes give {expected} (auto_pad SAME with dilations): windows unknown",
+        )

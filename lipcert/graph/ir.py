@@ -59,6 +59,9 @@ class Graph:
     notes: list[str] = field(default_factory=list)
     # Values of the data tensors at a zero input (float64), when the front-end computed them.
     zero_input_values: dict[str, np.ndarray] = field(default_factory=dict)
+    # The model's ai.onnx opset: it fixes which version of each op, with which attributes and
+    # defaults, a node means (lipcert.graph.opsets). 0 when unknown: every op is then refused.
+    opset: int = 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:

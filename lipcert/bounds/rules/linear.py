@@ -13,7 +13,7 @@ from lipcert.bounds import spectral
 from lipcert.bounds.numeric import add_up, max_abs_up, mul_up, norm_up, sqrt_up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
-from lipcert.graph.geometry import transpose_window, window
+from lipcert.graph.geometry import check_window_output, transpose_window, window
 
 
 def constant_input(node: Node, graph: Graph, index: int, what: str) -> np.ndarray:
@@ -117,6 +117,7 @@ def conv(node: Node, graph: Graph) -> LayerBound:
     """Conv with zero padding: FFT bound on the padded grid (upper), or size-independent."""
     weight, spatial, groups = _conv_parts(node, graph)
     win = window(node, spatial, tuple(weight.shape[2:]))
+    check_window_output(node, win, spatial, graph.shape(node.outputs[0])[2:])
     rounding = conv_rounding(node, graph, weight, groups)
     if not graph.size_known:
         factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)

@@ -8,7 +8,7 @@ from lipcert.bounds.numeric import mul_up, sqrt_up, up
 from lipcert.bounds.registry import EXACT, LayerBound, Rounding, refuse, rule
 from lipcert.bounds.rules.pooling import overlap
 from lipcert.graph import Graph, Node
-from lipcert.graph.geometry import window
+from lipcert.graph.geometry import check_window_output, window
 
 
 @rule("GroupSort")
@@ -42,6 +42,7 @@ def l2_norm_pool(node: Node, graph: Graph) -> LayerBound:
     else:
         kernel = tuple(int(k) for k in node.attr("kernel_shape", []))
         win = window(node, spatial, kernel)
+        check_window_output(node, win, spatial, graph.shape(node.outputs[0])[2:])
         count_pad = bool(node.attr("count_include_pad", 0))
         full = not win.ceil_mode and (count_pad or not win.has_padding)
         divisor = math.prod(kernel) if full else 1

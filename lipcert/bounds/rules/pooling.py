@@ -16,7 +16,7 @@ from lipcert.bounds import spectral
 from lipcert.bounds.numeric import inverse_sqrt_up, mul_up, pow_up, sqrt_up, up
 from lipcert.bounds.registry import EXACT, LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
-from lipcert.graph.geometry import Window, max_overlap, window
+from lipcert.graph.geometry import Window, check_window_output, max_overlap, window
 
 
 def _pool_window(node: Node, graph: Graph) -> tuple[Window, tuple[int, ...]]:
@@ -27,7 +27,9 @@ def _pool_window(node: Node, graph: Graph) -> tuple[Window, tuple[int, ...]]:
     kernel = tuple(int(k) for k in node.attr("kernel_shape", []))
     if not kernel:
         raise refuse(node, "expected a kernel_shape attribute")
-    return window(node, spatial, kernel), spatial
+    win = window(node, spatial, kernel)
+    check_window_output(node, win, spatial, graph.shape(node.outputs[0])[2:])
+    return win, spatial
 
 
 def overlap(win: Window, spatial: tuple[int, ...], graph: Graph) -> tuple[int, str]:

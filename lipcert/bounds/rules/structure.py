@@ -176,11 +176,29 @@ def expand(node: Node, graph: Graph) -> LayerBound:
 
 @rule("TopK")
 def top_k(node: Node, graph: Graph) -> LayerBound:
-    """Sorted values along an axis: sorting is 1-Lipschitz in L2, keeping k of them too."""
+    """The k largest (or smallest) values along an axis, sorted: the first k entries of the
+    sorted axis. Sorting is 1-Lipschitz in L2 and keeping k entries is a restriction, so the
+    values are 1-Lipschitz, whether k is the whole axis or not.
+
+    With sorted=0 the order of the values is unspecified: a runtime may return them in an
+    order that depends on the input, which jumps (not Lipschitz). Only k = 1 has one order.
+    """
     source = _one_source(node, graph)
-    axis = int(node.attr("axis", -1)) % len(graph.shape(source))
+    rank = len(graph.shape(source))
+    axis = int(node.attr("axis", -1)) % rank
     if axis == 0:
         raise refuse(node, "sorting along the batch axis mixes samples")
+    if len(node.inputs) > 1 and node.inputs[1]:
+        k = int(np.asarray(graph.constant(node.inputs[1])).reshape(-1)[0])
+    else:
+        k = int(node.attr("k", 0))  # an attribute up to opset 9
+    if not 1 <= k <= graph.shape(source)[axis]:
+        raise refuse(node, f"k = {k} is outside 1..{graph.shape(source)[axis]}")
+    if not node.attr("sorted", 1) and k > 1:
+        raise refuse(
+            node, "TopK with sorted=0 returns its values in an unspecified, input-dependent order"
+        )
+    which = "largest" if node.attr("largest", 1) else "smallest"
     return LayerBound(
-        1.0, "sorting (and keeping k values) is 1-Lipschitz", exact=True, rounding=EXACT
+        1.0, f"the {k} {which} values, sorted: 1-Lipschitz", exact=True, rounding=EXACT
     )
