@@ -581,7 +581,7 @@ def _dft(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 
     Opset 17-19 read `axis` from the attribute, opset 20 from the third input. A onesided
     forward transform keeps bins 0 .. n // 2; a onesided inverse reads those bins as the half
-    spectrum of a real signal of length n (irfft).
+    spectrum of a real signal of length n (irfft), written with one component.
     """
     from lipcert.graph.dft import dft_geometry
 
@@ -601,7 +601,8 @@ def _dft(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
         if geometry.onesided:
             out = out.narrow(axis, 0, n // 2 + 1)
     elif geometry.onesided:
-        out = torch.fft.irfft(signal, n=n, dim=axis)
+        # A real signal: onnxruntime writes it with one component (last axis of size 1).
+        return [torch.fft.irfft(signal, n=n, dim=axis).unsqueeze(-1).to(x.dtype)]
     else:
         out = torch.fft.ifft(signal, n=n, dim=axis)
     if not out.is_complex():

@@ -1704,6 +1704,88 @@ def pattern_cases() -> list[RuleCase]:
     ]
 
 
+def affine_block_cases() -> list[RuleCase]:
+    """AffineBlock (lipcert.graph.affine_blocks), DFT, and the TorchScript circular padding."""
+    rng = rng_for("affine_blocks")
+    w = f32(rng.standard_normal((3, 3, 3, 3)) * 0.3)
+    w64 = t64(w)
+    residual = graph_case(
+        "affine_block_residual_conv",
+        "AffineBlock",
+        [
+            helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["x", "h"], ["y"], name="add"),
+        ],
+        lambda x: x + F.conv2d(x, w64, padding=1),
+        (3, 5, 5),
+        initializers={"w": w},
+        linear=True,
+        exact=True,
+    )
+    forward = graph_case(
+        "dft_onesided_forward",
+        "DFT",
+        [node("DFT", ["x"], axis=2, onesided=1)],
+        lambda x: torch.view_as_real(torch.fft.rfft(x[..., 0], dim=2)),
+        (2, 7, 1),
+        linear=True,
+        exact=True,
+        opset=18,
+    )
+    inverse = graph_case(
+        "dft_inverse_complex",
+        "DFT",
+        [node("DFT", ["x"], axis=1, inverse=1)],
+        lambda x: torch.view_as_real(torch.fft.ifft(torch.view_as_complex(x), dim=1)),
+        (6, 3, 2),
+        linear=True,
+        exact=True,
+        opset=18,
+    )
+    irfft = graph_case(
+        "dft_inverse_onesided_length6",
+        "DFT",
+        [node("DFT", ["x", "n"], axis=2, inverse=1, onesided=1)],
+        lambda x: torch.fft.irfft(torch.view_as_complex(x), n=6, dim=2)[..., None],
+        (2, 4, 2),
+        initializers={"n": i64(6)},
+        linear=True,
+        exact=True,
+        opset=18,
+    )
+    # torch.onnx.export (TorchScript) writes circular padding as Slice + Concat per axis.
+    kernel = f32(rng.standard_normal((2, 2, 3, 3)))
+    sliced = [
+        helper.make_node("Slice", ["x", "m1", "big", "a2"], ["top"], name="top"),
+        helper.make_node("Slice", ["x", "zero", "one", "a2"], ["bottom"], name="bottom"),
+        helper.make_node("Concat", ["top", "x", "bottom"], ["rows"], name="rows", axis=2),
+        helper.make_node("Slice", ["rows", "m1", "big", "a3"], ["left"], name="left"),
+        helper.make_node("Slice", ["rows", "zero", "one", "a3"], ["right"], name="right"),
+        helper.make_node("Concat", ["left", "rows", "right"], ["wrapped"], name="cols", axis=3),
+        helper.make_node("Conv", ["wrapped", "k"], ["y"], name="conv"),
+    ]
+    k64 = t64(kernel)
+    circular = graph_case(
+        "circular_conv_sliced_padding",
+        "CircularConv",
+        sliced,
+        lambda x: F.conv2d(F.pad(x, [1, 1, 1, 1], mode="circular"), k64),
+        (2, 5, 4),
+        initializers={
+            "k": kernel,
+            "m1": i64([-1]),
+            "big": i64([2**62]),
+            "zero": i64([0]),
+            "one": i64([1]),
+            "a2": i64([2]),
+            "a3": i64([3]),
+        },
+        linear=True,
+        exact=True,
+    )
+    return [residual, forward, inverse, irfft, circular]
+
+
 def all_cases() -> list[RuleCase]:
     return [
         *linear_cases(),
@@ -1712,6 +1794,7 @@ def all_cases() -> list[RuleCase]:
         *arithmetic_cases(),
         *structure_cases(),
         *pattern_cases(),
+        *affine_block_cases(),
     ]
 
 
