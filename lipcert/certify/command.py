@@ -206,6 +206,15 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
         raise UsageError("expected --dataset (a dataset name, a .npz or a .csv file)")
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"expected --limit >= 1 but got {request.limit!r}")
+    if request.csv_path is not None:  # before any work: attack comes here directly
+        check_output_path(
+            request.csv_path,
+            option="--csv",
+            inputs=[
+                ("the model", request.model),
+                ("the dataset", None if canonical_name(request.dataset) else request.dataset),
+            ],
+        )
     dataset = load_dataset(
         request.dataset,
         split=request.split or "test",
