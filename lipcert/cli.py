@@ -360,9 +360,7 @@ def certify(
 
     with reported_errors(show_traceback):
         if plot is not None:
-            from lipcert.plots import check_plot_path
-
-            check_plot_path(plot)
+            _check_plot(plot, [("the model", model), ("the dataset", dataset)])
         request = CertifyRequest(
             model=model,
             dataset=dataset,
@@ -577,10 +575,14 @@ def compare(
     with reported_errors(show_traceback):
         eps_list = parse_eps_list(eps or "36/255,72/255,108/255,1")
         measure: Any = "mcr" if robustness == "mcr" else parse_eps_list(robustness)[0]
-        if plot is not None:
-            from lipcert.plots import check_plot_path
+        inputs = [("the dataset", dataset), *(("a model", m) for m in models)]
+        if csv_path is not None:
+            from lipcert.reports.files import check_output_path
 
-            check_plot_path(plot)
+            check_output_path(csv_path, option="--csv", inputs=inputs)
+        if plot is not None:
+            _check_plot(plot, inputs)
+            _check_plot(_curves_path(plot), inputs)
         data = load_dataset(dataset, split=split, data_dir=data_dir, limit=limit)
         stems = [m.stem for m in models]
         comparison = compare_models(
@@ -601,8 +603,8 @@ def compare(
             from lipcert.plots import plot_certified_accuracy, plot_pareto
 
             plot_pareto(comparison, plot)
-            curves = plot.with_name(f"{plot.stem}-curves{plot.suffix}")
-            plot_certified_accuracy(comparison, curves, eps=[e.value for e in comparison.eps])
+            eps_values = [e.value for e in comparison.eps]
+            plot_certified_accuracy(comparison, _curves_path(plot), eps=eps_values)
         if not quiet:
             # one row per model: wide rather than wrapped, also when piped (80 columns)
             width = max(Console(stderr=as_json).width, 132)
@@ -639,6 +641,20 @@ def _render_comparison(console: Console, comparison: Any, data: str) -> None:
         f"Pareto front (clean accuracy against {measure}): {', '.join(comparison.front)}",
         highlight=False,
     )
+
+
+def _check_plot(path: Path, inputs: list[tuple[str, Any]]) -> None:
+    """A plot file: .png or .svg, writable, not one of the inputs (before any work)."""
+    from lipcert.plots import check_plot_path
+    from lipcert.reports.files import check_output_path
+
+    check_plot_path(path)
+    check_output_path(path, option="--plot", inputs=inputs)
+
+
+def _curves_path(plot: Path) -> Path:
+    """Where compare --plot FILE draws the certified-accuracy curves: FILE-curves.<suffix>."""
+    return plot.with_name(f"{plot.stem}-curves{plot.suffix}")
 
 
 def _plot_certify(path: Path, model: Path, result: Any) -> None:
