@@ -133,7 +133,9 @@ def parse_eps_list(text: str, *, what: str = "--eps") -> list[Eps]:
         value = numbers[0] / numbers[1] if len(numbers) == 2 and numbers[1] != 0 else numbers[0]
         if len(numbers) == 2 and numbers[1] == 0:
             raise UsageError(f"expected {what} values with a non-zero denominator but got {part!r}")
-        if not np.isfinite(value) or value <= 0:
+        if not np.isfinite(value):
+            raise UsageError(f"expected finite {what} values but got {part!r}")
+        if value <= 0:
             raise UsageError(f"expected {what} values > 0 but got {part!r}")
         same = next((e for e in values if e.value == value), None)
         if same is not None:
