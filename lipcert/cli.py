@@ -82,7 +82,9 @@ ModelArg = Annotated[
 InputShapeOpt = Annotated[
     str | None,
     typer.Option(
-        "--input-shape", help="Per-sample input shape C,H,W; taken from the model when it is fixed."
+        "--input-shape",
+        help="Per-sample input shape C,H,W (d for vector inputs); taken from the model when it "
+        "is fixed.",
     ),
 ]
 ArchOpt = Annotated[
@@ -315,6 +317,15 @@ def certify(
     ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--output-format",
+            help="text (the report); github (the report, then one ::error/::notice annotation "
+            "per gate for GitHub Actions); junit (JUnit XML on stdout, one test case per gate; "
+            "the report goes to stderr).",
+        ),
+    ] = "text",
     plot: PlotOpt = None,
     min_certified_accuracy: Annotated[
         float | None,
@@ -359,6 +370,15 @@ def certify(
     from lipcert.reports import certify_report
 
     with reported_errors(show_traceback):
+        from lipcert.errors import UsageError
+        from lipcert.reports.ci_formats import FORMATS, github_annotations, junit_xml
+
+        if output_format not in FORMATS:
+            raise UsageError(
+                f"expected --output-format text, github or junit but got {output_format!r}"
+            )
+        if as_json and output_format != "text":
+            raise UsageError("expected --json or --output-format, not both: each owns stdout")
         if plot is not None:
             _check_plot(plot, [("the model", model), ("the dataset", dataset)])
         request = CertifyRequest(
@@ -392,10 +412,15 @@ def certify(
         for warning in outcome.warnings:
             _warn(warning)
         if not quiet:
-            report = stderr if as_json else stdout_console()
+            report = stderr if as_json or output_format == "junit" else stdout_console()
             certify_report.render(report, outcome.context, outcome.result, outcome.gates)
         if as_json:
             _emit_json(outcome.json)
+        elif output_format == "github":
+            for line in github_annotations(outcome.gates):
+                typer.echo(line)
+        elif output_format == "junit":
+            typer.echo(junit_xml(outcome.gates, model=str(model), seconds=outcome.result.seconds))
         failed = [gate for gate in outcome.gates if not gate.passed]
         if failed:
             if quiet:  # else the report has said it, once

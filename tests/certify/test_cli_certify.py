@@ -500,3 +500,25 @@ def test_missing_model_is_refused_before_the_dataset_is_read(
     result = run(tmp_path / "nope.onnx", "--dataset", data, "--quiet")
     assert result.exit_code == 2
     assert result.stderr.startswith("ModelLoadError: no model file at")
+
+
+def test_output_formats_for_ci(linear_case) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    model, data, *_ = linear_case
+    gates = ["--min-accuracy", "0.5", "--min-mcr", "100", "--no-config"]
+    github = run(model, "--dataset", data, *gates, "--output-format", "github")
+    assert github.exit_code == 1
+    annotations = [line for line in github.stdout.splitlines() if line.startswith("::")]
+    assert annotations[0].startswith("::notice title=lipcert certify::clean accuracy is ")
+    assert annotations[1].startswith("::error title=lipcert certify::mean certifiable")
+    junit = run(model, "--dataset", data, *gates, "--output-format", "junit")
+    assert junit.exit_code == 1
+    suite = ElementTree.fromstring(junit.stdout.split("\n", 1)[1])  # stdout is the XML alone
+    assert suite.get("tests") == "2" and suite.get("failures") == "1"
+    cases = suite.findall("testcase")
+    assert cases[0].find("failure") is None
+    assert "< 100 required" in cases[1].find("failure").get("message")
+    assert "clean accuracy" in junit.stderr  # the report
+    both = run(model, "--dataset", data, "--json", "--output-format", "junit")
+    assert both.exit_code == 2 and "not both" in both.stderr
