@@ -44,6 +44,9 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `lipcert` alone: the help
+                sys.stdout.write(exc.format_message() + "\n")
+                sys.exit(0)
             context = getattr(exc, "ctx", None)
             where = context.command_path if context is not None else "lipcert"
             sys.stderr.write(

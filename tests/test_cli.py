@@ -109,3 +109,9 @@ def test_usage_errors_are_one_line() -> None:
 def test_shell_completion_is_offered() -> None:
     result = runner.invoke(app, ["--help"])
     assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
+
+
+def test_no_arguments_shows_the_help() -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: ") and "certify" in result.stdout
