@@ -19,7 +19,7 @@ from lipcert.bounds import spectral
 from lipcert.bounds.numeric import add_up, mul_up, rss_up, singular_value_up
 from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node, refuse
 from lipcert.bounds.spec import CertificateSpec
-from lipcert.errors import UnsupportedOpError
+from lipcert.errors import ModelLoadError, UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.patterns import fuse_patterns
 
@@ -75,6 +75,11 @@ def analyse(graph: Graph) -> Analysis:
 
 
 def _analyse(graph: Graph) -> Analysis:
+    if graph.output_name in graph.shapes and math.prod(graph.output_shape) == 0:
+        raise ModelLoadError(
+            f"the output {graph.output_name!r} has no logits (shape {graph.output_shape}): "
+            "there is no decision to certify"
+        )
     fuse_patterns(graph)
     bounds: dict[str, float] = {graph.input_name: 1.0}
     layers: list[LayerReport] = []
@@ -217,6 +222,9 @@ def _find_head(graph: Graph) -> _Head | None:
             return _Head(node=node, body_input=sources[0], rows=rows * scale_vector[:, None])
         if node.op not in _TAIL_OPS or node.body:
             return None
+        same_size = math.prod(graph.shape(sources[0])) == math.prod(graph.shape(node.outputs[0]))
+        if not same_size:
+            return None  # it broadcasts a logit to several: not one logit to one
         if node.op in ("Mul", "Div"):
             other = next(n for n in node.inputs if n != sources[0])
             factor = np.asarray(graph.constant(other), dtype=np.float64)

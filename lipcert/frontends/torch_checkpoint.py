@@ -47,9 +47,11 @@ def load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"no model file at {str(path)!r}")
-    module, metadata = _read_module(path, options)
-    input_shape = options.input_shape or _shape_from_metadata(metadata, path)
-    loaded = _load_module(module, input_shape, path)
+    # The module's own code (import, factory, forward) may print: stdout is lipcert's (--json).
+    with redirect_stdout(sys.stderr):
+        module, metadata = _read_module(path, options)
+        input_shape = options.input_shape or _shape_from_metadata(metadata, path)
+        loaded = _load_module(module, input_shape, path)
     loaded.metadata = metadata
     return loaded
 
@@ -305,7 +307,9 @@ def _build(
         )
     factory = resolve_arch(arch)
     try:
-        module = factory()
+        # The user's code may print: stdout carries lipcert's own output (--json).
+        with redirect_stdout(sys.stderr):
+            module = factory()
     except Exception as exc:
         raise ModelLoadError(
             f"--arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}"
@@ -359,9 +363,11 @@ def resolve_arch(arch: str) -> Any:
             if spec is None or spec.loader is None:
                 raise UsageError(f"cannot import {target!r}")
             module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
+            with redirect_stdout(sys.stderr):  # importing runs the user's code: it may print
+                spec.loader.exec_module(module)
         else:
-            module = _import_from_working_folder(target)
+            with redirect_stdout(sys.stderr):
+                module = _import_from_working_folder(target)
     except UsageError:
         raise
     except Exception as exc:

@@ -272,6 +272,8 @@ def batch_normalization(node: Node, graph: Graph) -> LayerBound:
     data_input(node, graph, 0)
     if node.attr("training_mode", 0):
         raise refuse(node, "training-mode BatchNormalization uses batch statistics")
+    if not node.attr("spatial", 1):  # opset 7-8: statistics per position, not per channel
+        raise refuse(node, "BatchNormalization with spatial=0 is not supported")
     scale = constant_input(node, graph, 1, "scale")
     variance = constant_input(node, graph, 4, "variance")
     epsilon = float(node.attr("epsilon", 1e-5))
