@@ -603,7 +603,8 @@ def compare(
     with reported_errors(show_traceback):
         eps_list = parse_eps_list(eps or "36/255,72/255,108/255,1")
         measure: Any = "mcr" if robustness == "mcr" else parse_eps_list(robustness)[0]
-        inputs = [("the dataset", dataset), *(("a model", m) for m in models)]
+        inputs: list[tuple[str, str | Path | None]] = [("the dataset", dataset)]
+        inputs += [("a model", m) for m in models]
         if csv_path is not None:
             from lipcert.reports.files import check_output_path
 
@@ -671,7 +672,7 @@ def _render_comparison(console: Console, comparison: Any, data: str) -> None:
     )
 
 
-def _check_plot(path: Path, inputs: list[tuple[str, Any]]) -> None:
+def _check_plot(path: Path, inputs: list[tuple[str, str | Path | None]]) -> None:
     """A plot file: .png or .svg, writable, not one of the inputs (before any work)."""
     from lipcert.plots import check_plot_path
     from lipcert.reports.files import check_output_path
