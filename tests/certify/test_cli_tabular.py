@@ -189,3 +189,39 @@ def test_features_that_do_not_fit_the_model(tmp_path: Path) -> None:
     result = _certify(model, "--dataset", data, "--quiet")
     assert result.exit_code == 2
     assert result.stderr.startswith("DatasetError: the features of 'p.npz' do not fit the model")
+
+
+def test_matmul_first_model_on_csv_features_matches_the_exact_distance(tmp_path: Path) -> None:
+    import onnx
+    from linear_models import distance_to_boundary
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    weight = rng.normal(size=(5, 3)).astype(np.float32)  # x @ W: 5 features, 3 classes
+    bias = rng.normal(size=3).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "b"], ["logits"]),
+        ],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    model = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    features = rng.normal(scale=20.0, size=(30, 5))  # far outside [0, 1]
+    labels = np.argmax(features @ weight.astype(np.float64) + bias, axis=1)
+    table = tmp_path / "t.csv"
+    lines = ["f0,f1,f2,f3,f4,label"]
+    for row, y in zip(features, labels, strict=True):
+        lines.append(",".join([*map(repr, map(float, row)), str(int(y))]))
+    table.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "r.csv"
+    result = _certify(model, "--dataset", table, "--csv", out, "--quiet", "--margins", "float64")
+    assert result.exit_code == 0, result.output
+    radius = np.array([float(r["radius"]) for r in csv.DictReader(out.open())])
+    exact = distance_to_boundary(weight.T, bias, features)
+    assert np.all(radius <= exact)
+    np.testing.assert_allclose(radius, exact, rtol=1e-6)
