@@ -175,7 +175,7 @@ def main() -> None:
         path = args.out / f"fmnist_small_{kind}.onnx"
         export(model, path)
         took = time.perf_counter() - started
-        print(f"{kind}: accuracy {accuracy:.3f} on 2000 test images, {took:.0f} s -> {path}")  # noqa: T201
+        print(f"{kind}: accuracy {accuracy:.3f} on 2000 test images, {took:.0f} s -> {path}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class CertifyRequest:
     label_column: str | None = None
     config_path: Path | None = None
     no_config: bool = False
+    refine: bool = False  # local certificates where the global radius is below an eps
+    refine_budget: float | None = None  # seconds for the whole refinement
+    refine_radius: float | None = None  # also bisect each refined radius up to this
 
 
 # Request fields a [tool.lipcert] table may set, by config key.
@@ -257,8 +260,14 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
     config = resolve_config(request.config_path, no_config=request.no_config)
     request, from_config = with_config(request, config)
     eps_list, gate_eps = check_request(request, config, from_config)
+    from lipcert.local.progress import check_refine_options, refine_with_progress
+
+    refine = check_refine_options(request.refine, request.refine_budget, request.refine_radius)
     prepared = prepare(request, config)
     result = run_with_progress(prepared, eps_list, console)
+    refinement = None
+    if refine is not None:
+        result, refinement = refine_with_progress(prepared, result, eps_list, refine, console)
     gates = evaluate_gates(
         result.summary,
         gate_eps=gate_eps,
@@ -273,9 +282,13 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
         notes=tuple(prepared.analysis.notes),
         precision=prepared.evaluator.precision,
         config=None if config.path is None else str(config.path),
+        refinement=refinement,
     )
     if request.csv_path is not None:
-        write_atomically(request.csv_path, lambda handle: certify_report.write_csv(handle, result))
+        refined = None if refinement is None else refinement.refined
+        write_atomically(
+            request.csv_path, lambda handle: certify_report.write_csv(handle, result, refined)
+        )
     warnings = []
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:

@@ -27,6 +27,7 @@ any step computes.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,10 @@ def _down(x: Tensor) -> Tensor:
 
 def _up(x: Tensor) -> Tensor:
     return x + _widen(x, 4 * _U)
+
+
+class LocalTimeout(Exception):
+    """A deadline passed before the bounds were done (nothing is proven then)."""
 
 
 @dataclass
@@ -246,7 +251,9 @@ class LocalBounds:
         chunk: int = 512,
         max_rows: int | None = None,
         center_bounds: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
+        deadline: float | None = None,
     ) -> None:
+        self.deadline = deadline
         self.cache = cache
         self.network = cache.network
         self.gamma = cache.gamma
@@ -270,6 +277,14 @@ class LocalBounds:
         name = self.network.input_name
         self.bounds.lower[name] = _down(self.x0 - self.x0_error - radius)
         self.bounds.upper[name] = _up(self.x0 + self.x0_error + radius)
+        # Cuts: where rows are about to enter a layer with weights (where lipcert's analysis
+        # has Lipschitz balls; cheaper than concretising after every step).
+        self._cuts = {
+            n
+            for step in self.network.steps
+            if isinstance(step, AffineStep) and step.weighted
+            for n in step.inputs
+        }
         self._propagate(0)
 
     def margins(self, prediction: int, stop_early: bool = True) -> np.ndarray:
@@ -355,6 +370,8 @@ class LocalBounds:
         lo_flat, hi_flat = lo.reshape(-1).clone(), hi.reshape(-1).clone()
         half = max(1, self.chunk // 2)
         for start in range(0, unstable.numel(), half):
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                raise LocalTimeout("the time for this sample ran out")
             index = unstable[start : start + half]
             k = index.numel()
             rows = torch.zeros((2 * k, n), dtype=torch.float64)
@@ -390,11 +407,11 @@ class LocalBounds:
         steps = 0
         with torch.no_grad():
             for index in range(self.cache.position[name], -1, -1):
-                if len(pending) == 1:
-                    (cut, lam_cut), = pending.items()
+                step = net.steps[index]
+                if len(pending) == 1 and (steps == 0 or next(iter(pending)) in self._cuts):
+                    ((cut, lam_cut),) = pending.items()
                     state = (bias, bias_size, slack, steps)
                     best = torch.maximum(best, self._at_cut(cut, lam_cut, state))
-                step = net.steps[index]
                 lam = pending.pop(step.output, None)
                 if lam is None:
                     continue
@@ -425,14 +442,10 @@ class LocalBounds:
             state = (bias, bias_size, slack, steps)
             flat = at_input.reshape(k, -1)
             scaled = flat * self.cache.input_scale.reshape(1, -1)
-            at_ball = self._concretise(
-                flat, self.x0, self.x0_error, scaled, self.eps, state
-            )
+            at_ball = self._concretise(flat, self.x0, self.x0_error, scaled, self.eps, state)
             return torch.maximum(best, at_ball)
 
-    def _at_cut(
-        self, cut: str, lam: Tensor, state: tuple[Tensor, Tensor, Tensor, int]
-    ) -> Tensor:
+    def _at_cut(self, cut: str, lam: Tensor, state: tuple[Tensor, Tensor, Tensor, int]) -> Tensor:
         """Lower bounds from the rows Lambda sitting on the tensor `cut` alone."""
         k = lam.shape[0]
         flat = lam.reshape(k, -1)
@@ -559,4 +572,11 @@ def center_pass(
     return lower, upper
 
 
-__all__ = ["LocalBounds", "ModelCache", "center_pass", "prepare_model", "relax_relu"]
+__all__ = [
+    "LocalBounds",
+    "LocalTimeout",
+    "ModelCache",
+    "center_pass",
+    "prepare_model",
+    "relax_relu",
+]

@@ -101,13 +101,14 @@ class AffineStep:
     # Bounds of how far an element of the output can move, as a multiple of the input's:
     # (l2 factor, elementwise factor), or None when unknown.
     spread: Spread | None = None
+    weighted: bool = False  # a layer with weights (Conv, Gemm, ...): its input is a cut
     _vjp: Callable[[Tensor], tuple[Tensor, ...]] | None = field(default=None, repr=False)
 
     def vjp(self, rows: Tensor) -> tuple[Tensor, ...]:
         """rows (K, *output) -> rows A for each input (K, *input)."""
         if self._vjp is None:
             zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in self._input_shapes]
-            _, pullback = torch.func.vjp(self.linear, *zeros)
+            _, pullback = torch.func.vjp(self.linear, *zeros)[:2]
             self._vjp = torch.func.vmap(pullback)
         grads = self._vjp(rows.unsqueeze(1))
         return tuple(g.squeeze(1) for g in grads)
@@ -228,6 +229,7 @@ class _Builder:
         magnitude: Linear,
         constant_error: Tensor | None = None,
         spread: Spread | None = None,
+        weighted: bool = False,
     ) -> None:
         input_shapes = tuple(self.shapes[i] for i in inputs)
         zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in input_shapes]
@@ -249,6 +251,7 @@ class _Builder:
             constant=constant,
             constant_error=error,
             spread=spread,
+            weighted=weighted,
         )
         step._input_shapes = input_shapes
         self.steps.append(step)
@@ -347,16 +350,14 @@ class _Builder:
     ) -> None:
         outputs = [o for o in node.outputs if o]
         if node.op == "Dropout":
-            outputs = node.outputs[:1]
+            outputs = list(node.outputs[:1])
         elif node.op != "Split" and len(outputs) != 1:
             raise self._refuse(node, "expected one output")
         for output in outputs[:1]:
             full = self._op(node)
             zeroed = self._offsets_zeroed(node)
             linear = self._op(node, zeroed)
-            if magnitude_op == "Identity":
-                magnitude = _sum_inputs(self._shape(output))
-            elif magnitude_op == "Add":
+            if magnitude_op == "Identity" or magnitude_op == "Add":
                 magnitude = _sum_inputs(self._shape(output))
             elif magnitude_args is not None or magnitude_attrs is not None:
                 magnitude = self._op(node, {**zeroed, **(magnitude_args or {})}, magnitude_attrs)
@@ -372,6 +373,7 @@ class _Builder:
                 magnitude,
                 constant_error,
                 spread=self._spread_rule(node),
+                weighted=node.op in _WEIGHTED or node.op in ("Mul", "Div"),
             )
 
     def _spread_rule(self, node: Node) -> Spread | None:
@@ -400,9 +402,9 @@ class _Builder:
             mode = self.constants.get(node.inputs[2])
             if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
                 raise self._refuse(node, "dropout in training mode")
-        if op in ("Slice", "Gather", "Reshape", "Expand", "Tile", "Squeeze", "Unsqueeze", "Split"):
-            if len(data) != 1 or node.inputs[0] != data[0]:
-                raise self._refuse(node, "indices or shapes computed from data")
+        indexed = ("Slice", "Gather", "Reshape", "Expand", "Tile", "Squeeze", "Unsqueeze", "Split")
+        if op in indexed and (len(data) != 1 or node.inputs[0] != data[0]):
+            raise self._refuse(node, "indices or shapes computed from data")
         if op in ("ReduceMean", "ReduceSum") and (len(data) != 1 or node.inputs[0] != data[0]):
             raise self._refuse(node, "axes computed from data")
         if op == "Split" and len([o for o in node.outputs if o]) > 1:
@@ -502,7 +504,13 @@ class _Builder:
                 return piece if keep else piece.squeeze(axis + 1)
 
             self._add_affine(
-                node.name, name, [source], tuple(half), take, take, take,
+                node.name,
+                name,
+                [source],
+                tuple(half),
+                take,
+                take,
+                take,
                 spread=lambda parts, _: parts[0],
             )
             names.append(name)
@@ -583,7 +591,9 @@ class _Builder:
                 b, a, r = self.pairs[(second, first)]
             else:
                 d = self._fresh(node.outputs[0], "diff")
-                self._add_affine(node.name, d, [first, second], out_shape, torch.sub, torch.sub, torch.add)
+                self._add_affine(
+                    node.name, d, [first, second], out_shape, torch.sub, torch.sub, torch.add
+                )
                 r = self._fresh(node.outputs[0], "relu")
                 self.steps.append(ReluStep(node.name, r, d))
                 self.shapes[r] = out_shape
@@ -606,7 +616,13 @@ class _Builder:
         # max(x, c) = c + relu(x - c); min(x, c) = x - relu(x - c).
         if node.op == "Max":
             self._add_affine(
-                node.name, node.outputs[0], [r], out_shape, lambda y: y + c, lambda y: y, lambda y: y
+                node.name,
+                node.outputs[0],
+                [r],
+                out_shape,
+                lambda y: y + c,
+                lambda y: y,
+                lambda y: y,
             )
         else:
             self._add_affine(
@@ -641,7 +657,9 @@ class _Builder:
         def stack(x: Tensor, y: Tensor) -> Tensor:
             return torch.cat([x, y], dim=axis)
 
-        self._add_affine(node.name, node.outputs[0], [first, second], out_shape, stack, stack, stack)
+        self._add_affine(
+            node.name, node.outputs[0], [first, second], out_shape, stack, stack, stack
+        )
 
     def _used(self, name: str) -> bool:
         if name == self.graph.output_name:

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from lipcert.bounds.compose import Analysis
+from lipcert.certify.metrics import Eps, summarise
+from lipcert.certify.pipeline import CertifyResult, Preprocessing
 from lipcert.certify.radii import Certificates, Status
-from lipcert.local.crown import LocalBounds, ModelCache, center_pass, prepare_model
+from lipcert.datasets import Dataset
+from lipcert.local.crown import (
+    LocalBounds,
+    LocalTimeout,
+    ModelCache,
+    center_pass,
+    prepare_model,
+)
 from lipcert.local.network import LocalUnsupported, build_network
 
 # A ball slightly larger than each eps asked: the metrics count radius > eps.
@@ -83,10 +92,19 @@ class LocalCertifier:
         eps: float,
         *,
         center_bounds: tuple[dict, dict] | None = None,
+        deadline: float | None = None,
     ) -> tuple[bool, np.ndarray, int]:
-        """(proven, lower bounds of the margins, CROWN rows used) for the ball of radius eps."""
+        """(proven, lower bounds of the margins, CROWN rows used) for the ball of radius eps.
+
+        Raises LocalTimeout when `deadline` (a time.perf_counter value) passes first.
+        """
         bounds = LocalBounds(
-            self.cache, center, eps, center_bounds=center_bounds, max_rows=self.max_rows
+            self.cache,
+            center,
+            eps,
+            center_bounds=center_bounds,
+            max_rows=self.max_rows,
+            deadline=deadline,
         )
         lows = bounds.margins(prediction)
         return bool(np.all(lows > 0)), lows, bounds.bounds.crown_rows
@@ -108,6 +126,7 @@ def refine_certificates(
     *,
     input_scale: np.ndarray | None = None,
     on_sample: Callable[[int, int], None] | None = None,
+    max_rows: int | None = None,
 ) -> RefineResult:
     """Try local certificates where the global radius is below a radius of `options`.
 
@@ -134,19 +153,28 @@ def refine_certificates(
         return result
     started = time.perf_counter()
     try:
-        certifier = LocalCertifier(analysis, input_scale)
+        certifier = LocalCertifier(analysis, input_scale, max_rows)
     except LocalUnsupported as exc:
         result.unsupported = str(exc)
         result.skipped_for_time = 0
         return result
     total = len(candidates)
+    deadline = None if options.budget is None else started + options.budget
     for done, i in enumerate(candidates):
-        if options.budget is not None and time.perf_counter() - started > options.budget:
+        if deadline is not None and time.perf_counter() > deadline:
             result.skipped_for_time = total - done
             break
         result.attempted += 1
-        best = _refine_one(certifier, inputs(i), int(certificates.prediction[i]), radius[i],
-                           goals, options, result)
+        best = _refine_one(
+            certifier,
+            inputs(i),
+            int(certificates.prediction[i]),
+            radius[i],
+            goals,
+            options,
+            result,
+            deadline,
+        )
         if best > radius[i]:
             radius[i] = best
             status[i] = Status.CERTIFIED
@@ -165,20 +193,26 @@ def _refine_one(
     goals: list[float],
     options: RefineOptions,
     result: RefineResult,
+    deadline: float | None,
 ) -> float:
     """The largest radius proven locally for one sample (`start` when none)."""
     began = time.perf_counter()
+    if options.sample_budget is not None:
+        own = began + options.sample_budget
+        deadline = own if deadline is None else min(deadline, own)
     center_bounds = certifier.center_bounds(center)
     best = float(start)
 
     def out_of_time() -> bool:
-        return (
-            options.sample_budget is not None
-            and time.perf_counter() - began > options.sample_budget
-        )
+        return deadline is not None and time.perf_counter() > deadline
 
     def proves(eps: float) -> bool:
-        proven, _, rows = certifier.certify(center, prediction, eps, center_bounds=center_bounds)
+        try:
+            proven, _, rows = certifier.certify(
+                center, prediction, eps, center_bounds=center_bounds, deadline=deadline
+            )
+        except LocalTimeout:
+            return False
         result.crown_rows += rows
         return proven
 
@@ -205,4 +239,51 @@ def _refine_one(
     return best
 
 
-__all__ = ["LocalCertifier", "RefineOptions", "RefineResult", "refine_certificates"]
+def refine_result(
+    result: CertifyResult,
+    analysis: Analysis,
+    dataset: Dataset,
+    preprocessing: Preprocessing | None,
+    eps_list: list[Eps],
+    options: RefineOptions,
+    *,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> tuple[CertifyResult, RefineResult]:
+    """A certify result with local certificates where they prove more; the summary recomputed.
+
+    Samples are read again from `dataset` in float64 (pixels / 255), through the
+    preprocessing when there is one: the ball is in the dataset's space, as for the global
+    radius.
+    """
+    scale = None
+    if preprocessing is not None:
+        shape = analysis.graph.input_shape
+        per_channel = 1.0 / preprocessing.std
+        scale = np.broadcast_to(per_channel.reshape(-1, *([1] * (len(shape) - 1))), shape).astype(
+            np.float64
+        )
+
+    def sample(i: int) -> np.ndarray:
+        raw = dataset.images[i : i + 1]
+        pixels = raw.astype(np.float64)
+        if dataset.kind == "images" and raw.dtype == np.uint8:
+            pixels /= 255.0
+        if preprocessing is not None:
+            pixels = preprocessing.apply(pixels)
+        return pixels[0]
+
+    refinement = refine_certificates(
+        analysis, result.certificates, sample, options, input_scale=scale, on_sample=on_sample
+    )
+    certificates = replace(result.certificates, radius=refinement.radius, status=refinement.status)
+    summary = summarise(certificates, result.labels, eps_list, dataset.class_names)
+    return replace(result, certificates=certificates, summary=summary), refinement
+
+
+__all__ = [
+    "LocalCertifier",
+    "RefineOptions",
+    "RefineResult",
+    "refine_certificates",
+    "refine_result",
+]

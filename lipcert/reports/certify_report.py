@@ -15,6 +15,7 @@ from lipcert.certify.gates import Gate
 from lipcert.certify.pipeline import STATUS_NAMES, CertifyResult, Preprocessing
 from lipcert.certify.radii import Method, Status
 from lipcert.datasets import Dataset
+from lipcert.local.refine import RefineResult
 from lipcert.reports.format import bound_text
 
 CSV_COLUMNS = (
@@ -46,6 +47,7 @@ class Context:
     notes: tuple[str, ...]
     precision: str = "float32"
     config: str | None = None  # the [tool.lipcert] file used, if any
+    refinement: RefineResult | None = None  # certify --refine: local certificates added
 
 
 def input_space(context: Context) -> str:
@@ -93,6 +95,8 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
         "time", f"{result.seconds:.2f} s ({summary.n / max(result.seconds, 1e-9):.0f} samples/s)"
     )
     head.add_row("config", escape(context.config) if context.config else "none")
+    if context.refinement is not None:
+        head.add_row("refined", _refinement_text(context.refinement))
     console.print(head)
     for note in context.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -190,12 +194,36 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
         ],
         "notes": list(context.notes),
         "seconds": result.seconds,
+        "refinement": None if context.refinement is None else _refinement_json(context.refinement),
         "passed": all(g.passed for g in gates),
     }
 
 
-def write_csv(handle: IO[str], result: CertifyResult) -> None:
-    """One row per sample, columns CSV_COLUMNS."""
+def _refinement_json(refinement: RefineResult) -> dict[str, Any]:
+    return {
+        "refined": refinement.count,
+        "attempted": refinement.attempted,
+        "not_reached_in_budget": refinement.skipped_for_time,
+        "seconds": refinement.seconds,
+        "unsupported": refinement.unsupported,
+    }
+
+
+def _refinement_text(refinement: RefineResult) -> str:
+    if refinement.unsupported is not None:
+        return f"none: the local bounds cannot relax this model ({escape(refinement.unsupported)})"
+    text = (
+        f"{refinement.count} of {refinement.attempted} samples tried got a larger radius from "
+        f"local bounds ({refinement.seconds:.1f} s)"
+    )
+    if refinement.skipped_for_time:
+        text += f"; {refinement.skipped_for_time} not reached within --refine-budget"
+    return text
+
+
+def write_csv(handle: IO[str], result: CertifyResult, refined: np.ndarray | None = None) -> None:
+    """One row per sample, columns CSV_COLUMNS; with `refined` (certify --refine) a last
+    column `certificate`: `local` where the radius comes from local bounds, else `global`."""
     import pandas as pd
 
     certificates = result.certificates
@@ -214,6 +242,8 @@ def write_csv(handle: IO[str], result: CertifyResult) -> None:
         },
         columns=list(CSV_COLUMNS),
     )
+    if refined is not None:
+        frame["certificate"] = np.where(refined, "local", "global")
     # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
     frame.to_csv(handle, index=False)
 
