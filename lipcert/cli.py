@@ -361,6 +361,28 @@ def certify(
     trust_model: TrustOpt = False,
     config: ConfigOpt = None,
     no_config: NoConfigOpt = False,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            "--refine",
+            help="Then try local certificates (linear bounds over the L2 ball) for the samples "
+            "whose radius is below an --eps: slower, never larger than proven.",
+        ),
+    ] = False,
+    refine_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--refine-budget",
+            help="Seconds for the whole refinement; samples not reached keep their radius.",
+        ),
+    ] = None,
+    refine_radius: Annotated[
+        float | None,
+        typer.Option(
+            "--refine-radius",
+            help="Also bisect each refined radius up to this limit (implies --refine).",
+        ),
+    ] = None,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """Certify every sample of a dataset: radii, certified accuracy, MCR, and CI gates.
@@ -408,6 +430,9 @@ def certify(
             label_column=label_column,
             config_path=config,
             no_config=no_config,
+            refine=refine,
+            refine_budget=refine_budget,
+            refine_radius=refine_radius,
         )
         outcome = run_certify(request, console=None if quiet else stderr)
         if plot is not None:
