@@ -666,7 +666,7 @@ def skew_polynomial_bound(coefficients: np.ndarray, rho: float, epsilon: float =
     q = np.polynomial.polynomial.polyadd(
         np.polynomial.polynomial.polymul(real, real), np.polynomial.polynomial.polymul(imag, imag)
     )
-    points = 1 << 14
+    points = 1 << 16
     t = np.linspace(0.0, rho, points + 1)
     values = np.polynomial.polynomial.polyval(t, q)
     degree = np.arange(len(q))
