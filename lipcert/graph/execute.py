@@ -759,7 +759,6 @@ _COMPARISONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "Less": torch.lt,
     "GreaterOrEqual": torch.ge,
     "LessOrEqual": torch.le,
-    "Equal": torch.eq,
 }
 
 

@@ -14,6 +14,7 @@ unchanged):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -182,9 +183,224 @@ def _slice_positions(graph: Graph, node: Node, shape: tuple[int, ...]) -> list[s
     return sets
 
 
+# --- element-wise continuous piecewise-affine selects (N-activation, ...) -------------------
+
+_COMPARE = {
+    "Less": lambda a, b: a < b,
+    "Greater": lambda a, b: a > b,
+    "LessOrEqual": lambda a, b: a <= b,
+    "GreaterOrEqual": lambda a, b: a >= b,
+}
+_AFFINE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Identity"})
+# Regions larger than this many distinct constants per element are left alone.
+_MAX_ELEMENTS = 1 << 14
+
+
+def match_piecewise_affine(graph: Graph, root: Node) -> Node | None:
+    """A select tree on one tensor x, element-wise: Where(Cmp(x, c), F, G) with F and G built
+    from x by affine ops with constants and further such selects (the N-activation of Prach
+    and Lampert: x - 2 t0 below t0, -x between t0 and t1, x - 2 t1 above).
+
+    Element by element it is a piecewise-affine function of the scalar x, with breakpoints
+    at the comparison constants. It is fused only when it is continuous at every breakpoint,
+    which is checked exactly: constants are read as rationals (Fractions of their float
+    values) and the affine pieces computed without rounding, the value at each breakpoint
+    compared with the limits on both sides. A continuous piecewise-affine function of one
+    variable is Lipschitz with its largest absolute slope, recorded as `lipschitz` (exact).
+    """
+    if (root.op != "Where" and root.op not in _AFFINE) or root.body:
+        return None
+    readers = graph.consumers().get(root.outputs[0], [])
+    if root.outputs[0] != graph.output_name and len(readers) == 1:
+        reader = readers[0]
+        if not reader.body and (reader.op == "Where" or reader.op in _AFFINE):
+            return None  # the tree goes on: matched from its last node
+    region = _select_region(graph, root)
+    if region is None:
+        return None
+    nodes, source = region
+    shape = graph.shape(root.outputs[0])
+    if graph.shape(source) != shape:
+        return None
+    for node in nodes:
+        if graph.shape(node.outputs[0]) != shape:
+            return None
+    constants = {name for node in nodes for name in node.inputs if name and graph.is_constant(name)}
+    try:
+        reduced = np.broadcast_shapes(
+            *(np.shape(graph.constant(n)) for n in constants), (1,) * len(shape)
+        )
+    except ValueError:
+        return None
+    if len(reduced) != len(shape) or int(np.prod(reduced)) > _MAX_ELEMENTS:
+        return None
+    values = {
+        name: np.broadcast_to(np.asarray(graph.constant(name), dtype=np.float64), reduced)
+        for name in constants
+    }
+    if not all(np.all(np.isfinite(v)) for v in values.values()):
+        return None
+    order = list(_ordered(graph, nodes))
+    slope = _piecewise_slope(order, source, values, root, reduced)
+    if slope is None:
+        return None
+    return Node(
+        name=root.name,
+        op="PiecewiseLinear",
+        inputs=(source,),
+        outputs=root.outputs,
+        attrs={
+            "lipschitz": slope,
+            "pieces": sum(1 for n in nodes if n.op in _COMPARE) + 1,
+            "arithmetic": sum(1 for n in nodes if n.op in ("Add", "Sub", "Mul", "Div")),
+        },
+        body=tuple(order),
+    )
+
+
+def _select_region(graph: Graph, root: Node) -> tuple[list[Node], str] | None:
+    """The nodes of the select tree ending at root, and its one data source."""
+    producers = graph.producers()
+    consumers = graph.consumers()
+    nodes: list[Node] = []
+    sources: set[str] = set()
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.body or len(node.outputs) != 1:
+            return None
+        if node.op not in _COMPARE and node.op not in _AFFINE and node.op != "Where":
+            return None
+        nodes.append(node)
+        for name in node.inputs:
+            if not name or graph.is_constant(name):
+                continue
+            producer = producers.get(name)
+            inside = producer is not None and (
+                producer.op in _COMPARE or producer.op in _AFFINE or producer.op == "Where"
+            )
+            if inside and producer is not None and not producer.body:
+                stack.append(producer)
+            else:
+                sources.add(name)
+    if len(sources) != 1 or not any(n.op == "Where" for n in nodes):
+        return None
+    source = next(iter(sources))
+    members = {id(n) for n in nodes}
+    for node in nodes:
+        if node is root:
+            continue
+        users = consumers.get(node.outputs[0], [])
+        if node.outputs[0] == graph.output_name or any(id(u) not in members for u in users):
+            return None
+    for node in nodes:
+        if node.op in _COMPARE:
+            data = [n for n in node.inputs if not graph.is_constant(n)]
+            if data != [source] or len(node.inputs) != 2:
+                return None
+        if node.op in ("Mul", "Div") and not any(graph.is_constant(n) for n in node.inputs):
+            return None
+        if node.op == "Div" and not graph.is_constant(node.inputs[1]):
+            return None
+    return nodes, source
+
+
+def _piecewise_slope(
+    order: list[Node],
+    source: str,
+    values: dict[str, np.ndarray],
+    root: Node,
+    reduced: tuple[int, ...],
+) -> float | None:
+    """Largest |slope| of the region, element by element, or None if it may jump."""
+    from fractions import Fraction
+
+    compares = [n for n in order if n.op in _COMPARE]
+    largest = Fraction(0)
+    for index in np.ndindex(*reduced):
+        constant = {name: Fraction(float(v[index])) for name, v in values.items()}
+        thresholds = sorted({constant[next(i for i in n.inputs if i != source)] for n in compares})
+        points: list[Fraction] = [thresholds[0] - 1, thresholds[-1] + 1]
+        points += [(a + b) / 2 for a, b in itertools.pairwise(thresholds)]
+        pieces = {}
+        for point in points:
+            piece = _affine_at(order, source, constant, root, point)
+            if piece is None:
+                return None
+            pieces[point] = piece
+            largest = max(largest, abs(piece[0]))
+        for threshold in thresholds:
+            left = max(p for p in points if p < threshold)
+            right = min(p for p in points if p > threshold)
+            at = _affine_at(order, source, constant, root, threshold)
+            if at is None:
+                return None
+            value = at[0] * threshold + at[1]
+            for side in (left, right):
+                slope, intercept = pieces[side]
+                if slope * threshold + intercept != value:
+                    return None
+            largest = max(largest, abs(at[0]))
+    return float(np.nextafter(float(largest), np.inf))
+
+
+def _affine_at(order, source, constant, root, point):  # type: ignore[no-untyped-def]
+    """(slope, intercept) of the region's output near x = point, exactly, with every
+    comparison decided at x = point."""
+    from fractions import Fraction
+
+    forms: dict[str, tuple[Fraction, Fraction] | bool] = {source: (Fraction(1), Fraction(0))}
+
+    def form(name: str) -> tuple[Fraction, Fraction]:
+        if name in constant:
+            return (Fraction(0), constant[name])
+        value = forms[name]
+        assert not isinstance(value, bool)
+        return value
+
+    for node in order:
+        out = node.outputs[0]
+        if node.op in _COMPARE:
+            a, b = (point if n == source else constant[n] for n in node.inputs)
+            forms[out] = bool(_COMPARE[node.op](a, b))
+        elif node.op == "Where":
+            condition = forms.get(node.inputs[0])
+            if not isinstance(condition, bool):
+                return None
+            forms[out] = form(node.inputs[1] if condition else node.inputs[2])
+        elif node.op in ("Neg", "Identity"):
+            slope, intercept = form(node.inputs[0])
+            forms[out] = (-slope, -intercept) if node.op == "Neg" else (slope, intercept)
+        else:
+            (s1, b1), (s2, b2) = form(node.inputs[0]), form(node.inputs[1])
+            if node.op == "Add":
+                forms[out] = (s1 + s2, b1 + b2)
+            elif node.op == "Sub":
+                forms[out] = (s1 - s2, b1 - b2)
+            elif node.op == "Mul":
+                if s1 != 0 and s2 != 0:
+                    return None
+                forms[out] = (s1 * b2 + s2 * b1, b1 * b2)
+            else:
+                if s2 != 0 or b2 == 0:
+                    return None
+                forms[out] = (s1 / b2, b1 / b2)
+    return form(root.outputs[0])
+
+
 SELECT_MATCHERS: tuple[Callable[[Graph, Node], Node | None], ...] = (
     match_where_min_max,
     match_where_extreme,
+    match_piecewise_affine,
 )
 
-__all__ = ["SELECT_MATCHERS", "match_where_extreme", "match_where_min_max"]
+__all__ = [
+    "SELECT_MATCHERS",
+    "match_piecewise_affine",
+    "match_where_extreme",
+    "match_where_min_max",
+]

@@ -1795,6 +1795,180 @@ def all_cases() -> list[RuleCase]:
         *structure_cases(),
         *pattern_cases(),
         *affine_block_cases(),
+        *nonlinear_block_cases(),
+    ]
+
+
+# --- blocks that are Lipschitz as a whole (lipcert.graph.residual_blocks, select_patterns) ----
+
+
+def nonlinear_block_cases() -> list[RuleCase]:
+    """SLL blocks (dense, conv), a Sandwich, ScatterND, Where selects and a piecewise select."""
+    rng = np.random.default_rng(10)
+    w = f32(rng.normal(size=(6, 5)) / 2)
+    t = f32(rng.uniform(0.1, 0.5, size=6))
+    sll_dense = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["z"], name="first", transB=1),
+        helper.make_node("Relu", ["z"], ["r"], name="act"),
+        helper.make_node("Mul", ["r", "t"], ["h"], name="scale"),
+        helper.make_node("Gemm", ["h", "w"], ["back"], name="second"),
+        helper.make_node("Mul", ["back", "two"], ["branch"], name="twice"),
+        helper.make_node("Sub", ["x", "branch"], ["y"], name="sll"),
+    ]
+    b = f32(rng.normal(size=6) / 4)
+    wt, tt, bt = (torch.as_tensor(v, dtype=torch.float64) for v in (w, t, b))
+
+    def sll_dense_reference(x: Tensor) -> Tensor:
+        return x - 2 * (torch.relu(x @ wt.T + bt) * tt) @ wt
+
+    k = f32(rng.normal(size=(3, 2, 3, 3)) / 3)
+    tc = f32(rng.uniform(0.05, 0.3, size=(1, 3, 1, 1)))
+    sll_conv = [
+        helper.make_node("Conv", ["x", "k"], ["z"], name="first", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["z"], ["r"], name="act"),
+        helper.make_node("Mul", ["tc", "r"], ["h"], name="scale"),
+        helper.make_node("ConvTranspose", ["h", "k"], ["back"], name="second", pads=[1, 1, 1, 1]),
+        helper.make_node("Sub", ["x", "back"], ["y"], name="sll"),
+    ]
+    kt, tct = (torch.as_tensor(v, dtype=torch.float64) for v in (k, tc))
+
+    def sll_conv_reference(x: Tensor) -> Tensor:
+        h = torch.relu(F.conv2d(x, kt, padding=1)) * tct
+        return x - F.conv_transpose2d(h, kt, padding=1)
+
+    w1, w2 = f32(rng.normal(size=(4, 5))), f32(rng.normal(size=(3, 4)))
+    pre, post = f32(rng.uniform(0.5, 2, size=4)), f32(rng.uniform(0.5, 2, size=4))
+    sandwich = [
+        helper.make_node("Gemm", ["x", "w1"], ["z"], name="first", transB=1),
+        helper.make_node("Mul", ["z", "pre"], ["zs"], name="pre_scale"),
+        helper.make_node("Tanh", ["zs"], ["a"], name="act"),
+        helper.make_node("Mul", ["a", "post"], ["h"], name="post_scale"),
+        helper.make_node("MatMul", ["h", "w2t"], ["y"], name="second"),
+    ]
+    w1t, w2tt, pret, postt = (torch.as_tensor(v, dtype=torch.float64) for v in (w1, w2, pre, post))
+
+    def sandwich_reference(x: Tensor) -> Tensor:
+        return (torch.tanh((x @ w1t.T) * pret) * postt) @ w2tt.T
+
+    scatter = [
+        helper.make_node("Transpose", ["x"], ["rows"], name="rows", perm=[1, 0, 2]),
+        helper.make_node("Slice", ["rows", "s0", "s1", "s_axis"], ["head"], name="head"),
+        helper.make_node("Neg", ["head"], ["updates"], name="negate"),
+        helper.make_node("ScatterND", ["rows", "idx", "updates"], ["written"], name="scatter"),
+        helper.make_node("Transpose", ["written"], ["y"], name="back", perm=[1, 0, 2]),
+    ]
+
+    def scatter_reference(x: Tensor) -> Tensor:
+        out = x.clone()
+        out[:, 1], out[:, 3] = -x[:, 0], -x[:, 1]
+        return out
+
+    where_max = [
+        helper.make_node("Greater", ["x", "c"], ["above"], name="above"),
+        helper.make_node("Where", ["above", "x", "c"], ["y"], name="where_max"),
+    ]
+    where_min = [
+        helper.make_node("LessOrEqual", ["c", "x"], ["below"], name="below"),
+        helper.make_node("Where", ["below", "c", "x"], ["y"], name="where_min"),
+    ]
+    theta = f32(np.sort(rng.normal(size=(2, 4)), axis=0))
+    n_activation = [
+        helper.make_node("Less", ["x", "t0"], ["below"], name="below"),
+        helper.make_node("Sub", ["x", "two_t0"], ["line1"], name="line1"),
+        helper.make_node("Neg", ["x"], ["line2"], name="line2"),
+        helper.make_node("Where", ["below", "line1", "line2"], ["piece"], name="piece"),
+        helper.make_node("GreaterOrEqual", ["x", "t1"], ["upper"], name="upper"),
+        helper.make_node("Sub", ["x", "two_t1"], ["line3"], name="line3"),
+        helper.make_node("Where", ["upper", "line3", "piece"], ["y"], name="n_activation"),
+    ]
+    t0, t1 = (torch.as_tensor(v, dtype=torch.float64) for v in theta)
+
+    def n_reference(x: Tensor) -> Tensor:
+        piece = torch.where(x < t0, x - 2 * t0, -x)
+        return torch.where(x >= t1, x - 2 * t1, piece)
+
+    return [
+        graph_case(
+            "sll_dense_block",
+            "SLLBlock",
+            sll_dense,
+            sll_dense_reference,
+            (5,),
+            initializers={"w": w, "b": b, "t": t, "two": f32(2.0)},
+            linear=False,
+            exact=False,
+        ),
+        graph_case(
+            "sll_conv_block",
+            "SLLBlock",
+            sll_conv,
+            sll_conv_reference,
+            (2, 4, 4),
+            initializers={"k": k, "tc": tc},
+            linear=False,
+            exact=False,
+        ),
+        graph_case(
+            "sandwich_dense_tanh",
+            "SandwichBlock",
+            sandwich,
+            sandwich_reference,
+            (5,),
+            initializers={"w1": w1, "pre": pre, "post": post, "w2t": f32(w2.T)},
+            linear=False,
+            exact=False,
+        ),
+        graph_case(
+            "scatter_rows_of_data",
+            "ScatterND",
+            scatter,
+            scatter_reference,
+            (4, 3),
+            initializers={
+                "s0": i64([0]),
+                "s1": i64([2]),
+                "s_axis": i64([0]),
+                "idx": i64([[1], [3]]),
+            },
+            linear=True,
+            exact=False,
+        ),
+        graph_case(
+            "where_greater_is_max",
+            "Max",
+            where_max,
+            lambda x: torch.clamp(x, min=0.25),
+            (3, 4),
+            initializers={"c": f32(0.25)},
+            linear=False,
+            exact=True,
+        ),
+        graph_case(
+            "where_less_or_equal_is_min",
+            "Min",
+            where_min,
+            lambda x: torch.clamp(x, max=-0.5),
+            (3, 4),
+            initializers={"c": f32(-0.5)},
+            linear=False,
+            exact=True,
+        ),
+        graph_case(
+            "n_activation_select",
+            "PiecewiseLinear",
+            n_activation,
+            n_reference,
+            (3, 4),
+            initializers={
+                "t0": theta[0],
+                "t1": theta[1],
+                "two_t0": f32(2 * theta[0]),
+                "two_t1": f32(2 * theta[1]),
+            },
+            linear=False,
+            exact=True,
+            input_scale=2.0,
+        ),
     ]
 
 

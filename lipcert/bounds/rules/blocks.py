@@ -4,7 +4,9 @@
 - SandwichBlock: y = W2 s(W1 x + b), a one-layer quadratic-constraint (LipSDP) certificate
   verified in float64 with an explicit rounding allowance, or the product of the norms.
 - ScatterND of data into a constant at constant, distinct indices: an isometric embedding.
-- Comparisons and Where outside a recognised pattern: refused (the select may jump).
+- PiecewiseLinear: a continuous element-wise select tree (N-activation), its largest slope.
+Comparisons and Where outside a recognised pattern have no rule: refused, naming the node
+(such a select may jump).
 
 Every bound is an L2 operator-norm (Lipschitz) upper bound, computed in float64 and rounded up.
 """
@@ -654,20 +656,35 @@ def _check_batch(
     del data_shape
 
 
-# --- comparisons outside a pattern ------------------------------------------------------------
+# --- element-wise piecewise-affine selects ---------------------------------------------------
 
 
-@rule(
-    "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Where", "Not", "And", "Or", "Xor"
-)
-def data_dependent_select(node: Node, graph: Graph) -> LayerBound:
-    """A comparison or a select on data outside a recognised pattern (Max/Min written with
-    Where, MinMax, Householder) may be discontinuous: refused."""
-    if not graph.data_inputs(node):
-        raise refuse(node, "expected a data input")
-    raise refuse(
-        node,
-        "a data-dependent comparison or select outside a recognised pattern may be "
-        "discontinuous (recognised: Where(Greater(a, b), a, b) as Max/Min, MinMax pairs, "
-        "Householder activations)",
+@rule("PiecewiseLinear")
+def piecewise_linear(node: Node, graph: Graph) -> LayerBound:
+    """A select tree on one tensor, element-wise, continuous and piecewise affine (checked
+    exactly by lipcert.graph.select_patterns.match_piecewise_affine): Lipschitz with its
+    largest absolute slope, computed there in rationals and rounded up."""
+    slope = float(node.attr("lipschitz"))
+    if not math.isfinite(slope) or slope < 0:
+        raise refuse(node, f"unusable slope {slope!r}")
+    elements = math.prod(graph.shape(node.outputs[0]))
+    constants = [
+        np.abs(np.asarray(graph.constant(n), dtype=np.float64))
+        for inner in node.body
+        for n in inner.inputs
+        if n and graph.is_constant(n)
+    ]
+    largest = max((float(c.max()) for c in constants if c.size), default=0.0)
+    rounding = Rounding(
+        terms=int(node.attr("arithmetic", 0)) + 1,
+        input_gain=max(slope, 1.0) * max(largest, 1.0),
+        output_gain=1.0,
+        offset=mul_up(largest, largest + 1.0, sqrt_up(elements)),
+    )
+    pieces = int(node.attr("pieces", 2))
+    return LayerBound(
+        slope,
+        f"continuous piecewise-affine select ({pieces} pieces), largest |slope|",
+        exact=True,
+        rounding=rounding,
     )

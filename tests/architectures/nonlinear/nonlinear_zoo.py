@@ -230,6 +230,23 @@ class WhereMax(nn.Module):
         return torch.cat([torch.where(a > 0, a, torch.zeros_like(a)), low], dim=1)
 
 
+class NActivation(nn.Module):
+    """The N-activation (Prach & Lampert; berndprach/1LipschitzLayersCompared): per channel,
+    with t0 <= t1 the sorted parameters, x - 2 t0 below t0, -x between, x - 2 t1 above."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(channels, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta, _ = torch.sort(self.theta, dim=1)
+        for _ in range(x.dim() - 2):
+            theta = theta[..., None]
+        low, high = theta[:, 0], theta[:, 1]
+        piece = torch.where(torch.less(x, low), x - 2 * low, -x)
+        return torch.where(torch.less(x, high), piece, x - 2 * high)
+
+
 class Jump(nn.Module):
     """A discontinuous select: where(a > 0, a, a + 1) (must be refused)."""
 
@@ -287,6 +304,15 @@ def min_max_net(seed: int = 0, activation: type[nn.Module] = MinMaxWhere) -> nn.
     return nn.Sequential(
         nn.Flatten(), nn.Linear(32, 16), activation(), nn.Linear(16, 3)
     ).eval()
+
+
+def n_activation_net(seed: int = 0, conv: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    if conv:
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), NActivation(4), nn.Flatten(), nn.Linear(64, 3)
+        ).eval()
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 16), NActivation(16), nn.Linear(16, 3)).eval()
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from nonlinear_zoo import (
     export,
     largest_jacobian_norm,
     min_max_net,
+    n_activation_net,
     sandwich_constant_by_vertices,
     sandwich_matrices,
     sll_constant_by_vertices,
@@ -66,6 +67,7 @@ FAMILIES = {
     "cpl": lambda: cpl_net(),
     "sandwich": lambda: sandwich_net(),
     "minmax_where": lambda: min_max_net(),
+    "n_activation": lambda: n_activation_net(),
 }
 BLOCK_OP = {
     "sll_conv": "SLLBlock",
@@ -75,6 +77,7 @@ BLOCK_OP = {
     "cpl": "SLLBlock",
     "sandwich": "SandwichBlock",
     "minmax_where": "GroupSort",
+    "n_activation": "PiecewiseLinear",
 }
 CASES = [(name, dynamo) for name in FAMILIES for dynamo in (False, True)]
 IDS = [f"{name}-{'dynamo' if dynamo else 'torchscript'}" for name, dynamo in CASES]
@@ -117,7 +120,7 @@ def other_layers_norm(name: str) -> float:
     head = float(np.linalg.norm(net[-1].weight.detach().double().numpy(), 2))
     if name.startswith("sll_conv"):
         return 0.5 * head  # 2x2 average pooling, stride 2: exactly 1/2
-    if name == "minmax_where":
+    if name in ("minmax_where", "n_activation"):
         return float(np.linalg.norm(net[1].weight.detach().double().numpy(), 2)) * head
     return head
 
@@ -127,7 +130,7 @@ def test_blocks_are_fused_and_bounded_within_five_percent(name: str, dynamo: boo
     found = analysis(name, dynamo)
     blocks = [layer for layer in found.layers if layer.op == BLOCK_OP[name]]
     truths = block_truths(name)
-    if name == "minmax_where":
+    if name in ("minmax_where", "n_activation"):
         assert len(blocks) == 1 and blocks[0].bound == pytest.approx(1.0, rel=1e-12)
         assert not {"Greater", "Where"} & {layer.op for layer in found.layers}
         return
@@ -200,6 +203,35 @@ def test_look_alikes_get_no_sll_bound(look: str, dense: bool) -> None:
         assert found.spec.lipschitz_bound >= largest_jacobian_norm(net, IMAGE, points=6) * SOUND
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_n_activation_on_channels_is_one_lipschitz(dynamo: bool) -> None:
+    found = analyse(load_graph(export(n_activation_net(seed=3, conv=True), dynamo)))
+    layers = [layer for layer in found.layers if layer.op == "PiecewiseLinear"]
+    assert len(layers) == 1 and layers[0].bound == pytest.approx(1.0, rel=1e-12)
+
+
+class _LeakyWhere(nn.Module):
+    """where(x > 0, x, 0.3 x): a leaky ReLU (continuous, slope 1) and its jumping variant."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, 0.3 * x + self.shift)
+
+
+def test_continuity_is_checked_exactly() -> None:
+    """A shift of 2^-20 makes the select jump: no longer fused, refused."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32, 4), _LeakyWhere(0.0), nn.Linear(4, 2)).eval()
+    found = analyse(load_graph(export(net, False)))
+    layer = next(layer for layer in found.layers if layer.op == "PiecewiseLinear")
+    assert layer.bound == pytest.approx(1.0, rel=1e-12)
+    net[2].shift = 2.0**-20
+    with pytest.raises(UnsupportedOpError, match=r"has op '(Greater|Where)'"):
+        analyse(load_graph(export(net, False)))
+
+
 def test_tanh_is_slope_restricted() -> None:
     net = sll_dense_net(seed=2, activation=nn.Tanh())
     found = analyse(load_graph(export(net, False)))
@@ -209,7 +241,7 @@ def test_tanh_is_slope_restricted() -> None:
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 def test_a_select_that_jumps_is_refused_naming_the_node(dynamo: bool) -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(32, 4), Jump(), nn.Linear(4, 2)).eval()
-    with pytest.raises(UnsupportedOpError, match=r"node '.*' \((Greater|Where)\).*discontinuous"):
+    with pytest.raises(UnsupportedOpError, match=r"node '.*' has op '(Greater|Where)'"):
         analyse(load_graph(export(net, dynamo)))
 
 
