@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lipcert.certify.gates import Gate
+from lipcert.certify.metrics import Summary
 from lipcert.certify.pipeline import STATUS_NAMES, CertifyResult, Preprocessing
 from lipcert.certify.radii import Method, Status
 from lipcert.datasets import Dataset
@@ -109,35 +110,68 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
         table.add_row(escape(eps.label), f"{eps.value:.5g}", f"{value:.4f}")
     console.print(table)
 
-    labels = ", ".join(eps.label for eps, _ in summary.certified_accuracy)
-    classes = Table(
-        title=f"per class (certified accuracy at eps {escape(labels)})",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        collapse_padding=True,
-    )
-    classes.add_column("class", overflow="ellipsis", no_wrap=True, min_width=3)
-    classes.add_column("n", justify="right", no_wrap=True)
-    classes.add_column("acc", justify="right", no_wrap=True)
-    for eps, _ in summary.certified_accuracy:
-        classes.add_column(escape(eps.label), justify="right", no_wrap=True)
-    classes.add_column("MCR", justify="right", no_wrap=True)
-    for row in summary.per_class:
-        name = f"{row.label} {row.name}" if row.name else str(row.label)
-        classes.add_row(
-            escape(name),
-            str(row.n),
-            f"{row.accuracy:.3f}",
-            *(f"{v:.3f}" for v in row.certified_accuracy),
-            f"{row.mcr:.3f}",
-        )
-    console.print(classes)
+    title, *lines = _class_tables(summary, console.width)
+    console.print()
+    console.print(title, markup=False, highlight=False)
+    for line in lines:  # fitted to the width already: never cropped
+        console.print(line, markup=False, highlight=False, overflow="ignore", crop=False)
     for gate in gates:
         style = "green" if gate.passed else "red"
         console.print(
             f"[{style}]{'PASSED' if gate.passed else 'FAILED'}[/]: {escape(gate.message())}",
             highlight=False,
         )
+
+
+def _class_tables(summary: Summary, width: int) -> list[str]:
+    """The per-class table as lines within `width`, split by eps columns when it must be.
+
+    Number columns are never narrowed (a cut number is a wrong number): when they do not all
+    fit, the eps columns go to further blocks, each with the class column again. Only class
+    names are shortened, with an ellipsis, and never below 8 characters.
+    """
+    names = [f"{row.label} {row.name}" if row.name else str(row.label) for row in summary.per_class]
+    first = [
+        ("n", [str(row.n) for row in summary.per_class]),
+        ("acc", [f"{row.accuracy:.3f}" for row in summary.per_class]),
+    ]
+    last = [("MCR", [f"{row.mcr:.3f}" for row in summary.per_class])]
+    eps_columns = [
+        (eps.label, [f"{row.certified_accuracy[i]:.3f}" for row in summary.per_class])
+        for i, (eps, _) in enumerate(summary.certified_accuracy)
+    ]
+
+    def span(column: tuple[str, list[str]]) -> int:
+        header, cells = column
+        return 2 + max(len(header), *(len(cell) for cell in cells))
+
+    name_width = max(len("class"), *(len(name) for name in names))
+    class_width = min(name_width, 8)
+    groups: list[list[tuple[str, list[str]]]] = [[]]
+    used = class_width + sum(span(c) for c in first + last)
+    for column in eps_columns:
+        if groups[-1] and used + span(column) > width:
+            groups.append([])
+            used = class_width
+        groups[-1].append(column)
+        used += span(column)
+    labels = ", ".join(eps.label for eps, _ in summary.certified_accuracy)
+    lines = [f"per class (certified accuracy at eps {labels})"]
+    for index, group in enumerate(groups):
+        columns = (first + group + last) if index == 0 else group
+        spans = [span(column) for column in columns]
+        shown = max(class_width, min(name_width, width - sum(spans)))
+        header = "class".ljust(shown) + "".join(
+            h.rjust(w) for (h, _), w in zip(columns, spans, strict=True)
+        )
+        lines += ["", header, "─" * len(header)]
+        for row, name in enumerate(names):
+            text = name if len(name) <= shown else name[: shown - 1] + "…"
+            lines.append(
+                text.ljust(shown)
+                + "".join(cells[row].rjust(w) for (_, cells), w in zip(columns, spans, strict=True))
+            )
+    return lines
 
 
 def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[str, Any]:

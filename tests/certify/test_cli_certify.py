@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -522,3 +523,27 @@ def test_output_formats_for_ci(linear_case) -> None:
     assert "clean accuracy" in junit.stderr  # the report
     both = run(model, "--dataset", data, "--json", "--output-format", "junit")
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_many_eps_split_the_class_table_instead_of_cutting_numbers(
+    linear_case, monkeypatch: pytest.MonkeyPatch, columns: int
+) -> None:
+    model, data, *_ = linear_case
+    eps = ",".join(f"{k}/255" for k in range(1, 13))
+    monkeypatch.setenv("COLUMNS", str(columns))
+    result = run(model, "--dataset", data, "--no-config", "--eps", eps)
+    summary = json.loads(
+        run(model, "--dataset", data, "--no-config", "--eps", eps, "--json").stdout
+    )
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    assert not re.search(r"[\d.]…|…[\d.]", result.stdout)
+    for row in summary["per_class"]:
+        cells = [
+            c for line in lines if line.split()[:1] == [str(row["label"])] for c in line.split()[1:]
+        ]
+        expected = [str(row["n"]), f"{row['accuracy']:.3f}"]
+        expected += [f"{v:.3f}" for v in row["certified_accuracy"]]
+        assert sorted(cells) == sorted([*expected, f"{row['mcr']:.3f}"])
