@@ -28,6 +28,7 @@ try:  # newer typer vendors click
 except ImportError:  # pragma: no cover - typer with click as a dependency
     from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
 
+
 class OneLineErrors(TyperGroup):
     """Usage errors of the command line itself (typer's and click's) as one line, exit 2."""
 
@@ -50,8 +51,7 @@ class OneLineErrors(TyperGroup):
             context = getattr(exc, "ctx", None)
             where = context.command_path if context is not None else "lipcert"
             sys.stderr.write(
-                f"UsageError: {' '.join(exc.format_message().split())} "
-                f"(see '{where} --help')\n"
+                f"UsageError: {' '.join(exc.format_message().split())} (see '{where} --help')\n"
             )
             sys.exit(int(ExitCode.USAGE_OR_INPUT))
         except typer.Abort:
@@ -112,9 +112,7 @@ _DATASET_HELP = (
     "cifar10, cifar100, mnist, fashion-mnist, an .npz file with arrays x and y (x images, or "
     "(N, d) features), or a .csv file of features with a label column."
 )
-DatasetOpt = Annotated[
-    str, typer.Option("--dataset", help=_DATASET_HELP, show_default=False)
-]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help=_DATASET_HELP, show_default=False)]
 CertifyDatasetOpt = Annotated[
     str | None,
     typer.Option(
@@ -133,9 +131,7 @@ ConfigOpt = Annotated[
         "with one, from here up to the repository root).",
     ),
 ]
-NoConfigOpt = Annotated[
-    bool, typer.Option("--no-config", help="Read no [tool.lipcert] table.")
-]
+NoConfigOpt = Annotated[bool, typer.Option("--no-config", help="Read no [tool.lipcert] table.")]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")
 ]

@@ -114,8 +114,17 @@ def test_json_keys_and_csv_columns_are_documented(tmp_path: Path) -> None:
     sections = _sections()
     certify = runner.invoke(
         app,
-        ["certify", str(model), "--dataset", str(data), "--json", "--quiet", "--no-config"]
-        + ["--min-accuracy", "0.5"],
+        [
+            "certify",
+            str(model),
+            "--dataset",
+            str(data),
+            "--json",
+            "--quiet",
+            "--no-config",
+            "--min-accuracy",
+            "0.5",
+        ],
     )
     assert certify.exit_code == 0, certify.output
     for key in _keys(json.loads(certify.stdout)):

@@ -1,4 +1,4 @@
-"""[tool.lipcert] found like pytest finds its config: up the tree, stopping at the repository root."""
+"""[tool.lipcert] found like pytest finds its config: up the tree, to the repository root."""
 
 from __future__ import annotations
 
