@@ -29,6 +29,8 @@ EXACT_IN_FLOAT = frozenset(
         # selections and comparisons
         "Relu", "Abs", "Neg", "Clip", "Max", "Min", "MaxPool", "GlobalMaxPool", "ReduceMax",
         "ReduceMin", "TopK", "GroupSort", "MaxMin",
+        # writes or keeps elements (reduction none, max, min; add and mul declare rounding)
+        "ScatterND",
     }
 )  # fmt: skip
 

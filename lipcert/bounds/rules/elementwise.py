@@ -224,7 +224,9 @@ def div(node: Node, graph: Graph) -> LayerBound:
     if np.any(divisor == 0):
         raise refuse(node, "division by zero")
     gain = _broadcast_gain(node, graph, sources[0], 1.0 / divisor)
-    return LayerBound(gain, "max |1 / constant divisor|", exact=True, rounding=ONE_ROUNDING)
+    # One division, or a product by the rounded reciprocal: two roundings of the result.
+    rounding = Rounding(terms=2, output_gain=1.0)
+    return LayerBound(gain, "max |1 / constant divisor|", exact=True, rounding=rounding)
 
 
 @rule("Add", "Sub", "Sum")

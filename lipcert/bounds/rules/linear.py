@@ -7,6 +7,8 @@ the method string, when the model leaves its input size open.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lipcert.bounds import spectral
@@ -82,12 +84,13 @@ def matmul(node: Node, graph: Graph) -> LayerBound:
     if _broadcast_over_stack(graph.shape(node.inputs[1 - weight_index]), weight.shape):
         joined = np.concatenate(list(matrices), axis=1 if weight_index == 1 else 0)
         norm = spectral.matrix_norm(joined)
+        abs_norm = spectral.matrix_norm(np.abs(joined))
         method = "SVD of the stacked weights (input broadcast over them)"
     else:
         norm = max(spectral.matrix_norm(m) for m in matrices)
+        abs_norm = max(spectral.matrix_norm(np.abs(m)) for m in matrices)
         method = "SVD of the weight"
     terms = weight.shape[-2] if weight_index == 1 else weight.shape[-1]
-    abs_norm = max(spectral.matrix_norm(np.abs(m)) for m in matrices)
     rounding = Rounding(terms=int(terms), input_gain=abs_norm)
     return LayerBound(norm, method, exact=True, rounding=rounding)
 
@@ -145,14 +148,33 @@ def abs_conv_gain(weight: np.ndarray, groups: int) -> float:
     return max(spectral.matrix_norm(block) for block in blocks)
 
 
-def conv_rounding(node: Node, graph: Graph, weight: np.ndarray, groups: int) -> Rounding:
-    """A conv output is a sum of C_in/groups * taps products plus the bias."""
+def conv_rounding(
+    node: Node, graph: Graph, weight: np.ndarray, groups: int, *, transposed: bool = False
+) -> Rounding:
+    """A conv output is a sum of C_in/groups * taps products plus the bias.
+
+    A Conv weight is (C_out, C_in/groups, taps...); a ConvTranspose weight is
+    (C_in, C_out/groups, taps...), whose outputs sum over C_in/groups input channels.
+    """
+    if transposed:
+        # Along an axis, the taps t reaching one output satisfy t d = o + pad (mod s): one
+        # residue class of t modulo s / gcd(s, d).
+        rank = weight.ndim - 2
+        strides = [int(v) for v in node.attr("strides", [1] * rank)]
+        dilations = [int(v) for v in node.attr("dilations", [1] * rank)]
+        taps = math.prod(
+            -(-k // (s // math.gcd(s, d)))
+            for k, s, d in zip(weight.shape[2:], strides, dilations, strict=True)
+        )
+        per_output = weight.shape[0] // groups * taps
+    else:
+        per_output = weight.shape[1] * math.prod(weight.shape[2:])
     bias = _optional(node, graph, 2)
     out_shape = graph.shape(node.outputs[0])
     per_channel = int(np.prod(out_shape[2:]))
     offset = 0.0 if bias is None else mul_up(norm_up(bias), sqrt_up(per_channel))
     rounding = Rounding(
-        terms=int(np.prod(weight.shape[1:])) + 1,
+        terms=int(per_output) + 1,
         input_gain=abs_conv_gain(weight, groups),
         offset=offset,
     )
@@ -255,7 +277,7 @@ def conv_transpose(node: Node, graph: Graph) -> LayerBound:
     out_spatial = graph.shape(node.outputs[0])[2:]
     win = transpose_window(node, in_spatial, out_spatial, tuple(weight.shape[2:]))
     # Each output sums C_in/groups * taps products: the adjoint's abs gain bounds it too.
-    rounding = conv_rounding(node, graph, weight, groups)
+    rounding = conv_rounding(node, graph, weight, groups, transposed=True)
     if not graph.size_known:
         factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)
         return LayerBound(factor, SIZE_FREE, exact=False, rounding=rounding)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from lipcert.bounds.numeric import mul_up, sqrt_up, up
-from lipcert.bounds.registry import EXACT, LayerBound, Rounding, refuse, rule
+from lipcert.bounds.registry import EXACT, LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
 from lipcert.bounds.rules.pooling import overlap
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import check_window_output, window
@@ -50,9 +50,10 @@ def l2_norm_pool(node: Node, graph: Graph) -> LayerBound:
     gain = sqrt_up(up(scale / divisor))
     method = f"sqrt(c/divisor) = sqrt({scale:g}/{divisor}) times sqrt(m), m = {m} ({how})"
     factor = mul_up(gain, sqrt_up(m))
-    # squares, a sum of the window, a division, the scaling and a square root
+    # squares and a square root (Pow, a library function each), a sum of the window, a
+    # division and the scaling
     window_size = divisor if node.attr("pool_op") == "GlobalAveragePool" else math.prod(kernel)
-    rounding = Rounding(terms=window_size + 8, input_gain=factor)
+    rounding = Rounding(terms=window_size + 8 + 2 * LIBRARY_ULPS, input_gain=factor)
     # Exact when every window has the same divisor; else the smallest possible divisor (1)
     # gives an upper bound.
     return LayerBound(factor, method, exact=graph.size_known and full, rounding=rounding)
