@@ -252,6 +252,7 @@ class LocalBounds:
         max_rows: int | None = None,
         center_bounds: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
         deadline: float | None = None,
+        cuts: bool = True,
     ) -> None:
         self.deadline = deadline
         self.cache = cache
@@ -285,6 +286,7 @@ class LocalBounds:
             if isinstance(step, AffineStep) and step.weighted
             for n in step.inputs
         }
+        self._use_cuts = cuts
         self._propagate(0)
 
     def margins(self, prediction: int, stop_early: bool = True) -> np.ndarray:
@@ -408,7 +410,8 @@ class LocalBounds:
         with torch.no_grad():
             for index in range(self.cache.position[name], -1, -1):
                 step = net.steps[index]
-                if len(pending) == 1 and (steps == 0 or next(iter(pending)) in self._cuts):
+                at_cut = len(pending) == 1 and (steps == 0 or next(iter(pending)) in self._cuts)
+                if self._use_cuts and at_cut:
                     ((cut, lam_cut),) = pending.items()
                     state = (bias, bias_size, slack, steps)
                     best = torch.maximum(best, self._at_cut(cut, lam_cut, state))
