@@ -154,19 +154,35 @@ def check_request(
     if request.min_certified_accuracy is not None:
         gate_eps = _gate_eps(request.gate_eps, eps_list, origin("gate_eps"))
     if request.csv_path is not None:
-        dataset_file = None if canonical_name(request.dataset) else Path(request.dataset)
-        check_output_path(
-            request.csv_path,
-            option="--csv",
-            inputs=[
-                ("the model", request.model),
-                ("the dataset", dataset_file),
-                ("the config file", config.path),
-            ],
-        )
+        check_output_path(request.csv_path, option="--csv", inputs=_inputs(request, config))
     if not request.model.exists():
         raise ModelLoadError(f"no model file at {str(request.model)!r}")
+    if not request.model.is_file():
+        raise ModelLoadError(f"{str(request.model)!r} is not a regular file")
     return eps_list, gate_eps
+
+
+def _inputs(request: CertifyRequest, config: Config) -> list[tuple[str, str | Path | None]]:
+    """The files a run reads, which no output may overwrite."""
+    dataset = None
+    if request.dataset is not None and canonical_name(request.dataset) is None:
+        dataset = request.dataset
+    return [
+        ("the model", request.model),
+        ("the dataset", dataset),
+        ("the config file", config.path),
+    ]
+
+
+def _is_input(path: str, inputs: list[tuple[str, str | Path | None]]) -> str | None:
+    """What `path` is, when it is one of `inputs` (the same file); else None."""
+    for what, other in inputs:
+        try:
+            if other is not None and os.path.samefile(path, other):
+                return what
+        except OSError:
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -291,7 +307,12 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
         )
     warnings = []
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary_file:
+    clash = _is_input(summary_file, _inputs(request, config)) if summary_file else None
+    if summary_file and clash:
+        warnings.append(
+            f"$GITHUB_STEP_SUMMARY {summary_file!r} is {clash}: the summary was not appended"
+        )
+    elif summary_file:
         try:
             append_text(summary_file, certify_report.markdown(context, result, gates))
         except OSError as exc:

@@ -547,3 +547,15 @@ def test_many_eps_split_the_class_table_instead_of_cutting_numbers(
         expected = [str(row["n"]), f"{row['accuracy']:.3f}"]
         expected += [f"{v:.3f}" for v in row["certified_accuracy"]]
         assert sorted(cells) == sorted([*expected, f"{row['mcr']:.3f}"])
+
+
+def test_step_summary_never_appends_to_an_input(
+    linear_case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data, *_ = linear_case
+    before = model.read_bytes()
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(model))
+    result = run(model, "--dataset", data, "--quiet", "--no-config")
+    assert result.exit_code == 0
+    assert model.read_bytes() == before
+    assert result.stderr.strip().endswith("is the model: the summary was not appended")
