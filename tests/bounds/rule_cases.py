@@ -9,7 +9,7 @@ and at constructed points (non-linear ops) whose largest singular values are the
 
 Pooling, convolution and padding geometry (auto_pad, ceil mode, the divisor of average
 pooling) is written here from the ONNX specification, independently of
-lipcert.bounds.geometry; the check against onnxruntime is what makes it trustworthy.
+lipcert.graph.geometry; the check against onnxruntime is what makes it trustworthy.
 """
 
 from __future__ import annotations

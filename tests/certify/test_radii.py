@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lipcert.bounds.compose import CertificateSpec
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.radii import Method, Status, certify_logits, choose_method
 from lipcert.errors import UsageError
 

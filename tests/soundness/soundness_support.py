@@ -22,7 +22,8 @@ import onnx
 import torch
 from torch import nn
 
-from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, CertificateSpec
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis
+from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.radii import Certificates, certify_logits, choose_method
 from lipcert.frontends.onnx_file import load_from_proto
 from lipcert.model import LoadedModel, LoadOptions
