@@ -774,8 +774,26 @@ def _where(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 
 @_op("ScatterND")
 def _scatter_nd(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
-    """ONNX ScatterND; indices folded at batch 1 are only valid at batch 1 (checked)."""
+    """ONNX ScatterND. A model with a dynamic batch was probed at batch 1, so a constant data
+    tensor and indices folded then hold one sample: larger batches run sample by sample."""
     data, indices, updates = args[0], args[1].to(torch.long), args[2]
+    batch = int(updates.shape[0]) if updates.dim() else 1
+    if (
+        ex.graph.batch_size == 1
+        and batch > 1
+        and data.shape[0] == 1
+        and indices.shape[0] == 1
+        and bool((indices[..., 0] == 0).all())
+    ):
+        return [
+            torch.cat(
+                [_scatter(node, data, indices, updates[b : b + 1]) for b in range(batch)], dim=0
+            )
+        ]
+    return [_scatter(node, data, indices, updates)]
+
+
+def _scatter(node: Node, data: Tensor, indices: Tensor, updates: Tensor) -> Tensor:
     depth = indices.shape[-1]
     flat_index = indices.reshape(-1, depth)
     expected = tuple(indices.shape[:-1]) + tuple(data.shape[depth:])
@@ -798,7 +816,7 @@ def _scatter_nd(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
         out[position] = torch.maximum(out[position], slices)
     else:
         out[position] = torch.minimum(out[position], slices)
-    return [out]
+    return out
 
 
 def supported_ops() -> list[str]:

@@ -60,8 +60,10 @@ class SLLConv(nn.Module):
         activation: nn.Module | None = None,
         other: bool = False,
         negative_unit: bool = False,
+        flipped: bool = False,
     ) -> None:
         super().__init__()
+        self.flipped = flipped
         self.kernel = nn.Parameter(torch.randn(inner, channels, kernel, kernel) * 0.5)
         self.bias = nn.Parameter(torch.randn(1, inner, 1, 1) * 0.1)
         self.q = nn.Parameter(torch.randn(inner) * 0.5)
@@ -85,6 +87,10 @@ class SLLConv(nn.Module):
         res = F.conv2d(x, self.kernel, padding=self.padding) + self.bias
         res = t * self.activation(res)
         second = self.kernel if self.other is None else self.other
+        if self.flipped:  # the adjoint written as a conv with the flipped, transposed kernel
+            back = second.transpose(0, 1).flip(2, 3)
+            pad = second.shape[-1] - 1 - self.padding
+            return x - 2 * F.conv2d(res, back, padding=pad)
         res = 2 * F.conv_transpose2d(res, second, padding=self.padding)
         return x - res
 
@@ -146,14 +152,19 @@ class CPLConv(nn.Module):
         kernel = self.kernel.detach().double()
         sigma = _power_iteration(
             lambda v: F.conv2d(v, kernel, stride=stride, padding=1),
-            lambda v: F.conv_transpose2d(v, kernel, stride=stride, padding=1, output_padding=0),
+            lambda v: F.conv_transpose2d(
+                v, kernel, stride=stride, padding=1, output_padding=stride - 1
+            ),
             input_shape,
         )
         self.register_buffer("h", torch.tensor([2.0 / (sigma**2 + 1e-4)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         res = F.relu(F.conv2d(x, self.kernel, bias=self.bias, stride=self.stride, padding=1))
-        res = F.conv_transpose2d(res, self.kernel, stride=self.stride, padding=1)
+        extra = self.stride - 1  # output_padding: back to the input's (even) size
+        res = F.conv_transpose2d(
+            res, self.kernel, stride=self.stride, padding=1, output_padding=extra
+        )
         return x - self.h * res
 
 
@@ -282,10 +293,10 @@ def sll_dense_net(seed: int = 0, **options: object) -> nn.Module:
     ).eval()
 
 
-def cpl_net(seed: int = 0) -> nn.Module:
+def cpl_net(seed: int = 0, stride: int = 1) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        CPLConv(IMAGE, 4),
+        CPLConv(IMAGE, 4, stride=stride),
         nn.Flatten(),
         CPLLinear(32, 12),
         nn.Linear(32, 3),
@@ -301,9 +312,7 @@ def sandwich_net(seed: int = 0) -> nn.Module:
 
 def min_max_net(seed: int = 0, activation: type[nn.Module] = MinMaxWhere) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(32, 16), activation(), nn.Linear(16, 3)
-    ).eval()
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 16), activation(), nn.Linear(16, 3)).eval()
 
 
 def n_activation_net(seed: int = 0, conv: bool = False) -> nn.Module:

@@ -65,6 +65,8 @@ FAMILIES = {
     "sll_conv_scaled": lambda: sll_conv_net(seed=1, t_scale=1.7),
     "sll_dense_scaled": lambda: sll_dense_net(seed=1, t_scale=1.7),
     "cpl": lambda: cpl_net(),
+    "cpl_stride2": lambda: cpl_net(seed=1, stride=2),
+    "sll_conv_flipped": lambda: sll_conv_net(seed=2, flipped=True),
     "sandwich": lambda: sandwich_net(),
     "minmax_where": lambda: min_max_net(),
     "n_activation": lambda: n_activation_net(),
@@ -75,6 +77,8 @@ BLOCK_OP = {
     "sll_conv_scaled": "SLLBlock",
     "sll_dense_scaled": "SLLBlock",
     "cpl": "SLLBlock",
+    "cpl_stride2": "SLLBlock",
+    "sll_conv_flipped": "SLLBlock",
     "sandwich": "SandwichBlock",
     "minmax_where": "GroupSort",
     "n_activation": "PiecewiseLinear",
@@ -157,11 +161,30 @@ def test_network_bound_between_jacobian_norms_and_product_of_blocks(
     assert bound >= largest_jacobian_norm(module(name), shape) * SOUND
 
 
+@pytest.mark.parametrize("name", ["sll_conv", "sll_dense", "cpl_stride2", "sandwich"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_executing_the_fused_graph_reproduces_the_module(name: str, dynamo: bool) -> None:
+    """The fused nodes run their bodies (ScatterND, ConvTranspose...): same logits as torch,
+    at the exported batch size and, for TorchScript's dynamic batch, at batch 3."""
+    import copy
+
+    from lipcert.graph.execute import GraphExecutor
+
+    graph = analysis(name, dynamo).graph
+    batch = FIXED_BATCH if dynamo else 3
+    x = torch.rand(batch, *IMAGE, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    expected = copy.deepcopy(module(name)).double()(x).detach().numpy()
+    found = GraphExecutor(graph, torch.float64)(x).detach().numpy()
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_scaled_sll_blocks_exceed_one() -> None:
     """t_scale 1.7 takes ||M||^2 past 2: the bound is ||M||^2 - 1, not 1."""
     truths = block_truths("sll_dense_scaled")
     assert max(truths) > 1.1
-    blocks = [layer for layer in analysis("sll_dense_scaled", False).layers if layer.op == "SLLBlock"]
+    blocks = [
+        layer for layer in analysis("sll_dense_scaled", False).layers if layer.op == "SLLBlock"
+    ]
     assert max(layer.bound for layer in blocks) > 1.1
 
 
@@ -286,7 +309,9 @@ def test_lipsdp_certifies_the_sandwich_structure_at_one() -> None:
 # --- ScatterND --------------------------------------------------------------------------------
 
 
-def scatter_model(indices: np.ndarray, data_shape: tuple[int, ...], **attrs: object) -> onnx.ModelProto:
+def scatter_model(
+    indices: np.ndarray, data_shape: tuple[int, ...], **attrs: object
+) -> onnx.ModelProto:
     """y = ScatterND(zeros(data_shape), indices, Relu(x)) with x shaped as the updates."""
     updates_shape = list(indices.shape[:-1]) + list(data_shape[indices.shape[-1] :])
     nodes = [
@@ -363,12 +388,16 @@ def test_conv_gram_row_bound_holds_against_the_explicit_operator(
     for size in (3, 5, 8):
         x = torch.zeros(1, 4, size, size, dtype=torch.float64)
         weight = torch.as_tensor(kernel)
-        matrix = torch.autograd.functional.jacobian(
-            lambda v: torch.nn.functional.conv2d(
-                v, weight, stride=stride, padding=padding, dilation=dilation, groups=groups
-            ).reshape(-1),
-            x,
-        ).reshape(-1, x.numel()).numpy()
+        matrix = (
+            torch.autograd.functional.jacobian(
+                lambda v: torch.nn.functional.conv2d(
+                    v, weight, stride=stride, padding=padding, dilation=dilation, groups=groups
+                ).reshape(-1),
+                x,
+            )
+            .reshape(-1, x.numel())
+            .numpy()
+        )
         units = matrix.shape[0] // 4
         scaled = np.repeat(np.sqrt(diagonal), units)[:, None] * matrix
         exact = float(np.linalg.norm(scaled, 2)) ** 2
@@ -381,7 +410,9 @@ def test_conv_matrix_matches_torch() -> None:
 
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(4, 2, 3, 3))
-    win = Window(kernel=(3, 3), strides=(2, 1), dilations=(1, 2), pads_begin=(1, 2), pads_end=(0, 2))
+    win = Window(
+        kernel=(3, 3), strides=(2, 1), dilations=(1, 2), pads_begin=(1, 2), pads_end=(0, 2)
+    )
     x = torch.zeros(1, 4, 5, 6, dtype=torch.float64)
     weight = torch.as_tensor(kernel)
 
