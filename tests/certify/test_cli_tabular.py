@@ -26,8 +26,9 @@ runner = CliRunner()
 GRID = np.linspace(-4.0, 4.0, 801)  # spacing 0.01
 
 
-def _mlp(num_logits: int, seed: int) -> nn.Module:
-    """2 -> 16 -> 16 -> num_logits with GroupSort2, every weight orthogonal (1-Lipschitz).
+def _mlp(num_logits: int, seed: int, scale: float = 1.0) -> nn.Module:
+    """2 -> 16 -> 16 -> num_logits with GroupSort2, every weight orthogonal (1-Lipschitz),
+    times `scale` (a network that is far from 1-Lipschitz when scale != 1).
 
     The head's bias is centred on a sample of the plane, so that every class has a region
     there and the decision boundary crosses the test points' square.
@@ -38,6 +39,7 @@ def _mlp(num_logits: int, seed: int) -> nn.Module:
     for layer in layers:
         if isinstance(layer, nn.Linear):
             nn.init.orthogonal_(layer.weight)
+            layer.weight.data *= scale
             nn.init.normal_(layer.bias, std=0.5)
     module = nn.Sequential(*layers).eval()
     with torch.no_grad():
@@ -84,14 +86,21 @@ def _certify(*args: object) -> object:
 
 
 @pytest.mark.parametrize(
-    ("num_logits", "margins"),
-    [(3, "float32"), (3, "float64"), (1, "float64"), (4, "float32")],
-    ids=["3class-float32", "3class-float64", "binary", "4class"],
+    ("num_logits", "margins", "scale"),
+    [
+        (3, "float32", 1.0),
+        (3, "float64", 1.0),
+        (1, "float64", 1.0),
+        (4, "float32", 1.0),
+        (3, "float32", 1.7),
+        (1, "float32", 0.5),
+    ],
+    ids=["3class-float32", "3class-float64", "binary", "4class", "3class-x1.7", "binary-x0.5"],
 )
 def test_radii_never_exceed_the_grid_distance(
-    tmp_path: Path, num_logits: int, margins: str
+    tmp_path: Path, num_logits: int, margins: str, scale: float
 ) -> None:
-    model = _export(_mlp(num_logits, seed=num_logits), tmp_path / "mlp.onnx")
+    model = _export(_mlp(num_logits, seed=num_logits, scale=scale), tmp_path / "mlp.onnx")
     rng = np.random.default_rng(num_logits)
     points = rng.uniform(-3.0, 3.0, size=(60, 2))
     truth, predicted = _grid_distance(model, points)
