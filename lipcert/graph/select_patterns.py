@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 
@@ -317,8 +318,6 @@ def _piecewise_slope(
     reduced: tuple[int, ...],
 ) -> float | None:
     """Largest |slope| of the region, element by element, or None if it may jump."""
-    from fractions import Fraction
-
     compares = [n for n in order if n.op in _COMPARE]
     largest = Fraction(0)
     for index in np.ndindex(*reduced):
@@ -348,11 +347,15 @@ def _piecewise_slope(
     return float(np.nextafter(float(largest), np.inf))
 
 
-def _affine_at(order, source, constant, root, point):  # type: ignore[no-untyped-def]
+def _affine_at(
+    order: list[Node],
+    source: str,
+    constant: dict[str, Fraction],
+    root: Node,
+    point: Fraction,
+) -> tuple[Fraction, Fraction] | None:
     """(slope, intercept) of the region's output near x = point, exactly, with every
     comparison decided at x = point."""
-    from fractions import Fraction
-
     forms: dict[str, tuple[Fraction, Fraction] | bool] = {source: (Fraction(1), Fraction(0))}
 
     def form(name: str) -> tuple[Fraction, Fraction]:

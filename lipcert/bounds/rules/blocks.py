@@ -90,7 +90,7 @@ def conv_matrix(
         in_flat = np.ravel_multi_index(tuple(positions[valid].T), spatial)
         rows = channel_out[:, None, None] * out_count + out_flat[None, None, :]
         cols = channel_in[:, :, None] * in_count + in_flat[None, None, :]
-        values = weight[(slice(None), slice(None), *tap)]
+        values = weight.reshape(c_out, c_in_group, -1)[:, :, int(np.ravel_multi_index(tap, kernel))]
         full = np.broadcast_shapes(rows.shape, cols.shape)
         matrix[np.broadcast_to(rows, full), np.broadcast_to(cols, full)] = np.broadcast_to(
             values[:, :, None], full
@@ -217,7 +217,8 @@ def conv_gram_row_bound(
     if any(d > 1 for d in dilations):
         shape = [(k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilations, strict=True)]
         dilated = np.zeros(kernel.shape[:2] + tuple(shape))
-        dilated[(slice(None), slice(None), *[slice(None, None, d) for d in dilations])] = kernel
+        strided = (slice(None), slice(None), *(slice(None, None, d) for d in dilations))
+        dilated[strided] = kernel
         kernel = dilated
     c_out, c_in_group = kernel.shape[:2]
     per_group = c_out // groups
@@ -235,8 +236,10 @@ def conv_gram_row_bound(
         # K[i, c, t] against K[j, c, t + offset], over the taps where both exist
         first = tuple(slice(max(0, -o), k - max(0, o)) for o, k in zip(offset, extent, strict=True))
         second = tuple(slice(max(0, o), k + min(0, o)) for o, k in zip(offset, extent, strict=True))
-        a = full[(slice(None), slice(None), *first)].reshape(c_out, -1)
-        b = full[(slice(None), slice(None), *second)].reshape(c_out, -1)
+        index_a = (slice(None), slice(None), *first)
+        index_b = (slice(None), slice(None), *second)
+        a = full[index_a].reshape(c_out, -1)
+        b = full[index_b].reshape(c_out, -1)
         correlation = a @ b.T
         slack = np.abs(a) @ np.abs(b).T
         total += np.abs(correlation) + gamma * slack
@@ -497,7 +500,7 @@ def sandwich_block(node: Node, graph: Graph) -> LayerBound:
             hint = np.abs(post) / np.abs(pre)
         if matrices[0].shape[0] != hint.size:  # convolutions: one unit per channel and position
             hint = np.repeat(hint, matrices[0].shape[0] // max(hint.size, 1))
-        certified = lipsdp_bound(*matrices, hint=hint)
+        certified = lipsdp_bound(matrices[0], matrices[1], hint=hint)
         if certified is not None and certified[0] < factor:
             factor = certified[0]
             method = f"one-layer LipSDP certificate ({certified[1]}), verified in float64"

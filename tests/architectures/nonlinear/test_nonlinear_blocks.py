@@ -37,12 +37,12 @@ from nonlinear_zoo import (
     n_activation_net,
     sandwich_constant_by_vertices,
     sandwich_matrices,
+    sandwich_net,
     sll_constant_by_vertices,
     sll_constant_closed_form,
     sll_conv_net,
     sll_dense_net,
     sll_factor,
-    sandwich_net,
 )
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -385,9 +385,9 @@ def test_conv_gram_row_bound_holds_against_the_explicit_operator(
     rng = np.random.default_rng(stride + 3 * dilation + 7 * groups)
     kernel = rng.normal(size=(4, 4 // groups, 3, 3))
     diagonal = rng.uniform(0.1, 2.0, size=4)
+    weight = torch.as_tensor(kernel)
     for size in (3, 5, 8):
         x = torch.zeros(1, 4, size, size, dtype=torch.float64)
-        weight = torch.as_tensor(kernel)
         matrix = (
             torch.autograd.functional.jacobian(
                 lambda v: torch.nn.functional.conv2d(
