@@ -361,7 +361,8 @@ def _variadic(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
 
 @_op("Cast")
 def _cast(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
-    return [args[0].to(ex.dtype) if args[0].is_floating_point() else args[0]]
+    """To FLOAT or DOUBLE (other targets are refused): the executor's own float dtype."""
+    return [args[0].to(ex.dtype)]
 
 
 @_op("Softmax", "LogSoftmax")
