@@ -423,3 +423,37 @@ def test_conv_matrix_matches_torch() -> None:
 
     expected = torch.autograd.functional.jacobian(reference, x).reshape(-1, x.numel()).numpy()
     assert np.array_equal(conv_matrix(kernel, (5, 6), win, 2), expected)
+
+
+class _ConvSandwich(nn.Module):
+    """W2 post relu(pre W1 x + b) with 3x3 convs, per-channel multipliers (2x2 maps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.first = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.second = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.pre = nn.Parameter(torch.rand(1, 2, 1, 1) + 0.5)
+        self.post = nn.Parameter(torch.rand(1, 2, 1, 1) + 0.5)
+        self.bias = nn.Parameter(torch.randn(1, 2, 1, 1) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.first(x) * self.pre + self.bias) * self.post
+        return self.second(hidden)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_conv_sandwich_is_certified_on_its_explicit_matrices(dynamo: bool) -> None:
+    from nonlinear_zoo import conv_operator
+
+    net = nn.Sequential(_ConvSandwich(), nn.Flatten(), nn.Linear(12, 2)).eval()
+    found = analyse(load_graph(export(net, dynamo, shape=(2, 2, 2))))
+    (layer,) = [layer for layer in found.layers if layer.op == "SandwichBlock"]
+    block = net[0]
+    first = conv_operator(block.first.weight, (2, 2, 2), 1)
+    pre = np.repeat(block.pre.detach().double().numpy().reshape(-1), 4)
+    post = np.repeat(block.post.detach().double().numpy().reshape(-1), 4)
+    second = conv_operator(block.second.weight, (2, 2, 2), 1)
+    truth = sandwich_constant_by_vertices(pre[:, None] * first, second * post[None, :])
+    product = np.linalg.norm(pre[:, None] * first, 2) * np.linalg.norm(second * post, 2)
+    assert truth * SOUND <= layer.bound <= product * (1 + 1e-9)
