@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.numeric import add_up, mul_up, rss_up, singular_value_up
+from lipcert.bounds.numeric import SQRT2_UP, add_up, div_up, mul_up, rss_up, singular_value_up
 from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node, refuse
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.errors import ModelLoadError, UnsupportedOpError
@@ -187,7 +187,7 @@ def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec
                 pairwise[i, j] = mul_up(singular_value_up(float(differences[j]), dimension), body)
     head_norm = spectral.matrix_norm(rows)
     vector = min(total, mul_up(head_norm, body))
-    pairs = np.minimum(pairwise, mul_up(math.sqrt(2.0) * (1 + 1e-15), vector))
+    pairs = np.minimum(pairwise, mul_up(SQRT2_UP, vector))
     return CertificateSpec(
         lipschitz_bound=vector,
         logit_bounds=tuple(min(b, vector) for b in logit),
@@ -270,7 +270,7 @@ def gamma(terms: int, unit: float = FLOAT32_UNIT_ROUNDOFF) -> float:
     if terms <= 0:
         return 0.0
     product = terms * unit
-    return math.inf if product >= 1 else float(np.nextafter(product / (1 - product), np.inf))
+    return math.inf if product >= 1 else div_up(product, 1 - product)
 
 
 def float_error_bound(

@@ -26,6 +26,11 @@ def up(x: float) -> float:
     return math.nextafter(float(x), math.inf)
 
 
+def down(x: float) -> float:
+    """The next float64 below x: turns a rounded-to-nearest result into a lower bound."""
+    return math.nextafter(float(x), -math.inf)
+
+
 def mul_up(*factors: float) -> float:
     """Product of non-negative factors, rounded up after every multiplication."""
     result = 1.0
@@ -71,6 +76,10 @@ def pow_up(x: float, exponent: float) -> float:
     documents at most 1); a relative margin of 8 eps covers that with room to spare.
     """
     return up(math.pow(float(x), float(exponent)) * (1.0 + 8.0 * FLOAT64_EPS))
+
+
+# sqrt(2) rounded up: IEEE sqrt is correctly rounded, so one ulp above its result bounds it.
+SQRT2_UP = math.nextafter(math.sqrt(2.0), math.inf)
 
 
 def norm_up(values: np.ndarray) -> float:

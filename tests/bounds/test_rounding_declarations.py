@@ -10,6 +10,9 @@ inputs, gives values that float32 represents exactly.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +86,28 @@ def test_a_rounding_op_fails_the_exactness_check() -> None:
     with torch.no_grad():
         result = case.reference(torch.as_tensor(x, dtype=torch.float64)).numpy()
     assert np.any(result != result.astype(np.float32).astype(np.float64))
+
+
+_RULE_MODULES = [
+    "lipcert/bounds/registry.py",
+    "lipcert/bounds/rules/elementwise.py",
+    "lipcert/bounds/rules/linear.py",
+    "lipcert/bounds/rules/patterns.py",
+    "lipcert/bounds/rules/pooling.py",
+    "lipcert/bounds/rules/structure.py",
+]
+# A safe rounding written by hand: a step to the next float, or a relative margin.
+_AD_HOC = re.compile(r"nextafter|\(1(\.0)? \+ [0-9.]+e-[0-9]+\)|\* \(1(\.0)? \+ ")
+
+
+@pytest.mark.parametrize("module", _RULE_MODULES)
+def test_rules_round_through_the_numeric_helpers(module: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / module).read_text()
+    found = [line.strip() for line in text.splitlines() if _AD_HOC.search(line)]
+    assert not found, f"{module} rounds by hand; use lipcert.bounds.numeric: {found}"
+
+
+def test_the_ad_hoc_pattern_catches_hand_rounding() -> None:
+    assert _AD_HOC.search("return up(size ** 0.5 * (1.0 + 1e-12))")
+    assert _AD_HOC.search("np.nextafter(total, np.inf)")
+    assert not _AD_HOC.search("return mul_up(norm_up(bias), sqrt_up(n))")
