@@ -258,6 +258,27 @@ class NActivation(nn.Module):
         return torch.where(torch.less(x, high), piece, x - 2 * high)
 
 
+class HouseHolder(nn.Module):
+    """Householder activation of order 1 (Singla et al., ICLR 2022; singlasahil14/
+    improved_l2_robustness, custom_activations.py): per pair of channel halves (x, y), the
+    reflection of z = (x, y) across the line at angle theta/2 where x sin(theta/2) >
+    y cos(theta/2), else z. Its float32 sin/cos make the export jump by ~1e-7 |z|."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.rand(1, channels // 2) * math.pi)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        theta = self.theta
+        x, y = z.split(z.shape[1] // 2, 1)
+        selector = (x * torch.sin(0.5 * theta)) - (y * torch.cos(0.5 * theta))
+        a_2 = x * torch.cos(theta) + y * torch.sin(theta)
+        b_2 = x * torch.sin(theta) - y * torch.cos(theta)
+        a = x * (selector <= 0) + a_2 * (selector > 0)
+        b = y * (selector <= 0) + b_2 * (selector > 0)
+        return torch.cat([a, b], dim=1)
+
+
 class Jump(nn.Module):
     """A discontinuous select: where(a > 0, a, a + 1) (must be refused)."""
 

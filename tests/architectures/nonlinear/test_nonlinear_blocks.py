@@ -268,6 +268,17 @@ def test_a_select_that_jumps_is_refused_naming_the_node(dynamo: bool) -> None:
         analyse(load_graph(export(net, dynamo)))
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_householder_activation_is_refused(dynamo: bool) -> None:
+    """Its exported reflection jumps across the selector's hyperplane (docs/architectures.md)."""
+    from nonlinear_zoo import HouseHolder
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32, 4), HouseHolder(4), nn.Linear(4, 2)).eval()
+    with pytest.raises(UnsupportedOpError, match=r"node '.*'"):
+        analyse(load_graph(export(net, dynamo)))
+
+
 def test_sandwich_without_multiplier_is_left_as_layers() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
