@@ -140,6 +140,16 @@ def check_request(
         )
     if request.split is not None and request.split not in ("test", "train"):
         raise UsageError(f"expected {origin('split')} test or train but got {request.split!r}")
+    # A config may set a split for its named dataset and still be used with a file.
+    if (
+        "split" not in from_config
+        and request.split is not None
+        and not canonical_name(request.dataset)
+    ):
+        raise UsageError(
+            f"{origin('split')} chooses a split of a named dataset, but {request.dataset!r} is "
+            "a file, read whole"
+        )
     for name in ("min_certified_accuracy", "min_accuracy", "min_mcr"):
         value = getattr(request, name)
         if value is not None:

@@ -190,6 +190,7 @@ def test_interrupted_csv_write_leaves_no_file(
         (["--min-mcr", "nan"], "expected a finite number for --min-mcr"),
         (["--gate-eps", "0.1"], "--gate-eps sets the eps of the certified-accuracy gate"),
         (["--certificate", "best"], "expected --certificate auto, pairwise or global"),
+        (["--split", "train"], "--split chooses a split of a named dataset, but"),
         (["--limit", "x"], "Invalid value for '--limit'"),
         (["--no-such-option"], "No such option"),
         (
@@ -214,6 +215,7 @@ def test_interrupted_csv_write_leaves_no_file(
         "nan-mcr",
         "gate-eps-alone",
         "bad-certificate",
+        "split-of-a-file",
         "typer-type-error",
         "typer-unknown-option",
         "bad-margins",
