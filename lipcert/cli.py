@@ -464,10 +464,10 @@ def attack(
     limit: Annotated[
         int | None, typer.Option(help="Attack the first N samples (default 200).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Gradient steps per attack.")] = 40,
+    steps: Annotated[int, typer.Option(help="Gradient steps per attack.")] = 20,
     restarts: Annotated[
         int, typer.Option(help="Random restarts per attack (the first starts at x).")
-    ] = 4,
+    ] = 3,
     no_distance: Annotated[
         bool,
         typer.Option(
@@ -497,8 +497,8 @@ def attack(
     0 otherwise. Also reports the smallest adversarial distance found against the radius.
     """
     from lipcert.attack import AttackSettings
+    from lipcert.attack.command import run_attack
     from lipcert.certify.command import CertifyRequest
-    from lipcert.certify.validate import run_attack
 
     with reported_errors(show_traceback):
         request = CertifyRequest(

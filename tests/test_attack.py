@@ -103,4 +103,49 @@ def test_executor_that_disagrees_with_onnxruntime_is_refused(linear_case, monkey
     monkeypatch.setitem(execute._OPS, "Gemm", wrong_gemm)
     result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--quiet"])
     assert result.exit_code == 1
+    # Caught by the first evaluator that runs the torch graph: the float64 tail of certify's
+    # default evaluator, else the attack's own check of its float32 executor.
+    assert "and onnxruntime differ" in result.stderr
+    assert "UnsoundCertificateError:" in result.stderr
+
+
+def test_float32_executor_that_disagrees_is_refused_by_the_attack(linear_case, monkeypatch) -> None:
+    """A bug only in the float32 torch graph (the attack's gradients) passes certify (which
+    runs onnxruntime and float64) and is caught by the attack's own check."""
+    import torch
+
+    model, data, _ = linear_case
+    import lipcert.graph.execute as execute
+
+    original = execute._gemm
+
+    def wrong_in_float32(node, args, ex):
+        (out,) = original(node, args, ex)
+        return [out + 0.5 if ex.dtype == torch.float32 else out]
+
+    monkeypatch.setitem(execute._OPS, "Gemm", wrong_in_float32)
+    result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--quiet"])
+    assert result.exit_code == 1
     assert "the graph executed in torch and onnxruntime differ" in result.stderr
+
+
+def test_progress_counts_every_sample_once_in_chunks(linear_case) -> None:
+    from lipcert.attack import Attacker, AttackSettings
+    from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
+    from lipcert.frontends import load_model
+
+    model, data, exact = linear_case
+    loaded = load_model(model)
+    analysis = analyse(loaded.graph)
+    images = np.load(data)["x"].astype(np.float64) / 255
+    settings = AttackSettings(steps=5, restarts=2, chunk=5)
+    attacker = Attacker(
+        analysis.graph, analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF), settings
+    )
+    seen: list[int] = []
+    prediction = np.load(data)["y"]
+    result = attacker.attack(
+        images, prediction, exact * 0.99, search_distance=False, on_progress=seen.append
+    )
+    assert seen == [5, 5, 2]
+    assert not result.violation.any()

@@ -1,22 +1,24 @@
-"""`lipcert attack`: certify, then attack every certificate, and measure the gap."""
+"""`lipcert attack` as a library call: certify, then attack every certificate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import IO, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from lipcert.attack import Attacker, AttackResult, AttackSettings, check_executor_against_runtime
+from lipcert.attack.pgd import Attacker, AttackResult, AttackSettings
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
 from lipcert.certify.command import CertifyRequest, prepare, run_with_progress
 from lipcert.certify.metrics import parse_eps_list
 from lipcert.config import load_config
 from lipcert.errors import UsageError
+from lipcert.evaluators import Evaluation, check_agreement, input_norms
+from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+from lipcert.graph.execute import GraphExecutor
+from lipcert.reports import attack_report
 from lipcert.reports.files import write_atomically
-from lipcert.runtime import OnnxRuntimeEvaluator
 
 DEFAULT_ATTACK_LIMIT = 200
 
@@ -38,13 +40,17 @@ def run_attack(
     search_distance: bool,
     console: Console | None,
 ) -> AttackOutcome:
+    """Certify the first --limit samples, check the torch executor against onnxruntime on
+    them, attack every certificate (progress on `console`), write the CSV, render."""
     if settings.steps < 1 or settings.restarts < 1:
         raise UsageError(
             "expected --steps >= 1 and --restarts >= 1 but got "
             f"{settings.steps}, {settings.restarts}"
         )
     if request.limit is None:
-        request = CertifyRequest(**{**request.__dict__, "limit": DEFAULT_ATTACK_LIMIT})
+        request = replace(request, limit=DEFAULT_ATTACK_LIMIT)
+    if request.threads is not None:
+        settings = replace(settings, threads=request.threads)
     prepared = prepare(request, load_config())
     certified = run_with_progress(prepared, parse_eps_list("1"), console)
     inputs = np.concatenate(
@@ -53,16 +59,11 @@ def run_attack(
     model_inputs = (
         inputs if prepared.preprocessing is None else prepared.preprocessing.apply(inputs)
     )
-    runtime = OnnxRuntimeEvaluator(
-        prepared.loaded, threads=request.threads, spec=prepared.analysis.spec
-    )
-    check_executor_against_runtime(
-        prepared.loaded.graph, runtime.logits(model_inputs), model_inputs, prepared.analysis.spec
-    )
+    check_executor_against_runtime(prepared, model_inputs)
     spec64 = prepared.analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     preprocessing = prepared.preprocessing
     attacker = Attacker(
-        prepared.loaded.graph,
+        prepared.analysis.graph,
         spec64,
         settings,
         mean=None if preprocessing is None else preprocessing.mean,
@@ -71,110 +72,77 @@ def run_attack(
     certificates = certified.certificates
     usable = certificates.prediction >= 0
     radius = np.where(usable, certificates.radius, 0.0)
-    status = console.status("attacking") if console is not None else None
-    if status is not None:
-        status.start()
-    try:
-        result = attacker.attack(
-            inputs,
-            np.where(usable, certificates.prediction, 0),
-            radius,
-            search_distance=search_distance,
-            on_progress=None if status is None else status.update,
+    prediction = np.where(usable, certificates.prediction, 0)
+    if console is None:
+        result = attacker.attack(inputs, prediction, radius, search_distance=search_distance)
+    else:
+        result = _attack_with_progress(
+            attacker, inputs, prediction, radius, search_distance, console
         )
-    finally:
-        if status is not None:
-            status.stop()
+    labels = certified.labels
     outcome = AttackOutcome(
-        result, certified.labels, _to_json(str(request.model), result, certified.labels)
+        result, labels, attack_report.to_json(str(request.model), result, labels)
     )
     if request.csv_path is not None:
         write_atomically(
-            request.csv_path, lambda handle: write_csv(handle, result, certified.labels)
+            request.csv_path, lambda handle: attack_report.write_csv(handle, result, labels)
         )
     if console is not None:
-        render(console, str(request.model), result, certified.labels)
+        attack_report.render(console, str(request.model), result, labels)
     return outcome
 
 
-def gap_ratios(result: AttackResult) -> np.ndarray:
-    """Certified radius / smallest adversarial distance found, where both are positive."""
-    found = np.isfinite(result.adversarial_distance) & (result.radius > 0)
-    return result.radius[found] / result.adversarial_distance[found]
-
-
-def _to_json(model: str, result: AttackResult, labels: np.ndarray) -> dict[str, Any]:
-    ratios = gap_ratios(result)
-    violations = np.flatnonzero(result.violation)
-    distance = result.adversarial_distance
-    return {
-        "model": model,
-        "n": len(labels),
-        "certified": int(np.sum(result.radius > 0)),
-        "violations": len(violations),
-        "violating_samples": [
-            {
-                "index": int(i),
-                "radius": float(result.radius[i]),
-                "distance": float(result.violation_distance[i]),
-            }
-            for i in violations
-        ],
-        "adversarial_found": int(np.sum(np.isfinite(distance))),
-        "gap": {
-            "samples": len(ratios),
-            "median_ratio": float(np.median(ratios)) if len(ratios) else None,
-            "mean_ratio": float(np.mean(ratios)) if len(ratios) else None,
-            "max_ratio": float(np.max(ratios)) if len(ratios) else None,
-        },
-        "passed": len(violations) == 0,
-    }
-
-
-def write_csv(handle: IO[str], result: AttackResult, labels: np.ndarray) -> None:
-    import pandas as pd
-
-    distance = result.adversarial_distance
-    frame = pd.DataFrame(
-        {
-            "index": np.arange(len(labels)),
-            "label": labels,
-            "prediction": result.prediction,
-            "radius": result.radius,
-            "adversarial_distance": distance,
-            "ratio": np.where(
-                np.isfinite(distance) & (distance > 0),
-                result.radius / np.where(distance > 0, distance, 1),
-                np.nan,
-            ),
-            "violation": result.violation,
-        }
+def _attack_with_progress(
+    attacker: Attacker,
+    inputs: np.ndarray,
+    prediction: np.ndarray,
+    radius: np.ndarray,
+    search_distance: bool,
+    console: Console,
+) -> AttackResult:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
     )
-    frame.to_csv(handle, index=False)
 
-
-def render(console: Console, model: str, result: AttackResult, labels: np.ndarray) -> None:
-    table = Table(show_header=False, box=None, title=f"attacking the certificates of {model}")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("samples", str(len(labels)))
-    table.add_row("certified (radius > 0)", str(int(np.sum(result.radius > 0))))
-    table.add_row("decision changes inside a certified radius", str(int(result.violation.sum())))
-    ratios = gap_ratios(result)
-    if len(ratios):
-        table.add_row(
-            "certified radius / smallest attack found",
-            f"median {np.median(ratios):.3f}, mean {np.mean(ratios):.3f}, max {np.max(ratios):.3f} "
-            f"({len(ratios)} samples; 1 would be a perfectly tight certificate)",
+    columns = (
+        TextColumn("attacking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("attack", total=len(inputs))
+        return attacker.attack(
+            inputs,
+            prediction,
+            radius,
+            search_distance=search_distance,
+            on_progress=lambda n: progress.advance(task, n),
         )
-    console.print(table)
-    if result.violation.any():
-        for i in np.flatnonzero(result.violation):
-            console.print(
-                f"[bold red]UNSOUND CERTIFICATE[/]: sample {i}: radius {result.radius[i]:.6g} "
-                "but the decision "
-                f"changes at distance {result.violation_distance[i]:.6g}",
-                highlight=False,
-            )
-    else:
-        console.print("[green]no certificate was broken[/]", highlight=False)
+
+
+def check_executor_against_runtime(prepared: Any, model_inputs: np.ndarray) -> None:
+    """The torch execution of the graph (what the attack's gradients come from) must give
+    onnxruntime's logits on the attacked samples, within both a-priori rounding bounds."""
+    import torch
+
+    spec32 = prepared.analysis.spec
+    runtime = OnnxRuntimeEvaluator(prepared.loaded, spec=spec32)
+    with torch.no_grad():
+        ours = GraphExecutor(prepared.analysis.graph, torch.float32)(
+            torch.as_tensor(np.asarray(model_inputs, dtype=np.float32))
+        )
+    logits = ours.double().numpy().reshape(len(model_inputs), -1)
+    check_agreement(
+        Evaluation(logits, spec32.fp_allowance(input_norms(model_inputs))),
+        runtime.evaluate(model_inputs),
+        "the graph executed in torch and onnxruntime",
+    )

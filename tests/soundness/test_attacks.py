@@ -361,9 +361,12 @@ def test_cli_attack_and_certify_agree_with_the_library(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     radii = np.array([float(r["radius"]) for r in rows])
-    (path32, _) = certify_both(loaded, analysis, x)
-    # onnxruntime's thread count may change the float32 sums by a few ulps.
-    np.testing.assert_allclose(radii, path32.certificates.radius, rtol=1e-4, atol=1e-6)
+    (path32, path64) = certify_both(loaded, analysis, x)
+    # The default path's allowance is a-posteriori, at most the a-priori one of the float32
+    # path (up to a few ulps: onnxruntime's thread count may change the float32 sums), and
+    # its radii never exceed the exact function's (float64 radii plus their ~1e-11 allowance).
+    assert np.all(radii >= path32.certificates.radius * (1 - 1e-4) - 1e-6)
+    assert np.all(radii <= path64.certificates.radius + 1e-9)
 
     result = runner.invoke(
         app,
