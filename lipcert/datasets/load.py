@@ -9,6 +9,7 @@ from lipcert.datasets.catalog import KNOWN_DATASETS, SPLITS, canonical_name
 from lipcert.datasets.cifar import read_binary, read_python
 from lipcert.datasets.dataset import Dataset
 from lipcert.datasets.idx import read_idx_dataset
+from lipcert.datasets.imagefolder import is_imagefolder, read_imagefolder
 from lipcert.datasets.locate import find_dataset
 from lipcert.datasets.npz import read_keras_mnist, read_npz
 from lipcert.datasets.tabular import read_csv
@@ -30,8 +31,12 @@ def load_dataset(
     data_dir: str | Path | None = None,
     limit: int | None = None,
     label_column: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
 ) -> Dataset:
-    """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist), a .npz or a .csv file.
+    """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist), a .npz or a .csv file,
+    or imagefolder:PATH (one folder per class, images resized to `resize` and cropped to
+    `crop`: `lipcert.datasets.imagefolder`).
 
     A name ending in .npz or .csv, or an existing path that is not a known dataset name, is
     read as a file (split is then "file" and the split argument is ignored). A CSV file holds
@@ -40,6 +45,13 @@ def load_dataset(
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"expected limit >= 1 (or None for all samples) but got {limit!r}")
+    if is_imagefolder(name_or_path):
+        if label_column is not None:
+            raise UsageError("--label-column is for CSV files, not for an image folder")
+        folder = name_or_path[len("imagefolder:") :]
+        return read_imagefolder(folder, limit=limit, resize=resize, crop=crop)
+    if resize is not None or crop is not None:
+        raise UsageError(f"--resize and --crop are for imagefolder:PATH, not {name_or_path!r}")
     name = canonical_name(name_or_path)
     path = Path(name_or_path).expanduser()
     is_csv = name_or_path.lower().endswith(".csv")
