@@ -110,6 +110,8 @@ def _check_semantics(node: Node, graph: Graph) -> None:
         training = graph.constants.get(node.inputs[2])
         if training is None or bool(np.asarray(training).any()):
             raise refuse(node, "Dropout in training mode is random")
+    if node.op in ("Conv", "ConvTranspose") and len(graph.shape(node.inputs[0])) not in (3, 4, 5):
+        raise refuse(node, "only 1-D, 2-D and 3-D convolutions are run")
     if node.op in ("Conv", "MaxPool", "AveragePool", "LpPool"):
         spatial = graph.shape(node.inputs[0])[2:]
         if node.op == "Conv":
@@ -189,7 +191,7 @@ def _conv(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tensor]:
     x, weight = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
     x, win = _conv_padding(node, x, weight)
-    conv = F.conv1d if weight.dim() == 3 else F.conv2d
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
     groups = int(node.attr("group", 1))
     return [conv(x, weight, bias, stride=win.strides, dilation=win.dilations, groups=groups)]
 
@@ -200,7 +202,7 @@ def _conv_transpose(node: Node, args: list[Any], ex: GraphExecutor) -> list[Tens
     bias = args[2] if len(args) > 2 else None
     out_shape = ex.shape_of(node.outputs[0])
     win = transpose_window(node, tuple(x.shape[2:]), tuple(out_shape[2:]), tuple(weight.shape[2:]))
-    transpose = F.conv_transpose1d if weight.dim() == 3 else F.conv_transpose2d
+    transpose = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}[weight.dim()]
     groups = int(node.attr("group", 1))
     full = transpose(x, weight, None, stride=win.strides, dilation=win.dilations, groups=groups)
     index: list[slice] = [slice(None), slice(None)]
@@ -679,6 +681,7 @@ def _windows(node: Node, x: Tensor, pad_fill: float, overhang_fill: float) -> Te
     spatial = x.dim() - 2
     pads: list[int] = []
     overhang: list[int] = []
+    outs: list[int] = []
     for axis in reversed(range(spatial)):
         n = x.shape[2 + axis]
         begin, end = win.pads_begin[axis], win.pads_end[axis]
@@ -687,6 +690,9 @@ def _windows(node: Node, x: Tensor, pad_fill: float, overhang_fill: float) -> Te
         needed = (out - 1) * s + (k - 1) * d + 1
         pads.extend([begin, end])
         overhang.extend([0, max(needed - (n + begin + end), 0)])
+        outs.insert(0, out)
+    if min(outs) <= 0:  # no window fits: an empty output
+        return x.new_zeros((*x.shape[:2], *(max(o, 0) for o in outs), 1))
     patches = F.pad(F.pad(x, pads, value=pad_fill), overhang, value=overhang_fill)
     for axis in range(spatial):
         extent = (win.kernel[axis] - 1) * win.dilations[axis] + 1

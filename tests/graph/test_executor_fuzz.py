@@ -230,11 +230,11 @@ def _window_attrs(
 
 
 def gen_conv(rng: np.random.Generator, op: str, version: int) -> Spec:
-    rank = int(rng.integers(1, 3))
+    rank = int(rng.integers(1, 4))  # 1-D to 3-D
     groups = int(rng.choice([1, 1, 2]))
     c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
     kernel = _shape(rng, rank, 1, 3)
-    spatial = _shape(rng, rank, 3, 6)
+    spatial = _shape(rng, rank, 3, 6 if rank < 3 else 4)
     attrs = _window_attrs(rng, spatial, kernel, ceil=False, dilate=True)
     if groups > 1:
         attrs["group"] = groups
@@ -270,9 +270,9 @@ def gen_batchnorm(rng: np.random.Generator, op: str, version: int) -> Spec:
 
 
 def gen_pool(rng: np.random.Generator, op: str, version: int) -> Spec:
-    rank = int(rng.integers(1, 3))
+    rank = int(rng.integers(1, 4))  # 1-D to 3-D
     kernel = _shape(rng, rank, 1, 3)
-    spatial = _shape(rng, rank, 3, 7)
+    spatial = _shape(rng, rank, 3, 7 if rank < 3 else 4)
     dilate = (
         (op == "MaxPool" and version >= 10)
         or (op == "AveragePool" and version >= 19)
