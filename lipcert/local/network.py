@@ -102,10 +102,38 @@ class AffineStep:
     # (l2 factor, elementwise factor), or None when unknown.
     spread: Spread | None = None
     weighted: bool = False  # a layer with weights (Conv, Gemm, ...): its input is a cut
+    # The transpose written out, for steps that only move, copy or add elements (exact).
+    transpose: Callable[[Tensor], tuple[Tensor, ...]] | None = None
     _vjp: Callable[[Tensor], tuple[Tensor, ...]] | None = field(default=None, repr=False)
+    _matrices: list[Tensor] | None = field(default=None, repr=False)
+    _input_shapes: tuple[tuple[int, ...], ...] = ()
 
     def vjp(self, rows: Tensor) -> tuple[Tensor, ...]:
-        """rows (K, *output) -> rows A for each input (K, *input)."""
+        """rows (K, *output) -> rows A for each input (K, *input).
+
+        A small step is made an explicit matrix once (the transpose applied to the identity,
+        each entry one weight or a sum with exact zeros), then one product per call.
+        """
+        if self.transpose is not None:
+            return self.transpose(rows)
+        k = rows.shape[0]
+        if self._matrices is None and self._dense_size() <= _DENSE_LIMIT:
+            n_out = int(np.prod(rows.shape[1:]))
+            eye = torch.eye(n_out, dtype=torch.float64).reshape(n_out, *rows.shape[1:])
+            self._matrices = [m.reshape(n_out, -1) for m in self._pullback(eye)]
+        if self._matrices is not None:
+            flat = rows.reshape(k, -1)
+            return tuple(
+                (flat @ m).reshape(k, *shape)
+                for m, shape in zip(self._matrices, self._input_shapes, strict=True)
+            )
+        return self._pullback(rows)
+
+    def _dense_size(self) -> int:
+        n_out = int(np.prod(self.constant.shape[1:]))
+        return n_out * sum(int(np.prod(s)) for s in self._input_shapes)
+
+    def _pullback(self, rows: Tensor) -> tuple[Tensor, ...]:
         if self._vjp is None:
             zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in self._input_shapes]
             _, pullback = torch.func.vjp(self.linear, *zeros)[:2]
@@ -113,7 +141,9 @@ class AffineStep:
         grads = self._vjp(rows.unsqueeze(1))
         return tuple(g.squeeze(1) for g in grads)
 
-    _input_shapes: tuple[tuple[int, ...], ...] = ()
+
+# Steps with at most this many matrix entries (inputs x outputs) are applied as matrices.
+_DENSE_LIMIT = 1 << 20
 
 
 @dataclass
@@ -230,6 +260,7 @@ class _Builder:
         constant_error: Tensor | None = None,
         spread: Spread | None = None,
         weighted: bool = False,
+        transpose: Callable[[Tensor], tuple[Tensor, ...]] | None = None,
     ) -> None:
         input_shapes = tuple(self.shapes[i] for i in inputs)
         zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in input_shapes]
@@ -252,6 +283,7 @@ class _Builder:
             constant_error=error,
             spread=spread,
             weighted=weighted,
+            transpose=transpose,
         )
         step._input_shapes = input_shapes
         self.steps.append(step)
@@ -374,7 +406,20 @@ class _Builder:
                 constant_error,
                 spread=self._spread_rule(node),
                 weighted=node.op in _WEIGHTED or node.op in ("Mul", "Div"),
+                transpose=self._reshape_transpose(node, data, output),
             )
+
+    def _reshape_transpose(
+        self, node: Node, data: list[str], output: str
+    ) -> Callable[[Tensor], tuple[Tensor, ...]] | None:
+        """Ops that only reshape: their transpose reshapes back."""
+        reshaping = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast")
+        if node.op not in reshaping or len(data) != 1:
+            return None
+        shape = self.shapes[data[0]]
+        if int(np.prod(shape)) != int(np.prod(self._shape(output))):
+            return None
+        return lambda rows: (rows.reshape(rows.shape[0], *shape),)
 
     def _spread_rule(self, node: Node) -> Spread | None:
         constant_pad = node.op == "Pad" and node.attr("mode", "constant") == "constant"
@@ -478,8 +523,18 @@ class _Builder:
             return slope_t.abs() * x + rest.abs() * y
 
         # The constants are applied with one rounding each: |A| covers them within gamma.
+        def transpose(rows: Tensor) -> tuple[Tensor, ...]:
+            return slope_t * rows, rest * rows
+
         self._add_affine(
-            node.name, node.outputs[0], [source, r], shape, combine, combine, combine_abs
+            node.name,
+            node.outputs[0],
+            [source, r],
+            shape,
+            combine,
+            combine,
+            combine_abs,
+            transpose=transpose if slope_t.dim() == 0 else None,
         )
 
     def _pair(self, source: str, axis: int, keep: bool, node: Node) -> tuple[str, str, str]:
@@ -503,6 +558,11 @@ class _Builder:
                 piece = x.narrow(axis + 1, _start, 1)
                 return piece if keep else piece.squeeze(axis + 1)
 
+            def put(rows: Tensor, _start: int = start) -> tuple[Tensor, ...]:
+                full = rows.new_zeros((rows.shape[0], *shape))
+                full.narrow(axis + 1, _start, 1).copy_(rows if keep else rows.unsqueeze(axis + 1))
+                return (full,)
+
             self._add_affine(
                 node.name,
                 name,
@@ -512,6 +572,7 @@ class _Builder:
                 take,
                 take,
                 spread=lambda parts, _: parts[0],
+                transpose=put,
             )
             names.append(name)
         a, b = names
@@ -533,6 +594,7 @@ class _Builder:
             torch.sub,
             torch.add,
             spread=difference_spread,
+            transpose=_difference_transpose,
         )
         r = self._fresh(source, "relu")
         self.steps.append(ReluStep(node.name, r, d))
@@ -552,7 +614,12 @@ class _Builder:
         def select_abs(x: Tensor, y: Tensor) -> Tensor:
             return x + y
 
-        self._add_affine(node.name, output, [base, r], shape, select, select, select_abs)
+        def transpose(rows: Tensor) -> tuple[Tensor, ...]:
+            return rows, sign * rows
+
+        self._add_affine(
+            node.name, output, [base, r], shape, select, select, select_abs, transpose=transpose
+        )
 
     def _reduce_pair(self, node: Node, source: str) -> None:
         rank = len(self.shapes[source]) + 1
@@ -665,6 +732,11 @@ class _Builder:
         if name == self.graph.output_name:
             return True
         return any(name in n.inputs for n in _flatten(self.graph.nodes))
+
+
+def _difference_transpose(rows: Tensor) -> tuple[Tensor, ...]:
+    """(a, b) -> a - b, transposed (a and b of the output's shape)."""
+    return rows, -rows
 
 
 def _sum_inputs(shape: tuple[int, ...]) -> Linear:

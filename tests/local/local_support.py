@@ -48,7 +48,7 @@ def pgd_worst_margin(
             others = logits.clone()
             others[0, prediction] = -torch.inf
             margin = logits[0, prediction] - others.max()
-            best = min(best, float(margin))
+            best = min(best, float(margin.detach()))
             (grad,) = torch.autograd.grad(margin, delta)
             size = 2.5 * eps / steps * (1.0 if step < steps // 2 else 0.3)
             delta = delta - size * grad / grad.norm().clamp(min=1e-30)
