@@ -18,6 +18,10 @@ from lipcert.bounds.registry import EXACT, LIBRARY_ULPS, LayerBound, Rounding, r
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import Window, check_window_output, max_overlap, window
 
+# p-norms (|v|^p, then the 1/p-th power) and log-sum-exp (exp, then log) call a library
+# function twice per output: LIBRARY_ULPS each, on top of the sum.
+_TWO_LIBRARY_CALLS = 2 * LIBRARY_ULPS
+
 
 def _pool_window(node: Node, graph: Graph) -> tuple[Window, tuple[int, ...]]:
     sources = graph.data_inputs(node)
@@ -65,7 +69,7 @@ def lp_pool(node: Node, graph: Graph) -> LayerBound:
     window_size = math.prod(win.kernel)
     gain = _p_norm_gain(p, window_size)
     factor = mul_up(sqrt_up(m), gain)
-    rounding = Rounding(terms=window_size + LIBRARY_ULPS, input_gain=factor)
+    rounding = Rounding(terms=window_size + _TWO_LIBRARY_CALLS, input_gain=factor)
     return LayerBound(
         factor,
         f"p-norm of windows, sqrt(m), m = {m} ({how})",
@@ -141,12 +145,12 @@ def global_lp_pool(node: Node, graph: Graph) -> LayerBound:
     p = _norm_order(node)
     size = math.prod(graph.shape(source)[2:])
     if p >= 2.0:
-        rounding = Rounding(terms=size + LIBRARY_ULPS, input_gain=1.0)
+        rounding = Rounding(terms=size + _TWO_LIBRARY_CALLS, input_gain=1.0)
         return LayerBound(1.0, "p-norm over one window, p >= 2", exact=True, rounding=rounding)
     if not graph.size_known:
         raise refuse(node, "a p < 2 norm over the whole map needs a known input size")
     factor = _p_norm_gain(p, size)
-    rounding = Rounding(terms=size + LIBRARY_ULPS, input_gain=factor)
+    rounding = Rounding(terms=size + _TWO_LIBRARY_CALLS, input_gain=factor)
     return LayerBound(factor, "p-norm over one window", exact=True, rounding=rounding)
 
 
@@ -197,7 +201,7 @@ def reduce_l2(node: Node, graph: Graph) -> LayerBound:
 def reduce_logsumexp(node: Node, graph: Graph) -> LayerBound:
     size = _group_size(node, graph)
     elements = float(np.prod(graph.shape(node.outputs[0])))
-    rounding = Rounding(terms=size + LIBRARY_ULPS, output_gain=1.0, offset=sqrt_up(elements))
+    rounding = Rounding(terms=size + _TWO_LIBRARY_CALLS, output_gain=1.0, offset=sqrt_up(elements))
     return LayerBound(1.0, "gradient is a softmax, of L2 norm <= 1", exact=False, rounding=rounding)
 
 
