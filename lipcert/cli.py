@@ -161,6 +161,32 @@ MarginsOpt = Annotated[
         "float64: the graph in float64, a negligible allowance, tighter radii (about 5x slower)."
     ),
 ]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="cpu (default) or cuda[:N]: on cuda the graph runs in float64 on the GPU (TF32 and "
+        "cuDNN off), its first batch checked against onnxruntime on the CPU.",
+    ),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Shard the dataset over a Ray cluster: 'local' starts one here, else its address "
+        "(e.g. auto, ray://host:10001). Needs pip install 'lipcert[ray]'.",
+    ),
+]
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--resize", help="imagefolder: resize the shorter side to this many pixels (256)."
+    ),
+]
+CropOpt = Annotated[
+    int | None,
+    typer.Option("--crop", help="imagefolder: centre crop of this size after --resize (224)."),
+]
 JsonOpt = Annotated[
     bool,
     typer.Option(
@@ -379,6 +405,10 @@ def certify(
             help="Also bisect each refined radius up to this limit (implies --refine).",
         ),
     ] = None,
+    device: DeviceOpt = None,
+    ray: RayOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """Certify every sample of a dataset: radii, certified accuracy, MCR, and CI gates.
@@ -429,6 +459,10 @@ def certify(
             refine=refine,
             refine_budget=refine_budget,
             refine_radius=refine_radius,
+            device=device,
+            ray=ray,
+            resize=resize,
+            crop=crop,
         )
         outcome = run_certify(request, console=None if quiet else stderr)
         if plot is not None:
@@ -489,6 +523,9 @@ def attack(
     input_shape: InputShapeOpt = None,
     arch: ArchOpt = None,
     trust_model: TrustOpt = False,
+    device: DeviceOpt = None,
+    resize: ResizeOpt = None,
+    crop: CropOpt = None,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """Attack the certificates: an L2 attack inside each certified radius must fail.
@@ -515,6 +552,9 @@ def attack(
             input_shape=input_shape,
             arch=arch,
             trust_model=trust_model,
+            device=device,
+            resize=resize,
+            crop=crop,
         )
         outcome = run_attack(
             request,

@@ -66,6 +66,10 @@ class CertifyRequest:
     refine: bool = False  # local certificates where the global radius is below an eps
     refine_budget: float | None = None  # seconds for the whole refinement
     refine_radius: float | None = None  # also bisect each refined radius up to this
+    device: str | None = None  # cpu (default) or cuda[:N]: where the float64 graph runs
+    ray: str | None = None  # shard over a Ray cluster: "" for a local one, else its address
+    resize: int | None = None  # imagefolder: shorter side resized to this
+    crop: int | None = None  # imagefolder: centre crop of this size
 
 
 # Request fields a [tool.lipcert] table may set, by config key.
@@ -138,6 +142,13 @@ def check_request(
             f"expected {origin('certificate')} auto, pairwise or global but got "
             f"{request.certificate!r}"
         )
+    if request.device is not None:
+        from lipcert.evaluators.torch_device import resolve_device
+
+        if resolve_device(request.device).type != "cpu" and request.margins == "float32":
+            raise UsageError(
+                f"--device {request.device} computes float64 margins; drop --margins float32"
+            )
     if request.split is not None and request.split not in ("test", "train"):
         raise UsageError(f"expected {origin('split')} test or train but got {request.split!r}")
     # A config may set a split for its named dataset and still be used with a file.
@@ -228,6 +239,10 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
             "expected --batch-size >= 1 and --threads >= 1 but got "
             f"{batch_size!r}, {request.threads!r}"
         )
+    if request.device is not None:
+        from lipcert.evaluators.torch_device import resolve_device
+
+        resolve_device(request.device)  # a missing GPU is a usage error before any work
     margins = request.margins or "float32"
     if margins not in ("float32", "float64"):
         raise UsageError(f"expected --margins float32 or float64 but got {margins!r}")
@@ -250,6 +265,8 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
         data_dir=request.data_dir,
         limit=request.limit,
         label_column=request.label_column,
+        resize=request.resize,
+        crop=request.crop,
     )
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
@@ -263,7 +280,7 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
         dataset.images.shape[1],
         per="feature" if dataset.is_features else "channel",
     )
-    chosen = choose_evaluators(loaded, analysis, margins, request.threads)
+    chosen = choose_evaluators(loaded, analysis, margins, request.threads, request.device)
     return Prepared(
         dataset,
         loaded,
@@ -290,7 +307,10 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
 
     refine = check_refine_options(request.refine, request.refine_budget, request.refine_radius)
     prepared = prepare(request, config)
-    result = run_with_progress(prepared, eps_list, console)
+    if request.ray is not None:
+        result = run_on_ray(prepared, request, eps_list, console)
+    else:
+        result = run_with_progress(prepared, eps_list, console)
     refinement = None
     if refine is not None:
         result, refinement = refine_with_progress(prepared, result, eps_list, refine, console)
@@ -375,6 +395,30 @@ def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:
         return load_model(request.model, options)
     except ShapeError as exc:
         raise DatasetError(f"the {what} of {dataset.name!r} do not fit the model: {exc}") from None
+
+
+def run_on_ray(
+    prepared: Prepared, request: CertifyRequest, eps_list: list[Eps], console: Console | None
+) -> CertifyResult:
+    """certify_dataset's result, computed by the workers of a Ray cluster (--ray ADDRESS)."""
+    import numpy as np
+
+    from lipcert.certify.distributed import ShardJob, certify_on_ray
+
+    job = ShardJob(
+        loaded=prepared.loaded,
+        analysis=prepared.analysis,
+        margins=request.margins or "float32",
+        threads=request.threads,
+        device=request.device,
+        spec=prepared.spec,
+        method=prepared.method,
+        preprocessing=prepared.preprocessing,
+        eps_values=np.array([e.value for e in eps_list], dtype=np.float64),
+        batch_size=prepared.batch_size,
+        has_exact=prepared.exact is not None,
+    )
+    return certify_on_ray(job, prepared.dataset, eps_list, address=request.ray or "local")
 
 
 def run_with_progress(

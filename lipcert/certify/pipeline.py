@@ -226,11 +226,17 @@ class Evaluators:
 
 
 def choose_evaluators(
-    loaded: LoadedModel, analysis: Analysis, margins: str, threads: int | None
+    loaded: LoadedModel,
+    analysis: Analysis,
+    margins: str,
+    threads: int | None,
+    device: str | None = None,
 ) -> Evaluators:
     """float32 (default): onnxruntime with its rounding allowance, and the float64 graph for
     the samples whose certificate that allowance may change. float64: the float64 graph for
-    every sample, each batch compared with onnxruntime."""
+    every sample, each batch compared with onnxruntime. On a CUDA `device`: the float64 graph
+    on the GPU for every sample (`lipcert.evaluators.torch_device`), its first batch compared
+    with onnxruntime on the CPU."""
     from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
     from lipcert.evaluators.exact import Float64Evaluator
     from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
@@ -238,6 +244,8 @@ def choose_evaluators(
 
     spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     runtime = OnnxRuntimeEvaluator(loaded, threads=threads, spec=analysis.spec)
+    if device is not None and device != "cpu":
+        return device_evaluators(analysis, spec64, device, runtime, threads)
     if margins == "float64":
         exact = Float64Evaluator(analysis.graph, spec64, reference=runtime, threads=threads)
         return Evaluators(exact, None, spec64)
@@ -245,6 +253,23 @@ def choose_evaluators(
     if PosteriorEvaluator.applies(loaded):
         return Evaluators(PosteriorEvaluator(loaded, analysis, threads), exact, analysis.spec)
     return Evaluators(runtime, exact, analysis.spec)
+
+
+def device_evaluators(
+    analysis: Analysis,
+    spec64: CertificateSpec,
+    device: str,
+    reference: Evaluator | None,
+    threads: int | None = None,
+) -> Evaluators:
+    """The float64 graph on a torch `device` for every sample (no exact pass: it is the
+    exact path), its first batch checked against `reference`."""
+    from lipcert.evaluators.torch_device import TorchDeviceEvaluator, resolve_device
+
+    evaluator = TorchDeviceEvaluator(
+        analysis.graph, spec64, resolve_device(device), reference=reference, threads=threads
+    )
+    return Evaluators(evaluator, None, evaluator.spec)
 
 
 def model_labels(dataset: Dataset, spec: CertificateSpec) -> np.ndarray:

@@ -1,0 +1,203 @@
+"""Certifying a dataset on a Ray cluster: the same batches, spread over workers.
+
+The dataset is cut into shards of whole batches (a shard starts at a multiple of the batch
+size), so every batch a worker evaluates is the batch a one-process run evaluates, through the
+same code (`Dataset.batches`, the preprocessing, `certify_batch`). Each worker is a Ray actor
+that builds its evaluators once, from the model and the analysis the driver made (the graph
+is bounded once, not once per worker). The driver puts the shards' certificates back in
+dataset order and computes the metrics as `certify_dataset` does: the radii, the CSV, the
+JSON and the gates are those of a one-process run, bit for bit, as long as the evaluators
+give the same logits for the same batch on every worker (onnxruntime and torch CPU kernels
+do at a fixed thread count; tests/test_ray.py checks it).
+
+Ray is an optional dependency: `pip install lipcert[ray]`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from lipcert.bounds.compose import Analysis
+from lipcert.bounds.spec import CertificateSpec
+from lipcert.certify.metrics import Eps, summarise
+from lipcert.certify.pipeline import (
+    CertifyResult,
+    Preprocessing,
+    _concatenate,
+    certify_batch,
+    choose_evaluators,
+    model_labels,
+)
+from lipcert.certify.radii import Certificates, Method
+from lipcert.datasets import Dataset
+from lipcert.errors import UsageError
+from lipcert.model import LoadedModel
+
+LOCAL = "local"
+# Shards per worker: enough to even out slow and fast workers, few enough to keep the
+# per-task overhead (milliseconds) far below a batch's inference.
+_SHARDS_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every worker needs, sent to the cluster once."""
+
+    loaded: LoadedModel
+    analysis: Analysis
+    margins: str
+    threads: int | None
+    device: str | None
+    spec: CertificateSpec  # of the model, without preprocessing (as certify_dataset takes it)
+    method: Method
+    preprocessing: Preprocessing | None
+    eps_values: np.ndarray
+    batch_size: int
+    has_exact: bool  # whether the evaluators include an exact one (reported per sample)
+
+
+BatchResult = tuple[Certificates, np.ndarray, np.ndarray]
+
+
+class ShardWorker:
+    """Evaluators built once; certifies shards of whole batches (a Ray actor's body)."""
+
+    def __init__(self, job: ShardJob) -> None:
+        chosen = choose_evaluators(
+            job.loaded, job.analysis, job.margins, job.threads, job.device
+        )
+        self.job = job
+        self.evaluator = chosen.evaluator
+        self.exact = chosen.exact
+
+    def certify(self, shard: Dataset) -> list[BatchResult]:
+        """certify_batch on each batch of `shard`, exactly as certify_dataset runs them."""
+        job = self.job
+        spec = job.spec
+        if job.preprocessing is not None:
+            spec = spec.scaled(job.preprocessing.lipschitz)
+        pixel_type = self.evaluator.input_dtype if job.preprocessing is None else np.float64
+        results = []
+        for _, pixels, _ in shard.batches(job.batch_size, dtype=pixel_type):
+            inputs = pixels if job.preprocessing is None else job.preprocessing.apply(pixels)
+            results.append(
+                certify_batch(
+                    self.evaluator, spec, job.method, inputs, job.eps_values, exact=self.exact
+                )
+            )
+        return results
+
+
+def import_ray() -> Any:
+    """The ray module, or a usage error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(
+            "--ray needs Ray, which is not installed: pip install 'lipcert[ray]'"
+        ) from None
+    return ray
+
+
+def shard_bounds(samples: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """[start, stop) of up to `shards` contiguous shards, each starting on a batch boundary."""
+    batches = math.ceil(samples / batch_size)
+    per_shard = max(1, math.ceil(batches / max(1, shards)))
+    step = per_shard * batch_size
+    return [(start, min(start + step, samples)) for start in range(0, samples, step)]
+
+
+def certify_on_ray(
+    job: ShardJob,
+    dataset: Dataset,
+    eps_list: list[Eps],
+    *,
+    address: str = LOCAL,
+    workers: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> CertifyResult:
+    """certify_dataset's result, computed by `workers` Ray actors (default: one per CPU of
+    the cluster, or one per GPU with a CUDA device). `address` "local" starts (or joins, when
+    this process already did) a local Ray; anything else is handed to ray.init."""
+    ray = import_ray()
+    started_here = False
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=None if address == LOCAL else address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+            )
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UsageError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+        started_here = True
+    try:
+        return _certify(ray, job, dataset, eps_list, workers, on_batch)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _certify(
+    ray: Any,
+    job: ShardJob,
+    dataset: Dataset,
+    eps_list: list[Eps],
+    workers: int | None,
+    on_batch: Callable[[int], None] | None,
+) -> CertifyResult:
+    labels = model_labels(dataset, job.spec)
+    gpu = job.device is not None and job.device != "cpu"
+    resources = ray.cluster_resources()
+    if workers is None:
+        workers = int(resources.get("GPU" if gpu else "CPU", 1))
+    workers = max(1, workers)
+    bounds = shard_bounds(len(dataset), job.batch_size, workers * _SHARDS_PER_WORKER)
+    workers = min(workers, len(bounds))
+    actor_class = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)(ShardWorker)
+    started = time.perf_counter()
+    job_ref = ray.put(job)
+    actors = [actor_class.remote(job_ref) for _ in range(workers)]
+    results: dict[int, list[BatchResult]] = {}
+    pending: dict[Any, tuple[int, Any]] = {}
+    queue = list(range(len(bounds)))
+    free = list(actors)
+    try:
+        while queue or pending:
+            while queue and free:
+                index, actor = queue.pop(0), free.pop()
+                start, stop = bounds[index]
+                shard = replace(
+                    dataset, images=dataset.images[start:stop], labels=dataset.labels[start:stop]
+                )
+                pending[actor.certify.remote(shard)] = (index, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(done[0])
+            results[index] = ray.get(done[0])
+            free.append(actor)
+            if on_batch is not None:
+                on_batch(bounds[index][1] - bounds[index][0])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    seconds = time.perf_counter() - started
+    batches = [batch for index in range(len(bounds)) for batch in results[index]]
+    certificates = _concatenate([b[0] for b in batches], job.method)
+    spec = job.spec if job.preprocessing is None else job.spec.scaled(job.preprocessing.lipschitz)
+    return CertifyResult(
+        certificates,
+        labels,
+        summarise(certificates, labels, eps_list, dataset.class_names),
+        spec,
+        np.concatenate([b[1] for b in batches]) if batches else np.zeros(0),
+        seconds,
+        np.concatenate([b[2] for b in batches]) if job.has_exact and batches else None,
+    )
+
