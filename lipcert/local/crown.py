@@ -37,6 +37,9 @@ from lipcert.local.network import AffineStep, Network, ReluStep
 
 Tensor = torch.Tensor
 _U = 2.0**-53
+# The ball-and-box concretisation (a bisection per row) only for this many rows at once: the
+# margins, not the thousands of intermediate rows, where its cost would dominate.
+_BALL_AND_BOX_ROWS = 64
 _TINY = 1e-300
 
 
@@ -461,6 +464,8 @@ class LocalBounds:
             mid = (lo0 + hi0) * 0.5
             rad = (hi0 - lo0) * 0.5 * (1 + 4 * _U) + 2 * _U * (lo0.abs() + hi0.abs()) + _TINY
             results.append(self._concretise(flat, mid, rad, flat, rho * self.eps, state))
+            if k <= _BALL_AND_BOX_ROWS:
+                results.append(self._ball_and_box(cut, flat, mid, rad, rho * self.eps, state))
         bias, bias_size, slack, steps = state
         lo, hi = self.bounds.lower[cut].reshape(-1), self.bounds.upper[cut].reshape(-1)
         value = flat.clamp(min=0) @ lo + flat.clamp(max=0) @ hi
@@ -469,6 +474,68 @@ class LocalBounds:
         lower = value + bias - slack * (1 + 2 * self.gamma) - rounding
         results.append(lower - _widen(lower, 8 * _U) - 8 * _U * (value.abs() + bias.abs()))
         return torch.stack(results).amax(dim=0)
+
+    def _ball_and_box(
+        self,
+        cut: str,
+        flat: Tensor,
+        mid: Tensor,
+        rad: Tensor,
+        radius: float,
+        state: tuple[Tensor, Tensor, Tensor, int],
+    ) -> Tensor:
+        """min of Lambda . t over t in the ball ||t - t(x0)|| <= radius AND in t's bounds.
+
+        Weak duality: for any mu > 0 and any feasible d = t - m (m the computed center),
+        Lambda . d >= sum_i min over [a_i, b_i] of (Lambda_i d_i + mu d_i^2 / 2) - mu R^2 / 2,
+        R = radius + ||t(x0) - m||, [a, b] = bounds - m. Each one-dimensional minimum has a
+        closed form; where rounding leaves in doubt whether it sits at an end of [a_i, b_i],
+        the unconstrained minimum -Lambda_i^2 / (2 mu), smaller, is taken. mu is tuned by
+        bisection on the dual's slope (any mu gives a valid bound). Post-ReLU tensors gain
+        most: the ball alone would let their zeros go negative.
+        """
+        g = self.gamma
+        k = flat.shape[0]
+        center = mid.reshape(1, -1)
+        lo = self.bounds.lower[cut].reshape(1, -1)
+        hi = self.bounds.upper[cut].reshape(1, -1)
+        a = _down(lo - center)
+        b = _up(hi - center)
+        reach = (radius + float(torch.linalg.norm(rad)) * (1 + 4 * _U)) * (1 + 4 * _U)
+        norm = flat.norm(dim=1).clamp(min=1e-300)
+        log_low = torch.log(norm / reach) - 14.0
+        log_high = torch.log(norm / reach) + 14.0
+        for _ in range(24):
+            log_mu = 0.5 * (log_low + log_high)
+            mu = torch.exp(log_mu)[:, None]
+            d = torch.clamp(-flat / mu, a, b)
+            too_far = (d * d).sum(dim=1) > reach * reach
+            log_low = torch.where(too_far, log_mu, log_low)
+            log_high = torch.where(too_far, log_high, log_mu)
+        mu = torch.exp(log_high)[:, None]
+        slope_a = flat + mu * a
+        slope_b = flat + mu * b
+        tolerance = 4 * _U * (flat.abs() + mu * torch.maximum(a.abs(), b.abs()))
+        inside = -(flat * flat) / (2 * mu)
+        at_a = flat * a + 0.5 * mu * a * a
+        at_b = flat * b + 0.5 * mu * b * b
+        pieces = torch.where(
+            slope_a > tolerance, at_a, torch.where(slope_b < -tolerance, at_b, inside)
+        )
+        pieces = torch.where(torch.isfinite(pieces), pieces, inside)
+        dual = pieces.sum(dim=1) - 0.5 * mu[:, 0] * reach * reach
+        dual_size = pieces.abs().sum(dim=1) + 0.5 * mu[:, 0] * reach * reach
+        bias, bias_size, slack, steps = state
+        value = flat @ center.reshape(-1)
+        value_size = flat.abs() @ center.abs().reshape(-1)
+        rounding = (
+            2 * g * (value_size + dual_size)
+            + (steps + 8) * _U * 2 * (bias_size + value.abs())
+            + slack * (2 * g)
+        )
+        lower = value + dual + bias - slack - rounding
+        lower = lower - _widen(lower, 8 * _U) - 8 * _U * (value.abs() + bias.abs() + dual.abs())
+        return torch.where(torch.isfinite(lower), lower, torch.full((k,), -math.inf))
 
     def _concretise(
         self,
