@@ -21,7 +21,7 @@ each node's `gamma` uses the unit roundoff of the arithmetic that computed it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class ErrorPlan:
 
     analysis: Analysis
     needed: tuple[str, ...]
+    zero_norms: dict[str, float] = field(default_factory=dict)  # cache of ||t(0)||
 
     @classmethod
     def of(cls, analysis: Analysis) -> ErrorPlan:
@@ -130,12 +131,15 @@ class ErrorPlan:
 
     def _a_priori(self, name: str, x_norm: np.ndarray) -> np.ndarray:
         """||t(0)|| + L_t ||x||: the size of t for any input of norm ||x||."""
-        graph = self.analysis.graph
-        at_zero = graph.zero_input_values.get(name)
-        if at_zero is None:
-            return np.full_like(x_norm, np.inf)
-        per_sample = np.asarray(at_zero, dtype=np.float64)[:1]
-        zero = float(np.linalg.norm(per_sample)) * (1 + _ZERO_INPUT_MARGIN)
+        zero = self.zero_norms.get(name)
+        if zero is None:
+            at_zero = self.analysis.graph.zero_input_values.get(name)
+            if at_zero is None:
+                zero = np.inf
+            else:
+                per_sample = np.asarray(at_zero, dtype=np.float64)[:1]
+                zero = float(np.linalg.norm(per_sample)) * (1 + _ZERO_INPUT_MARGIN)
+            self.zero_norms[name] = zero
         return _up(zero + self.analysis.tensor_bounds[name] * x_norm)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.errors import ModelLoadError
 from lipcert.evaluators.base import Evaluation, agree, input_norms
+from lipcert.evaluators.fixed_batch import refuse_fixed_batch_mixing
 from lipcert.model import LoadedModel
 
 
@@ -52,7 +53,7 @@ class OnnxRuntimeEvaluator:
         self.input_dtype: type = np.float64 if double_input else np.float32
         self.spec = spec
         self.one_at_a_time = False
-        self.batch_checked = self.fixed_batch is not None or spec is None
+        self.batch_checked = spec is None or self.fixed_batch == 1
 
     def evaluate(self, batch: np.ndarray) -> Evaluation:
         return self.evaluation_of(batch, self.logits(batch))
@@ -69,6 +70,9 @@ class OnnxRuntimeEvaluator:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if self.one_at_a_time:
             return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
+        if not self.batch_checked and self.fixed_batch is not None and len(batch):
+            self.batch_checked = True
+            refuse_fixed_batch_mixing(self._run, batch, self.fixed_batch, self.spec)
         if not self.batch_checked and len(batch) > 1:
             self.batch_checked = True
             if not self.batches_like_single_samples(batch):
