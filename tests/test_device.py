@@ -173,3 +173,18 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path: Path, command: str) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("UsageError: --device cuda needs a CUDA GPU")
+
+
+def test_api_device() -> None:
+    import lipcert
+
+    model = lipcert.load(MODELS / "fmnist_ce_tau8.onnx", input_shape=(1, 28, 28))
+    x = _images((1, 28, 28), n=6).astype(np.float32) / 255
+    on_cpu = model.certify(x, device="cpu", eps=[36 / 255])
+    default = model.certify(x, eps=[36 / 255])
+    np.testing.assert_array_equal(on_cpu.radius, default.radius)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="needs a CUDA GPU"):
+            model.certify(x, device="cuda")
+    with pytest.raises(UsageError, match="expected --device"):
+        model.logits(x, device="gpu")

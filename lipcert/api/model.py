@@ -222,10 +222,12 @@ class Model:
 
     # --- certificates ------------------------------------------------------------------
 
-    def logits(self, x: Any, precision: Precision = "float32") -> np.ndarray:
+    def logits(
+        self, x: Any, precision: Precision = "float32", device: str | None = None
+    ) -> np.ndarray:
         """The logits (N, K) of a batch, as lipcert evaluates them when it certifies."""
         inputs = self._inputs(x)
-        return self._evaluators_for(precision).evaluator.evaluate(inputs).logits
+        return self._evaluators_for(precision, device).evaluator.evaluate(inputs).logits
 
     def certify(
         self,
@@ -236,6 +238,7 @@ class Model:
         precision: Precision = "float32",
         certificate: Certificate = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str | None = None,
     ) -> CertifiedBatch:
         """Certified radius, prediction and margin of every sample of `x`.
 
@@ -246,6 +249,9 @@ class Model:
         bound may change (a decision within it, or a radius near one of `eps`), as
         `lipcert certify` does; "float64" runs the graph in float64 for every sample.
         certificate="auto" uses the pairwise bounds of a linear head when there is one.
+        device="cuda" (or "cuda:N") runs the graph in float64 on that GPU for every sample,
+        whatever `precision`, as `lipcert certify --device cuda` does (the first batch checked
+        against onnxruntime on the CPU); "cpu" or None: the CPU as above.
         """
         inputs = self._inputs(x)
         labels = None if y is None else self.labels(y, len(inputs))
@@ -253,7 +259,7 @@ class Model:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"expected batch_size >= 1 but got {batch_size!r}")
         eps_values = np.asarray([float(e) for e in eps], dtype=np.float64)
-        evaluators = self._evaluators_for(precision)
+        evaluators = self._evaluators_for(precision, device)
         parts = []
         for start in range(0, len(inputs), batch_size):
             certificates, allowance, _ = certify_batch(
@@ -341,15 +347,23 @@ class Model:
             return self.spec
         return self._analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
 
-    def _evaluators_for(self, precision: Precision) -> Evaluators:
-        """The evaluators `lipcert certify --margins <precision>` uses, made once."""
+    def _evaluators_for(self, precision: Precision, device: str | None = None) -> Evaluators:
+        """The evaluators `lipcert certify --margins <precision> --device <device>` uses,
+        made once."""
         if precision not in ("float32", "float64"):
             raise UsageError(f"expected precision 'float32' or 'float64' but got {precision!r}")
-        if precision not in self._evaluators:
-            self._evaluators[precision] = choose_evaluators(
-                self._loaded, self._analysis, precision, threads=None
+        if device is not None:
+            from lipcert.evaluators.torch_device import resolve_device
+
+            device = str(resolve_device(device))
+            if device == "cpu":
+                device = None
+        key = precision if device is None else f"float64@{device}"
+        if key not in self._evaluators:
+            self._evaluators[key] = choose_evaluators(
+                self._loaded, self._analysis, precision, threads=None, device=device
             )
-        return self._evaluators[precision]
+        return self._evaluators[key]
 
 
 def _as_array(value: Any) -> np.ndarray:

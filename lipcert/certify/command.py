@@ -418,7 +418,21 @@ def run_on_ray(
         batch_size=prepared.batch_size,
         has_exact=prepared.exact is not None,
     )
-    return certify_on_ray(job, prepared.dataset, eps_list, address=request.ray or "local")
+    address = request.ray or "local"
+    if console is None:
+        return certify_on_ray(job, prepared.dataset, eps_list, address=address)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("certifying on Ray"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("certify", total=len(prepared.dataset))
+        return certify_on_ray(
+            job,
+            prepared.dataset,
+            eps_list,
+            address=address,
+            on_batch=lambda n: progress.advance(task, n),
+        )
 
 
 def run_with_progress(

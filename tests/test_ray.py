@@ -1,0 +1,163 @@
+"""--ray: a run sharded over a local Ray cluster of two workers equals the one-process run.
+
+Bit for bit in the radii and allowances, equal in the metrics, the CSV and the JSON (less
+the timing). One cluster for the module, a small real model and 64 samples.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lipcert.bounds.compose import analyse
+from lipcert.certify.distributed import ShardJob, certify_on_ray, shard_bounds
+from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.pipeline import Preprocessing, certify_dataset, choose_evaluators
+from lipcert.certify.radii import choose_method
+from lipcert.cli import app
+from lipcert.datasets import Dataset
+from lipcert.frontends import load_model
+from lipcert.model import LoadOptions
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'lipcert[ray]')")
+
+MODEL = Path(__file__).resolve().parents[1] / "sample_models" / "fmnist_ce_tau8.onnx"
+SAMPLES = 64
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _images(n: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, size=(n, 1, 28, 28)).astype(np.float64)
+    mix = rng.random((n, 1, 1, 1))
+    return np.round(mix * noise + (1 - mix) * 128).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    labels = np.arange(SAMPLES, dtype=np.int64) % 10
+    return Dataset("synthetic", "test", _images(SAMPLES), labels, 10, None, "synthetic")
+
+
+def test_shards_start_on_batch_boundaries() -> None:
+    assert shard_bounds(64, 8, 3) == [(0, 24), (24, 48), (48, 64)]
+    assert shard_bounds(10, 4, 8) == [(0, 4), (4, 8), (8, 10)]
+    for samples, batch, shards in [(1, 5, 2), (100, 7, 6), (64, 8, 8)]:
+        bounds = shard_bounds(samples, batch, shards)
+        assert bounds[0][0] == 0 and bounds[-1][1] == samples
+        assert all(start % batch == 0 for start, _ in bounds)
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("margins", "normalised"),
+    [
+        pytest.param("float32", False, id="float32_pixels"),
+        pytest.param("float64", True, id="float64_mean_std"),
+    ],
+)
+def test_sharded_equals_one_process(
+    cluster: None, dataset: Dataset, margins: str, normalised: bool
+) -> None:
+    loaded = load_model(MODEL, LoadOptions(input_shape=(1, 28, 28)))
+    analysis = analyse(loaded.graph)
+    chosen = choose_evaluators(loaded, analysis, margins, None)
+    method = choose_method(analysis.spec, "auto")
+    eps = parse_eps_list("36/255,72/255,1")
+    preprocessing = (
+        Preprocessing(np.array([0.3]), np.array([0.45])) if normalised else None
+    )
+    alone = certify_dataset(
+        chosen.evaluator,
+        chosen.spec,
+        method,
+        dataset,
+        eps,
+        batch_size=BATCH,
+        preprocessing=preprocessing,
+        exact=chosen.exact,
+    )
+    job = ShardJob(
+        loaded=loaded,
+        analysis=analysis,
+        margins=margins,
+        threads=None,
+        device=None,
+        spec=chosen.spec,
+        method=method,
+        preprocessing=preprocessing,
+        eps_values=np.array([e.value for e in eps]),
+        batch_size=BATCH,
+        has_exact=chosen.exact is not None,
+    )
+    sharded = certify_on_ray(job, dataset, eps, workers=2)
+    for name in ("radius", "margin", "prediction", "runner_up", "status"):
+        np.testing.assert_array_equal(
+            getattr(sharded.certificates, name), getattr(alone.certificates, name)
+        )
+    np.testing.assert_array_equal(sharded.allowance, alone.allowance)
+    np.testing.assert_array_equal(sharded.labels, alone.labels)
+    if alone.exact is None:
+        assert sharded.exact is None
+    else:
+        np.testing.assert_array_equal(sharded.exact, alone.exact)
+    assert sharded.summary == alone.summary
+    assert sharded.spec.lipschitz_bound == alone.spec.lipschitz_bound
+    assert sharded.spec.logit_bounds == alone.spec.logit_bounds
+    np.testing.assert_array_equal(sharded.spec.pairwise_bounds, alone.spec.pairwise_bounds)
+    assert np.any(alone.certificates.radius > 0)
+
+
+def test_cli_csv_json_and_gates_match(cluster: None, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    np.savez(data, x=_images(SAMPLES), y=np.arange(SAMPLES) % 10)
+    outputs = {}
+    for mode, extra in (("alone", []), ("ray", ["--ray", "local"])):
+        csv = tmp_path / f"{mode}.csv"
+        result = CliRunner().invoke(
+            app,
+            [
+                "certify",
+                str(MODEL),
+                "--dataset",
+                str(data),
+                "--batch-size",
+                str(BATCH),
+                "--csv",
+                str(csv),
+                "--json",
+                "--quiet",
+                "--no-config",
+                "--min-certified-accuracy",
+                "0.99",
+                *extra,
+            ],
+        )
+        assert result.exit_code == 1, result.output  # the gate fails in both runs
+        document = json.loads(result.stdout)
+        outputs[mode] = (csv.read_text(), _without_timing(document))
+    assert outputs["alone"][0] == outputs["ray"][0]
+    assert outputs["alone"][1] == outputs["ray"][1]
+
+
+def _without_timing(document: object) -> object:
+    if isinstance(document, dict):
+        return {
+            key: _without_timing(value)
+            for key, value in document.items()
+            if "second" not in key and "per_s" not in key and "throughput" not in key
+        }
+    if isinstance(document, list):
+        return [_without_timing(value) for value in document]
+    return document
