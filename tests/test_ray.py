@@ -6,6 +6,7 @@ the timing). One cluster for the module, a small real model and 64 samples.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_shards_start_on_batch_boundaries() -> None:
         bounds = shard_bounds(samples, batch, shards)
         assert bounds[0][0] == 0 and bounds[-1][1] == samples
         assert all(start % batch == 0 for start, _ in bounds)
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
 
 
 @pytest.mark.parametrize(
@@ -75,9 +76,7 @@ def test_sharded_equals_one_process(
     chosen = choose_evaluators(loaded, analysis, margins, None)
     method = choose_method(analysis.spec, "auto")
     eps = parse_eps_list("36/255,72/255,1")
-    preprocessing = (
-        Preprocessing(np.array([0.3]), np.array([0.45])) if normalised else None
-    )
+    preprocessing = Preprocessing(np.array([0.3]), np.array([0.45])) if normalised else None
     alone = certify_dataset(
         chosen.evaluator,
         chosen.spec,

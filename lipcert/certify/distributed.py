@@ -69,9 +69,7 @@ class ShardWorker:
     """Evaluators built once; certifies shards of whole batches (a Ray actor's body)."""
 
     def __init__(self, job: ShardJob) -> None:
-        chosen = choose_evaluators(
-            job.loaded, job.analysis, job.margins, job.threads, job.device
-        )
+        chosen = choose_evaluators(job.loaded, job.analysis, job.margins, job.threads, job.device)
         self.job = job
         self.evaluator = chosen.evaluator
         self.exact = chosen.exact
@@ -200,4 +198,3 @@ def _certify(
         seconds,
         np.concatenate([b[2] for b in batches]) if job.has_exact and batches else None,
     )
-

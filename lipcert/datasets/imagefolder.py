@@ -58,8 +58,7 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
                     found.append((Path(folder) / file, index))
         if not found:
             raise DatasetError(
-                f"{root}: class folder {name!r} holds no image file "
-                f"({', '.join(EXTENSIONS)})"
+                f"{root}: class folder {name!r} holds no image file ({', '.join(EXTENSIONS)})"
             )
         samples.extend(found)
     return classes, samples
