@@ -115,4 +115,14 @@ def bound_node(node: Node, graph: Graph) -> LayerBound:
             f"supported ops: {', '.join(supported_ops())}"
         )
     check_node(node, graph)
-    return function(node, graph)
+    bound = function(node, graph)
+    if graph.inexact_constants:
+        from lipcert.bounds.folded import with_folded_rounding
+
+        bound = with_folded_rounding(node, graph, bound)
+    if not graph.size_known:
+        # A bound stated for every input size must hold at every size, not the probe's.
+        from lipcert.bounds.open_size import any_size_bound
+
+        return any_size_bound(node, graph, bound)
+    return bound

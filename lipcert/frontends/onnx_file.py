@@ -21,44 +21,25 @@ import onnx
 from onnx import numpy_helper
 
 from lipcert.errors import ModelLoadError, ShapeError, UnsupportedOpError, UsageError
+from lipcert.frontends.onnx_exact import inexact_constants, refuse_inexact, to_float64
+from lipcert.frontends.onnx_flow import (
+    Flow,
+    data_flow,
+    needed_nodes,
+    refuse_random_and_loops,
+    shape_derived,
+    subgraphs,
+)
+from lipcert.frontends.onnx_guard import guard_sizes
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel, LoadOptions, check_sample_shape
 
-# Ops whose output depends only on the input's shape, which is static here.
-_SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
-# Ops whose output is random: a model that uses them has no fixed function to certify.
-_RANDOM_OPS = frozenset(
-    {
-        "RandomNormal",
-        "RandomNormalLike",
-        "RandomUniform",
-        "RandomUniformLike",
-        "Multinomial",
-        "Bernoulli",
-    }
-)
 # Monotone maps at the output: they change neither the argmax nor, for one output, the side
 # of the decision threshold (Sigmoid: p > 1/2 exactly when its input is > 0). Certificates
 # use their input, the logits, where a one-logit decision is "positive means class 1".
 _OUTPUT_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid"})
 # A batch size fixed by a model beyond this is taken as a malformed file.
 _MAX_FIXED_BATCH = 4096
-# The probe run keeps every intermediate tensor: one larger than this (1 GiB of float32) is
-# refused before anything is allocated, as a file built to exhaust memory would be.
-_MAX_TENSOR_ELEMENTS = 1 << 28
-_INTEGER_TYPES = frozenset(
-    {
-        onnx.TensorProto.INT8,
-        onnx.TensorProto.INT16,
-        onnx.TensorProto.INT32,
-        onnx.TensorProto.INT64,
-        onnx.TensorProto.UINT8,
-        onnx.TensorProto.UINT16,
-        onnx.TensorProto.UINT32,
-        onnx.TensorProto.UINT64,
-        onnx.TensorProto.BOOL,
-    }
-)
 # Error details quoted from onnx or onnxruntime are cut to this many characters.
 _MAX_DETAIL = 300
 # Spatial sizes tried when the model leaves its input size open and none is given.
@@ -345,10 +326,14 @@ def _build_graph(
     batch: int,
     source: str,
 ) -> tuple[Graph, onnx.ModelProto]:
-    nodes = list(model.graph.node)
-    _refuse_random_ops(nodes)
-    is_data = _data_dependence(nodes, input_name)
-    values = _probe(model, input_name, input_shape, batch, nodes, source)
+    original = list(model.graph.node)
+    position = {id(proto): index for index, proto in enumerate(original)}
+    # What does not lead to the output never runs, not even in the probe.
+    nodes = needed_nodes(original, output_name)
+    refuse_random_and_loops(nodes, model.functions)
+    flow = data_flow(nodes, input_name)
+    _refuse_value_dependence(nodes, flow)
+    values = _probe(model, input_name, input_shape, batch, nodes, flow, source)
 
     constants: dict[str, np.ndarray] = {
         init.name: numpy_helper.to_array(init) for init in model.graph.initializer
@@ -356,13 +341,13 @@ def _build_graph(
     shapes: dict[str, tuple[int, ...]] = {input_name: values[input_name].shape}
     zero_values: dict[str, np.ndarray] = {input_name: values[input_name].astype(np.float64)}
     graph_nodes: list[Node] = []
-    for index, proto in enumerate(nodes):
-        if not any(is_data.get(name, False) for name in proto.output if name):
+    for proto in nodes:
+        if not any(flow.is_data.get(name, False) for name in proto.output if name):
             for name in proto.output:
                 if name:
                     constants[name] = values[name]
             continue
-        graph_nodes.append(_to_node(proto, index))
+        graph_nodes.append(_to_node(proto, position[id(proto)]))
         for name in proto.output:
             if name:
                 shapes[name] = tuple(values[name].shape)
@@ -378,17 +363,91 @@ def _build_graph(
         source=source,
         zero_input_values=zero_values,
         opset=_default_opset(model),
+        size_dependent=frozenset(shape_derived(nodes, flow)),
     )
     if output_name not in shapes:
         raise ModelLoadError(
             f"the output {output_name!r} of {source!r} does not depend on the input"
         )
-    _drop_output_activation(graph)
+    _drop_output_activation(graph, model)
     graph.prune()
+    runnable = _runnable_model(model, graph.output_name)
+    inexact = inexact_constants(graph, nodes, flow, values, constants)
+    if inexact:
+        runnable = _fold_in_float64(graph, runnable, nodes, inexact, values[input_name])
     graph.zero_input_values = {
         k: v for k, v in zero_values.items() if k in graph.shapes and _is_used(graph, k)
     }
-    return graph, _runnable_model(model, graph.output_name)
+    return graph, runnable
+
+
+def _fold_in_float64(
+    graph: Graph,
+    runnable: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    inexact: dict[str, onnx.NodeProto],
+    zeros: np.ndarray,
+) -> onnx.ModelProto:
+    """Constants computed inexactly in float32: the graph takes their float64 values (the
+    model's up to float64 rounding), and the runtime their float32 roundings as weights."""
+    for name, origin in inexact.items():
+        if np.asarray(graph.constant(name)).dtype.kind != "f":
+            refuse_inexact(name, origin, graph, "it sets an integer (a shape or an index)")
+    names = list(inexact)
+    wanted = [proto for name in names for proto in needed_nodes(nodes, name)]
+    part = _with_outputs(_with_nodes(runnable, list({id(p): p for p in wanted}.values())), names)
+    del part.graph.value_info[:]
+    try:
+        session = _session(to_float64(part), graph.source)
+        folded = session.run(names, {graph.input_name: zeros.astype(np.float64)})
+    except Exception as exc:  # ModelLoadError included: an op without a float64 kernel
+        detail = _first_line(exc)
+        refuse_inexact(
+            names[0], inexact[names[0]], graph, f"it cannot be recomputed in float64 ({detail})"
+        )
+        raise  # unreachable: refuse_inexact raises
+    for name, value in zip(names, folded, strict=True):
+        runtime_dtype = np.asarray(graph.constant(name)).dtype
+        exact64 = np.asarray(value, dtype=np.float64)
+        graph.constants[name] = exact64
+        weight = f"{name}__folded_in_float64"
+        runnable.graph.initializer.append(
+            numpy_helper.from_array(exact64.astype(runtime_dtype), weight)
+        )
+        for proto in runnable.graph.node:
+            for index, input_name in enumerate(proto.input):
+                if input_name == name:
+                    proto.input[index] = weight
+    graph.inexact_constants = frozenset(names)
+    graph.notes.append(
+        f"{len(names)} constant(s) computed inside the model (first {names[0]!r}) recomputed "
+        "in float64; the runtime uses their float32 roundings, covered by the allowance"
+    )
+    return runnable
+
+
+def _refuse_value_dependence(nodes: list[onnx.NodeProto], flow: Flow) -> None:
+    """Bounds hold for a fixed function on tensors of fixed shapes: control flow that reads
+    the input, and data tensors whose shape follows the input's values, are refused."""
+    for proto in nodes:
+        outputs = [name for name in proto.output if name]
+        if not any(flow.is_data.get(name, False) for name in outputs):
+            continue
+        label = f"node {proto.name or proto.op_type!r} ({proto.op_type})"
+        if any(True for _ in subgraphs(proto)):
+            raise UnsupportedOpError(
+                f"{label} depends on the input's values (directly or in its subgraphs): "
+                "control flow on the input is not supported"
+            )
+        varying = [name for name in outputs if flow.shape_varies.get(name, False)]
+        if varying:
+            origin = flow.shape_origin.get(varying[0], proto)
+            where = f"node {origin.name or origin.op_type!r} ({origin.op_type})"
+            raise UnsupportedOpError(
+                f"{where}: the shape of its output depends on the input's values, not only "
+                f"on its shape{'' if origin is proto else f' (read by {label})'}; lipcert "
+                "bounds functions on tensors of fixed shapes"
+            )
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -401,68 +460,22 @@ def _is_used(graph: Graph, name: str) -> bool:
     return name == graph.input_name or any(name in node.outputs for node in graph.nodes)
 
 
-def _refuse_random_ops(nodes: list[onnx.NodeProto]) -> None:
-    for proto in nodes:
-        if proto.op_type in _RANDOM_OPS:
-            raise UnsupportedOpError(
-                f"node {proto.name or proto.op_type!r} ({proto.op_type}) draws random numbers: "
-                "a model must compute a fixed function to be certified"
-            )
-
-
-def _data_dependence(nodes: list[onnx.NodeProto], input_name: str) -> dict[str, bool]:
-    """Which tensors depend on the input's values (shape-only ops do not)."""
-    is_data = {input_name: True}
-    for proto in nodes:
-        depends = proto.op_type not in _SHAPE_ONLY_OPS and any(
-            is_data.get(name, False) for name in proto.input if name
-        )
-        if proto.op_type in ("If", "Loop", "Scan") and not depends:
-            depends = _subgraph_reads_data(proto, is_data)
-        for name in proto.output:
-            if name:
-                is_data[name] = depends
-    return is_data
-
-
-def _subgraph_reads_data(proto: onnx.NodeProto, is_data: dict[str, bool]) -> bool:
-    """Control flow can read outer tensors implicitly: treat any such read as data."""
-    for attribute in proto.attribute:
-        graphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
-        for subgraph in graphs:
-            for node in subgraph.node:
-                if any(is_data.get(name, False) for name in node.input):
-                    return True
-    return False
-
-
 def _probe(
     model: onnx.ModelProto,
     input_name: str,
     input_shape: tuple[int, ...] | None,
     batch: int,
     nodes: list[onnx.NodeProto],
+    flow: Flow,
     source: str,
 ) -> dict[str, np.ndarray]:
-    """Run the model once on a zero batch and return every tensor's value."""
-    import onnxruntime as ort
+    """Run the nodes once on a zero batch and return every tensor's value.
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
+    The size guard runs first, at each input shape tried: no tensor above it is allocated.
+    """
+    probe = _with_nodes(model, nodes)
     names = [name for proto in nodes for name in proto.output if name]
-    for name in names:
-        probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # Failures come back as exceptions and are reported once; the log would repeat them.
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(
-            probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"onnxruntime cannot load {source!r}: {_first_line(exc)}") from None
+    session = _session(_with_outputs(probe, names), source)
     elem_type = model.graph.input[
         [vi.name for vi in model.graph.input].index(input_name)
     ].type.tensor_type.elem_type
@@ -478,10 +491,17 @@ def _probe(
             except UsageError as exc:
                 errors.append(f"{shape}: {exc}")
                 continue
-        _refuse_huge_tensors(model, input_name, (batch, *shape), source)
         zeros = np.zeros((batch, *shape), dtype=dtype)
+
+        def run_part(part: onnx.ModelProto, wanted: list[str], zeros: np.ndarray = zeros) -> Any:
+            results = _session(_with_outputs(part, wanted), source).run(wanted, {input_name: zeros})
+            return dict(zip(wanted, results, strict=True))
+
         try:
+            guard_sizes(probe, nodes, flow, input_name, zeros.shape, source, run_part)
             results = session.run(names, {input_name: zeros})
+        except ModelLoadError:
+            raise
         except Exception as exc:
             errors.append(f"{shape}: {_first_line(exc)}")
             continue
@@ -499,66 +519,36 @@ def _probe(
     )
 
 
-def _refuse_huge_tensors(
-    model: onnx.ModelProto, input_name: str, full_shape: tuple[int, ...], source: str
-) -> None:
-    """Refuse, before the probe allocates them, tensors whose static shape is absurd.
+def _with_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
 
-    Shape inference with the input shape fixed (and constant shapes propagated) sees what a
-    ConstantOfShape, Expand, Tile or Resize would allocate; a tensor whose shape it cannot
-    infer is left to onnxruntime.
-    """
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.output[:]
+    for name in names:
+        copy.graph.output.append(onnx.ValueInfoProto(name=name))
+    return copy
+
+
+def _session(model: onnx.ModelProto, source: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Failures come back as exceptions and are reported once; the log would repeat them.
+    options.log_severity_level = 4
     try:
-        inferred = onnx.shape_inference.infer_shapes(
-            _shape_skeleton(model, input_name, full_shape), data_prop=True
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-    except Exception:
-        return  # the checker's shape inference passed; onnxruntime reports what is left
-    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if not info.type.HasField("tensor_type"):
-            continue
-        dims = _declared_dims(info)
-        if not dims or any(d is None for d in dims):
-            continue
-        count = 1
-        for d in dims:
-            count *= max(int(d or 0), 0)
-        if count > _MAX_TENSOR_ELEMENTS:
-            raise ModelLoadError(
-                f"tensor {info.name!r} of {source!r} would hold {count} values (shape "
-                f"{tuple(dims)}) at input shape {full_shape}; refusing more than "
-                f"{_MAX_TENSOR_ELEMENTS}"
-            )
-
-
-def _shape_skeleton(
-    model: onnx.ModelProto, input_name: str, full_shape: tuple[int, ...]
-) -> onnx.ModelProto:
-    """The model with its input shape fixed and its float weights left out (declared as inputs
-    of the same shape): shape inference needs only integer constants, and copies stay small."""
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    graph = skeleton.graph
-    graph.node.extend(model.graph.node)
-    graph.output.extend(model.graph.output)
-    for info in model.graph.input:
-        added = graph.input.add()
-        added.CopyFrom(info)
-        if info.name == input_name:
-            del added.type.tensor_type.shape.dim[:]
-            for size in full_shape:
-                added.type.tensor_type.shape.dim.add().dim_value = size
-    declared = {info.name for info in model.graph.input}
-    for tensor in model.graph.initializer:
-        if tensor.data_type in _INTEGER_TYPES:
-            graph.initializer.append(tensor)
-        elif tensor.name not in declared:
-            graph.input.append(
-                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
-            )
-    return skeleton
+    except Exception as exc:
+        raise ModelLoadError(f"onnxruntime cannot load {source!r}: {_first_line(exc)}") from None
 
 
 def _probe_shapes(model: onnx.ModelProto, input_name: str) -> list[tuple[int, ...] | None]:
@@ -599,23 +589,63 @@ def _attribute_value(attribute: onnx.AttributeProto) -> Any:
     return value
 
 
-def _drop_output_activation(graph: Graph) -> None:
-    """Certificates use logits: a Softmax, LogSoftmax or Sigmoid at the output is stepped
-    over (a Softmax only along the last axis, where it keeps the argmax)."""
+def _drop_output_activation(graph: Graph, model: onnx.ModelProto) -> None:
+    """Certificates use logits: one Softmax, LogSoftmax or Sigmoid at the output is stepped
+    over where it provably keeps the decision, and refused where it does not.
+
+    The decision is the argmax of a sample's outputs, or for one output the side of 0 (of
+    1/2 for a probability). An element-wise Sigmoid keeps both (p > 1/2 exactly when z > 0).
+    A Softmax keeps the argmax only when it normalises all the outputs of a sample together
+    (more than one): on (N, 2, 2) along the last axis, each row sums to 1 and the argmax over
+    all four is another; over an axis of size 1 every output is 1. Two activations in a row
+    are refused: Sigmoid(Sigmoid(z)) > 1/2 for every z.
+    """
     producers = graph.producers()
     node = producers.get(graph.output_name)
-    while node is not None and node.op in _OUTPUT_ACTIVATIONS:
-        source = graph.data_inputs(node)
-        if len(source) != 1:
-            break
-        rank = len(graph.shape(source[0]))
-        if node.op != "Sigmoid" and int(node.attr("axis", -1)) % rank != rank - 1:
-            break
-        graph.notes.append(
-            f"{node.op} at the output ({node.name}) dropped: certificates use its input, the logits"
+    if node is None or node.op not in _OUTPUT_ACTIVATIONS:
+        return
+    label = f"node {node.name!r} ({node.op}) at the output"
+    source = graph.data_inputs(node)
+    if len(source) != 1 or node.inputs[0] != source[0]:
+        raise UnsupportedOpError(f"{label}: expected one data input")
+    inner = producers.get(source[0])
+    if inner is not None and inner.op in _OUTPUT_ACTIVATIONS:
+        raise UnsupportedOpError(
+            f"{label} follows node {inner.name!r} ({inner.op}): two activations after the "
+            "logits change the decision, which lipcert reads from the logits"
         )
-        graph.output_name = source[0]
-        node = producers.get(graph.output_name)
+    if node.op != "Sigmoid":
+        _check_softmax_keeps_argmax(node, graph.shape(source[0]), _default_opset(model), label)
+    graph.notes.append(
+        f"{node.op} at the output ({node.name}) dropped: it keeps the decision, and "
+        "certificates use its input, the logits"
+    )
+    graph.output_name = source[0]
+
+
+def _check_softmax_keeps_argmax(node: Node, shape: tuple[int, ...], opset: int, label: str) -> None:
+    """A (Log)Softmax keeps the argmax of a sample's outputs when it normalises them all at
+    once: every per-sample axis outside the normalised ones has size 1, and there are >= 2."""
+    rank = len(shape)
+    axis = int(node.attr("axis", -1 if opset >= 13 else 1))
+    if not -rank <= axis < rank:
+        raise UnsupportedOpError(f"{label}: axis {axis} is outside a tensor of rank {rank}")
+    axis %= rank
+    # before opset 13 the input is flattened to 2-D at `axis`: all axes from it on together
+    group = {axis} if opset >= 13 else set(range(axis, rank))
+    if 0 in group:
+        raise UnsupportedOpError(
+            f"{label}: it normalises along the batch axis, across samples; lipcert certifies "
+            "the logits of one sample"
+        )
+    outside = [shape[i] for i in range(1, rank) if i not in group]
+    size = int(np.prod([shape[i] for i in group]))
+    if any(d != 1 for d in outside) or size < 2:
+        raise UnsupportedOpError(
+            f"{label}: it normalises {size} of the {int(np.prod(shape[1:]))} outputs of a "
+            f"sample at once (axis {axis} of {shape}), so it does not keep the decision the "
+            "logits give; lipcert certifies decisions read from the logits"
+        )
 
 
 def _runnable_model(model: onnx.ModelProto, logits_name: str) -> onnx.ModelProto:

@@ -62,6 +62,12 @@ class Graph:
     # The model's ai.onnx opset: it fixes which version of each op, with which attributes and
     # defaults, a node means (lipcert.graph.opsets). 0 when unknown: every op is then refused.
     opset: int = 0
+    # Constants computed from the shape of a data tensor (Shape, Size and what follows): when
+    # the input size is left open (`size_known` False) they hold for the probe's size only.
+    size_dependent: frozenset[str] = frozenset()
+    # Constants the model computes inexactly in float32 (a weight normalisation, ...): held
+    # here in float64, while the runtime uses their float32 roundings (lipcert.bounds.folded).
+    inexact_constants: frozenset[str] = frozenset()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

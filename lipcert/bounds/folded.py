@@ -1,0 +1,57 @@
+"""The rounding allowance for constants the model computes inexactly (see onnx_exact).
+
+The graph holds such a constant c in float64; the runtime uses its float32 rounding
+c' = c (1 + d), |d| <= u elementwise. A node reading c' instead of c computes, besides its own
+rounding, an output that differs by:
+- for a product with c (Mul, Div, Gemm, MatMul, Conv, BatchNormalization, PRelu...): at most
+  u times the product with |c| and |x|, which the rule's own input or output gains already
+  measure (|w|.|x| for dot products, |y| for element-wise products);
+- for a sum with c, a clip or a max with c, a padding value...: at most u |c| per element
+  it reaches, bounded by ||c|| broadcast to the output.
+So one more rounded operation (gamma(n + 1) >= gamma(n) + u), an output gain of at least 1
+and ||c|| (broadcast) in the offset cover it, whatever the op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from lipcert.bounds.numeric import add_up, mul_up
+from lipcert.bounds.registry import LayerBound, Rounding
+from lipcert.graph import Graph, Node
+
+
+def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
+    """`bound` with the rounding of the float32 copies of inexact constants it reads."""
+    names = sorted(
+        {name for inner in _flatten(node) for name in inner.inputs} & graph.inexact_constants
+    )
+    if not names:
+        return bound
+    output = (
+        int(np.prod(graph.shape(node.outputs[0])[1:])) if node.outputs[0] in graph.shapes else 1
+    )
+    offset = bound.rounding.offset
+    for name in names:
+        value = np.abs(np.asarray(graph.constant(name), dtype=np.float64))
+        copies = max(1, math.ceil(output / max(value.size, 1)))
+        offset = add_up(
+            offset, mul_up(float(np.linalg.norm(value)), math.sqrt(copies) * (1 + 1e-12))
+        )
+    rounding = Rounding(
+        terms=bound.rounding.terms + 1,
+        input_gain=bound.rounding.input_gain,
+        output_gain=max(bound.rounding.output_gain, 1.0),
+        offset=offset,
+    )
+    return dataclasses.replace(bound, rounding=rounding)
+
+
+def _flatten(node: Node) -> Iterator[Node]:
+    yield node
+    for inner in node.body:
+        yield from _flatten(inner)
