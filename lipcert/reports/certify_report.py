@@ -80,8 +80,14 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     head.add_row(
         "margins",
         f"{context.precision}; rounding allowance up to "
-        f"{np.max(result.allowance, initial=0):.3g} on the logits (worst-case bound, taken "
-        "off every margin)",
+        f"{np.max(result.allowance, initial=0):.3g} on the logits (median "
+        f"{np.median(result.allowance) if len(result.allowance) else 0:.3g}; a guaranteed "
+        "bound, taken off every margin)"
+        + (
+            f"; {result.exact_samples} sample(s) recomputed in float64"
+            if result.exact is not None
+            else ""
+        ),
     )
     head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
     head.add_row("MCR", f"{summary.mcr:.4f} (mean signed radius)")
@@ -205,6 +211,9 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
             "constant": spec.fp_error_constant,
             "slope": spec.fp_error_slope,
             "max": float(np.max(result.allowance, initial=0.0)),
+            "median": float(np.median(result.allowance)) if len(result.allowance) else 0.0,
+            # samples whose certificate was recomputed by the exact (float64) evaluator
+            "exact_samples": result.exact_samples,
         },
         "not_certified": {
             "ties": summary.ties,
