@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,10 +65,20 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, samples
 
 
+def pillow() -> Any:
+    """PIL.Image, or a usage error saying how to install it."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError(
+            "imagefolder: needs Pillow, which is not installed: pip install 'lipcert[images]'"
+        ) from None
+    return Image
+
+
 def preprocess(path: Path, resize: int, crop: int) -> np.ndarray:
     """The (3, crop, crop) uint8 pixels of one file: RGB, shorter side resized, centre crop."""
-    from PIL import Image
-
+    Image = pillow()
     try:
         with Image.open(path) as image:
             rgb = image.convert("RGB")
@@ -115,6 +126,7 @@ def read_imagefolder(
     if crop > resize:
         raise UsageError(f"expected --crop <= --resize but got {crop} > {resize}")
     path = Path(root).expanduser()
+    pillow()
     classes, samples = find_images(path)
     if limit is not None:
         samples = samples[:limit]
