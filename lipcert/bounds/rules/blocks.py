@@ -292,21 +292,23 @@ def _abs_gain(node: Node, graph: Graph) -> tuple[float, int]:
 
 
 def _two_layer_rounding(
-    node: Node, graph: Graph, first_norm: float, second_norm: float, max_pre: float, max_post: float
+    node: Node, graph: Graph, to_output: float, hidden_gain: float, max_diagonal: float
 ) -> Rounding:
-    """Rounding of z = pre * (A1 x + b), h = post * s(z), y = A2 h (+ constants).
+    """Rounding of z = A1 x + b, h = D s(z) (D the product of the multipliers), y = A2 h.
 
-    The first op's sums err by gamma_n1 |A1| |x|, carried to y with gain ||A2|| max|pre post|;
-    the second op's by gamma_n2 |A2| |h| with ||h|| <= max|pre post| (||A1|| ||x|| + ||b||).
-    Multipliers, bias additions and the activation add a few relative roundings of the
-    hidden values, covered by the same terms (the count below adds 8 operations).
+    `to_output` bounds ||A2 D|| (an error in z reaches y through it, s having slopes <= 1),
+    `hidden_gain` bounds ||D A1|| (so ||h|| <= hidden_gain ||x|| + max|D| ||b||). The first
+    op's sums err by gamma_n1 |A1| |x| (norm <= gamma_n1 G1 ||x||, G1 the norm of |A1|), the
+    second's by gamma_n2 G2 ||h||; the multipliers, bias additions and the activation add a
+    few relative roundings of the hidden values, carried by G2 too (8 more operations in the
+    count). Constants (biases) enter like x with their norm.
     """
     first, second = node.attr("first"), node.attr("second")
     gain1, n1 = _abs_gain(first, graph)
     gain2, n2 = _abs_gain(second, graph)
-    product = mul_up(max(max_pre, 1.0), max(max_post, 1.0))
-    input_gain = mul_up(product, add_up(mul_up(second_norm, gain1), mul_up(gain2, first_norm)))
-    offset = mul_up(product, add_up(second_norm, gain2), _bias_norm(node, graph))
+    input_gain = add_up(mul_up(to_output, gain1), mul_up(gain2, hidden_gain))
+    biases = _bias_norm(node, graph)
+    offset = mul_up(add_up(to_output, mul_up(gain2, max(max_diagonal, 1.0))), biases)
     return Rounding(terms=max(n1, n2) + 8, input_gain=input_gain, output_gain=1.0, offset=offset)
 
 
@@ -352,7 +354,9 @@ def sll_block(node: Node, graph: Graph) -> LayerBound:
     factor = max(1.0, up(squared - 1.0))
     method = f"max(1, ||W D^1/2||^2 - 1), ||W D^1/2||^2 <= {squared:.6g} ({how})"
     max_d = max_abs_up(diagonal)
-    rounding = _two_layer_rounding(node, graph, norm, norm, math.sqrt(max_d), math.sqrt(max_d))
+    # ||W D|| <= ||W D^1/2|| sqrt(max d), and the same for ||D W^T||
+    gain = mul_up(norm, sqrt_up(max_d))
+    rounding = _two_layer_rounding(node, graph, gain, gain, max_d)
     rounding = Rounding(
         terms=rounding.terms + 1,
         input_gain=add_up(rounding.input_gain, 1.0),
@@ -516,8 +520,15 @@ def sandwich_block(node: Node, graph: Graph) -> LayerBound:
         if certified is not None and certified[0] < factor:
             factor = certified[0]
             method = f"one-layer LipSDP certificate ({certified[1]}), verified in float64"
+    max_pre = max_abs_up(pre) if pre.size else 1.0
+    max_post = max_abs_up(post) if post.size else 1.0
+    # ||A2 pre post|| <= ||A2 post|| max|pre|; ||pre post A1|| <= max|post| ||pre A1||
     rounding = _two_layer_rounding(
-        node, graph, norm1, norm2, max_abs_up(pre) if pre.size else 1.0, max_abs_up(post)
+        node,
+        graph,
+        mul_up(norm2, max_pre),
+        mul_up(max_post, norm1),
+        max_abs_up(pre * post) if pre.size else 1.0,
     )
     return LayerBound(factor, method, exact=False, rounding=rounding)
 
