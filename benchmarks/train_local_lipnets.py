@@ -61,8 +61,9 @@ class _Conv(nn.Module):
     def baked(self) -> nn.Conv2d:
         w = self.param.weight().detach()
         conv = nn.Conv2d(w.shape[1], w.shape[0], 4, stride=2, padding=1)
-        conv.weight.data.copy_(w)
-        conv.bias.data.copy_(self.bias.detach())
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(self.bias.detach())  # type: ignore[union-attr]  # bias=True
         return conv
 
 

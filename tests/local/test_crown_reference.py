@@ -44,7 +44,9 @@ def _dense_layers(module: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
     ]
 
 
-def _bounds(module: nn.Module, shape: tuple[int, ...], x0: np.ndarray, eps: float, p: int):  # type: ignore[no-untyped-def]
+def _bounds(
+    module: nn.Module, shape: tuple[int, ...], x0: np.ndarray, eps: float, p: int
+) -> tuple[np.ndarray, np.ndarray]:
     analysis = analyse(load(module, shape).graph)
     network = build_network(analysis.graph, analysis.tensor_bounds)
     plain = prepare_model(network)
@@ -87,12 +89,14 @@ def test_matches_dense_crown_on_a_small_conv_net() -> None:
     conv2 = nn.Conv2d(4, 6, 3, stride=1, padding=1)
     head = nn.Linear(6 * 4 * 4, 3)
     for layer in (conv1, conv2, head):
+        bias = layer.bias
+        assert bias is not None
         with torch.no_grad():
             layer.weight.copy_(0.4 * torch.randn(layer.weight.shape, generator=generator))
-            layer.bias.copy_(0.2 * torch.randn(layer.bias.shape, generator=generator))
+            bias.copy_(0.2 * torch.randn(bias.shape, generator=generator))
     module = nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.Flatten(), head).eval()
 
-    def dense(function, shape):  # type: ignore[no-untyped-def]
+    def dense(function, shape):
         n = int(np.prod(shape))
         zero = torch.zeros((1, *shape), dtype=torch.float64)
         basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
@@ -101,6 +105,7 @@ def test_matches_dense_crown_on_a_small_conv_net() -> None:
             a = (function(basis).reshape(n, -1) - c).T
         return a.numpy(), c.numpy()
 
+    assert conv1.bias is not None and conv2.bias is not None
     w1, b1 = conv1.weight.double(), conv1.bias.double()
     w2, b2 = conv2.weight.double(), conv2.bias.double()
     layers = [

@@ -12,7 +12,7 @@ from nets_2d import KINDS, Recipe, build, recipes
 from soundness_support import export, load, reference
 from torch import nn
 
-from lipcert.bounds.compose import analyse
+from lipcert.bounds.compose import Analysis, analyse
 from lipcert.graph.execute import GraphExecutor
 from lipcert.local.network import LocalUnsupported, build_network
 
@@ -39,7 +39,7 @@ RECIPES = recipes(per_kind=2)
 
 
 @functools.cache
-def _prepared(recipe: Recipe):  # type: ignore[no-untyped-def]
+def _prepared(recipe: Recipe) -> tuple[Analysis, torch.nn.Module]:
     logits, exported = build(recipe)
     loaded = load(exported, (2,), recipe.opset)
     return analyse(loaded.graph), reference(logits)

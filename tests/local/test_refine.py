@@ -14,8 +14,8 @@ from nets_2d import Recipe, build
 from soundness_support import Decision, export, grid_truth, load
 from typer.testing import CliRunner
 
-from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
-from lipcert.certify.radii import Status, certify_logits, choose_method
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, analyse
+from lipcert.certify.radii import Certificates, Status, certify_logits, choose_method
 from lipcert.cli import app
 from lipcert.graph.execute import GraphExecutor
 from lipcert.local.refine import RefineOptions, refine_certificates
@@ -26,7 +26,7 @@ RECIPE = Recipe(kind="relu", scale=3.0, num_logits=3, seed=11)
 EPS = (0.05, 0.1, 0.2, 0.4)
 
 
-def _setup(points: int = 24):  # type: ignore[no-untyped-def]
+def _setup(points: int = 24) -> tuple[Analysis, GraphExecutor, np.ndarray, Certificates]:
     _, exported = build(RECIPE)
     loaded = load(exported, (2,))
     analysis = analyse(loaded.graph)
