@@ -19,7 +19,7 @@ from lipcert.certify.metrics import Eps, Summary, summarise
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
 from lipcert.datasets import Dataset
 from lipcert.errors import DatasetError, UsageError
-from lipcert.evaluators import Evaluation, Evaluator, check_agreement
+from lipcert.evaluators import Evaluation, Evaluator, check_agreement, input_norms
 from lipcert.model import LoadedModel
 
 
@@ -165,7 +165,15 @@ def certify_batch(
         selected = rounding_matters(evaluation, certificates, spec, eps_values)
         if selected.any():
             index = np.flatnonzero(selected)
-            precise = exact.evaluate(np.asarray(inputs)[index])
+            subset = np.asarray(inputs)[index]
+            precise = exact.evaluate(subset)
+            if subset.dtype != np.float64:
+                # The inputs may be the exact ones (pixels / 255) rounded once to float32: the
+                # exact evaluator's allowance covers float64 rounding only, so the change of
+                # the logits that rounding can make, L u ||x||, is added.
+                unit = float(np.finfo(subset.dtype).eps) / 2
+                shift = spec.lipschitz_bound * unit * input_norms(subset) * (1 + 1e-6)
+                precise = Evaluation(precise.logits, precise.allowance + shift)
             check_agreement(
                 precise,
                 evaluation.take(index),
