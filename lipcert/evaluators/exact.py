@@ -83,7 +83,7 @@ class _Float64Executor(GraphExecutor):
                 self._run(node.body, values)
             elif node.op == "Conv" and int(node.attr("group", 1)) == 1:
                 args = [values[name] if name else None for name in node.inputs]
-                if args[1].dim() == 4:
+                if args[1] is not None and args[1].dim() == 4:
                     values[node.outputs[0]] = _conv2d(node, args)
                 else:
                     super()._run([node], values)
