@@ -711,6 +711,8 @@ class _Builder:
             raise self._refuse(node, "its indices are used")
         if axis == 0 or self.shapes[source][axis - 1] != 2 or k not in (1, 2):
             raise self._refuse(node, "only TopK over an axis of size 2 is relaxed")
+        if k == 2 and not int(node.attr("sorted", 1)):
+            raise self._refuse(node, "the order of unsorted TopK values is unspecified")
         largest = bool(node.attr("largest", 1))
         a, b, r = self._pair(source, axis - 1, True, node)
         if k == 1:

@@ -134,3 +134,32 @@ def test_conv_lipnet_rewrite_matches_onnxruntime() -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected = session.run(None, {"input": x.astype(np.float32)})[0]
     np.testing.assert_allclose(run_network(network, x), expected, rtol=1e-4, atol=1e-5)
+
+
+class _SortPairs(nn.Module):
+    """Sort each pair of features (TopK of 2 over an axis of size 2), largest first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, 3, 2).topk(2, dim=2).values.reshape(-1, 6)
+
+
+class _SortTriples(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, 2, 3).topk(3, dim=2).values.reshape(-1, 6)
+
+
+def test_sorted_pairs_are_rewritten_and_triples_refused() -> None:
+    generator = torch.Generator().manual_seed(0)
+    first, head = nn.Linear(4, 6), nn.Linear(6, 3)
+    with torch.no_grad():
+        first.weight.copy_(torch.randn(6, 4, generator=generator))
+    module = nn.Sequential(first, _SortPairs(), head).eval()
+    graph = load(module, (4,)).graph
+    network = build_network(graph)
+    points = np.random.default_rng(1).normal(size=(32, 4))
+    with torch.no_grad():
+        expected = module.double()(torch.as_tensor(points)).numpy()
+    np.testing.assert_allclose(run_network(network, points), expected, rtol=1e-6, atol=1e-6)
+    triples = nn.Sequential(nn.Linear(4, 6), _SortTriples(), nn.Linear(6, 3)).eval()
+    with pytest.raises(LocalUnsupported, match="axis of size 2"):
+        build_network(load(triples, (4,)).graph)
