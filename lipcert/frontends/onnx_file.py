@@ -391,8 +391,11 @@ def _fold_in_float64(
     """Constants computed inexactly in float32: the graph takes their float64 values (the
     model's up to float64 rounding), and the runtime their float32 roundings as weights."""
     for name, origin in inexact.items():
-        if np.asarray(graph.constant(name)).dtype.kind != "f":
+        dtype = np.asarray(graph.constant(name)).dtype
+        if dtype.kind != "f":
             refuse_inexact(name, origin, graph, "it sets an integer (a shape or an index)")
+        if dtype not in (np.float32, np.float64):
+            refuse_inexact(name, origin, graph, f"its type {dtype} has no rounding bound here")
     names = list(inexact)
     wanted = [proto for name in names for proto in needed_nodes(nodes, name)]
     part = _with_outputs(_with_nodes(runnable, list({id(p): p for p in wanted}.values())), names)

@@ -115,13 +115,13 @@ def guard_sizes(
         for name in pending.input:
             if name in initializers and name not in known:
                 known[name] = numpy_helper.to_array(initializers[name])
-        inputs = [name for name in pending.input if name and name not in known]
-        if any(flow.is_data.get(name, False) for name in inputs):
-            raise ModelLoadError(
-                f"node {pending.name or pending.op_type!r} ({pending.op_type}) of {source!r}: "
-                "the size of its output depends on the input and cannot be bounded before "
-                "running it"
-            )
+        # Data inputs set no sizes here (value-dependent shapes are refused before): the
+        # constant ones are computed, and inference runs again.
+        inputs = [
+            name
+            for name in pending.input
+            if name and name not in known and not flow.is_data.get(name, False)
+        ]
         settled.add(key)
         if not inputs:
             continue
