@@ -235,3 +235,21 @@ def test_computed_huge_size_is_refused_before_allocation(build, tmp_path: Path) 
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout.startswith(ModelLoadError.__name__), result.stdout
     assert f"would hold {_HUGE} values" in result.stdout, result.stdout
+
+
+def test_small_size_computed_the_same_way_loads() -> None:
+    """The look-alike: pads computed through a float Cast, as exporters do, are computed
+    first and the model loads (and pads as onnxruntime does)."""
+    nodes = [
+        helper.make_node("Size", ["x"], ["n"], name="size"),
+        helper.make_node("Cast", ["n"], ["n_f"], to=TensorProto.FLOAT, name="to_float"),
+        helper.make_node("Mul", ["n_f", "half"], ["p_f"], name="times"),
+        helper.make_node("Cast", ["p_f"], ["p"], to=TensorProto.INT64, name="to_int"),
+        helper.make_node("Reshape", ["p", "one"], ["p1"], name="p1"),
+        helper.make_node("Concat", ["zero_i", "zero_i", "zero_i", "p1"], ["pads"], axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["logits"], mode="constant", name="pad"),
+    ]
+    inits = [tensor("half", 0.5), tensor("one", [1], np.int64), tensor("zero_i", [0], np.int64)]
+    model = make(nodes, inits, [1, 2], [1, 3])
+    loaded = load_from_proto(model, LoadOptions(), source="m.onnx", fmt="onnx")
+    assert loaded.graph.shape("logits") == (1, 3)
