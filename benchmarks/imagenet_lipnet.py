@@ -42,7 +42,9 @@ from lipcert.certify.pipeline import (
 )
 from lipcert.certify.radii import choose_method
 from lipcert.datasets.imagefolder import read_imagefolder
+from lipcert.evaluators import input_norms
 from lipcert.evaluators.onnx_runtime import make_session
+from lipcert.evaluators.torch_device import device_spec
 from lipcert.frontends import load_model
 from lipcert.model import LoadOptions
 
@@ -122,6 +124,12 @@ def main() -> None:
     bare_onnxruntime()  # warm-up (session, thread pool)
     rate["bare onnxruntime"] = args.images / median_time(bare_onnxruntime, args.runs)
     rate["certify cpu"] = args.images / median_time(certify(chosen), args.runs)
+
+    def evaluate_only() -> None:
+        for batch in batches:
+            chosen.evaluator.evaluate(batch)
+
+    rate["evaluate cpu"] = args.images / median_time(evaluate_only, args.runs)
     cpu_result = results[-1]
     print(f"model: {path.name}, L = {analysis.spec.lipschitz_bound:.4g}, {args.images} images")
     print(f"analyse (load + bounds, once): {analyse_seconds:.1f} s")
@@ -130,11 +138,24 @@ def main() -> None:
         f"cpu, {args.threads} threads, batch {args.batch_size}: bare onnxruntime "
         f"{rate['bare onnxruntime']:.2f} images/s, certify {rate['certify cpu']:.2f} images/s "
         f"({rate['certify cpu'] / rate['bare onnxruntime']:.2f}x); "
-        f"{cpu_result.exact_samples} sample(s) recomputed in float64"
+        f"{cpu_result.exact_samples} sample(s) recomputed in float64; the evaluator alone "
+        f"({chosen.evaluator.name}) {rate['evaluate cpu']:.2f} images/s"
+    )
+    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+    norms = input_norms(np.concatenate(batches))
+    median_norm = float(np.median(norms))
+    allowance = {
+        name: float(np.median(device_spec(spec64, torch.device(name)).fp_allowance(norms)))
+        for name in ("cpu", "cuda")
+    }
+    print(
+        f"rounding allowance at the median ||x|| = {median_norm:.1f}: float32 (a priori) "
+        f"{float(np.median(analysis.spec.fp_allowance(norms))):.3g}, float64 on the cpu "
+        f"{allowance['cpu']:.3g}, on cuda (x2^10) {allowance['cuda']:.3g}; median margin "
+        f"{float(np.median(cpu_result.certificates.margin)):.3g}"
     )
     if args.device is None:
         return
-    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     on_device = device_evaluators(analysis, spec64, args.device, None, args.threads)
     device = on_device.evaluator.device  # type: ignore[attr-defined]
     module = module.to(device)
