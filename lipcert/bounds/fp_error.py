@@ -62,7 +62,6 @@ class ErrorPlan:
         input_norm: np.ndarray,
         norms: Mapping[str, np.ndarray],
         units: Mapping[str, float] | None = None,
-        start: tuple[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Per sample, a bound of ||logits computed - logits exact||_2.
 
@@ -70,23 +69,57 @@ class ErrorPlan:
         the computed tensor t (upper bounds, rounding of their computation included);
         `units[node name]` is the unit roundoff the node ran in (default float32).
         """
+        return self.error_split(input_norm, norms, units)[0]
+
+    def error_split(
+        self,
+        input_norm: np.ndarray,
+        norms: Mapping[str, np.ndarray],
+        units: Mapping[str, float] | None = None,
+        split: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(error of the logits, error of the tensor `split`, rounding added after it).
+
+        With g the exact map from `split` to the logits, ||logits^ - logits|| <= ||logits^ -
+        g(split^)|| + ||g(split^) - g(split)||: the first term is the third value (the same
+        recursion started from zero error at `split`), and the second is g's business (for a
+        linear head, ||w_i - w_j|| times the second value for the margin of i over j).
+        Without `split` the last two are infinite.
+        """
         graph = self.analysis.graph
         units = units or {}
         x_norm = np.asarray(input_norm, dtype=np.float64)
         errors: dict[str, np.ndarray] = {
             graph.input_name: 2 * FLOAT32_UNIT_ROUNDOFF * x_norm * (1 + 1e-12)
         }
+        rest: dict[str, np.ndarray] = {}
+        if split == graph.input_name:
+            rest[split] = np.zeros_like(x_norm)
         for node, layer in self.analysis.node_bounds:
             sources = graph.data_inputs(node)
             incoming = _sum([errors[name] for name in sources], len(x_norm))
             propagated = _up(layer.factor * incoming)
             local = self._local(node, layer, sources, incoming, propagated, x_norm, norms, units)
             total = _up(propagated + local)
+            after = None
+            if sources and all(name in rest for name in sources):
+                after = _up(layer.factor * _sum([rest[name] for name in sources], len(x_norm)))
+                after = _up(after + local)
             outputs = node.outputs[:1] if node.op in _INDEX_OUTPUTS else node.outputs
             for name in outputs:
                 if name:
                     errors[name] = total
-        return errors[graph.output_name]
+                    if name == split:
+                        rest[name] = np.zeros_like(x_norm)
+                    elif after is not None:
+                        rest[name] = after
+        infinite = np.full_like(x_norm, np.inf)
+        output = graph.output_name
+        return (
+            errors[output],
+            errors.get(split, infinite) if split is not None else infinite,
+            rest.get(output, infinite),
+        )
 
     def _local(
         self,

@@ -158,7 +158,9 @@ def certify_batch(
         raise UsageError(
             f"the model gave {evaluation.logits.shape[1]} logits, its graph {spec.num_logits}"
         )
-    certificates = certify_logits(evaluation.logits, spec, method, evaluation.allowance)
+    certificates = certify_logits(
+        evaluation.logits, spec, method, evaluation.allowance, evaluation.head
+    )
     allowance = evaluation.allowance
     selected = np.zeros(len(inputs), dtype=bool)
     if exact is not None:

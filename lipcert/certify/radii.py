@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipcert.bounds.spec import CertificateSpec
+from lipcert.evaluators.base import HeadError
 
 
 class Method(enum.Enum):
@@ -66,18 +67,23 @@ def choose_method(spec: CertificateSpec, requested: str) -> Method:
 
 
 def certify_logits(
-    logits: np.ndarray, spec: CertificateSpec, method: Method, allowance: np.ndarray
+    logits: np.ndarray,
+    spec: CertificateSpec,
+    method: Method,
+    allowance: np.ndarray,
+    head: HeadError | None = None,
 ) -> Certificates:
     """Radii of a batch of logits (N, K); `allowance` (N,) bounds each logit vector's error.
 
     The allowance E bounds ||f_computed(x) - f(x)||_2, so a margin f_i - f_j is off by at
-    most sqrt(2) E (one logit: E).
+    most sqrt(2) E (one logit: E). With `head`, each margin's own bound is used where it is
+    smaller (`HeadError.margin_allowance`).
     """
     logits = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
     allowance = np.asarray(allowance, dtype=np.float64)
     if method is Method.BINARY:
         return _binary(logits[:, 0], spec, allowance)
-    return _multiclass(logits, spec, method, allowance)
+    return _multiclass(logits, spec, method, allowance, head)
 
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -116,7 +122,11 @@ def _binary(scores: np.ndarray, spec: CertificateSpec, allowance: np.ndarray) ->
 
 
 def _multiclass(
-    logits: np.ndarray, spec: CertificateSpec, method: Method, allowance: np.ndarray
+    logits: np.ndarray,
+    spec: CertificateSpec,
+    method: Method,
+    allowance: np.ndarray,
+    head: HeadError | None = None,
 ) -> Certificates:
     n, k = logits.shape
     finite = np.all(np.isfinite(logits), axis=1)
@@ -124,13 +134,15 @@ def _multiclass(
     prediction = np.argmax(safe, axis=1)
     top = safe[np.arange(n), prediction]
     margins = top[:, None] - safe  # (N, K), >= 0
-    pair_allowance = math.sqrt(2.0) * (1.0 + 1e-15) * allowance
+    pair_allowance = (math.sqrt(2.0) * (1.0 + 1e-15) * allowance)[:, None]  # (N, 1)
     if method is Method.PAIRWISE:
         assert spec.pairwise_bounds is not None  # choose_method guarantees it
         bounds = spec.pairwise_bounds[prediction]  # (N, K)
     else:
         bounds = np.full((n, k), spec.global_pair_bound)
-    numerators = _margin_lower(margins, pair_allowance[:, None])
+    if head is not None and head.differences.shape == (k, k):
+        pair_allowance = np.minimum(pair_allowance, head.margin_allowance(prediction))
+    numerators = _margin_lower(margins, pair_allowance)
     ratios = numerators / np.where(bounds > 0, bounds, np.inf)
     ratios[np.arange(n), prediction] = np.inf
     runner_up = np.argmin(ratios, axis=1)

@@ -7,9 +7,10 @@ agreement check (`check_agreement`). See `lipcert.evaluators.base` for how to ad
 from lipcert.evaluators.base import (
     Evaluation,
     Evaluator,
+    HeadError,
     agree,
     check_agreement,
     input_norms,
 )
 
-__all__ = ["Evaluation", "Evaluator", "agree", "check_agreement", "input_norms"]
+__all__ = ["Evaluation", "Evaluator", "HeadError", "agree", "check_agreement", "input_norms"]

@@ -28,19 +28,42 @@ from lipcert.errors import UnsoundCertificateError
 
 
 @dataclass(frozen=True)
+class HeadError:
+    """A finer bound for a model ending in a linear head f = W h + b: the margin f_i - f_j
+    of a sample is off by at most differences[i, j] * body + sqrt(2) * rest, where `body`
+    (N,) bounds the error of h, `rest` (N,) the rounding the head adds (L2 over the logits),
+    and differences[i, j] >= ||w_i - w_j||."""
+
+    body: np.ndarray
+    rest: np.ndarray
+    differences: np.ndarray
+
+    def take(self, index: np.ndarray) -> HeadError:
+        return HeadError(self.body[index], self.rest[index], self.differences)
+
+    def margin_allowance(self, prediction: np.ndarray) -> np.ndarray:
+        """(N, K): the bound of the error of f_prediction - f_j, for every j."""
+        rows = self.differences[prediction] * self.body[:, None]
+        return (rows + np.sqrt(2.0) * self.rest[:, None]) * (1 + 1e-12)
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Logits of a batch with a guaranteed bound of their error.
 
     `logits` (N, K) float64 holds the computed values; `allowance` (N,) bounds, per sample,
     the L2 norm of the difference to the exact function's logits (inf: no bound known).
+    `head`, when given, bounds the error of each margin more finely (`HeadError`).
     """
 
     logits: np.ndarray
     allowance: np.ndarray
+    head: HeadError | None = None
 
     def take(self, index: np.ndarray) -> Evaluation:
         """The evaluation of the samples `index` (an integer array or a boolean mask)."""
-        return Evaluation(self.logits[index], self.allowance[index])
+        head = None if self.head is None else self.head.take(index)
+        return Evaluation(self.logits[index], self.allowance[index], head)
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ import numpy as np
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, gamma
 from lipcert.bounds.fp_error import ErrorPlan
 from lipcert.bounds.registry import Rounding
-from lipcert.evaluators.base import Evaluation, check_agreement, input_norms
+from lipcert.evaluators.base import Evaluation, HeadError, check_agreement, input_norms
 from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator, make_session
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel
@@ -74,6 +74,7 @@ class PosteriorEvaluator:
         self.session = make_session(prefix.SerializeToString(), model.path, threads)
         self.input_name = model.input_name
         self.tail = _tail_executor(graph, tail, self.cut) if tail else None
+        self.head = _head_differences(graph)
         # The plain evaluator checks that a batch computes what single samples do.
         self.plain = OnnxRuntimeEvaluator(model, threads=threads, spec=analysis.spec)
         self.checked = False
@@ -109,9 +110,15 @@ class PosteriorEvaluator:
             logits, tail_norms = self.tail(cut_value, self.tail_measured)
             norms.update(tail_norms)
         norms[self.analysis.graph.input_name] = input_norms(batch)
-        allowance = self.plan.error(input_norms(batch), norms, self.units)
+        split = None if self.head is None else self.head[0]
+        allowance, body, rest = self.plan.error_split(input_norms(batch), norms, self.units, split)
         allowance = np.where(np.isnan(allowance), np.inf, allowance)
-        evaluation = Evaluation(logits, allowance)
+        head = None
+        if self.head is not None:
+            body = np.where(np.isnan(body), np.inf, body)
+            rest = np.where(np.isnan(rest), np.inf, rest)
+            head = HeadError(body, rest, self.head[1])
+        evaluation = Evaluation(logits, allowance, head)
         if self.tail is not None:
             check_agreement(
                 evaluation,
@@ -119,6 +126,20 @@ class PosteriorEvaluator:
                 "the graph's float64 tail and onnxruntime",
             )
         return evaluation
+
+
+def _head_differences(graph: Graph) -> tuple[str, np.ndarray] | None:
+    """(the head's input tensor, upper bounds of ||w_i - w_j||) for a linear head whose
+    rows lipcert's head detection reads (scalings after it included), else None."""
+    from lipcert.bounds.compose import _find_head
+
+    head = _find_head(graph)
+    if head is None or head.rows.shape[0] < 2:
+        return None
+    rows = np.asarray(head.rows, dtype=np.float64)
+    differences = np.linalg.norm(rows[:, None, :] - rows[None, :, :], axis=2)
+    # float64 differences and norms of a few thousand terms: a relative 1e-10 covers them.
+    return head.body_input, differences * (1 + 1e-10) + 1e-300
 
 
 def _norm_from_float32_squares(squares: np.ndarray, size: int) -> np.ndarray:

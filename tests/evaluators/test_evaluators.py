@@ -75,6 +75,16 @@ def test_posterior_allowance_bounds_the_real_error(name: str, factory: str) -> N
     assert np.all(error <= evaluation.allowance), (
         f"error {error[worst]:.3g} above the allowance {evaluation.allowance[worst]:.3g}"
     )
+    # every margin within its own bound, for every pair of classes
+    if evaluation.head is not None:
+        exact_logits = exact.numpy().reshape(len(inputs), -1)
+        classes = exact_logits.shape[1]
+        for p in range(classes):
+            rows = evaluation.head.margin_allowance(np.full(len(inputs), p))
+            computed = evaluation.logits[:, [p]] - evaluation.logits
+            truth = exact_logits[:, [p]] - exact_logits
+            assert np.all(np.abs(computed - truth) <= rows), p
+        assert np.median(rows[:, 1:].max(axis=1) / (np.sqrt(2) * evaluation.allowance)) < 1
     # and it is the tighter bound it claims to be: below the a-priori allowance
     a_priori = analysis.spec.fp_allowance(input_norms(inputs))
     assert np.all(evaluation.allowance <= a_priori)
