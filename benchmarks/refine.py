@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--sample-budget", type=float, default=None)
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--check-pgd", action="store_true", help="PGD (float64) at every refined radius"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     eps_list = parse_eps_list(args.eps)
@@ -80,10 +83,43 @@ def main() -> None:
         "median_radius_refined": float(np.median(refined.radius[correct])),
         "unsupported": refined.unsupported,
     }
+    if args.check_pgd:
+        report["pgd_violations"] = _pgd_violations(
+            prepared.analysis.graph, sample, result.certificates.prediction, refined
+        )
     text = json.dumps(report, indent=2)
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
+
+
+def _pgd_violations(graph, sample, prediction, refined) -> int:  # type: ignore[no-untyped-def]
+    """How many refined radii PGD (float64, 4 restarts of 60 steps) breaks: must be 0."""
+    from lipcert.graph.execute import GraphExecutor
+
+    executor = GraphExecutor(graph)
+    violations = 0
+    for i in np.flatnonzero(refined.refined):
+        center = torch.as_tensor(sample(int(i)))[None]
+        p, eps = int(prediction[i]), float(refined.radius[i])
+        generator = torch.Generator().manual_seed(int(i))
+        for restart in range(4):
+            noise = torch.randn(center.shape, generator=generator, dtype=torch.float64)
+            delta = noise / noise.norm() * eps * 0.5 * restart
+            for _ in range(60):
+                delta = delta.detach().requires_grad_(True)
+                logits = executor(center + delta)[0]
+                others = logits.clone()
+                others[p] = -torch.inf
+                margin = logits[p] - others.max()
+                (grad,) = torch.autograd.grad(margin, delta)
+                delta = delta - (2.5 * eps / 60) * grad / grad.norm().clamp(min=1e-30)
+                delta = delta * min(1.0, eps / float(delta.detach().norm()))
+            with torch.no_grad():
+                if int(executor(center + delta).argmax()) != p:
+                    violations += 1
+                    break
+    return violations
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def main() -> None:
         "cpu_seconds": round(cpu, 1),
     }
     text = json.dumps(report, indent=2)
-    print(text)  # noqa: T201
+    print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")
 
