@@ -160,3 +160,27 @@ def _without_timing(document: object) -> object:
     if isinstance(document, list):
         return [_without_timing(value) for value in document]
     return document
+
+
+def test_worker_errors_come_back_as_themselves(cluster: None, dataset: Dataset) -> None:
+    """A lipcert error raised on a worker is raised by the driver with its one-line message."""
+    from lipcert.errors import UsageError
+
+    loaded = load_model(MODEL, LoadOptions(input_shape=(1, 28, 28)))
+    analysis = analyse(loaded.graph)
+    job = ShardJob(
+        loaded=loaded,
+        analysis=analysis,
+        margins="float64",
+        threads=None,
+        device="tpu",  # refused by the worker when it builds its evaluators
+        spec=analysis.spec,
+        method=choose_method(analysis.spec, "auto"),
+        preprocessing=None,
+        eps_values=np.array([0.1]),
+        batch_size=BATCH,
+        has_exact=False,
+    )
+    with pytest.raises(UsageError, match="expected --device cpu, cuda or cuda:N") as info:
+        certify_on_ray(job, dataset, parse_eps_list("0.1"), workers=2)
+    assert "\n" not in str(info.value)

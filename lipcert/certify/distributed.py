@@ -28,6 +28,7 @@ from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.metrics import Eps, summarise
 from lipcert.certify.pipeline import (
     CertifyResult,
+    Evaluators,
     Preprocessing,
     _concatenate,
     certify_batch,
@@ -36,7 +37,7 @@ from lipcert.certify.pipeline import (
 )
 from lipcert.certify.radii import Certificates, Method
 from lipcert.datasets import Dataset
-from lipcert.errors import UsageError
+from lipcert.errors import LipcertError, UsageError
 from lipcert.model import LoadedModel
 
 LOCAL = "local"
@@ -69,25 +70,27 @@ class ShardWorker:
     """Evaluators built once; certifies shards of whole batches (a Ray actor's body)."""
 
     def __init__(self, job: ShardJob) -> None:
-        chosen = choose_evaluators(job.loaded, job.analysis, job.margins, job.threads, job.device)
         self.job = job
-        self.evaluator = chosen.evaluator
-        self.exact = chosen.exact
+        self.chosen: Evaluators | None = None  # built by the first task: its errors are
+        # task errors, which carry their cause back to the driver
 
     def certify(self, shard: Dataset) -> list[BatchResult]:
         """certify_batch on each batch of `shard`, exactly as certify_dataset runs them."""
         job = self.job
+        if self.chosen is None:
+            self.chosen = choose_evaluators(
+                job.loaded, job.analysis, job.margins, job.threads, job.device
+            )
+        evaluator, exact = self.chosen.evaluator, self.chosen.exact
         spec = job.spec
         if job.preprocessing is not None:
             spec = spec.scaled(job.preprocessing.lipschitz)
-        pixel_type = self.evaluator.input_dtype if job.preprocessing is None else np.float64
+        pixel_type = evaluator.input_dtype if job.preprocessing is None else np.float64
         results = []
         for _, pixels, _ in shard.batches(job.batch_size, dtype=pixel_type):
             inputs = pixels if job.preprocessing is None else job.preprocessing.apply(pixels)
             results.append(
-                certify_batch(
-                    self.evaluator, spec, job.method, inputs, job.eps_values, exact=self.exact
-                )
+                certify_batch(evaluator, spec, job.method, inputs, job.eps_values, exact=exact)
             )
         return results
 
@@ -178,7 +181,14 @@ def _certify(
                 pending[actor.certify.remote(shard)] = (index, actor)
             done, _ = ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(done[0])
-            results[index] = ray.get(done[0])
+            try:
+                results[index] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                # lipcert's own errors (a refused batch, evaluators that disagree) keep
+                # their one-line message and exit code, as in one process
+                if isinstance(exc.cause, LipcertError):
+                    raise exc.cause from None
+                raise
             free.append(actor)
             if on_batch is not None:
                 on_batch(bounds[index][1] - bounds[index][0])

@@ -18,8 +18,9 @@ What the allowance assumes on CUDA (docs/soundness.md, "GPUs"):
 The float64 allowance of the graph is then multiplied by `CUDA_SAFETY_FACTOR` (2^10, exact in
 floating point), which also covers the published error growth of FFT and Winograd
 convolutions (a few hundred ulps at most for the tile sizes in use) should a kernel use one
-after all. In float64 that is about 1e-8 on an ImageNet-sized LipNet: far below any margin
-that gets certified.
+after all. On the ImageNet-sized LipNet of benchmarks/imagenet_lipnet.py that makes 5.9e-5 at
+the median input (5.8e-8 without the factor), against a median margin of 0.014 there: it takes
+about 0.6 % off such a radius.
 """
 
 from __future__ import annotations
