@@ -111,3 +111,27 @@ def test_the_ad_hoc_pattern_catches_hand_rounding() -> None:
     assert _AD_HOC.search("return up(size ** 0.5 * (1.0 + 1e-12))")
     assert _AD_HOC.search("np.nextafter(total, np.inf)")
     assert not _AD_HOC.search("return mul_up(norm_up(bias), sqrt_up(n))")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_float32_error_of_every_rule_case_is_within_the_allowance(case: RuleCase) -> None:
+    """onnxruntime's float32 output against the float64 reference of the case, at inputs of
+    several scales: the distance never exceeds the allowance the declarations give."""
+    from rule_cases import run_onnxruntime
+
+    graph = load_from_proto(case.model, LoadOptions(), source="t", fmt="onnx").graph
+    if graph.output_name != case.model.graph.output[0].name:
+        pytest.skip("the front-end certifies another tensor than the model's output")
+    spec = analyse(graph).spec
+    rng = np.random.default_rng(7)
+    for scale in (1e-3, 1.0, 1e3):
+        x = (rng.standard_normal((6, *case.input_shape)) * scale * case.input_scale).astype(
+            np.float32
+        )
+        computed = run_onnxruntime(case.model, x).reshape(len(x), -1).astype(np.float64)
+        with torch.no_grad():
+            exact = case.reference(torch.as_tensor(x, dtype=torch.float64)).numpy()
+        error = np.linalg.norm(computed - exact.reshape(len(x), -1), axis=1)
+        norms = np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1)
+        allowance = spec.fp_allowance(norms)
+        assert np.all(error <= allowance), (scale, error, allowance)
