@@ -404,24 +404,6 @@ def _probe_agrees(
 
 # --- one convolution applied several times: p(A) ----------------------------------------------
 
-# Ops that only move, restrict or zero-pad elements: allowed before and after the polynomial.
-_PASSIVE = frozenset(
-    {
-        "Reshape",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Transpose",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Identity",
-        "Dropout",
-        "Slice",
-        "Pad",
-    }
-)
-
-
 @dataclass(frozen=True)
 class ConvPolynomial:
     """The block as suffix o p(A) o prefix, A one stride-1 convolution from C to C channels."""
@@ -430,6 +412,7 @@ class ConvPolynomial:
     coefficients: np.ndarray  # p(A) = sum_k coefficients[k] A^k
     outer_factor: float  # product of the prefix's and suffix's bounds
     circular: bool
+    conv_bound: float  # the conv's own rule: an upper bound of ||A||
 
 
 def conv_polynomial(
@@ -473,13 +456,20 @@ def conv_polynomial(
         polynomial[inner.outputs[0]] = coefficients
     if conv is None or stop not in polynomial:
         return None
-    return ConvPolynomial(conv, polynomial[stop], outer, circular=conv.op == "CircularConv")
+    return ConvPolynomial(
+        conv,
+        polynomial[stop],
+        outer,
+        circular=conv.op == "CircularConv",
+        conv_bound=factors[id(conv)],
+    )
 
 
 def _passive(graph: Graph, node: Node) -> bool:
-    if node.op not in _PASSIVE or len(graph.data_inputs(node)) != 1:
-        return False
-    return node.op != "Pad" or node.attr("mode", "constant") == "constant"
+    """An op before or after the polynomial, bounded by its own rule: any op of one data input
+    but a convolution (a bias added after the series, a channel padding or slice, a pixel
+    (un)shuffle...)."""
+    return len(graph.data_inputs(node)) == 1 and node.op not in ("Conv", "CircularConv")
 
 
 def _apply(
@@ -587,7 +577,7 @@ def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]
     weight = np.asarray(graph.constant(conv.inputs[1]), dtype=np.float64)
     c = poly.coefficients
     found: list[Candidate] = []
-    rho = _conv_operator_norm(graph, conv, weight, poly.circular)
+    rho = poly.conv_bound
     absolute = numeric.add_up(*(mul_up(abs(float(ck)), rho**k) for k, ck in enumerate(c)))
     found.append(Candidate(mul_up(poly.outer_factor, numeric.up(absolute * (1 + 1e-12))),
                            f"sum of |c_k| ||A||^k over a polynomial of degree {len(c) - 1} in one conv",
