@@ -9,7 +9,10 @@ rounding, an output that differs by:
 - for a sum with c, a clip or a max with c, a padding value...: at most u |c| per element
   it reaches, bounded by ||c|| broadcast to the output.
 So one more rounded operation (gamma(n + 1) >= gamma(n) + u), an output gain of at least 1
-and ||c|| (broadcast) in the offset cover it, whatever the op.
+and ||c|| (broadcast) in the offset cover it, whatever the op. The float64 value itself is
+within rho |c| of the exact one (a forward error analysis of the recomputation, rho <= 2^-30,
+lipcert.frontends.onnx_exact.float64_errors): one more rounding, and rho / u64 more for the
+float64 executor that uses it as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 from lipcert.bounds.numeric import add_up, mul_up
 from lipcert.bounds.registry import LayerBound, Rounding
 from lipcert.graph import Graph, Node
+
+_U64 = 2.0**-53
 
 
 def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
@@ -42,8 +47,13 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         offset = add_up(
             offset, mul_up(float(np.linalg.norm(value)), math.sqrt(copies) * (1 + 1e-12))
         )
+    # c' (the runtime's) is within u32 |c64| of c64, and c64 within rho |c| of the exact c:
+    # with rho <= 2^-30, two float32 roundings cover |c' - c| when the runtime is float32;
+    # the float64 executor computes with c64, where rho / u64 more roundings cover rho.
+    rho = max(graph.folded_error.get(name, 0.0) for name in names)
+    extra = 2 + math.ceil(rho / _U64)
     rounding = Rounding(
-        terms=bound.rounding.terms + 1,
+        terms=bound.rounding.terms + extra,
         input_gain=bound.rounding.input_gain,
         output_gain=max(bound.rounding.output_gain, 1.0),
         offset=offset,

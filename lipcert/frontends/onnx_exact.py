@@ -262,3 +262,209 @@ def _split(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = _SPLITTER * a
     hi = c - (c - a)
     return hi, a - hi
+
+
+# --- how far the float64 recomputation can be from the exact value -----------------------------
+
+_U64 = 2.0**-53
+_U32 = 2.0**-24
+# Library functions (exp, pow) in float64: as the rounding analysis assumes, 64 ulps.
+_LIBRARY = 64 * _U64
+# Beyond this relative error the float64 value is not trusted: the constant is refused.
+MAX_FOLDED_ERROR = 2.0**-30
+_MOVES = frozenset(
+    {
+        "Identity",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "Concat",
+        "Slice",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Split",
+        "Expand",
+        "Tile",
+        "Neg",
+        "Abs",
+        "Relu",
+        "Max",
+        "Min",
+        "Clip",
+        "ReduceMax",
+        "ReduceMin",
+        "Dropout",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Trilu",
+        "Constant",
+        "ConstantOfShape",
+        "Shape",
+        "Size",
+        "Pad",
+    }
+)
+
+
+class FoldingError(ValueError):
+    """The float64 recomputation of a constant cannot be bounded (cancellation, an op
+    without an error bound here)."""
+
+
+def float64_errors(
+    nodes: list[onnx.NodeProto], values: Mapping[str, np.ndarray], flow: Flow
+) -> dict[str, float]:
+    """A bound rho of |c64 - c| / |c| for every tensor of the constant `nodes` evaluated in
+    float64 (`values`), by a forward error analysis from exact weights. Raises FoldingError."""
+    rho: dict[str, float] = {}
+    for node in nodes:
+        if any(flow.is_data.get(name, False) for name in node.output if name):
+            continue
+        errors = [rho.get(name, 0.0) for name in node.input if name]
+        worst = max(errors, default=0.0)
+        out = values.get(node.output[0]) if node.output else None
+        try:
+            value = _node_error(node, values, errors, worst, out)
+        except (FloatingPointError, ZeroDivisionError, ValueError, IndexError, KeyError) as exc:
+            raise FoldingError(
+                f"node {node.name or node.op_type!r} ({node.op_type}): {exc}"
+            ) from None
+        if not value <= MAX_FOLDED_ERROR:
+            raise FoldingError(
+                f"node {node.name or node.op_type!r} ({node.op_type}): its float64 value may be "
+                f"off by {value:.3g} of itself (cancellation)"
+            )
+        for name in node.output:
+            if name:
+                rho[name] = value
+    return rho
+
+
+def _gamma(n: int) -> float:
+    return n * _U64 / (1 - n * _U64) * (1 + 1e-9)
+
+
+def _node_error(
+    node: onnx.NodeProto,
+    values: Mapping[str, np.ndarray],
+    errors: list[float],
+    worst: float,
+    out: np.ndarray | None,
+) -> float:
+    op = node.op_type
+    inputs = [np.asarray(values[name], dtype=np.float64) for name in node.input if name]
+    floats = [a for a in inputs if a.dtype.kind == "f"]
+    if out is None:
+        raise ValueError("no value")
+    out = np.asarray(out, dtype=np.float64)
+    if np.asarray(values[node.output[0]]).dtype.kind in "iub" or op in (
+        "Equal",
+        "Less",
+        "Greater",
+        "LessOrEqual",
+        "GreaterOrEqual",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Sign",
+        "ArgMax",
+        "ArgMin",
+        "NonZero",
+        "Not",
+        "And",
+        "Or",
+        "Xor",
+        "IsNaN",
+        "IsInf",
+    ):
+        if worst > 0:
+            raise ValueError("a discontinuous function of an inexact value")
+        return 0.0
+    if op == "Where":
+        return max(errors[1:], default=0.0) if errors[0] == 0 else _raise("inexact condition")
+    if op in _MOVES:
+        return worst
+    if op == "Cast" or op == "CastLike":
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        rounds = to == onnx.TensorProto.FLOAT or (
+            op == "CastLike" and inputs[1].dtype == np.float32
+        )
+        return worst + (_U32 if rounds else 0.0)
+    # an operation whose float64 result is checked to be exact adds no rounding
+    u = _U64
+    if op in _CHECKED_OPS and all(np.asarray(values[n]).dtype.kind == "f" for n in node.input):
+        u = 0.0 if _checked(op, floats, out) else _U64
+    if op == "Mul":
+        return (1 + errors[0]) * (1 + errors[1]) * (1 + u) - 1
+    if op == "Div":
+        return (1 + errors[0]) * (1 + u) / (1 - errors[1]) - 1
+    if op == "Reciprocal":
+        return (1 + u) / (1 - errors[0]) - 1
+    if op == "Sqrt":
+        return float(np.sqrt(1 + errors[0])) * (1 + u) - 1
+    if op in ("Add", "Sub"):
+        magnitude = np.abs(floats[0]) + np.abs(floats[1])
+        return _amplified(magnitude, out) * worst * (1 + u) + u if worst else u
+    if op in ("Sum", "Mean"):
+        magnitude = np.sum(np.broadcast_arrays(*[np.abs(a) for a in floats]), axis=0)
+        return _amplified(magnitude, out) * (worst + _gamma(max(len(floats) - 1, 1))) + _U64
+    if op in ("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceL1"):
+        return _reduce_error(node, inputs, worst, out)
+    if op == "MatMul":
+        a, b = inputs
+        magnitude = np.matmul(np.abs(a), np.abs(b))
+        k = a.shape[-1] if a.ndim else 1
+        return _amplified(magnitude, out) * ((1 + errors[0]) * (1 + errors[1]) - 1 + _gamma(k))
+    if op == "Exp":
+        spread = float(np.max(np.abs(inputs[0]), initial=0.0)) * errors[0]
+        return float(np.expm1(spread * 1.01)) + _LIBRARY
+    if op == "Pow":
+        if errors[1] != 0 or inputs[1].size != 1:
+            raise ValueError("an inexact or non-scalar exponent")
+        p = abs(float(inputs[1].reshape(())))
+        return max((1 + errors[0]) ** p, (1 - errors[0]) ** -p) * (1 + 1e-9) - 1 + _LIBRARY
+    raise ValueError("no float64 error bound for this op")
+
+
+def _raise(why: str) -> float:
+    raise ValueError(why)
+
+
+def _amplified(magnitude: np.ndarray, out: np.ndarray) -> float:
+    """max over elements of sum |terms| / |result|: how much a sum amplifies relative errors."""
+    magnitude = np.broadcast_to(magnitude, out.shape)
+    if np.any((out == 0) & (magnitude > 0)):
+        raise ValueError("terms cancel to zero")
+    nonzero = out != 0
+    if not np.any(nonzero):
+        return 1.0
+    return max(1.0, float(np.max(magnitude[nonzero] / np.abs(out[nonzero]))) * (1 + 1e-9))
+
+
+def _reduce_error(
+    node: onnx.NodeProto, inputs: list[np.ndarray], worst: float, out: np.ndarray
+) -> float:
+    op = node.op_type
+    data = inputs[0]
+    axes_attr = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    axes = [int(a) for a in inputs[1].reshape(-1)] if len(inputs) > 1 else axes_attr
+    keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    noop = next((a.i for a in node.attribute if a.name == "noop_with_empty_axes"), 0)
+    if not axes:
+        if noop:
+            return worst
+        axes = list(range(data.ndim))
+    axis = tuple(a % data.ndim for a in axes)
+    n = int(np.prod([data.shape[a] for a in axis])) if axis else 1
+    if op in ("ReduceSumSquare", "ReduceL2"):
+        squares = (1 + worst) ** 2 * (1 + _U64) * (1 + _gamma(n)) - 1
+        return squares if op == "ReduceSumSquare" else float(np.sqrt(1 + squares)) * (1 + _U64) - 1
+    magnitude = np.sum(np.abs(data), axis=axis, keepdims=bool(keep))
+    total = np.sum(data, axis=axis, keepdims=bool(keep))
+    if op == "ReduceL1":
+        return (1 + worst) * (1 + _gamma(n)) - 1
+    rel = _amplified(magnitude, np.asarray(total)) * (worst + _gamma(n))
+    return rel + (_U64 if op == "ReduceMean" else 0.0)

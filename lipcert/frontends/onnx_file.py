@@ -21,7 +21,13 @@ import onnx
 from onnx import numpy_helper
 
 from lipcert.errors import ModelLoadError, ShapeError, UnsupportedOpError, UsageError
-from lipcert.frontends.onnx_exact import inexact_constants, refuse_inexact, to_float64
+from lipcert.frontends.onnx_exact import (
+    FoldingError,
+    float64_errors,
+    inexact_constants,
+    refuse_inexact,
+    to_float64,
+)
 from lipcert.frontends.onnx_flow import (
     Flow,
     data_flow,
@@ -374,7 +380,7 @@ def _build_graph(
     runnable = _runnable_model(model, graph.output_name)
     inexact = inexact_constants(graph, nodes, flow, values, constants)
     if inexact:
-        runnable = _fold_in_float64(graph, runnable, nodes, inexact, values[input_name])
+        runnable = _fold_in_float64(graph, runnable, nodes, inexact, values[input_name], flow)
     graph.zero_input_values = {
         k: v for k, v in zero_values.items() if k in graph.shapes and _is_used(graph, k)
     }
@@ -387,6 +393,7 @@ def _fold_in_float64(
     nodes: list[onnx.NodeProto],
     inexact: dict[str, onnx.NodeProto],
     zeros: np.ndarray,
+    flow: Flow,
 ) -> onnx.ModelProto:
     """Constants computed inexactly in float32: the graph takes their float64 values (the
     model's up to float64 rounding), and the runtime their float32 roundings as weights."""
@@ -398,17 +405,29 @@ def _fold_in_float64(
             refuse_inexact(name, origin, graph, f"its type {dtype} has no rounding bound here")
     names = list(inexact)
     wanted = [proto for name in names for proto in needed_nodes(nodes, name)]
-    part = _with_outputs(_with_nodes(runnable, list({id(p): p for p in wanted}.values())), names)
+    part_nodes = list({id(p): p for p in wanted}.values())
+    every = [out for proto in part_nodes for out in proto.output if out]
+    part = _with_outputs(_with_nodes(runnable, part_nodes), every)
     del part.graph.value_info[:]
     try:
         session = _session(to_float64(part), graph.source)
-        folded = session.run(names, {graph.input_name: zeros.astype(np.float64)})
+        results = session.run(every, {graph.input_name: zeros.astype(np.float64)})
     except Exception as exc:  # ModelLoadError included: an op without a float64 kernel
         detail = _first_line(exc)
         refuse_inexact(
             names[0], inexact[names[0]], graph, f"it cannot be recomputed in float64 ({detail})"
         )
         raise  # unreachable: refuse_inexact raises
+    values64 = dict(zip(every, results, strict=True))
+    values64.update({t.name: numpy_helper.to_array(t) for t in runnable.graph.initializer})
+    try:
+        errors = float64_errors(part_nodes, values64, flow)
+    except FoldingError as exc:
+        refuse_inexact(
+            names[0], inexact[names[0]], graph, f"its float64 recomputation is not bounded: {exc}"
+        )
+    folded = [values64[name] for name in names]
+    graph.folded_error = {name: errors.get(name, 0.0) for name in names}
     for name, value in zip(names, folded, strict=True):
         runtime_dtype = np.asarray(graph.constant(name)).dtype
         exact64 = np.asarray(value, dtype=np.float64)

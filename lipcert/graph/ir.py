@@ -68,6 +68,8 @@ class Graph:
     # Constants the model computes inexactly in float32 (a weight normalisation, ...): held
     # here in float64, while the runtime uses their float32 roundings (lipcert.bounds.folded).
     inexact_constants: frozenset[str] = frozenset()
+    # For each of them, a bound rho of |c64 - c| / |c| (c the exact value) elementwise.
+    folded_error: dict[str, float] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -272,6 +272,14 @@ def test_constant_folded_with_rounding_is_recomputed_in_float64() -> None:
     np.testing.assert_array_equal(loaded.graph.constant("bias"), [1.0, 0.0])
 
 
+def test_constant_that_cancels_in_float64_too_is_refused() -> None:
+    """(1e20 + 1) - 1e20 is 0 in float64 as in float32: the forward error analysis of the
+    float64 recomputation sees the cancellation and refuses."""
+    model = cancelling_bias_model(1e20)
+    with pytest.raises(LipcertError, match=r"float64 recomputation is not bounded.*cancel"):
+        load(model)
+
+
 def test_constant_folded_exactly_is_kept() -> None:
     """The look-alike: (2 + 1) - 2 is exact in float32, and certified on its exact value."""
     model = cancelling_bias_model(2.0)
