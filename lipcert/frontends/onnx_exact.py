@@ -404,7 +404,8 @@ def _node_error(
     if op == "Reciprocal":
         return (1 + u) / (1 - errors[0]) - 1
     if op == "Sqrt":
-        return float(np.sqrt(1 + errors[0])) * (1 + u) - 1
+        # |sqrt(1 + d) - 1| <= 1 - sqrt(1 - e) for |d| <= e
+        return (1 - float(np.sqrt(1 - errors[0]))) * (1 + u) + u
     if op in ("Add", "Sub"):
         magnitude = np.abs(floats[0]) + np.abs(floats[1])
         return _amplified(magnitude, out) * worst * (1 + u) + u if worst else u
@@ -461,7 +462,9 @@ def _reduce_error(
     n = int(np.prod([data.shape[a] for a in axis])) if axis else 1
     if op in ("ReduceSumSquare", "ReduceL2"):
         squares = (1 + worst) ** 2 * (1 + _U64) * (1 + _gamma(n)) - 1
-        return squares if op == "ReduceSumSquare" else float(np.sqrt(1 + squares)) * (1 + _U64) - 1
+        if op == "ReduceSumSquare":
+            return squares
+        return (1 - float(np.sqrt(1 - squares))) * (1 + _U64) + _U64
     magnitude = np.sum(np.abs(data), axis=axis, keepdims=bool(keep))
     total = np.sum(data, axis=axis, keepdims=bool(keep))
     if op == "ReduceL1":
