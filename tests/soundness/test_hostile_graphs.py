@@ -376,3 +376,35 @@ def test_index_computed_inexactly_is_refused() -> None:
     model = make(nodes, inits, [1, 12], [1, 1])
     with pytest.raises(LipcertError, match=r"node 'divide' \(Div\).*sets an integer"):
         load(model)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float64_error_bound_holds_against_exact_rationals(seed: int) -> None:
+    """c = (r @ m) / (sum(w) + 3): the float64 value is within rho |c| of the exact rational."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((1, 16)).astype(np.float32)
+    m = rng.standard_normal((16, 2)).astype(np.float32)
+    w = rng.standard_normal(16).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["r", "m"], ["rm"], name="product"),
+        helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0, name="total"),
+        helper.make_node("Add", ["s", "three"], ["d"], name="shift"),
+        helper.make_node("Div", ["rm", "d"], ["c"], name="divide"),
+        helper.make_node("Mul", ["x", "c"], ["logits"], name="scale"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(r, "r"),
+        onnx.numpy_helper.from_array(m, "m"),
+        onnx.numpy_helper.from_array(w, "w"),
+        tensor("three", 3.0),
+    ]
+    loaded = load(make(nodes, inits, [1, 2], [1, 2]))
+    rho = loaded.graph.folded_error["c"]
+    assert 0 < rho < 2.0**-30
+    total = sum(Fraction(float(v)) for v in w) + 3
+    for j in range(2):
+        exact = sum(Fraction(float(r[0, i])) * Fraction(float(m[i, j])) for i in range(16)) / total
+        computed = Fraction(float(loaded.graph.constant("c")[0, j]))
+        assert abs(computed - exact) <= Fraction(rho) * abs(exact)
