@@ -152,3 +152,25 @@ def test_pgd_finds_nothing_inside_local_radii(name: str) -> None:
         assert radius > 0
         worst = pgd_worst_margin(executor, x0, p, radius, steps=30, restarts=2)
         assert worst > 0, f"sample {i}: PGD changed the decision within {radius}"
+
+
+def test_radii_with_an_input_scale_stay_within_the_true_distance() -> None:
+    """--mean/--std: the ball is in pixel space, the model reads (x - mean) / std."""
+    recipe = Recipe(kind="relu", scale=3.0, num_logits=3, seed=11)
+    analysis, executor = _prepared(recipe)
+    mean, std = np.array([0.3, -0.2]), np.array([0.5, 2.0])
+
+    def composed(x: torch.Tensor) -> torch.Tensor:
+        return executor((x - torch.as_tensor(mean)) / torch.as_tensor(std))
+
+    decision = Decision(composed)
+    x = np.random.default_rng(7).uniform(-1.0, 1.0, size=(8, 2))
+    classes = np.argmax(decision.logits(x), axis=1)
+    truth = grid_truth(decision, x, classes, 4.0)
+    certifier = LocalCertifier(analysis, input_scale=1.0 / std)
+    proven = 0
+    for i in range(len(x)):
+        radius = local_radius(certifier, (x[i] - mean) / std, int(classes[i]), 4.0)
+        assert radius <= truth.distance[i] * (1 + REL), (i, radius, truth.distance[i])
+        proven += radius > 0
+    assert proven >= 4
