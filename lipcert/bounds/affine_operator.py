@@ -77,7 +77,7 @@ def body_bounds(node: Node, graph: Graph) -> list[tuple[Node, LayerBound]]:
 
 
 def _rule_key(node: Node, graph: Graph) -> tuple[object, ...] | None:
-    if node.op not in ("Conv", "CircularConv") or node.body and node.op == "Conv":
+    if node.op not in ("Conv", "CircularConv") or (node.body and node.op == "Conv"):
         return None
     constants = []
     for name in node.inputs[1:]:
@@ -258,7 +258,9 @@ def _linear_part(node: Node, graph: Graph) -> tuple[list[Node], dict[str, np.nda
                 nodes.append(_with(leaf, op="Sum", inputs=tuple(data), attrs={}))
         elif op == "Sub" and len(data) == 1:
             negate = data[0] != leaf.inputs[0]
-            nodes.append(_with(leaf, op="Neg" if negate else "Identity", inputs=(data[0],), attrs={}))
+            nodes.append(
+                _with(leaf, op="Neg" if negate else "Identity", inputs=(data[0],), attrs={})
+            )
         elif op == "Pad" and leaf.attr("mode", "constant") == "constant":
             inputs = list(leaf.inputs)
             if len(inputs) > 2:
@@ -280,18 +282,14 @@ def _linear_part(node: Node, graph: Graph) -> tuple[list[Node], dict[str, np.nda
 
 
 def _with(node: Node, **changes: object) -> Node:
-    fields = {
-        "name": node.name,
-        "op": node.op,
-        "inputs": node.inputs,
-        "outputs": node.outputs,
-        "attrs": node.attrs,
-    }
-    fields.update(changes)
-    return Node(**fields)  # type: ignore[arg-type]
+    import dataclasses
+
+    return dataclasses.replace(node, **changes)  # type: ignore[arg-type]
 
 
-def _run_body(node: Node, graph: Graph, start: np.ndarray, *, linear: bool) -> dict[str, np.ndarray]:
+def _run_body(
+    node: Node, graph: Graph, start: np.ndarray, *, linear: bool
+) -> dict[str, np.ndarray]:
     """Every tensor of the body (per sample, flattened) for a batch of entry values."""
     import torch
 
@@ -355,7 +353,7 @@ def probe_bound(
             matrix = _probe(node, graph, entry_shape, chunk)
             if _probe_agrees(node, graph, matrix, entry_shape):
                 break
-        except Exception:  # noqa: BLE001 - a failure to probe only means: use another method
+        except Exception:
             pass
         matrix = None
     if matrix is None:
@@ -403,6 +401,7 @@ def _probe_agrees(
 
 
 # --- one convolution applied several times: p(A) ----------------------------------------------
+
 
 @dataclass(frozen=True)
 class ConvPolynomial:
@@ -480,6 +479,9 @@ def _apply(
         return None
     inputs = [polynomial[name] for name in data]
     op = node.op
+    # Every tensor of p(A) has A's shape: an op that broadcasts its data copies it.
+    if any(graph.shape(name) != graph.shape(node.outputs[0]) for name in data):
+        return None
     if op in ("Conv", "CircularConv"):
         if conv is not None and not _same_conv(graph, conv, node):
             return None
@@ -543,7 +545,9 @@ def _same_conv(graph: Graph, first: Node, other: Node) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _geometry(graph: Graph, conv: Node) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def _geometry(
+    graph: Graph, conv: Node
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     weight = np.asarray(graph.constant(conv.inputs[1]))
     spatial = graph.shape(conv.inputs[0])[2:]
     win = window(conv, spatial, tuple(weight.shape[2:]))
@@ -579,13 +583,18 @@ def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]
     found: list[Candidate] = []
     rho = poly.conv_bound
     absolute = numeric.add_up(*(mul_up(abs(float(ck)), rho**k) for k, ck in enumerate(c)))
-    found.append(Candidate(mul_up(poly.outer_factor, numeric.up(absolute * (1 + 1e-12))),
-                           f"sum of |c_k| ||A||^k over a polynomial of degree {len(c) - 1} in one conv",
-                           exact=False))
-    spatial, begin, end, dilations = _geometry(graph, conv)
+    found.append(
+        Candidate(
+            mul_up(poly.outer_factor, numeric.up(absolute * (1 + 1e-12))),
+            f"sum of |c_k| ||A||^k over a polynomial of degree {len(c) - 1} in one conv",
+            exact=False,
+        )
+    )
+    _, begin, end, dilations = _geometry(graph, conv)
     kernel = weight.shape[2:]
     symmetric = all(
-        b == e and b * 2 == (k - 1) * d for b, e, k, d in zip(begin, end, kernel, dilations, strict=True)
+        b == e and b * 2 == (k - 1) * d
+        for b, e, k, d in zip(begin, end, kernel, dilations, strict=True)
     )
     if symmetric:
         skew_part = (weight - flipped_transpose(weight)) / 2
@@ -610,16 +619,20 @@ def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]
                 )
             )
     if len(c) <= 2:
-        identity_tap = []
+        identity_tap: list[int] | None = []
         for b, k, d in zip(begin, kernel, dilations, strict=True):
-            if b % d or b // d >= k:
+            if b % d or b // d >= k or identity_tap is None:
                 identity_tap = None
-                break
+                continue
             identity_tap.append(b // d)
         if identity_tap is not None:
             folded = (c[1] if len(c) > 1 else 0.0) * weight
             channels = weight.shape[0]
-            index = (np.arange(channels), np.arange(channels), *[np.full(channels, t) for t in identity_tap])
+            index = (
+                np.arange(channels),
+                np.arange(channels),
+                *[np.full(channels, t) for t in identity_tap],
+            )
             folded[index] += c[0]
             value = _conv_operator_norm(graph, conv, folded, poly.circular)
             # float64 rounding of the folded taps: at most 2 ulps of each, far below the
@@ -653,7 +666,7 @@ def skew_polynomial_bound(coefficients: np.ndarray, rho: float, epsilon: float =
     k = np.arange(len(c))
     real = np.where(k % 2 == 0, c * np.where(k % 4 == 0, 1.0, -1.0), 0.0)
     imag = np.where(k % 2 == 1, c * np.where(k % 4 == 1, 1.0, -1.0), 0.0)
-    q = np.polynomial.polynomial.polyadd(
+    q: np.ndarray = np.polynomial.polynomial.polyadd(
         np.polynomial.polynomial.polymul(real, real), np.polynomial.polynomial.polymul(imag, imag)
     )
     points = 1 << 16
@@ -662,7 +675,9 @@ def skew_polynomial_bound(coefficients: np.ndarray, rho: float, epsilon: float =
     degree = np.arange(len(q))
     absolute_sum = float(np.sum(np.abs(q) * rho**degree))
     evaluation = 4 * len(q) * numeric.FLOAT64_EPS * absolute_sum
-    second = float(np.sum(np.abs(q) * degree * np.maximum(degree - 1, 0) * rho ** np.maximum(degree - 2, 0)))
+    second = float(
+        np.sum(np.abs(q) * degree * np.maximum(degree - 1, 0) * rho ** np.maximum(degree - 2, 0))
+    )
     h = rho / points
     q_max = float(values.max()) + evaluation + h * h / 8 * second
     # The coefficients themselves come from a few float64 operations on the model's
@@ -670,7 +685,5 @@ def skew_polynomial_bound(coefficients: np.ndarray, rho: float, epsilon: float =
     top = numeric.sqrt_up(max(q_max, 0.0) * (1 + 1e-12))
     perturbation = 0.0
     if epsilon > 0:
-        perturbation = float(
-            np.sum(np.abs(c) * ((rho + epsilon) ** k - rho**k))
-        ) * (1 + 1e-12)
+        perturbation = float(np.sum(np.abs(c) * ((rho + epsilon) ** k - rho**k))) * (1 + 1e-12)
     return numeric.up(add_up(top, perturbation) * (1 + 1e-12))

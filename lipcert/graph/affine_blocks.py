@@ -166,7 +166,9 @@ def _wrap_along_axis(
     parts = list(concat.inputs)
     rank = len(graph.shape(concat.outputs[0]))
     axis = int(concat.attr("axis", 0)) % rank
-    slice_parts = [p for p in parts if (producers.get(p) is not None and producers[p].op == "Slice")]
+    slice_parts = [
+        p for p in parts if (producers.get(p) is not None and producers[p].op == "Slice")
+    ]
     sources = {producers[p].inputs[0] for p in slice_parts}
     middle = [p for p in parts if p not in slice_parts]
     if len(middle) != 1 or len(sources) != 1 or middle[0] not in sources:
@@ -241,14 +243,22 @@ def is_affine(graph: Graph, node: Node) -> bool:
         return False
     constants = [n for n in node.inputs if n and graph.is_constant(n)]
     if op in _STRUCTURAL or op in _POOLING:
-        if op == "Pad" and node.attr("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
+        if op == "Pad" and node.attr("mode", "constant") not in (
+            "constant",
+            "reflect",
+            "edge",
+            "wrap",
+        ):
             return False
         if op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
             return False
         return len(data) == 1 and data[0] == node.inputs[0]
     if op in ("Conv", "ConvTranspose", "CircularConv"):
-        return len(data) == 1 and data[0] == node.inputs[0] and len(node.inputs) > 1 and (
-            node.inputs[1] in constants
+        return (
+            len(data) == 1
+            and data[0] == node.inputs[0]
+            and len(node.inputs) > 1
+            and (node.inputs[1] in constants)
         )
     if op == "Gemm":
         return len(data) == 1 and data[0] == node.inputs[0] and not node.attr("transA", 0)

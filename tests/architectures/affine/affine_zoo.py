@@ -240,10 +240,10 @@ class MaxMin(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.half = channels // 2
+        self.split = channels // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x[:, : self.half], x[:, self.half :]
+        a, b = x[:, : self.split], x[:, self.split :]
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 
 

@@ -145,13 +145,15 @@ def test_true_constant_agrees_with_power_iteration(name: str) -> None:
 
 
 def test_the_legacy_exporter_cannot_write_complex_tensors() -> None:
-    with pytest.raises(Exception, match="fft_rfft2|complex"):
+    with pytest.raises(Exception, match=r"fft_rfft2|complex"):
         export(module("cayley_fft"), FAMILIES["cayley_fft"].input_shape, dynamo=False)
 
 
 @pytest.mark.parametrize("name", ["cayley_fft", "lot_fft"])
 def test_fourier_layers_are_orthogonal_as_the_papers_say(name: str) -> None:
-    singular = np.linalg.svd(dense_matrix(module(name), FAMILIES[name].input_shape), compute_uv=False)
+    singular = np.linalg.svd(
+        dense_matrix(module(name), FAMILIES[name].input_shape), compute_uv=False
+    )
     assert singular.max() == pytest.approx(1.0, abs=1e-6)
     assert singular.min() == pytest.approx(1.0, abs=1e-6)
 
@@ -183,7 +185,9 @@ class LiResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(2, 4, 3, padding=1)
-        self.blocks = nn.ModuleList([LiResBlock(4, 3, 30, norm=0.5), LiResBlock(4, 3, 31, norm=0.5)])
+        self.blocks = nn.ModuleList(
+            [LiResBlock(4, 3, 30, norm=0.5), LiResBlock(4, 3, 31, norm=0.5)]
+        )
         self.activation = MaxMin(4)
         self.head = nn.Linear(4 * 6 * 6, 5)
 

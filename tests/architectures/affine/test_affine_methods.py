@@ -77,7 +77,9 @@ def test_skew_polynomial_bound_holds_and_is_the_maximum_on_the_imaginary_axis(
     assert bound <= on_axis * (1 + 1e-6)
 
 
-def test_a_truncated_exponential_of_a_small_skew_matrix_is_orthogonal_within_its_truncation() -> None:
+def test_a_truncated_exponential_of_a_small_skew_matrix_is_orthogonal_within_its_truncation() -> (
+    None
+):
     # SOC's claim: 12 terms of exp(S) with ||S|| <= 1 are orthogonal up to 1/13!.
     bound = skew_polynomial_bound(taylor(12), 1.0)
     assert 1.0 <= bound <= 1 + 1e-9
