@@ -117,3 +117,44 @@ def test_selection_of_the_samples_to_recompute() -> None:
     # 0.55: lower 0.45 < 0.5 < 0.55 -> recompute; 0.45: both below -> no; 0.8, 0.2: no;
     # the tie: yes.
     assert selected.tolist() == [True, False, False, False, True]
+
+
+def test_recomputation_stays_within_its_budget() -> None:
+    """When every radius sits near an eps, at most EXACT_BUDGET of a batch is recomputed, and
+    the others keep their (sound, lower) certificates."""
+    from lipcert.bounds.spec import CertificateSpec
+    from lipcert.certify.pipeline import EXACT_BUDGET, certify_batch
+
+    spec = CertificateSpec(
+        lipschitz_bound=1.0 / np.sqrt(2),
+        logit_bounds=(1.0, 1.0),
+        pairwise_bounds=None,
+        num_logits=2,
+        input_shape=(2,),
+        size_known=True,
+    )
+    n = 100
+    margins = np.linspace(0.51, 0.55, n)  # radius with no allowance just above eps = 0.5
+
+    class Fixed:
+        name = "fixed"
+        precision = "float32"
+        input_dtype = np.float64
+
+        def __init__(self, allowance: float) -> None:
+            self.allowance = allowance
+
+        def evaluate(self, batch: np.ndarray) -> Evaluation:
+            logits = np.stack([margins[: len(batch)], np.zeros(len(batch))], axis=1)
+            return Evaluation(logits, np.full(len(batch), self.allowance))
+
+    inputs = np.zeros((n, 2))
+    certificates, allowance, recomputed = certify_batch(
+        Fixed(0.1), spec, Method.GLOBAL, inputs, np.array([0.5]), exact=Fixed(0.0)
+    )
+    assert recomputed.sum() == int(EXACT_BUDGET * n)
+    # the samples chosen are those the allowance hid most clearly: the largest margins
+    assert recomputed[-int(EXACT_BUDGET * n) :].all()
+    assert np.all(certificates.radius[recomputed] > 0.5)
+    assert np.all(certificates.radius[~recomputed] < 0.5)
+    assert np.all(allowance[recomputed] == 0.0)
