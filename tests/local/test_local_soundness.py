@@ -174,3 +174,20 @@ def test_radii_with_an_input_scale_stay_within_the_true_distance() -> None:
         assert radius <= truth.distance[i] * (1 + REL), (i, radius, truth.distance[i])
         proven += radius > 0
     assert proven >= 4
+
+
+def test_radii_with_few_crown_rows_stay_within_the_true_distance() -> None:
+    """max_rows: CROWN on the few unstable neurons that weigh most, caps for the rest."""
+    recipe = Recipe(kind="relu", scale=3.0, num_logits=3, seed=11)
+    analysis, executor = _prepared(recipe)
+    decision = Decision(executor)
+    x = np.random.default_rng(8).uniform(-1.2, 1.2, size=(8, 2))
+    classes = np.argmax(decision.logits(x), axis=1)
+    truth = grid_truth(decision, x, classes, HALF_WIDTH)
+    few, full = LocalCertifier(analysis, max_rows=1), LocalCertifier(analysis)
+    for i in range(len(x)):
+        radius = local_radius(few, x[i], int(classes[i]), HALF_WIDTH)
+        assert radius <= truth.distance[i] * (1 + REL), (i, radius, truth.distance[i])
+        # Fewer CROWN rows, looser bounds (within one bisection step).
+        step = HALF_WIDTH / 2**10
+        assert radius <= local_radius(full, x[i], int(classes[i]), HALF_WIDTH) + step
