@@ -626,6 +626,17 @@ def interval_step(
     return _down(center - total), _up(center + total)
 
 
+def center_bounds(
+    cache: ModelCache, center: np.ndarray
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """center_pass at a sample given as an array, with the rounding of the input itself."""
+    network = cache.network
+    x0 = torch.as_tensor(np.asarray(center, dtype=np.float64)).reshape(
+        1, *network.shapes[network.input_name]
+    )
+    return center_pass(cache, x0, _widen(x0, 8 * _U))
+
+
 def center_pass(
     cache: ModelCache, x0: Tensor, x0_error: Tensor
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -646,6 +657,7 @@ __all__ = [
     "LocalBounds",
     "LocalTimeout",
     "ModelCache",
+    "center_bounds",
     "center_pass",
     "prepare_model",
     "relax_relu",

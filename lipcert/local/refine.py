@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
 from lipcert.bounds.compose import Analysis
 from lipcert.certify.metrics import Eps, summarise
@@ -27,7 +26,7 @@ from lipcert.local.crown import (
     LocalBounds,
     LocalTimeout,
     ModelCache,
-    center_pass,
+    center_bounds,
     prepare_model,
 )
 from lipcert.local.network import LocalUnsupported, build_network
@@ -110,12 +109,8 @@ class LocalCertifier:
         return bool(np.all(lows > 0)), lows, bounds.bounds.crown_rows
 
     def center_bounds(self, center: np.ndarray) -> tuple[dict, dict]:
-        x0 = torch.as_tensor(np.asarray(center, dtype=np.float64)).reshape(
-            1, *self.cache.network.shapes[self.cache.network.input_name]
-        )
-        from lipcert.local.crown import _U, _widen
-
-        return center_pass(self.cache, x0, _widen(x0, 8 * _U))
+        """Bounds of every tensor at the exact center: shared by every radius tried."""
+        return center_bounds(self.cache, center)
 
 
 def refine_certificates(
