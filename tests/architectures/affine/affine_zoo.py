@@ -63,42 +63,62 @@ def compose_kernels(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 
 
 class AOLDense(nn.Module):
-    """W diag(d); the rescaled weight is computed once (in float64) and stored, as an export
-    with its constants folded holds it (lipcert refuses weights computed in float32 at run
-    time, whose rounding it cannot see)."""
+    """W diag(d), the rescaling computed in the forward from the parameter (as AOL does)."""
 
     def __init__(self, features_in: int, features_out: int, seed: int) -> None:
         super().__init__()
         g = _generator(seed)
-        w = torch.randn(features_out, features_in, generator=g, dtype=torch.float64)
-        gram = (w.T @ w).abs()
-        self.weight = nn.Parameter((w * gram.sum(dim=0).rsqrt()[None, :]).to(DTYPE))
+        self.weight = nn.Parameter(torch.randn(features_out, features_in, generator=g))
         self.bias = nn.Parameter(0.1 * torch.randn(features_out, generator=g))
 
+    def rescaled(self) -> torch.Tensor:
+        gram = (self.weight.T @ self.weight).abs()
+        return self.weight * gram.sum(dim=0).rsqrt()[None, :]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.rescaled(), self.bias)
 
 
 class AOLConv(nn.Module):
-    """K diag(d) per input channel, d from the kernel of A^T A (computed once, stored)."""
+    """K diag(d) per input channel, d from the kernel of A^T A, computed in the forward, or
+    once at construction (`precomputed`: the TorchScript export of the forward's rescaling is
+    a Conv on the weights, which lipcert's front-end cannot recompute in float64)."""
 
-    def __init__(self, channels: int, kernel: int, seed: int, circular: bool = True) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel: int,
+        seed: int,
+        circular: bool = True,
+        precomputed: bool = False,
+    ) -> None:
         super().__init__()
         g = _generator(seed)
-        w = torch.randn(channels, channels, kernel, kernel, generator=g, dtype=torch.float64)
-        t = w.transpose(0, 1)  # (in, out, k, k): the input channels as a batch
-        gram = F.conv2d(t, t, padding=kernel - 1).abs()  # (in_i, in_j, 2k-1, 2k-1)
-        scale = gram.sum(dim=(1, 2, 3)).rsqrt()
-        self.weight = nn.Parameter((w * scale[None, :, None, None]).to(DTYPE))
+        self.weight = nn.Parameter(torch.randn(channels, channels, kernel, kernel, generator=g))
         self.bias = nn.Parameter(0.1 * torch.randn(channels, generator=g))
         self.mode = "circular" if circular else "zeros"
         self.pad = kernel // 2
+        self.precomputed = precomputed
+        if precomputed:
+            with torch.no_grad():
+                self.weight.copy_(self._rescale(self.weight.double()).float())
+
+    def rescaled(self) -> torch.Tensor:
+        return self.weight if self.precomputed else self._rescale(self.weight)
+
+    @staticmethod
+    def _rescale(weight: torch.Tensor) -> torch.Tensor:
+        k = weight.shape[-1]
+        t = weight.transpose(0, 1)  # (in, out, k, k): the input channels as a batch
+        gram = F.conv2d(t, t, padding=k - 1).abs()  # (in_i, in_j, 2k-1, 2k-1)
+        scale = gram.sum(dim=(1, 2, 3)).rsqrt()
+        return weight * scale[None, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "circular":
             x = F.pad(x, (self.pad,) * 4, mode="circular")
-            return F.conv2d(x, self.weight, self.bias)
-        return F.conv2d(x, self.weight, self.bias, padding=self.pad)
+            return F.conv2d(x, self.rescaled(), self.bias)
+        return F.conv2d(x, self.rescaled(), self.bias, padding=self.pad)
 
 
 # --- BCOP -------------------------------------------------------------------------------------

@@ -56,7 +56,15 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "aol_dense": Family(lambda: AOLDense(12, 10, 0), (12,), "Gemm", "SVD"),
-    "aol_conv_circular": Family(lambda: AOLConv(3, 3, 1), (3, 6, 6), "CircularConv", "FFT"),
+    "aol_conv_circular": Family(
+        lambda: AOLConv(3, 3, 1, precomputed=True), (3, 6, 6), "CircularConv", "FFT"
+    ),
+    # The rescaling computed in the forward: dynamo folds it into the weight; TorchScript
+    # writes it as a Conv on the weights, which lipcert's front-end refuses (no float64 Conv
+    # in onnxruntime to recompute it).
+    "aol_conv_circular_runtime_rescaling": Family(
+        lambda: AOLConv(3, 3, 11), (3, 6, 6), "CircularConv", "FFT", legacy=False
+    ),
     "bcop_circular": Family(
         lambda: CircularConv(bcop_kernel(4, 3, 2)), (4, 6, 6), "CircularConv", "FFT"
     ),
