@@ -82,13 +82,10 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
         f"{context.precision}; rounding allowance up to "
         f"{np.max(result.allowance, initial=0):.3g} on the logits (median "
         f"{np.median(result.allowance) if len(result.allowance) else 0:.3g}; a guaranteed "
-        "bound, taken off every margin)"
-        + (
-            f"; {result.exact_samples} sample(s) recomputed in float64"
-            if result.exact is not None
-            else ""
-        ),
+        "bound, taken off every margin)",
     )
+    if result.exact is not None:
+        head.add_row("recomputed in float64", f"{result.exact_samples} of {len(result.exact)}")
     head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
     head.add_row("MCR", f"{summary.mcr:.4f} (mean signed radius)")
     head.add_row("radius", f"mean {summary.mean_radius:.4f}, median {summary.median_radius:.4f}")
