@@ -180,3 +180,55 @@ def test_conv_net_with_open_size_still_loads() -> None:
     ]
     stated = _stated_bound(_model(nodes, [weight]))
     assert np.isfinite(stated) and stated > 0
+
+
+def _l2_pool() -> onnx.ModelProto:
+    """sqrt(AveragePool(x^2)) with SAME padding not counted: L2 pooling as torch exports it."""
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["sq"], name="square"),
+        helper.make_node(
+            "AveragePool",
+            ["sq"],
+            ["avg"],
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+            auto_pad="SAME_UPPER",
+            name="pool",
+        ),
+        helper.make_node("Sqrt", ["avg"], ["y"], name="root"),
+    ]
+    return _model(nodes, [_const("two", 2.0, np.float32)])
+
+
+def _local_constant(model: onnx.ModelProto, size: tuple[int, int], seed: int = 0) -> float:
+    """A lower bound of the Lipschitz constant (up to float32 noise, ~1e-3 relative):
+    Jacobian norms at random points, by finite differences of the file's own function."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    n = size[0] * size[1]
+    rng = np.random.default_rng(seed)
+    best = 0.0
+    h = 1e-2
+    for _ in range(3):
+        point = (rng.standard_normal((1, 1, *size)) + 3.0).astype(np.float32)
+        base = session.run(None, {"x": point})[0].reshape(-1).astype(np.float64)
+        steps = (point + h * np.eye(n, dtype=np.float32).reshape(n, 1, *size)).astype(np.float32)
+        out = session.run(None, {"x": steps})[0].reshape(n, -1).astype(np.float64)
+        columns = (out - base) / h
+        best = max(best, float(np.linalg.norm(columns.T, 2)))
+    return best
+
+
+def test_l2_pooling_with_same_padding_holds_at_every_size() -> None:
+    model = _l2_pool()
+    try:
+        stated = _stated_bound(model)
+    except UnsupportedOpError as exc:
+        assert "pass --input-shape" in str(exc)
+        return
+    for size in [(1, 1), (2, 2), (3, 5), (8, 8)]:
+        true = _local_constant(model, size)
+        assert stated >= true * (1 - 1e-2), f"at {size}: stated {stated} < {true}"
+    # at 1x1 a window holds one value: |x| has constant 1, twice the 1/2 of 32x32
+    assert _local_constant(model, (1, 1)) > 0.98
