@@ -40,6 +40,8 @@ PROBE_MAX_SIDE = 1536
 # Probing one model-sized batch at a time (bodies whose shapes pin the batch) costs one run
 # of the body per unit vector: only up to this many.
 PROBE_MAX_SINGLE = 1024
+# ... and the elements the body writes, summed over its ops, times n, at most this many.
+PROBE_MAX_WORK = 1 << 28
 # A kernel is taken as skew-symmetric when the norm of its symmetric part is at most this
 # fraction of its skew part's: the symmetric part's norm is still added (see below), so this
 # only decides when the method is worth using, never whether it is sound.
@@ -342,6 +344,15 @@ def probe_bound(
     n = int(np.prod(entry_shape))
     m = int(np.prod(graph.shape(exit_)[1:]))
     if n * m > PROBE_MAX_ENTRIES or min(n, m) > PROBE_MAX_SIDE or not graph.size_known:
+        return None
+    # The probe runs the body on n samples: a long body on many unit vectors is too slow.
+    written = sum(
+        int(np.prod(graph.shapes[name][1:]))
+        for leaf in _leaves(node.body)
+        for name in leaf.outputs
+        if name in graph.shapes
+    )
+    if n * written > PROBE_MAX_WORK:
         return None
     matrix = None
     # All unit vectors as one batch; where the body's folded shapes pin the batch size (a
