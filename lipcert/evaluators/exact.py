@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.evaluators.base import Evaluation, Evaluator, check_agreement, input_norms
-from lipcert.graph import Graph, Node
-from lipcert.graph.execute import GraphExecutor, _conv_padding
-
-# Samples per float64 convolution: unfolded patches of a few samples stay in cache.
-_CONV_CHUNK = 4
+from lipcert.graph import Graph
+from lipcert.graph.execute import GraphExecutor
 
 
 class Float64Evaluator:
@@ -39,7 +33,7 @@ class Float64Evaluator:
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
-        self.executor = _executor(graph)
+        self.executor = GraphExecutor(graph, torch.float64)
         self.spec64 = spec64
         self.reference = reference
 
@@ -63,54 +57,3 @@ class Float64Evaluator:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.evaluate(batch).logits
-
-
-def _executor(graph: Graph) -> GraphExecutor:
-    return _Float64Executor(graph, torch.float64)
-
-
-class _Float64Executor(GraphExecutor):
-    """The graph in float64, with 2-D convolutions as patches times the kernel matrix.
-
-    torch's own float64 convolution takes 5 to 10 times as long as float32 on CPU; a matrix
-    product of unfolded patches (by chunks of samples) about half as long. It is still a sum
-    of products in float64, which is what the float64 rounding bound covers.
-    """
-
-    def _run(self, nodes: Any, values: dict[str, Any]) -> None:
-        for node in nodes:
-            if node.body:
-                self._run(node.body, values)
-            elif node.op == "Conv" and int(node.attr("group", 1)) == 1:
-                args = [values[name] if name else None for name in node.inputs]
-                if args[1] is not None and args[1].dim() == 4:
-                    values[node.outputs[0]] = _conv2d(node, args)
-                else:
-                    super()._run([node], values)
-            else:
-                super()._run([node], values)
-
-
-def _conv2d(node: Node, args: list[Any]) -> torch.Tensor:
-    x, weight = args[0], args[1]
-    bias = args[2] if len(args) > 2 else None
-    x, win = _conv_padding(node, x, weight)
-    out_channels, _, kh, kw = weight.shape
-    matrix = weight.reshape(out_channels, -1)
-    sizes = [
-        (x.shape[2 + axis] - win.dilations[axis] * (k - 1) - 1) // win.strides[axis] + 1
-        for axis, k in enumerate((kh, kw))
-    ]
-    parts = []
-    for start in range(0, len(x), _CONV_CHUNK):
-        patches = F.unfold(
-            x[start : start + _CONV_CHUNK],
-            (kh, kw),
-            dilation=tuple(win.dilations),
-            stride=tuple(win.strides),
-        )
-        parts.append(matrix @ patches)
-    out = torch.cat(parts).reshape(len(x), out_channels, *sizes)
-    if bias is not None:
-        out = out + bias.reshape(1, -1, 1, 1)
-    return out
