@@ -31,6 +31,9 @@ def affine_block(node: Node, graph: Graph) -> LayerBound:
     probed = ops.probe_bound(node, graph, bounds)
     if probed is not None:
         candidates.append(probed)
+    symbols = ops.circular_symbol_bound(node, graph)
+    if symbols is not None:
+        candidates.append(symbols)
     polynomial = ops.conv_polynomial(node, graph, bounds)
     if polynomial is not None:
         candidates.extend(ops.polynomial_candidates(graph, polynomial))

@@ -349,3 +349,62 @@ def _onnx_norm_any_input(model: onnx.ModelProto, shape: tuple[int, ...]) -> floa
         e[j] = 1
         columns.append(session.run(None, {name: e.reshape(1, *shape)})[0].reshape(-1) - zero)
     return float(np.linalg.svd(np.array(columns, dtype=np.float64).T, compute_uv=False)[0])
+
+
+# --- per-frequency symbols of circular convolutions -------------------------------------------
+
+
+class CircularResidualPair(nn.Module):
+    """x + c2(s * c1(x)) with two different circular kernels and a per-channel scale: neither
+    a polynomial of one conv nor skew; exact through the symbols."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(9)
+        self.c1 = nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular")
+        self.c2 = nn.Conv2d(6, 4, 3, padding=1, padding_mode="circular", bias=False)
+        with torch.no_grad():
+            for conv in (self.c1, self.c2):
+                conv.weight.copy_(0.2 * torch.randn(conv.weight.shape, generator=g))
+        self.scale = nn.Parameter(torch.rand(1, 6, 1, 1, generator=g) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(self.scale * self.c1(x))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_circular_convs_too_large_to_probe_are_exact_through_their_symbols(
+    no_probe: None, dynamo: bool
+) -> None:
+    module = CircularResidualPair().eval()
+    analysis = analysis_of(export(module, (4, 6, 5), dynamo))
+    ((op, method),) = block_rows(analysis)
+    assert op == "AffineBlock" and "symbols" in method
+    truth = exact_norm(module, (4, 6, 5))
+    assert truth * SOUND <= analysis.spec.lipschitz_bound <= truth * (1 + 1e-6)
+    assert analysis.layers[0].exact
+
+
+def test_soc_with_circular_padding_gets_the_exact_symbol_bound_too(no_probe: None) -> None:
+    module = SOC(4, 3, 48, circular=True).eval()
+    model = export(module, (4, 6, 6), dynamo=False)
+    graph = load_from_proto(model, LoadOptions(), source="test", fmt="onnx").graph
+    from lipcert.graph.patterns import fuse_patterns
+
+    fuse_patterns(graph)
+    (block,) = [n for n in graph.nodes if n.op == "AffineBlock"]
+    candidate = affine_operator.circular_symbol_bound(block, graph)
+    assert candidate is not None
+    truth = exact_norm(module, (4, 6, 6))
+    assert truth * SOUND <= candidate.factor <= truth * (1 + 1e-9)
+
+
+def test_zero_padded_convs_get_no_symbol_bound(no_probe: None) -> None:
+    module = LiResBlock(4, 3, 49).eval()
+    model = export(module, (4, 6, 6), dynamo=False)
+    graph = load_from_proto(model, LoadOptions(), source="test", fmt="onnx").graph
+    from lipcert.graph.patterns import fuse_patterns
+
+    fuse_patterns(graph)
+    (block,) = [n for n in graph.nodes if n.op == "AffineBlock"]
+    assert affine_operator.circular_symbol_bound(block, graph) is None
