@@ -150,3 +150,41 @@ def test_global_certificate_ignores_the_pairwise_bounds_of_a_head() -> None:
     logits = np.array([[0.2, 0.1, -0.5]])
     result = certify_logits(logits, spec, Method.GLOBAL, np.zeros(1))
     assert result.radius[0] == pytest.approx(0.1 / (math.sqrt(2) * spec.lipschitz_bound), rel=1e-12)
+
+
+def test_a_head_error_bounds_each_margin_by_its_row_difference() -> None:
+    """Through a linear head, the margin f_0 - f_j is off by ||w_0 - w_j|| e_body + sqrt(2)
+    e_rest: smaller than sqrt(2) E for close rows, never used where larger."""
+    from lipcert.evaluators import HeadError
+
+    w = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])
+    spec = spec_for(w)
+    logits = np.array([[1.0, 0.9, -1.0]])
+    differences = np.linalg.norm(w[:, None, :] - w[None, :, :], axis=2)
+    body, rest = 0.01, 0.001
+    allowance = np.array([3 * body + rest])  # a bound of the whole logit vector's error
+    head = HeadError(np.array([body]), np.array([rest]), differences)
+    plain = certify_logits(logits, spec, Method.PAIRWISE, allowance)
+    finer = certify_logits(logits, spec, Method.PAIRWISE, allowance, head)
+    # Pair (0, 1) bounds the radius: its margin 0.1 loses D_01 e_body + sqrt(2) e_rest, not
+    # sqrt(2) E.
+    d01 = differences[0, 1]
+    expected = (0.1 - (d01 * body + math.sqrt(2) * rest)) / spec.pairwise_bounds[0, 1]
+    assert finer.radius[0] == pytest.approx(expected, rel=1e-9)
+    assert finer.radius[0] <= expected
+    assert plain.radius[0] == pytest.approx(
+        (0.1 - math.sqrt(2) * allowance[0]) / spec.pairwise_bounds[0, 1], rel=1e-9
+    )
+    assert finer.radius[0] > plain.radius[0]
+    # A head error of the wrong size (another model's head) is not used.
+    wrong = HeadError(np.array([body]), np.array([rest]), np.zeros((2, 2)))
+    assert (
+        certify_logits(logits, spec, Method.PAIRWISE, allowance, wrong).radius[0]
+        == (plain.radius[0])
+    )
+    # Where the row difference is large, sqrt(2) E stays the bound (the minimum of both).
+    huge = HeadError(np.array([1.0]), np.array([rest]), differences)
+    assert (
+        certify_logits(logits, spec, Method.PAIRWISE, allowance, huge).radius[0]
+        == (plain.radius[0])
+    )
