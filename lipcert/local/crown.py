@@ -124,7 +124,7 @@ def prepare_model(
     scale = (
         torch.ones(shape, dtype=torch.float64)
         if input_scale is None
-        else torch.as_tensor(np.broadcast_to(input_scale, shape), dtype=torch.float64).clone()
+        else torch.as_tensor(np.array(np.broadcast_to(input_scale, shape), dtype=np.float64))
     )
     scale_max = float(scale.abs().max()) * (1 + 4 * _U)
     cache = ModelCache(
