@@ -55,7 +55,7 @@ def pgd_distance(
                 (grad,) = torch.autograd.grad(margin, delta)
                 size = 2.5 * eps / 30 * (1.0 if step < 15 else 0.3)
                 delta = delta - size * grad / grad.norm().clamp(min=1e-12)
-                delta = delta * min(1.0, eps / float(delta.norm()) * (1 - 1e-6))
+                delta = delta * min(1.0, eps / float(delta.detach().norm()) * (1 - 1e-6))
             if _changes(exact, center + delta.detach(), label):
                 return True
         return False
