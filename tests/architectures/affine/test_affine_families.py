@@ -93,7 +93,9 @@ FAMILIES: dict[str, Family] = {
         lambda: FourierLayer(lot_symbol(3, 6, 7)), (3, 6, 6), "AffineBlock", "probed", False
     ),
     "soc_zero_padding": Family(lambda: SOC(4, 3, 8), (4, 6, 6), "AffineBlock", "skew"),
-    "soc_circular": Family(lambda: SOC(4, 3, 9, circular=True), (4, 6, 6), "AffineBlock", "skew"),
+    "soc_circular": Family(
+        lambda: SOC(4, 3, 9, circular=True), (4, 6, 6), "AffineBlock", "symbols"
+    ),
     "liresnet_block": Family(lambda: LiResBlock(4, 3, 10), (4, 6, 6), "AffineBlock", "probed"),
 }
 EXPORTS = [
