@@ -419,6 +419,8 @@ def _node_error(
         magnitude = np.matmul(np.abs(a), np.abs(b))
         k = a.shape[-1] if a.ndim else 1
         return _amplified(magnitude, out) * ((1 + errors[0]) * (1 + errors[1]) - 1 + _gamma(k))
+    if op in ("Conv", "ConvTranspose", "Gemm"):
+        return _dot_error(node, inputs, errors, out)
     if op == "Exp":
         spread = float(np.max(np.abs(inputs[0]), initial=0.0)) * errors[0]
         return float(np.expm1(spread * 1.01)) + _LIBRARY
@@ -428,6 +430,51 @@ def _node_error(
         p = abs(float(inputs[1].reshape(())))
         return max((1 + errors[0]) ** p, (1 - errors[0]) ** -p) * (1 + 1e-9) - 1 + _LIBRARY
     raise ValueError("no float64 error bound for this op")
+
+
+def _dot_error(
+    node: onnx.NodeProto, inputs: list[np.ndarray], errors: list[float], out: np.ndarray
+) -> float:
+    """Conv, ConvTranspose, Gemm: every output is a sum of at most n products and a bias.
+
+    In float64 (any order of summation, FMA or not), a sum of n products and m more terms is
+    within gamma(n + m) of the sum of the absolute values of its terms (Higham, 3.1 and
+    3.5); with inputs within relative errors e_x, e_w, e_b of the exact ones, each term is
+    within t = max((1 + e_x)(1 + e_w) - 1, e_b) of its exact value. So
+    |out64 - out| <= (t + gamma(n + m) (1 + t)) * M, M = op(|x|, |w|, |b|), and relative to
+    |out| elementwise that is amplified by max M / |out| (refused where terms cancel to 0).
+    """
+    op = node.op_type
+    attributes = _conv_attributes(node)
+    product = (1 + errors[0]) * (1 + errors[1]) - 1
+    t = max([product, *errors[2:3]])
+    if op == "Gemm":
+        a, b = inputs[0], inputs[1]
+        a = a.T if attributes.get("transA", 0) else a
+        b = b.T if attributes.get("transB", 0) else b
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError("Gemm of operands that are not matrices")
+        alpha = abs(float(attributes.get("alpha", 1.0)))  # type: ignore[arg-type]
+        beta = abs(float(attributes.get("beta", 1.0)))  # type: ignore[arg-type]
+        magnitude = alpha * (np.abs(a) @ np.abs(b))
+        n = a.shape[1] + (alpha != 1.0)
+        if len(inputs) > 2:
+            magnitude = magnitude + beta * np.abs(inputs[2])
+            n += 1 + (beta != 1.0)
+    else:
+        x, w = inputs[0], inputs[1]
+        bias = np.abs(inputs[2]) if len(inputs) > 2 else None
+        magnitude = conv_float64(op, attributes, np.abs(x), np.abs(w), bias)
+        group = int(attributes.get("group", 1))  # type: ignore[call-overload]
+        taps = int(np.prod(w.shape[2:]))
+        # Conv: W is (C_out, C_in / group, k...); ConvTranspose: W is (C_in, C_out / group, k...)
+        n = (w.shape[1] if op == "Conv" else w.shape[0] // group) * taps + (bias is not None)
+    if np.any((magnitude > 0) & (magnitude < _TINY)):
+        raise ValueError("sums of products near underflow")
+    if magnitude.shape != out.shape:
+        raise ValueError(f"magnitude of shape {magnitude.shape} for an output of {out.shape}")
+    # M is computed in float64 too (relative error gamma(n)), and so is |out|: 2^-20 covers both
+    return _amplified(magnitude, out) * (t + _gamma(n) * (1 + t)) * (1 + 2.0**-20)
 
 
 def _raise(why: str) -> float:
@@ -471,3 +518,103 @@ def _reduce_error(
         return (1 + worst) * (1 + _gamma(n)) - 1
     rel = _amplified(magnitude, np.asarray(total)) * (worst + _gamma(n))
     return rel + (_U64 if op == "ReduceMean" else 0.0)
+
+
+# --- the float64 evaluator when onnxruntime has no float64 kernel -------------------------------
+
+
+def evaluate_float64(
+    model64: onnx.ModelProto, feeds: Mapping[str, np.ndarray], outputs: list[str]
+) -> list[np.ndarray]:
+    """The outputs of a float64 model (`to_float64`) by onnx's numpy reference evaluator, with
+    Conv and ConvTranspose by torch's float64 kernels (onnx's own ConvTranspose mishandles
+    groups). Every float op runs in plain float64 arithmetic (numpy, BLAS, torch's im2col and
+    GEMM; no FFT or Winograd in float64): the error analysis of `float64_errors` holds for it
+    as for onnxruntime."""
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(
+        model64, new_ops=[_torch_conv_class("Conv"), _torch_conv_class("ConvTranspose")]
+    )
+    results = evaluator.run(outputs, dict(feeds))
+    return [np.asarray(r) for r in results]
+
+
+def _conv_attributes(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def conv_float64(
+    op: str,
+    attributes: Mapping[str, object],
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+) -> np.ndarray:
+    """ONNX Conv / ConvTranspose in float64 with torch (explicit pads only for
+    ConvTranspose). Raises ValueError for what it does not implement."""
+    import torch
+    import torch.nn.functional as F
+
+    spatial = x.ndim - 2
+    if spatial not in (1, 2, 3) or w.ndim != x.ndim:
+        raise ValueError(f"{op} of rank {x.ndim}")
+    group = int(attributes.get("group", 1))  # type: ignore[call-overload]
+    strides = [int(s) for s in attributes.get("strides", None) or [1] * spatial]  # type: ignore[attr-defined]
+    dilations = [int(s) for s in attributes.get("dilations", None) or [1] * spatial]  # type: ignore[attr-defined]
+    pads = [int(p) for p in attributes.get("pads", None) or [0] * (2 * spatial)]  # type: ignore[attr-defined]
+    auto_pad = attributes.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    kernel = list(w.shape[2:])
+    tx = torch.from_numpy(np.array(x, dtype=np.float64))
+    tw = torch.from_numpy(np.array(w, dtype=np.float64))
+    tb = None if b is None else torch.from_numpy(np.array(b, dtype=np.float64))
+    if op == "Conv":
+        if auto_pad == "VALID":
+            pads = [0] * (2 * spatial)
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0] * (2 * spatial)
+            for i in range(spatial):
+                size = x.shape[2 + i]
+                target = (size + strides[i] - 1) // strides[i]
+                extent = (kernel[i] - 1) * dilations[i] + 1
+                needed = max(0, (target - 1) * strides[i] + extent - size)
+                head = (needed + 1) // 2 if auto_pad == "SAME_LOWER" else needed // 2
+                pads[i], pads[spatial + i] = head, needed - head
+        elif auto_pad != "NOTSET":
+            raise ValueError(f"auto_pad {auto_pad}")
+        # F.pad takes the last axis first
+        padding = [p for i in reversed(range(spatial)) for p in (pads[i], pads[spatial + i])]
+        padded = F.pad(tx, padding) if any(padding) else tx
+        convolve = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+        out = convolve(padded, tw, tb, stride=strides, dilation=dilations, groups=group)
+        return out.numpy()
+    if auto_pad not in ("NOTSET", "") or attributes.get("output_shape"):
+        raise ValueError("ConvTranspose with auto_pad or output_shape")
+    if pads[:spatial] != pads[spatial:]:
+        raise ValueError("ConvTranspose with asymmetric pads")
+    extra = [int(p) for p in attributes.get("output_padding", None) or [0] * spatial]  # type: ignore[attr-defined]
+    transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
+    out = transpose(
+        tx,
+        tw,
+        tb,
+        stride=strides,
+        padding=pads[:spatial],
+        output_padding=extra,
+        groups=group,
+        dilation=dilations,
+    )
+    return out.numpy()
+
+
+def _torch_conv_class(op: str) -> type:
+    from onnx.reference.op_run import OpRun
+
+    def _run(
+        self: OpRun, X: np.ndarray, W: np.ndarray, B: np.ndarray | None = None, **_: object
+    ) -> tuple[np.ndarray]:
+        attributes = _conv_attributes(self.onnx_node)
+        return (conv_float64(op, attributes, X, W, B).astype(X.dtype),)
+
+    return type(op, (OpRun,), {"_run": _run, "op_domain": ""})

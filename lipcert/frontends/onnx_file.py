@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from lipcert.errors import ModelLoadError, ShapeError, UnsupportedOpError, UsageError
 from lipcert.frontends.onnx_exact import (
     FoldingError,
+    evaluate_float64,
     float64_errors,
     inexact_constants,
     refuse_inexact,
@@ -409,15 +410,19 @@ def _fold_in_float64(
     every = [out for proto in part_nodes for out in proto.output if out]
     part = _with_outputs(_with_nodes(runnable, part_nodes), every)
     del part.graph.value_info[:]
+    feeds = {graph.input_name: zeros.astype(np.float64)}
     try:
         session = _session(to_float64(part), graph.source)
-        results = session.run(every, {graph.input_name: zeros.astype(np.float64)})
-    except Exception as exc:  # ModelLoadError included: an op without a float64 kernel
-        detail = _first_line(exc)
-        refuse_inexact(
-            names[0], inexact[names[0]], graph, f"it cannot be recomputed in float64 ({detail})"
-        )
-        raise  # unreachable: refuse_inexact raises
+        results = session.run(every, feeds)
+    except Exception:  # ModelLoadError included: an op without a float64 kernel (Conv)
+        try:
+            results = evaluate_float64(to_float64(part), feeds, every)
+        except Exception as exc:
+            detail = _first_line(exc)
+            refuse_inexact(
+                names[0], inexact[names[0]], graph, f"it cannot be recomputed in float64 ({detail})"
+            )
+            raise  # unreachable: refuse_inexact raises
     values64 = dict(zip(every, results, strict=True))
     values64.update({t.name: numpy_helper.to_array(t) for t in runnable.graph.initializer})
     try:
