@@ -6,8 +6,15 @@ Every rule module is imported here, so the table is complete once lipcert.bounds
 from __future__ import annotations
 
 from lipcert.bounds.registry import LayerBound, bound_node, supported_ops
-from lipcert.bounds.rules import affine_blocks, elementwise, linear, patterns, pooling, structure
-from lipcert.bounds.rules import blocks  # SLL, Sandwich, ScatterND, refused selects
+from lipcert.bounds.rules import (
+    affine_blocks,
+    blocks,  # SLL, Sandwich, ScatterND, refused selects
+    elementwise,
+    linear,
+    patterns,
+    pooling,
+    structure,
+)
 
 __all__ = [
     "LayerBound",
