@@ -702,8 +702,10 @@ def skew_polynomial_bound(coefficients: np.ndarray, rho: float, epsilon: float =
 
 # --- stride-1 circular convolutions: one symbol per frequency ----------------------------------
 
-# The symbol method multiplies F matrices per conv: at most this many complex multiply-adds.
+# The symbol method multiplies F matrices per conv: at most this many complex multiply-adds,
+# and holds symbols of at most this many complex entries (256 MiB).
 SYMBOL_MAX_WORK = 1 << 31
+SYMBOL_MAX_ENTRIES = 1 << 24
 
 
 def circular_symbol_bound(node: Node, graph: Graph) -> Candidate | None:
@@ -750,6 +752,9 @@ def circular_symbol_bound(node: Node, graph: Graph) -> Candidate | None:
         out = inner.outputs[0]
         out_shape = graph.shape(out)
         if len(out_shape) != len(entry_shape) or tuple(out_shape[2:]) != grid:
+            return None
+        largest_channels = max([out_shape[1], *(graph.shape(name)[1] for name in data)])
+        if frequencies * largest_channels * max(largest_channels, channels0) > SYMBOL_MAX_ENTRIES:
             return None
         result = _symbol_step(graph, inner, data, symbols, grid, unit)
         if result is None:
