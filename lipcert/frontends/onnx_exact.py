@@ -315,32 +315,197 @@ class FoldingError(ValueError):
 
 
 def float64_errors(
-    nodes: list[onnx.NodeProto], values: Mapping[str, np.ndarray], flow: Flow
+    nodes: list[onnx.NodeProto],
+    values: Mapping[str, np.ndarray],
+    flow: Flow,
+    outputs: list[str] | None = None,
+    opset: int = 17,
 ) -> dict[str, float]:
     """A bound rho of |c64 - c| / |c| for every tensor of the constant `nodes` evaluated in
-    float64 (`values`), by a forward error analysis from exact weights. Raises FoldingError."""
+    float64 (`values`), by a forward error analysis from exact weights. Raises FoldingError,
+    and where a tensor of `outputs` has rho above MAX_FOLDED_ERROR.
+
+    Sums of products (Conv, Gemm, MatMul, Einsum) are bounded elementwise in absolute terms,
+    |c64 - c| <= E, carried through the ops that keep such bounds (moves, Abs, Add, Mul,
+    ReduceSum...): an entry that nearly cancels (large relative error, tiny absolute one)
+    then weighs by its size in a later sum of absolute values (SLL's T). Every other op
+    converts to the relative form: |c64 - c| <= E gives rho = max E / (|c64| - E)."""
     rho: dict[str, float] = {}
+    absolute: dict[str, np.ndarray] = {}
     for node in nodes:
         if any(flow.is_data.get(name, False) for name in node.output if name):
             continue
-        errors = [rho.get(name, 0.0) for name in node.input if name]
-        worst = max(errors, default=0.0)
+        label = f"node {node.name or node.op_type!r} ({node.op_type})"
         out = values.get(node.output[0]) if node.output else None
         try:
+            bound = _absolute_error(node, values, rho, absolute, out, opset)
+            if bound is not None:
+                absolute[node.output[0]] = bound
+                rho[node.output[0]] = _relative(bound, np.asarray(out, dtype=np.float64))
+                continue
+            errors = [rho.get(name, 0.0) for name in node.input if name]
+            if not all(e <= MAX_FOLDED_ERROR for e in errors):
+                raise ValueError("an input's float64 value may be far from its exact value")
+            worst = max(errors, default=0.0)
             value = _node_error(node, values, errors, worst, out)
         except (FloatingPointError, ZeroDivisionError, ValueError, IndexError, KeyError) as exc:
-            raise FoldingError(
-                f"node {node.name or node.op_type!r} ({node.op_type}): {exc}"
-            ) from None
+            raise FoldingError(f"{label}: {exc}") from None
         if not value <= MAX_FOLDED_ERROR:
             raise FoldingError(
-                f"node {node.name or node.op_type!r} ({node.op_type}): its float64 value may be "
-                f"off by {value:.3g} of itself (cancellation)"
+                f"{label}: its float64 value may be off by {value:.3g} of itself (cancellation)"
             )
         for name in node.output:
             if name:
                 rho[name] = value
+    for name in outputs or []:
+        if not rho.get(name, 0.0) <= MAX_FOLDED_ERROR:
+            origin = next(n for n in nodes if name in n.output)
+            raise FoldingError(
+                f"node {origin.name or origin.op_type!r} ({origin.op_type}): its float64 value "
+                f"may be off by {rho[name]:.3g} of itself (cancellation)"
+            )
     return rho
+
+
+def _relative(bound: np.ndarray, value: np.ndarray) -> float:
+    """max E / (|v64| - E): a bound of |v64 - v| / |v| from |v64 - v| <= E (inf if E >= |v64|)."""
+    bound = np.broadcast_to(bound, value.shape)
+    magnitude = np.abs(value)
+    if np.any((bound > 0) & (bound >= magnitude)):
+        return float("inf")
+    positive = bound > 0
+    if not np.any(positive):
+        return 0.0
+    return float(np.max(bound[positive] / (magnitude[positive] - bound[positive]))) * (1 + 1e-12)
+
+
+def _absolute_of(
+    name: str,
+    values: Mapping[str, np.ndarray],
+    rho: Mapping[str, float],
+    absolute: Mapping[str, np.ndarray],
+) -> np.ndarray:
+    """E with |v64 - v| <= E elementwise: carried, or rho |v| <= rho / (1 - rho) |v64|."""
+    if name in absolute:
+        return absolute[name]
+    error = rho.get(name, 0.0)
+    value = np.abs(np.asarray(values[name], dtype=np.float64))
+    if error == 0:
+        return np.zeros_like(value)
+    if not error < 0.5:
+        raise ValueError("an input's float64 value may be far from its exact value")
+    return value * (error / (1 - error) * (1 + 1e-12))
+
+
+# Ops that move or select values, and 1-Lipschitz elementwise maps: E moves with the values.
+_ABSOLUTE_MOVES = frozenset(
+    {
+        "Identity",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "Concat",
+        "Slice",
+        "Gather",
+        "Expand",
+        "Tile",
+        "Neg",
+        "Abs",
+        "Relu",
+    }
+)
+
+
+def _absolute_error(
+    node: onnx.NodeProto,
+    values: Mapping[str, np.ndarray],
+    rho: Mapping[str, float],
+    absolute: Mapping[str, np.ndarray],
+    out: np.ndarray | None,
+    opset: int,
+) -> np.ndarray | None:
+    """E for the output of `node` where the absolute form applies, else None."""
+    op = node.op_type
+    if out is None or len(node.output) != 1 or node.domain not in ("", "ai.onnx"):
+        return None
+    names = [name for name in node.input if name]
+    if np.asarray(out).dtype.kind != "f" or any(n not in values for n in names):
+        return None
+    out = np.asarray(out, dtype=np.float64)
+    floats = [n for n in names if np.asarray(values[n]).dtype.kind == "f"]
+    if op in ("Conv", "ConvTranspose", "Gemm", "Einsum", "MatMul"):
+        errors = [rho.get(name, 0.0) for name in names]
+        if not all(e <= MAX_FOLDED_ERROR for e in errors):
+            raise ValueError("an input's float64 value may be far from its exact value")
+        inputs = [np.asarray(values[name], dtype=np.float64) for name in names]
+        if op == "Einsum":
+            return _einsum_error(node, inputs, errors, out)
+        if op == "MatMul":
+            return _matmul_error(inputs, errors, out)
+        return _dot_error(node, inputs, errors, out)
+    if not any(name in absolute for name in floats):
+        return None
+    if op in _ABSOLUTE_MOVES:
+        feeds = {
+            name: (
+                _absolute_of(name, values, rho, absolute)
+                if name in floats
+                else np.asarray(values[name])
+            )
+            for name in names
+        }
+        moved = np.abs(_run_single(node, feeds, opset))
+        if moved.shape != out.shape:
+            raise ValueError("the error bound does not move as the value does")
+        return moved
+    if op in ("Add", "Sub", "Mul") and len(floats) == 2:
+        a, b = (np.asarray(values[n], dtype=np.float64) for n in floats)
+        ea, eb = (_absolute_of(n, values, rho, absolute) for n in floats)
+        # |a64 b64 - a b| <= |a64| E_b + |b| E_a, |b| <= |b64| + E_b; then one rounding
+        bound = np.abs(a) * eb + (np.abs(b) + eb) * ea if op == "Mul" else ea + eb
+        return np.broadcast_to(bound + _U64 * np.abs(out) * (1 + 1e-12), out.shape)
+    if op in ("ReduceSum", "ReduceMean") and floats == names[:1]:
+        data = np.asarray(values[names[0]], dtype=np.float64)
+        error = np.broadcast_to(_absolute_of(names[0], values, rho, absolute), data.shape)
+        axes_attr = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        axes = [int(a) for a in values[names[1]].reshape(-1)] if len(names) > 1 else axes_attr
+        keep = bool(next((a.i for a in node.attribute if a.name == "keepdims"), 1))
+        noop = next((a.i for a in node.attribute if a.name == "noop_with_empty_axes"), 0)
+        if not axes:
+            if noop:
+                return error.copy()
+            axes = list(range(data.ndim))
+        axis = tuple(a % data.ndim for a in axes)
+        n = int(np.prod([data.shape[a] for a in axis])) if axis else 1
+        bound = np.sum(error, axis=axis, keepdims=keep) + _gamma(n) * np.sum(
+            np.abs(data) + error, axis=axis, keepdims=keep
+        )
+        if op == "ReduceMean":
+            bound = bound / n + _U64 * np.abs(out)
+        bound = np.asarray(bound * (1 + 1e-12))
+        if bound.shape != out.shape:
+            raise ValueError("reduced error of an unexpected shape")
+        return bound
+    return None
+
+
+def _run_single(node: onnx.NodeProto, feeds: Mapping[str, np.ndarray], opset: int) -> np.ndarray:
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [
+        onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype), None
+        )
+        for name, a in feeds.items()
+    ]
+    graph = onnx.helper.make_graph(
+        [node], "single", inputs, [onnx.helper.make_value_info(node.output[0], onnx.TypeProto())]
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    (result,) = ReferenceEvaluator(model).run([node.output[0]], dict(feeds))
+    return np.asarray(result, dtype=np.float64)
 
 
 def _gamma(n: int) -> float:
@@ -414,13 +579,6 @@ def _node_error(
         return _amplified(magnitude, out) * (worst + _gamma(max(len(floats) - 1, 1))) + _U64
     if op in ("ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceL1"):
         return _reduce_error(node, inputs, worst, out)
-    if op == "MatMul":
-        a, b = inputs
-        magnitude = np.matmul(np.abs(a), np.abs(b))
-        k = a.shape[-1] if a.ndim else 1
-        return _amplified(magnitude, out) * ((1 + errors[0]) * (1 + errors[1]) - 1 + _gamma(k))
-    if op in ("Conv", "ConvTranspose", "Gemm"):
-        return _dot_error(node, inputs, errors, out)
     if op == "Exp":
         spread = float(np.max(np.abs(inputs[0]), initial=0.0)) * errors[0]
         return float(np.expm1(spread * 1.01)) + _LIBRARY
@@ -434,15 +592,15 @@ def _node_error(
 
 def _dot_error(
     node: onnx.NodeProto, inputs: list[np.ndarray], errors: list[float], out: np.ndarray
-) -> float:
+) -> np.ndarray:
     """Conv, ConvTranspose, Gemm: every output is a sum of at most n products and a bias.
 
     In float64 (any order of summation, FMA or not), a sum of n products and m more terms is
     within gamma(n + m) of the sum of the absolute values of its terms (Higham, 3.1 and
     3.5); with inputs within relative errors e_x, e_w, e_b of the exact ones, each term is
     within t = max((1 + e_x)(1 + e_w) - 1, e_b) of its exact value. So
-    |out64 - out| <= (t + gamma(n + m) (1 + t)) * M, M = op(|x|, |w|, |b|), and relative to
-    |out| elementwise that is amplified by max M / |out| (refused where terms cancel to 0).
+    |out64 - out| <= (t + gamma(n + m) (1 + t)) * M, M = op(|x|, |w|, |b|): the absolute
+    bound E returned (M from the float64 inputs, (1 + t) larger at most).
     """
     op = node.op_type
     attributes = _conv_attributes(node)
@@ -473,8 +631,100 @@ def _dot_error(
         raise ValueError("sums of products near underflow")
     if magnitude.shape != out.shape:
         raise ValueError(f"magnitude of shape {magnitude.shape} for an output of {out.shape}")
-    # M is computed in float64 too (relative error gamma(n)), and so is |out|: 2^-20 covers both
-    return _amplified(magnitude, out) * (t + _gamma(n) * (1 + t)) * (1 + 2.0**-20)
+    if op != "Gemm":
+        _agrees_with_float32_runtime(node, inputs, out, magnitude, n)
+    # M is computed in float64 (relative error gamma(n)) from the float64 inputs, within t of
+    # the exact ones: |terms| <= (1 + t) M64 (1 + gamma(n)); 2^-20 covers the latter
+    return magnitude * ((t + _gamma(n) * (1 + t)) * (1 + t) * (1 + 2.0**-20))
+
+
+def _einsum_error(
+    node: onnx.NodeProto, inputs: list[np.ndarray], errors: list[float], out: np.ndarray
+) -> np.ndarray:
+    """Einsum of k operands: each output is a sum of products of k factors over the n index
+    values of the summed letters. However it is evaluated by multiplications and additions
+    (pairwise contractions in any order, matrix products, reductions first), each product
+    term meets at most k - 1 multiplications and n - 1 additions on its way, whose roundings
+    multiply it by factors (1 + d), |d| <= u64 (distributivity: a rounding applied to a
+    partial sum applies to each of its terms): the result is within gamma(k - 1 + n) of the
+    sum of the absolute terms M = einsum(|a|, |b|...), and with inputs off by e_i, each term
+    is off by t = prod(1 + e_i) - 1 of its exact value."""
+    equation = next(
+        (onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "equation"), b""
+    )
+    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
+    equation = equation.replace(" ", "")
+    if "..." in equation or "->" not in equation:
+        raise ValueError("Einsum without an explicit output or with an ellipsis")
+    left, right = equation.split("->")
+    operands = left.split(",")
+    if len(operands) != len(inputs) or any(
+        len(term) != a.ndim for term, a in zip(operands, inputs, strict=True)
+    ):
+        raise ValueError("Einsum operands that do not match the equation")
+    sizes: dict[str, int] = {}
+    for term, a in zip(operands, inputs, strict=True):
+        for letter, size in zip(term, a.shape, strict=True):
+            sizes[letter] = max(sizes.get(letter, 1), int(size))
+    n = int(np.prod([sizes[c] for c in sizes if c not in right], dtype=np.float64))
+    t = float(np.prod([1 + e for e in errors])) * (1 + 1e-12) - 1
+    magnitude = np.asarray(np.einsum(equation, *[np.abs(a) for a in inputs]), dtype=np.float64)
+    if np.any((magnitude > 0) & (magnitude < _TINY)):
+        raise ValueError("sums of products near underflow")
+    if magnitude.shape != out.shape:
+        raise ValueError(f"magnitude of shape {magnitude.shape} for an output of {out.shape}")
+    m = len(inputs) - 1 + max(n - 1, 0)
+    return magnitude * ((t + _gamma(m) * (1 + t)) * (1 + t) * (1 + 2.0**-20))
+
+
+def _matmul_error(inputs: list[np.ndarray], errors: list[float], out: np.ndarray) -> np.ndarray:
+    """MatMul: each output a sum of k products, as in `_dot_error`."""
+    a, b = inputs
+    magnitude = np.asarray(np.matmul(np.abs(a), np.abs(b)), dtype=np.float64)
+    if magnitude.shape != out.shape:
+        raise ValueError(f"magnitude of shape {magnitude.shape} for an output of {out.shape}")
+    if np.any((magnitude > 0) & (magnitude < _TINY)):
+        raise ValueError("sums of products near underflow")
+    k = a.shape[-1] if a.ndim else 1
+    t = (1 + errors[0]) * (1 + errors[1]) - 1
+    return magnitude * ((t + _gamma(k) * (1 + t)) * (1 + t) * (1 + 2.0**-20))
+
+
+def _agrees_with_float32_runtime(
+    node: onnx.NodeProto, inputs: list[np.ndarray], out: np.ndarray, magnitude: np.ndarray, n: int
+) -> None:
+    """An independent check of the float64 convolution (its reading of pads, strides, groups):
+    onnxruntime's float32 kernel on the float32 roundings of the inputs. Both are within
+    (n + 3) u32 M of the exact value on the float64 inputs (input roundings, then a sum of n
+    terms); a larger difference means the two disagree on what the op computes."""
+    import onnxruntime as ort
+
+    names = [f"in{i}" for i in range(len(inputs))]
+    single = onnx.helper.make_node(node.op_type, names, ["out"], name="check")
+    single.attribute.extend(node.attribute)
+    graph = onnx.helper.make_graph(
+        [single],
+        "check",
+        [
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(a.shape))
+            for name, a in zip(names, inputs, strict=True)
+        ],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    feeds = {name: a.astype(np.float32) for name, a in zip(names, inputs, strict=True)}
+    (result,) = session.run(["out"], feeds)
+    result = np.asarray(result, dtype=np.float64)
+    if result.shape != out.shape or np.any(
+        np.abs(result - out) > 4 * (n + 3) * _U32 * magnitude + 2.0**-140
+    ):
+        raise ValueError("its float64 evaluation disagrees with onnxruntime's float32 one")
 
 
 def _raise(why: str) -> float:

@@ -426,7 +426,7 @@ def _fold_in_float64(
     values64 = dict(zip(every, results, strict=True))
     values64.update({t.name: numpy_helper.to_array(t) for t in runnable.graph.initializer})
     try:
-        errors = float64_errors(part_nodes, values64, flow)
+        errors = float64_errors(part_nodes, values64, flow, names, graph.opset)
     except FoldingError as exc:
         refuse_inexact(
             names[0], inexact[names[0]], graph, f"its float64 recomputation is not bounded: {exc}"

@@ -166,3 +166,51 @@ def test_conv_of_weights_that_cancels_in_float64_is_refused() -> None:
     ]
     with pytest.raises(LipcertError, match=r"node 'fold' \(Conv\).*not bounded.*cancel"):
         load(make(nodes, inits, [1, 1], [1, 1]))
+
+
+def _nearly_cancelling(consumer: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """s = Conv((1, 1 + 2^-23, 3), (1, -1)) = (-2^-23, 2^-23 - 2): its first entry cancels."""
+    nodes = [
+        helper.make_node("Conv", ["v", "w"], ["s"], name="fold"),
+        *consumer,
+        helper.make_node("Mul", ["x", "c"], ["logits"], name="scale"),
+    ]
+    inits = [
+        tensor("v", [[[1.0, 1.0 + 2.0**-23, 3.0]]]),
+        tensor("w", [[[1.0, -1.0]]]),
+        tensor("axes", [2], np.int64),
+        tensor("shape", [1, 2], np.int64),
+    ]
+    return make(nodes, inits, [1, 1], [1, 1])
+
+
+def test_cancelling_entry_weighs_by_its_size_in_a_sum_of_absolute_values() -> None:
+    """SLL's T = 1 / sum |conv(K, K)|: the absolute error bound of the Conv (gamma(2) times
+    |terms|, 2^-52 relative to its tiny first entry) is carried through Abs and ReduceSum, and
+    the sum is known to 1e-15 of itself: accepted, within its bound of the exact rational."""
+    model = _nearly_cancelling(
+        [
+            helper.make_node("Abs", ["s"], ["a"], name="magnitude"),
+            helper.make_node("ReduceSum", ["a", "axes"], ["r"], keepdims=0, name="total"),
+            helper.make_node("Reciprocal", ["r"], ["c"], name="inverse"),
+        ]
+    )
+    loaded = load(model)
+    rho = loaded.graph.folded_error["c"]
+    assert 0 < rho < 1e-14
+    exact = 1 / (Fraction(2) ** -23 + abs(1 + Fraction(2) ** -23 - 3))
+    value = Fraction(float(loaded.graph.constant("c").reshape(-1)[0]))
+    assert abs(value - exact) <= Fraction(rho) * exact
+
+
+def test_cancelling_entry_read_directly_is_refused() -> None:
+    """The look-alike: 1 / max(s) = 1 / s[0] is only known to 4e-9 of itself (above 2^-30)."""
+    model = _nearly_cancelling(
+        [
+            helper.make_node("Reshape", ["s", "shape"], ["flat"], name="flat"),
+            helper.make_node("ReduceMax", ["flat"], ["m"], keepdims=1, name="largest"),
+            helper.make_node("Reciprocal", ["m"], ["c"], name="inverse"),
+        ]
+    )
+    with pytest.raises(LipcertError, match=r"not bounded"):
+        load(model)
