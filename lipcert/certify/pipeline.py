@@ -18,7 +18,7 @@ from lipcert.bounds.spec import CertificateSpec
 from lipcert.certify.metrics import Eps, Summary, summarise
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
 from lipcert.datasets import Dataset
-from lipcert.errors import DatasetError, UsageError
+from lipcert.errors import DatasetError, ModelLoadError, UsageError
 from lipcert.evaluators import Evaluation, Evaluator, check_agreement, input_norms
 from lipcert.model import LoadedModel
 
@@ -301,7 +301,11 @@ def choose_evaluators(
         return Evaluators(exact, None, spec64)
     exact = Float64Evaluator(analysis.graph, spec64, threads=threads)
     if PosteriorEvaluator.applies(loaded):
-        return Evaluators(PosteriorEvaluator(loaded, analysis, threads), exact, analysis.spec)
+        try:
+            posterior = PosteriorEvaluator(loaded, analysis, threads)
+        except ModelLoadError:  # onnxruntime cannot run the model with the extra outputs
+            return Evaluators(runtime, exact, analysis.spec)
+        return Evaluators(posterior, exact, analysis.spec)
     return Evaluators(runtime, exact, analysis.spec)
 
 

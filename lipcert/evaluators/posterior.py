@@ -55,7 +55,7 @@ class PosteriorEvaluator:
         available = _float_tensors(proto)
         rounding = {node.name: layer.rounding for node, layer in analysis.node_bounds}
         tail = _float64_tail(graph, available, rounding)
-        self.cut = graph.output_name if not tail else graph.data_inputs(tail[0])[0]
+        self.cut = model.output_name if not tail else graph.data_inputs(tail[0])[0]
         self.tail_names = {node.name for node in tail}
         self.units = {name: FLOAT64_UNIT_ROUNDOFF for name in self.tail_names}
         tail_outputs = {name for node in tail for name in node.outputs}
@@ -73,6 +73,7 @@ class PosteriorEvaluator:
         prefix = _prefix_model(proto, self.cut, model.output_name, self.measured, graph)
         self.session = make_session(prefix.SerializeToString(), model.path, threads)
         self.input_name = model.input_name
+        self.output_name = model.output_name
         self.tail = _tail_executor(graph, tail, self.cut) if tail else None
         self.head = _head_differences(graph)
         # The plain evaluator checks that a batch computes what single samples do.
@@ -100,9 +101,11 @@ class PosteriorEvaluator:
             return self.plain.evaluate(batch)
         outputs = self.session.run(None, {self.input_name: batch})
         cut_value = np.asarray(outputs[0])
-        runtime_logits = np.asarray(outputs[1]).reshape(len(batch), -1).astype(np.float64)
+        sums = outputs[1:] if self.cut == self.output_name else outputs[2:]
+        runtime_logits = np.asarray(outputs[0 if self.cut == self.output_name else 1])
+        runtime_logits = runtime_logits.reshape(len(batch), -1).astype(np.float64)
         norms: dict[str, np.ndarray] = {}
-        for name, squares in zip(self.measured, outputs[2:], strict=True):
+        for name, squares in zip(self.measured, sums, strict=True):
             norms[name] = _norm_from_float32_squares(np.asarray(squares), self.sizes[name])
         if self.tail is None:
             logits = cut_value.reshape(len(batch), -1).astype(np.float64)
@@ -156,7 +159,10 @@ def _float_tensors(proto: Any) -> set[str]:
     """Names of the float32 tensors the ONNX model computes (or takes as input)."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # no types known: nothing is measured, the a-priori sizes are used
+        return set()
     float_type = onnx.TensorProto.FLOAT
     names = {
         info.name
@@ -214,6 +220,8 @@ def _prefix_model(
         helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT, None),
         helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None),
     ]
+    if cut == logits:  # no float64 tail: the logits once
+        outputs = outputs[:1]
     flat_shape = f"{_SUM_PREFIX}flat_shape"
     model.graph.initializer.append(
         onnx.numpy_helper.from_array(np.array([0, -1], dtype=np.int64), flat_shape)
