@@ -156,3 +156,34 @@ def test_agreement_check() -> None:
         check_agreement(first, far, "these two")
     with pytest.raises(UnsoundCertificateError, match="shapes"):
         check_agreement(first, Evaluation(logits[:, :1], np.zeros(3)), "these two")
+
+
+def test_a_model_without_a_float64_tail(tmp_path: Path) -> None:
+    """A model ending in a convolution: no float64 tail, the logits come from onnxruntime
+    with an a-posteriori allowance; checked against an explicit float64 product."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weight = (rng.normal(size=(3, 1, 4, 4)) / 4).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"]),
+            helper.make_node("Flatten", ["c"], ["logits"]),
+        ],
+        "conv_only",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    path = tmp_path / "conv_only.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    loaded = load_model(path)
+    evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
+    assert evaluator.tail is None
+    inputs = rng.normal(size=(64, 1, 4, 4)) * np.geomspace(1e-3, 1e3, 64)[:, None, None, None]
+    inputs = inputs.astype(np.float32)
+    evaluation = evaluator.evaluate(inputs)
+    exact = inputs.reshape(64, -1).astype(np.float64) @ weight.reshape(3, -1).T.astype(np.float64)
+    error = np.linalg.norm(evaluation.logits - exact, axis=1)
+    assert np.all(error <= evaluation.allowance)
