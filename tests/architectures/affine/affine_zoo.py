@@ -81,8 +81,7 @@ class AOLDense(nn.Module):
 
 class AOLConv(nn.Module):
     """K diag(d) per input channel, d from the kernel of A^T A, computed in the forward, or
-    once at construction (`precomputed`: the TorchScript export of the forward's rescaling is
-    a Conv on the weights, which lipcert's front-end cannot recompute in float64)."""
+    once at construction (`precomputed`: the exported kernel is then a plain constant)."""
 
     def __init__(
         self,

@@ -59,11 +59,9 @@ FAMILIES: dict[str, Family] = {
     "aol_conv_circular": Family(
         lambda: AOLConv(3, 3, 1, precomputed=True), (3, 6, 6), "CircularConv", "FFT"
     ),
-    # The rescaling computed in the forward: dynamo folds it into the weight; TorchScript
-    # writes it as a Conv on the weights, which lipcert's front-end refuses (no float64 Conv
-    # in onnxruntime to recompute it).
+    # The rescaling computed in the forward, as AOL does: exported as ops on the kernel.
     "aol_conv_circular_runtime_rescaling": Family(
-        lambda: AOLConv(3, 3, 11), (3, 6, 6), "CircularConv", "FFT", legacy=False
+        lambda: AOLConv(3, 3, 11), (3, 6, 6), "CircularConv", "FFT"
     ),
     "bcop_circular": Family(
         lambda: CircularConv(bcop_kernel(4, 3, 2)), (4, 6, 6), "CircularConv", "FFT"
