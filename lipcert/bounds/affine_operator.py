@@ -721,9 +721,10 @@ def circular_symbol_bound(node: Node, graph: Graph) -> Candidate | None:
     Rounding: beside each symbol S_t we carry a non-negative matrix B_t with |S_t(f)| <= B_t
     entrywise for every f (the abs kernels summed over taps, multiplied and added as S_t is)
     and a relative error e_t with |computed S_t(f) - S_t(f)| <= e_t B_t entrywise: a symbol of
-    T taps computed by direct summation (twiddles off by at most 4 u each) starts at
-    gamma(T + 6); a product of inner size c adds gamma(c + 4) (complex multiply-adds) to
-    e_in; a sum keeps the larger e plus gamma(2); a scaling adds gamma(2). Then
+    T taps computed by direct summation starts at gamma(T + 6) plus the twiddle factors'
+    own error (see _circular_kernel_symbol); a product of inner size c adds gamma(c + 4)
+    (complex multiply-adds) to e_in; a sum keeps the larger e plus gamma(2); a scaling adds
+    gamma(2). Then
     ||computed S(f) - S(f)||_2 <= e ||B||_F, added to the largest computed singular value
     (rounded up by the SVD allowance).
     """
@@ -820,18 +821,14 @@ def _symbol_step(
         kernel = _circular_kernel_symbol(graph, node, grid)
         if kernel is None:
             return None
-        k_symbol, k_bound, taps = kernel
+        k_symbol, k_bound, taps, twiddle = kernel
         s, b, e = symbols[data[0]]
         if k_symbol.shape[2] != s.shape[1]:
             return None
         product = np.matmul(k_symbol, s)
         inner_size = k_symbol.shape[2]
-        error = (
-            e
-            + _gamma(taps + 6, unit)
-            + _gamma(inner_size + 4, unit)
-            + 2 * e * _gamma(taps + 6, unit)
-        )
+        k_error = _gamma(taps + 6, unit) + twiddle
+        error = e + k_error + _gamma(inner_size + 4, unit) + 2 * e * k_error
         return product, k_bound @ b, error
     if op in ("Pad", "Slice") and len(data) == 1:
         selection = _channel_selection(graph, node, data[0])
@@ -909,8 +906,10 @@ def _channel_selection(graph: Graph, node: Node, source: str) -> np.ndarray | No
 
 def _circular_kernel_symbol(
     graph: Graph, node: Node, grid: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """K(f) (F, C_out, C_in), sum over taps of |W| (C_out, C_in) and the number of taps."""
+) -> tuple[np.ndarray, np.ndarray, int, float] | None:
+    """K(f) (F, C_out, C_in), sum over taps of |W| (C_out, C_in), the number of taps, and the
+    relative error of the twiddle factors: exp(i a) for a float64 argument a = 2 pi f s / n,
+    itself off by at most 4 u |a|, evaluated within a few ulps; 8 u (1 + max |a|) per axis."""
     if not graph.is_constant(node.inputs[1]) or int(node.attr("group", 1)) != 1:
         return None
     weight = np.asarray(graph.constant(node.inputs[1]), dtype=np.float64)
@@ -925,9 +924,12 @@ def _circular_kernel_symbol(
     ):
         return None  # only a 1x1 conv without padding is circular as it stands
     offsets = []
+    twiddle = 0.0
     for axis, n in enumerate(grid):
         taps = np.arange(kernel[axis]) * win.dilations[axis] - win.pads_begin[axis]
-        offsets.append(np.exp(2j * np.pi * np.outer(np.arange(n), taps) / n))  # (n, k)
+        phases = 2 * np.pi * np.outer(np.arange(n), taps) / n
+        offsets.append(np.exp(1j * phases))  # (n, k)
+        twiddle += 8 * FLOAT64_UNIT_ROUNDOFF * (1 + float(np.abs(phases).max()))
     if len(grid) == 1:
         symbol = np.einsum("fa,oia->foi", offsets[0], weight)
     else:
@@ -935,4 +937,4 @@ def _circular_kernel_symbol(
             -1, weight.shape[0], weight.shape[1]
         )
     absolute = np.abs(weight).sum(axis=tuple(range(2, weight.ndim)))
-    return symbol, absolute, int(np.prod(kernel))
+    return symbol, absolute, int(np.prod(kernel)), twiddle
