@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hostile_models import load, make, tensor
+from hostile_models import load, make, run, tensor
 from onnx import helper
 
 from lipcert.errors import LipcertError
@@ -40,6 +40,8 @@ def test_torchscript_channel_padding_loads() -> None:
     )
     model = onnx.load_from_string(buffer.getvalue())
     assert any(node.op_type == "Expand" for node in model.graph.node)
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run(model, x), _PaddingChannels()(torch.from_numpy(x)).numpy())
     loaded = load(model)
     assert loaded.graph.shape(loaded.graph.output_name)[1:] == (36,)
 
@@ -61,5 +63,7 @@ def test_expand_to_a_shape_read_from_the_input_values_is_refused() -> None:
         tensor("axes", [1], np.int64),
     ]
     model = make(nodes, inits, [1, 1], [1, 1])
-    with pytest.raises(LipcertError, match=r"node 'expand' \(Expand\).*depends on the input's values"):
+    with pytest.raises(
+        LipcertError, match=r"node 'expand' \(Expand\).*depends on the input's values"
+    ):
         load(model)
