@@ -8,7 +8,7 @@ changes size with them: refused, naming the node.
 
 from __future__ import annotations
 
-import io
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -27,18 +27,18 @@ class _PaddingChannels(torch.nn.Module):
         return out.flatten(1)
 
 
-def test_torchscript_channel_padding_loads() -> None:
-    buffer = io.BytesIO()
+def test_torchscript_channel_padding_loads(tmp_path: Path) -> None:
+    path = tmp_path / "padding.onnx"
     torch.onnx.export(
         _PaddingChannels(),
         (torch.zeros(1, 2, 3, 3),),
-        buffer,
+        path,
         dynamo=False,
         input_names=["x"],
         output_names=["logits"],
         dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
     )
-    model = onnx.load_from_string(buffer.getvalue())
+    model = onnx.load(path)
     assert any(node.op_type == "Expand" for node in model.graph.node)
     x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
     np.testing.assert_array_equal(run(model, x), _PaddingChannels()(torch.from_numpy(x)).numpy())
