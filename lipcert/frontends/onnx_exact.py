@@ -668,7 +668,9 @@ def _einsum_error(
             sizes[letter] = max(sizes.get(letter, 1), int(size))
     n = int(np.prod([sizes[c] for c in sizes if c not in right], dtype=np.float64))
     t = float(np.prod([1 + e for e in errors])) * (1 + 1e-12) - 1
-    magnitude = np.asarray(np.einsum(equation, *[np.abs(a) for a in inputs]), dtype=np.float64)
+    magnitude = np.asarray(
+        np.einsum(equation, *[np.abs(a) for a in inputs], optimize=True), dtype=np.float64
+    )
     if np.any((magnitude > 0) & (magnitude < _TINY)):
         raise ValueError("sums of products near underflow")
     if magnitude.shape != out.shape:
