@@ -504,7 +504,10 @@ def _run_single(node: onnx.NodeProto, feeds: Mapping[str, np.ndarray], opset: in
         [node], "single", inputs, [onnx.helper.make_value_info(node.output[0], onnx.TypeProto())]
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    (result,) = ReferenceEvaluator(model).run([node.output[0]], dict(feeds))
+    try:
+        (result,) = ReferenceEvaluator(model).run([node.output[0]], dict(feeds))
+    except Exception as exc:  # the evaluator's own errors: no bound
+        raise ValueError(f"its error bound cannot be moved ({type(exc).__name__})") from None
     return np.asarray(result, dtype=np.float64)
 
 
@@ -622,7 +625,10 @@ def _dot_error(
     else:
         x, w = inputs[0], inputs[1]
         bias = np.abs(inputs[2]) if len(inputs) > 2 else None
-        magnitude = conv_float64(op, attributes, np.abs(x), np.abs(w), bias)
+        try:
+            magnitude = conv_float64(op, attributes, np.abs(x), np.abs(w), bias)
+        except (RuntimeError, TypeError) as exc:  # torch's shape errors
+            raise ValueError(f"no convolution of these shapes ({type(exc).__name__})") from None
         group = int(attributes.get("group", 1))  # type: ignore[call-overload]
         taps = int(np.prod(w.shape[2:]))
         # Conv: W is (C_out, C_in / group, k...); ConvTranspose: W is (C_in, C_out / group, k...)
@@ -717,11 +723,14 @@ def _agrees_with_float32_runtime(
     model.ir_version = 8
     options = ort.SessionOptions()
     options.log_severity_level = 4
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
     feeds = {name: a.astype(np.float32) for name, a in zip(names, inputs, strict=True)}
-    (result,) = session.run(["out"], feeds)
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        (result,) = session.run(["out"], feeds)
+    except Exception as exc:
+        raise ValueError(f"onnxruntime cannot check it ({type(exc).__name__})") from None
     result = np.asarray(result, dtype=np.float64)
     if result.shape != out.shape or np.any(
         np.abs(result - out) > 4 * (n + 3) * _U32 * magnitude + 2.0**-140
