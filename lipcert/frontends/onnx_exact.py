@@ -14,10 +14,12 @@ value is not provably exact:
 - anything else computed in floating point (Exp, MatMul, ReduceL2, Pow, a result that was
   rounded...) is not.
 The front-end recomputes those in float64 (`to_float64`: the same subgraph with every float
-in float64), uses the float64 values in the graph, and hands onnxruntime their float32
-roundings as weights: the runtime's constants are then within one float32 rounding of the
-graph's, which the rounding allowance covers (lipcert.bounds.folded). Integer constants
-computed from inexact floats are refused.
+in float64, run by onnxruntime or, where it has no float64 kernel (Conv), by
+`evaluate_float64`), bounds their distance to the exact values (`float64_errors`: relative
+bounds, and absolute elementwise ones for sums of products), uses the float64 values in the
+graph, and hands onnxruntime their float32 roundings as weights: the runtime's constants are
+then within one float32 rounding of the graph's, which the rounding allowance covers
+(lipcert.bounds.folded). Integer constants computed from inexact floats are refused.
 """
 
 from __future__ import annotations
