@@ -97,9 +97,12 @@ def guard_sizes(
     """
     _refuse_allocations_in_subgraphs(nodes, model.functions)
     known: dict[str, np.ndarray] = {}
+    # Shapes of data tensors that inference did not follow, read off a partial run: their
+    # sizes do not depend on the input's values (such shapes are refused before).
+    data_shapes: dict[str, tuple[list[int], int]] = {}
     settled: set[str] = set()
     for _ in range(_MAX_ROUNDS):
-        shapes = _inferred_shapes(model, nodes, input_name, full_shape, known)
+        shapes = _inferred_shapes(model, nodes, input_name, full_shape, known, data_shapes)
         for name, dims in shapes.items():
             if dims is not None and _count(dims) > MAX_TENSOR_ELEMENTS:
                 raise ModelLoadError(
@@ -122,7 +125,26 @@ def guard_sizes(
             for name in pending.input
             if name and name not in known and not flow.is_data.get(name, False)
         ]
+        # Data inputs whose shapes inference left open: every node before this one is
+        # bounded (known sizes within the guard, or ops no larger than their inputs), so
+        # the part of the graph that computes them may run, and their shapes be read.
+        open_data = [
+            name
+            for name in pending.input
+            if name
+            and flow.is_data.get(name, False)
+            and shapes.get(name) is None
+            and name not in data_shapes
+        ]
         settled.add(key)
+        if open_data:
+            part = _submodel(model, _ancestors(nodes, pending, open_data), open_data)
+            computed = run(part, open_data)
+            for name in open_data:
+                value = np.asarray(computed[name])
+                elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+                data_shapes[name] = (list(value.shape), elem)
+            settled.discard(key)
         if not inputs:
             continue
         ancestors = _ancestors(nodes, pending, inputs)
@@ -206,9 +228,12 @@ def _inferred_shapes(
     input_name: str,
     full_shape: tuple[int, ...],
     known: dict[str, np.ndarray],
+    data_shapes: dict[str, tuple[list[int], int]],
 ) -> dict[str, list[int] | None]:
     """Static shape of every output of `nodes` (None where inference leaves a dim open)."""
     skeleton = _skeleton(model, nodes, input_name, full_shape, known)
+    for name, (dims, elem) in data_shapes.items():
+        skeleton.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, dims))
     infos: list[onnx.ValueInfoProto] = []
     for data_prop in (True, False):
         try:
@@ -218,7 +243,7 @@ def _inferred_shapes(
         infos = list(inferred.graph.value_info) + list(inferred.graph.output)
         break
     by_name = {info.name: info for info in infos if info.type.HasField("tensor_type")}
-    shapes: dict[str, list[int] | None] = {}
+    shapes: dict[str, list[int] | None] = {name: dims for name, (dims, _) in data_shapes.items()}
     for name, value in known.items():
         shapes[name] = list(np.shape(value))
     for node in nodes:
