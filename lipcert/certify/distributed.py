@@ -61,6 +61,9 @@ class ShardJob:
     eps_values: np.ndarray
     batch_size: int
     has_exact: bool  # whether the evaluators include an exact one (reported per sample)
+    # torch's thread count in the workers; None: the driver's (certify_on_ray fills it in).
+    # float64 sums in torch may round differently with another count.
+    torch_threads: int | None = None
 
 
 BatchResult = tuple[Certificates, np.ndarray, np.ndarray]
@@ -78,6 +81,10 @@ class ShardWorker:
         """certify_batch on each batch of `shard`, exactly as certify_dataset runs them."""
         job = self.job
         if self.chosen is None:
+            if job.torch_threads is not None:
+                import torch
+
+                torch.set_num_threads(job.torch_threads)
             self.chosen = choose_evaluators(
                 job.loaded, job.analysis, job.margins, job.threads, job.device
             )
@@ -106,6 +113,27 @@ def import_ray() -> Any:
     return ray
 
 
+def thread_environment() -> dict[str, str]:
+    """The driver's BLAS and OpenMP thread counts, as the variables that set them at start-up.
+
+    Ray starts workers with OMP_NUM_THREADS=1; numpy's OpenBLAS then sums in another order than
+    in the driver (an ulp off in some radii). Workers started with the driver's counts compute
+    what the driver would.
+    """
+    from threadpoolctl import threadpool_info
+
+    counts: dict[str, int] = {}
+    for pool in threadpool_info():
+        api = str(pool.get("user_api"))
+        counts[api] = max(counts.get(api, 1), int(pool.get("num_threads", 1)))
+    blas = str(counts.get("blas", 1))
+    return {
+        "OMP_NUM_THREADS": str(counts.get("openmp", counts.get("blas", 1))),
+        "OPENBLAS_NUM_THREADS": blas,
+        "MKL_NUM_THREADS": blas,
+    }
+
+
 def shard_bounds(samples: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
     """[start, stop) of up to `shards` contiguous shards, each starting on a batch boundary."""
     batches = math.ceil(samples / batch_size)
@@ -127,6 +155,10 @@ def certify_on_ray(
     the cluster, or one per GPU with a CUDA device). `address` "local" starts (or joins, when
     this process already did) a local Ray; anything else is handed to ray.init."""
     ray = import_ray()
+    if job.torch_threads is None:
+        import torch
+
+        job = replace(job, torch_threads=torch.get_num_threads())
     started_here = False
     if not ray.is_initialized():
         try:
@@ -157,12 +189,18 @@ def _certify(
     labels = model_labels(dataset, job.spec)
     gpu = job.device is not None and job.device != "cpu"
     resources = ray.cluster_resources()
+    if gpu and resources.get("GPU", 0) < 1:
+        raise UsageError(
+            f"--device {job.device} with --ray: the Ray cluster has no GPU (its resources: "
+            f"{', '.join(f'{k} {v:g}' for k, v in sorted(resources.items()) if '_' not in k)})"
+        )
     if workers is None:
         workers = int(resources.get("GPU" if gpu else "CPU", 1))
     workers = max(1, workers)
     bounds = shard_bounds(len(dataset), job.batch_size, workers * _SHARDS_PER_WORKER)
     workers = min(workers, len(bounds))
     actor_class = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)(ShardWorker)
+    actor_class = actor_class.options(runtime_env={"env_vars": thread_environment()})
     started = time.perf_counter()
     job_ref = ray.put(job)
     actors = [actor_class.remote(job_ref) for _ in range(workers)]
