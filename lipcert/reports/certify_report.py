@@ -54,6 +54,12 @@ class Context:
 def input_space(context: Context) -> str:
     if context.dataset.is_features:
         text = "the units of the features as given (no scaling)"
+    elif context.dataset.split == "folder":  # imagefolder: resized and cropped first
+        height, width = context.dataset.images.shape[2:]
+        text = (
+            f"the preprocessed {height}x{width} pixels (resized, centre-cropped), "
+            "scaled to [0, 1], not the original files"
+        )
     else:
         text = "pixels scaled to [0, 1]"
     if context.preprocessing is not None:

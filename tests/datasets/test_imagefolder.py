@@ -118,3 +118,25 @@ def test_option_errors(folder: Path) -> None:
         read_imagefolder(folder, resize=0)
     with pytest.raises(UsageError, match="--resize and --crop are for imagefolder"):
         load_dataset("mnist", crop=20)
+
+
+def test_cli_certifies_a_folder_and_says_radii_are_in_preprocessed_pixels(folder: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lipcert.cli import app
+
+    model = Path(__file__).resolve().parents[2] / "sample_models" / "cifar10_shaped_ce_tau16.onnx"
+    arguments = ["certify", str(model), "--dataset", f"imagefolder:{folder}"]
+    result = CliRunner().invoke(
+        app, [*arguments, "--resize", "36", "--crop", "32", "--json", "--quiet", "--no-config"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["n"] == 5
+    assert document["input_space"].startswith("the preprocessed 32x32 pixels")
+    # The default crop, 224, does not fit a 32x32 model: one line, exit 2.
+    result = CliRunner().invoke(app, [*arguments, "--quiet", "--no-config"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("DatasetError:")
