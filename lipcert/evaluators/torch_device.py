@@ -16,11 +16,12 @@ What the allowance assumes on CUDA (docs/soundness.md, "GPUs"):
 - no TF32, bfloat16 or float16 anywhere (the graph runs in float64, where none of them apply,
   and they are switched off anyway).
 The float64 allowance of the graph is then multiplied by `CUDA_SAFETY_FACTOR` (2^10, exact in
-floating point), which also covers the published error growth of FFT and Winograd
-convolutions (a few hundred ulps at most for the tile sizes in use) should a kernel use one
-after all. On the ImageNet-sized LipNet of benchmarks/imagenet_lipnet.py that makes 5.9e-5 at
-the median input (5.8e-8 without the factor), against a median margin of 0.014 there: it takes
-about 0.6 % off such a radius.
+floating point): a margin, not part of the argument, that would also cover an FFT
+convolution (a few hundred u in norm, Higham §24.1) should a kernel use one after all. No bound
+for every cuDNN algorithm is claimed: cuDNN stays off (docs/soundness.md, "GPUs"). On the
+ImageNet-sized LipNet of benchmarks/imagenet_lipnet.py that makes 5.9e-5 at the median input
+(5.8e-8 without the factor), against a median margin of 0.014 there: it takes about 0.6 % off
+such a radius.
 """
 
 from __future__ import annotations
