@@ -26,7 +26,7 @@ from lipcert.errors import ExitCode, LipcertError
 try:  # newer typer vendors click
     from typer._click.exceptions import ClickException as _ClickException
 except ImportError:  # pragma: no cover - typer with click as a dependency
-    from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
+    from click.exceptions import ClickException as _ClickException  # type: ignore[assignment,no-redef,unused-ignore]
 
 
 class OneLineErrors(TyperGroup):

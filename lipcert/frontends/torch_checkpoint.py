@@ -297,9 +297,7 @@ def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
     )
 
 
-def _build(
-    arch: str | None, state: dict[str, Any], path: Path, recorded: str | None = None
-) -> Any:
+def _build(arch: str | None, state: dict[str, Any], path: Path, recorded: str | None = None) -> Any:
     if arch is None:
         raise UsageError(
             f"{str(path)!r} holds weights only: pass --arch package.module:factory (or "
