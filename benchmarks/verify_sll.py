@@ -11,17 +11,9 @@ between loading and bounding. Usage: python benchmarks/verify_sll.py [--runs 5] 
 
 from __future__ import annotations
 
-import argparse
-import io
 import math
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
 
+import block_verify
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,72 +75,15 @@ def sll_network(width: int = 32, convs: int = 12, dense: int = 2, inner: int = 5
     return nn.Sequential(*layers).eval()
 
 
-def export(module: nn.Module, path: Path, dynamo: bool) -> Path:
-    example = torch.rand(2, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=18)
-            assert program is not None
-            program.save(str(path))
-            return path
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dynamo", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory() as folder:
-        model = export(sll_network(), Path(folder) / "sll_cifar.onnx", args.dynamo)
-        times = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
-                capture_output=True,
-                text=True,
-            )
-            times.append(time.perf_counter() - started)
-            if done.returncode not in (0, 1):
-                raise SystemExit(f"lipcert verify failed: {done.stderr}")
-        from lipcert.bounds.compose import analyse
-        from lipcert.frontends import load_model
-
-        started = time.perf_counter()
-        loaded = load_model(model)
-        loading = time.perf_counter() - started
-        started = time.perf_counter()
-        analysis = analyse(loaded.graph)
-        bounding = time.perf_counter() - started
-    blocks = [layer for layer in analysis.layers if layer.op == "SLLBlock"]
-    exporter = "dynamo" if args.dynamo else "TorchScript"
-    print(
-        "lipcert verify on a CIFAR-sized SLL network (3x32x32, 12 SLL convs of 32 channels, "
-        f"2 SLL dense layers of 2048 features), {exporter} export, {args.runs} runs"
-    )
-    print(
-        f"  end to end, fresh process: median {statistics.median(times):.2f} s "
-        f"(min {min(times):.2f}, max {max(times):.2f})"
-    )
-    print(f"  in process: load {loading:.2f} s, bounds {bounding:.2f} s")
-    print(
-        f"  {len(blocks)} SLL blocks, largest block bound {max(b.bound for b in blocks):.6f}; "
-        f"network bound {analysis.spec.lipschitz_bound:.6f}"
+    block_verify.run(
+        sll_network,
+        "sll",
+        "SLLBlock",
+        "a CIFAR-sized SLL network (3x32x32, 12 SLL convs of 32 channels, "
+        "2 SLL dense layers of 2048 features)",
+        batch=2,
+        digits=6,
     )
 
 

@@ -14,16 +14,7 @@ Usage: python benchmarks/verify_soc.py [--runs 5] [--dynamo]
 
 from __future__ import annotations
 
-import argparse
-import io
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
-
+import block_verify
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,72 +71,15 @@ def soc_network() -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
-def export(module: nn.Module, path: Path, dynamo: bool) -> Path:
-    example = torch.rand(1, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=18)
-            assert program is not None
-            program.save(str(path))
-            return path
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dynamo", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory() as folder:
-        model = export(soc_network(), Path(folder) / "soc_cifar.onnx", args.dynamo)
-        times = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
-                capture_output=True,
-                text=True,
-            )
-            times.append(time.perf_counter() - started)
-            if done.returncode not in (0, 1):
-                raise SystemExit(f"lipcert verify failed: {done.stderr}")
-        from lipcert.bounds.compose import analyse
-        from lipcert.frontends import load_model
-
-        started = time.perf_counter()
-        loaded = load_model(model)
-        loading = time.perf_counter() - started
-        started = time.perf_counter()
-        analysis = analyse(loaded.graph)
-        bounding = time.perf_counter() - started
-    blocks = [layer for layer in analysis.layers if layer.op == "AffineBlock"]
-    exporter = "dynamo" if args.dynamo else "TorchScript"
-    print(
-        "lipcert verify on a CIFAR-sized SOC network (3x32x32, 5 SOC layers of 16 to 256 "
-        f"channels, 12 terms each, MaxMin), {exporter} export, {args.runs} runs"
-    )
-    print(
-        f"  end to end, fresh process: median {statistics.median(times):.2f} s "
-        f"(min {min(times):.2f}, max {max(times):.2f})"
-    )
-    print(f"  in process: load {loading:.2f} s, bounds {bounding:.2f} s")
-    print(
-        f"  {len(blocks)} SOC blocks, largest block bound {max(b.bound for b in blocks):.12f} "
-        f"({blocks[0].method}); network bound {analysis.spec.lipschitz_bound:.6f}"
+    block_verify.run(
+        soc_network,
+        "soc",
+        "AffineBlock",
+        "a CIFAR-sized SOC network (3x32x32, 5 SOC layers of 16 to 256 channels, "
+        "12 terms each, MaxMin)",
+        batch=1,
+        digits=12,
     )
 
 
