@@ -112,9 +112,10 @@ class PosteriorEvaluator:
         else:
             logits, tail_norms = self.tail(cut_value, self.tail_measured)
             norms.update(tail_norms)
-        norms[self.analysis.graph.input_name] = input_norms(batch)
+        x_norms = input_norms(batch)
+        norms[self.analysis.graph.input_name] = x_norms
         split = None if self.head is None else self.head[0]
-        allowance, body, rest = self.plan.error_split(input_norms(batch), norms, self.units, split)
+        allowance, body, rest = self.plan.error_split(x_norms, norms, self.units, split)
         allowance = np.where(np.isnan(allowance), np.inf, allowance)
         head = None
         if self.head is not None:
