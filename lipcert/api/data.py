@@ -247,6 +247,8 @@ class DatasetReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain Python values (the keys of `lipcert certify --json`)."""
+        from lipcert.reports.certify_report import breakdown_json
+
         summary = self.summary
         spec = self.model.spec_for(self.precision)
         return {
@@ -268,22 +270,7 @@ class DatasetReport:
                 "slope": spec.fp_error_slope,
                 "max": float(np.max(self.samples.allowance, initial=0.0)),
             },
-            "not_certified": {
-                "ties": summary.ties,
-                "non_finite": summary.non_finite,
-                "within_allowance": summary.within_allowance,
-            },
-            "per_class": [
-                {
-                    "label": row.label,
-                    "name": row.name,
-                    "n": row.n,
-                    "accuracy": row.accuracy,
-                    "certified_accuracy": list(row.certified_accuracy),
-                    "mcr": row.mcr,
-                }
-                for row in summary.per_class
-            ],
+            **breakdown_json(summary),
             "seconds": self.seconds,
         }
 

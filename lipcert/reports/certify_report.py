@@ -218,6 +218,21 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
             # samples whose certificate was recomputed by the exact (float64) evaluator
             "exact_samples": result.exact_samples,
         },
+        **breakdown_json(summary),
+        "gates": [
+            {"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+            for g in gates
+        ],
+        "notes": list(context.notes),
+        "seconds": result.seconds,
+        "refinement": None if context.refinement is None else _refinement_json(context.refinement),
+        "passed": all(g.passed for g in gates),
+    }
+
+
+def breakdown_json(summary: Summary) -> dict[str, Any]:
+    """The "not_certified" and "per_class" keys, shared with the Python API's `to_dict()`."""
+    return {
         "not_certified": {
             "ties": summary.ties,
             "non_finite": summary.non_finite,
@@ -234,14 +249,6 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
             }
             for row in summary.per_class
         ],
-        "gates": [
-            {"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
-            for g in gates
-        ],
-        "notes": list(context.notes),
-        "seconds": result.seconds,
-        "refinement": None if context.refinement is None else _refinement_json(context.refinement),
-        "passed": all(g.passed for g in gates),
     }
 
 
