@@ -34,34 +34,6 @@ Linear = Callable[..., Tensor]
 Factors = tuple[float, float]
 Spread = Callable[[list[Factors], Callable[[str], Factors]], Factors]
 
-_STRUCTURAL = frozenset(
-    {
-        "Identity",
-        "Dropout",
-        "Reshape",
-        "Flatten",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "Slice",
-        "Split",
-        "Concat",
-        "Pad",
-        "AveragePool",
-        "GlobalAveragePool",
-        "ReduceMean",
-        "ReduceSum",
-        "Sum",
-        "Mean",
-        "Add",
-        "Gather",
-        "Expand",
-        "Tile",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Cast",
-    }
-)
 # Ops that move or copy elements without mixing them: an element's deviation stays bounded.
 _NON_MIXING = frozenset(
     {
@@ -77,6 +49,22 @@ _NON_MIXING = frozenset(
         "DepthToSpace",
         "SpaceToDepth",
         "Cast",
+    }
+)
+_STRUCTURAL = _NON_MIXING | frozenset(
+    {
+        "Concat",
+        "Pad",
+        "AveragePool",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "ReduceSum",
+        "Sum",
+        "Mean",
+        "Add",
+        "Gather",
+        "Expand",
+        "Tile",
     }
 )
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
@@ -311,7 +299,7 @@ class _Builder:
                 else:
                     args.append(None)
             executor._batch = int(xs[0].shape[0])
-            return _execute._OPS[run_node.op](run_node, args, executor)[0]
+            return executor.run_node(run_node, args)[0]
 
         return apply
 
