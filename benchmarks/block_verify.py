@@ -1,4 +1,4 @@
-"""Shared by the verify benchmarks of block networks (verify_soc.py, verify_sll.py).
+"""Shared by the verify benchmarks (verify_time.py, verify_soc.py, verify_sll.py).
 
 `run(network, name, block_op, description)`: export the network with the TorchScript exporter
 (dynamic batch) or dynamo, time `lipcert verify` end to end in a fresh process several times,
@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,32 @@ def export(module: nn.Module, path: Path, dynamo: bool, batch: int = 1) -> Path:
     return path
 
 
+def time_verify(model: Path, runs: int) -> tuple[list[float], float, float, Any]:
+    """Seconds of `lipcert verify MODEL` end to end in a fresh process, `runs` times; then
+    one load and one analysis in process: (times, load seconds, bound seconds, analysis)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
+            capture_output=True,
+            text=True,
+        )
+        times.append(time.perf_counter() - started)
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"lipcert verify failed: {done.stderr}")
+    from lipcert.bounds.compose import analyse
+    from lipcert.frontends import load_model
+
+    started = time.perf_counter()
+    loaded = load_model(model)
+    loading = time.perf_counter() - started
+    started = time.perf_counter()
+    analysis = analyse(loaded.graph)
+    bounding = time.perf_counter() - started
+    return times, loading, bounding, analysis
+
+
 def run(
     network: Callable[[], nn.Module],
     name: str,
@@ -64,26 +91,7 @@ def run(
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as folder:
         model = export(network(), Path(folder) / f"{name}_cifar.onnx", args.dynamo, batch)
-        times = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
-                capture_output=True,
-                text=True,
-            )
-            times.append(time.perf_counter() - started)
-            if done.returncode not in (0, 1):
-                raise SystemExit(f"lipcert verify failed: {done.stderr}")
-        from lipcert.bounds.compose import analyse
-        from lipcert.frontends import load_model
-
-        started = time.perf_counter()
-        loaded = load_model(model)
-        loading = time.perf_counter() - started
-        started = time.perf_counter()
-        analysis = analyse(loaded.graph)
-        bounding = time.perf_counter() - started
+        times, loading, bounding, analysis = time_verify(model, args.runs)
     blocks = [layer for layer in analysis.layers if layer.op == block_op]
     exporter = "dynamo" if args.dynamo else "TorchScript"
     print(f"lipcert verify on {description}, {exporter} export, {args.runs} runs")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from block_verify import time_verify
 from cifar_lipnet import cifar_lipnet, export
 
 
@@ -28,26 +27,7 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = export(cifar_lipnet(), Path(folder) / "cifar_lipnet.onnx")
-        times = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-m", "lipcert", "verify", str(model), "--json"],
-                capture_output=True,
-                text=True,
-            )
-            times.append(time.perf_counter() - started)
-            if done.returncode not in (0, 1):
-                raise SystemExit(f"lipcert verify failed: {done.stderr}")
-        from lipcert.bounds.compose import analyse
-        from lipcert.frontends import load_model
-
-        started = time.perf_counter()
-        loaded = load_model(model)
-        loading = time.perf_counter() - started
-        started = time.perf_counter()
-        analysis = analyse(loaded.graph)
-        bounding = time.perf_counter() - started
+        times, loading, bounding, analysis = time_verify(model, args.runs)
     print(
         "lipcert verify on a CIFAR-sized LipNet (8 convs up to 128 channels, 3x32x32), "
         f"{args.runs} runs"
