@@ -70,10 +70,14 @@ class GraphExecutor(torch.nn.Module):
                 self._run(node.body, values)
                 continue
             args = [values[name] if name else None for name in node.inputs]
-            results = _OPS[node.op](node, args, self)
+            results = self.run_node(node, args)
             for name, result in zip(node.outputs, results, strict=False):
                 if name:
                     values[name] = result
+
+    def run_node(self, node: Node, args: list[Any]) -> list[Tensor]:
+        """The outputs of one node on the given input values (None for an absent input)."""
+        return _OPS[node.op](node, args, self)
 
     def shape_of(self, name: str) -> tuple[int, ...]:
         """The static shape of a tensor at the current batch size."""
