@@ -151,7 +151,7 @@ def _multiclass(
     others[np.arange(n), prediction] = np.inf
     tie = finite & (np.min(others, axis=1) == 0)
     status = np.full(n, Status.CERTIFIED, dtype=np.int64)
-    status[finite & (radius <= 0)] = Status.WITHIN_ALLOWANCE
+    status[finite & ~(radius > 0)] = Status.WITHIN_ALLOWANCE  # NaN (a NaN allowance) too
     status[tie] = Status.TIE
     status[~finite] = Status.NON_FINITE
     radius = np.where(status == Status.CERTIFIED, np.maximum(radius, 0.0), 0.0)

@@ -95,6 +95,14 @@ def test_ties_and_non_finite_logits_are_never_certified(method: Method) -> None:
     assert result.prediction[1] == -1 and result.prediction[2] == -1
 
 
+@pytest.mark.parametrize("method", [Method.PAIRWISE, Method.GLOBAL], ids=["pairwise", "global"])
+def test_a_nan_or_infinite_allowance_is_never_certified(method: Method) -> None:
+    logits = np.array([[3.0, 1.0, 0.0], [3.0, 1.0, 0.0]])
+    result = certify_logits(logits, spec_for(np.eye(3)), method, np.array([np.nan, np.inf]))
+    assert list(result.status) == [Status.WITHIN_ALLOWANCE, Status.WITHIN_ALLOWANCE]
+    assert list(result.radius) == [0.0, 0.0]
+
+
 def test_binary_nan_is_not_certified() -> None:
     result = certify_logits(
         np.array([[np.nan], [1.0]]), spec_for(np.array([[1.0]])), Method.BINARY, np.zeros(2)
