@@ -6,7 +6,8 @@ maximal connected set of affine ops (convolutions and dense layers with constant
 sums of branches, scalings, padding, slicing, reshapes, average pooling, DFT) that reads one
 tensor and writes one tensor, and replaces it by one `AffineBlock` node whose `body` keeps
 the original nodes: executing the graph still runs the model's own ops, and the bound rule
-(lipcert.bounds.rules.affine_blocks) bounds the block as one operator.
+(lipcert.bounds.rules.affine_blocks) bounds the block as one operator. The replacing is done
+by lipcert.graph.patterns.fuse_patterns.
 
 Also here: the TorchScript exporter's circular padding, written as Slice + Concat along each
 spatial axis before an unpadded Conv, is fused into a `CircularConv` (as Pad(mode=wrap)
@@ -46,34 +47,6 @@ _POOLING = frozenset({"AveragePool", "GlobalAveragePool"})
 _TAIL_OPS = frozenset(
     {"Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Cast"}
 )
-
-
-def fuse_affine(graph: Graph) -> Graph:
-    """Fuse the legacy circular padding, then the affine blocks; returns the same graph."""
-    changed = True
-    while changed:
-        changed = False
-        for node in list(graph.nodes):
-            if node in graph.nodes:
-                fused = match_sliced_circular_conv(graph, node)
-                if fused is not None:
-                    _replace(graph, fused)
-                    changed = True
-    for block in find_affine_blocks(graph):
-        _replace(graph, block)
-    return graph
-
-
-def _replace(graph: Graph, fused: Node) -> None:
-    body_ids = {id(n) for n in fused.body}
-    position = max(i for i, n in enumerate(graph.nodes) if id(n) in body_ids)
-    nodes: list[Node] = []
-    for i, node in enumerate(graph.nodes):
-        if i == position:
-            nodes.append(fused)
-        elif id(node) not in body_ids:
-            nodes.append(node)
-    graph.nodes = nodes
 
 
 def _ordered(graph: Graph, nodes: list[Node]) -> tuple[Node, ...]:
@@ -379,4 +352,4 @@ def _head_nodes(graph: Graph) -> set[int]:
         name = sources[0]
 
 
-__all__ = ["find_affine_blocks", "fuse_affine", "is_affine", "match_sliced_circular_conv"]
+__all__ = ["find_affine_blocks", "is_affine", "match_sliced_circular_conv"]

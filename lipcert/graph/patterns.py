@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lipcert.graph.affine_blocks import fuse_affine
+from lipcert.graph.affine_blocks import find_affine_blocks, match_sliced_circular_conv
 from lipcert.graph.ir import Graph, Node
 from lipcert.graph.residual_blocks import match_sandwich_block, match_sll_block
 from lipcert.graph.select_patterns import SELECT_MATCHERS
@@ -27,10 +27,20 @@ Matcher = Callable[[Graph, Node], "Node | None"]
 
 def fuse_patterns(graph: Graph) -> Graph:
     """Apply every matcher until none applies; returns the same graph, fused."""
+    _fuse_until_fixed(graph, _MATCHERS)
+    # Then the exporter's sliced circular padding, then the affine blocks
+    # (lipcert.graph.affine_blocks).
+    _fuse_until_fixed(graph, (match_sliced_circular_conv,))
+    for block in find_affine_blocks(graph):
+        _replace(graph, block)
+    return graph
+
+
+def _fuse_until_fixed(graph: Graph, matchers: tuple[Matcher, ...]) -> None:
     changed = True
     while changed:
         changed = False
-        for matcher in _MATCHERS:
+        for matcher in matchers:
             for node in list(graph.nodes):
                 if node not in graph.nodes:
                     continue
@@ -38,8 +48,6 @@ def fuse_patterns(graph: Graph) -> Graph:
                 if fused is not None:
                     _replace(graph, fused)
                     changed = True
-    fuse_affine(graph)  # sliced circular padding, then affine blocks (lipcert.graph.affine_blocks)
-    return graph
 
 
 def _replace(graph: Graph, fused: Node) -> None:
