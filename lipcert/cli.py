@@ -110,7 +110,8 @@ TracebackOpt = Annotated[
 ]
 _DATASET_HELP = (
     "cifar10, cifar100, mnist, fashion-mnist, an .npz file with arrays x and y (x images, or "
-    "(N, d) features), or a .csv file of features with a label column."
+    "(N, d) features), a .csv file of features with a label column, or imagefolder:PATH "
+    "(one sub-folder of images per class)."
 )
 DatasetOpt = Annotated[str, typer.Option("--dataset", help=_DATASET_HELP, show_default=False)]
 CertifyDatasetOpt = Annotated[
