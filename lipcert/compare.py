@@ -125,6 +125,8 @@ def compare_models(
     """
     if not models:
         raise UsageError("expected at least one model to compare")
+    if names is not None and len(names) != len(models):
+        raise UsageError(f"expected {len(models)} names but got {len(names)}")
     eps_list = eps_thresholds(eps)
     measure = _measure(robustness, eps_list)
     if not isinstance(data, (tuple, list)) and isinstance(data, (str, Path)):
@@ -157,8 +159,6 @@ def compare_models(
                 batch_size=batch_size,
             )
         )
-    if names is not None and len(names) != len(models):
-        raise UsageError(f"expected {len(models)} names but got {len(names)}")
     if len(set(labels)) != len(labels):
         raise UsageError(f"expected distinct model names but got {labels!r}")
     points = [(r.accuracy, _robustness(r, measure, eps_list)) for r in reports]

@@ -86,6 +86,8 @@ def test_compare_refuses_what_it_cannot_compare() -> None:
         lipcert.compare_models([], (x, y))
     with pytest.raises(UsageError, match="distinct model names"):
         lipcert.compare_models([model, model], (x, y))
+    with pytest.raises(UsageError, match="expected 2 names but got 1"):
+        lipcert.compare_models([model, model], (x, y), names=["a"])
     with pytest.raises(UsageError, match="robustness"):
         lipcert.compare_models([model], (x, y), robustness="accuracy")
 
