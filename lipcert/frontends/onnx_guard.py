@@ -36,7 +36,7 @@ _SIZE_SAFE = frozenset(
         "CastLike",
         "Ceil",
         "Compress",
-        "Concat",
+        "Concat",  # only with inputs of known sizes that fit the guard; checked below
         "Constant",
         "Dropout",
         "Exp",
@@ -177,7 +177,13 @@ def _first_unbounded(
         if all(shapes.get(name) is not None for name in outputs):
             continue
         safe = node.op_type in _SIZE_SAFE and node.domain in ("", "ai.onnx")
-        if safe and (node.op_type != "Gather" or _small_index(node, shapes)):
+        if safe and node.op_type == "Gather":
+            safe = _small_index(node, shapes)
+        elif safe and node.op_type == "Concat":
+            # as large as all its inputs together: chained Concats of open shapes would
+            # multiply sizes, so every input must have a known size and all fit the guard
+            safe = _inputs_fit(node, shapes)
+        if safe:
             continue
         key = node.name + "/" + "/".join(node.output)
         if key in settled:
@@ -187,6 +193,13 @@ def _first_unbounded(
             )
         return node
     return None
+
+
+def _inputs_fit(node: onnx.NodeProto, shapes: dict[str, list[int] | None]) -> bool:
+    dims = [shapes.get(name) for name in node.input if name]
+    return all(d is not None for d in dims) and (
+        sum(_count(d) for d in dims if d is not None) <= MAX_TENSOR_ELEMENTS
+    )
 
 
 def _small_index(node: onnx.NodeProto, shapes: dict[str, list[int] | None]) -> bool:
@@ -244,6 +257,7 @@ def _inferred_shapes(
         break
     by_name = {info.name: info for info in infos if info.type.HasField("tensor_type")}
     shapes: dict[str, list[int] | None] = {name: dims for name, (dims, _) in data_shapes.items()}
+    shapes[input_name] = list(full_shape)
     for name, value in known.items():
         shapes[name] = list(np.shape(value))
     for node in nodes:

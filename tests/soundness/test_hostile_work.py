@@ -253,3 +253,33 @@ def test_small_size_computed_the_same_way_loads() -> None:
     model = make(nodes, inits, [1, 2], [1, 3])
     loaded = load_from_proto(model, LoadOptions(), source="m.onnx", fmt="onnx")
     assert loaded.graph.shape("logits") == (1, 3)
+
+
+def _concat_chain(copies: int) -> onnx.ModelProto:
+    """Concats of Concats of a constant NonZero (whose size inference leaves open): each
+    level multiplies the size by `copies`."""
+    nodes = [
+        helper.make_node("NonZero", ["ones"], ["nz"], name="nonzero"),
+        helper.make_node("Concat", ["nz"] * copies, ["c1"], axis=1, name="concat1"),
+        helper.make_node("Concat", ["c1"] * copies, ["c2"], axis=1, name="concat2"),
+        helper.make_node("ReduceMax", ["c2"], ["m"], keepdims=0, name="max"),
+        helper.make_node("Cast", ["m"], ["m_f"], to=TensorProto.FLOAT, name="to_float"),
+        helper.make_node("Mul", ["x", "m_f"], ["logits"], name="scale"),
+    ]
+    return make(nodes, [tensor("ones", np.ones(1024))], [1, 2], [1, 2])
+
+
+def test_chained_concats_of_open_sizes_are_bounded_before_allocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1024 * 64 * 64 values against a guard of 2^20: refused, not allocated level by level."""
+    monkeypatch.setattr("lipcert.frontends.onnx_guard.MAX_TENSOR_ELEMENTS", 1 << 20)
+    with pytest.raises(ModelLoadError, match=r"tensor 'c2' .* would hold 4194304 values"):
+        load_from_proto(_concat_chain(64), LoadOptions(), source="m.onnx", fmt="onnx")
+
+
+def test_chained_concats_within_the_guard_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look-alike: 1024 * 16 * 16 values fit the same guard and the model loads."""
+    monkeypatch.setattr("lipcert.frontends.onnx_guard.MAX_TENSOR_ELEMENTS", 1 << 20)
+    loaded = load_from_proto(_concat_chain(16), LoadOptions(), source="m.onnx", fmt="onnx")
+    assert loaded.graph.shape("logits") == (1, 2)
