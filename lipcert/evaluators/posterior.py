@@ -45,7 +45,14 @@ class PosteriorEvaluator:
     precision = "float32"
     input_dtype: type = np.float32
 
-    def __init__(self, model: LoadedModel, analysis: Analysis, threads: int | None = None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        analysis: Analysis,
+        threads: int | None = None,
+        *,
+        plain: OnnxRuntimeEvaluator | None = None,
+    ):
         import onnx
 
         self.analysis = analysis
@@ -76,8 +83,11 @@ class PosteriorEvaluator:
         self.output_name = model.output_name
         self.tail = _tail_executor(graph, tail, self.cut) if tail else None
         self.head = _head_differences(graph)
-        # The plain evaluator checks that a batch computes what single samples do.
-        self.plain = OnnxRuntimeEvaluator(model, threads=threads, spec=analysis.spec)
+        # The plain evaluator checks that a batch computes what single samples do (`plain`:
+        # the caller's, of the same model, threads and spec, so the model is loaded once).
+        if plain is None:
+            plain = OnnxRuntimeEvaluator(model, threads=threads, spec=analysis.spec)
+        self.plain = plain
         self.checked = False
 
     @staticmethod
