@@ -218,25 +218,9 @@ class DatasetReport:
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per sample, the columns of `lipcert certify --csv`."""
-        import pandas as pd
+        from lipcert.reports.certify_report import samples_frame
 
-        from lipcert.reports.certify_report import CSV_COLUMNS
-
-        samples = self.samples
-        return pd.DataFrame(
-            {
-                "index": np.arange(self.n),
-                "label": self.labels,
-                "prediction": samples.prediction,
-                "correct": samples.correct,
-                "margin": samples.margin,
-                "radius": samples.radius,
-                "signed_radius": samples.signed_radius,
-                "runner_up": samples.runner_up,
-                "status": samples.status,
-            },
-            columns=list(CSV_COLUMNS),
-        )
+        return samples_frame(self.labels, self._certificates())
 
     def to_csv(self, path: str | Path) -> None:
         """Write `to_pandas()` as CSV, atomically, with every digit of the radii."""

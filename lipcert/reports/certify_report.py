@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from rich import box
@@ -14,10 +14,13 @@ from rich.table import Table
 from lipcert.certify.gates import Gate
 from lipcert.certify.metrics import Summary
 from lipcert.certify.pipeline import STATUS_NAMES, CertifyResult, Preprocessing
-from lipcert.certify.radii import Method, Status
+from lipcert.certify.radii import Certificates, Method, Status
 from lipcert.datasets import Dataset
 from lipcert.local.refine import RefineResult
 from lipcert.reports.format import bound_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CSV_COLUMNS = (
     "index",
@@ -277,14 +280,22 @@ def _refinement_text(refinement: RefineResult) -> str:
 def write_csv(handle: IO[str], result: CertifyResult, refined: np.ndarray | None = None) -> None:
     """One row per sample, columns CSV_COLUMNS; with `refined` (certify --refine) a last
     column `certificate`: `local` where the radius comes from local bounds, else `global`."""
+    frame = samples_frame(result.labels, result.certificates)
+    if refined is not None:
+        frame["certificate"] = np.where(refined, "local", "global")
+    # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
+    frame.to_csv(handle, index=False)
+
+
+def samples_frame(labels: np.ndarray, certificates: Certificates) -> pd.DataFrame:
+    """One row per sample, columns CSV_COLUMNS (also the Python API's `to_pandas()`)."""
     import pandas as pd
 
-    certificates = result.certificates
-    correct = certificates.prediction == result.labels
-    frame = pd.DataFrame(
+    correct = certificates.prediction == labels
+    return pd.DataFrame(
         {
-            "index": np.arange(len(result.labels)),
-            "label": result.labels,
+            "index": np.arange(len(labels)),
+            "label": labels,
             "prediction": certificates.prediction,
             "correct": correct,
             "margin": certificates.margin,
@@ -295,10 +306,6 @@ def write_csv(handle: IO[str], result: CertifyResult, refined: np.ndarray | None
         },
         columns=list(CSV_COLUMNS),
     )
-    if refined is not None:
-        frame["certificate"] = np.where(refined, "local", "global")
-    # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
-    frame.to_csv(handle, index=False)
 
 
 def _row_status(status: np.ndarray, correct: np.ndarray) -> list[str]:

@@ -82,7 +82,7 @@ def test_the_same_numbers_as_the_command_line(tau8: lipcert.Model, tmp_path: Pat
     ours = lipcert.certify_dataset(tau8, data, eps=[36 / 255, 0.5]).to_pandas()
     theirs = pd.read_csv(csv)
     assert list(theirs.columns) == list(ours.columns)
-    for column in ("prediction", "margin", "radius", "runner_up"):
+    for column in ("prediction", "margin", "radius", "runner_up", "status"):
         assert np.array_equal(theirs[column].to_numpy(), ours[column].to_numpy()), column
 
 
