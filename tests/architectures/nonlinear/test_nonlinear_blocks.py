@@ -30,6 +30,7 @@ from nonlinear_zoo import (
     SandwichFc,
     SLLConv,
     SLLLinear,
+    cayley,
     cpl_net,
     export,
     largest_jacobian_norm,
@@ -46,6 +47,7 @@ from nonlinear_zoo import (
 )
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from torch.nn import functional as F
 
 from lipcert.bounds.compose import Analysis, analyse
 from lipcert.bounds.rules.blocks import lipsdp_bound
@@ -289,6 +291,30 @@ def test_sandwich_without_multiplier_is_left_as_layers() -> None:
     ).eval()
     found = analyse(load_graph(export(net, False)))
     assert "SandwichBlock" not in {layer.op for layer in found.layers}
+
+
+class _SandwichSlopeTwo(SandwichFc):
+    """LBDN's layer with a LeakyReLU of slope 2 below zero: the LipSDP sector does not hold."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fout = self.weight.shape[0]
+        if self.Q is None:
+            with torch.no_grad():
+                self.Q = cayley(self.alpha * self.weight / self.weight.norm())
+        q = self.Q.to(x.dtype)
+        x = F.linear(x, q[:, fout:]) * torch.exp(-self.psi) * (2**0.5) + self.bias
+        x = F.leaky_relu(x, 2.0) * torch.exp(self.psi)
+        return 2**0.5 * F.linear(x, q[:, :fout].T)
+
+
+def test_sandwich_with_a_slope_above_one_gets_no_sandwich_bound() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), _SandwichSlopeTwo(32, 10), nn.Linear(10, 3)).eval()
+    net(torch.zeros(1, *IMAGE))
+    for dynamo in (False, True):
+        found = analyse(load_graph(export(net, dynamo)))
+        assert "SandwichBlock" not in {layer.op for layer in found.layers}
+        assert found.spec.lipschitz_bound >= largest_jacobian_norm(net, IMAGE, points=6) * SOUND
 
 
 # --- the LipSDP certificate on its own ---------------------------------------------------------
