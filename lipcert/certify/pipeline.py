@@ -300,7 +300,7 @@ def choose_evaluators(
         exact = Float64Evaluator(analysis.graph, spec64, reference=runtime, threads=threads)
         return Evaluators(exact, None, spec64)
     exact = Float64Evaluator(analysis.graph, spec64, threads=threads)
-    if PosteriorEvaluator.applies(loaded):
+    if PosteriorEvaluator.applies(loaded, runtime.session):
         try:
             posterior = PosteriorEvaluator(loaded, analysis, threads, plain=runtime)
         except ModelLoadError:  # onnxruntime cannot run the model with the extra outputs

@@ -91,13 +91,15 @@ class PosteriorEvaluator:
         self.checked = False
 
     @staticmethod
-    def applies(model: LoadedModel) -> bool:
-        """Only float32 models with a free batch size (else the plain evaluator is used)."""
+    def applies(model: LoadedModel, session: Any = None) -> bool:
+        """Only float32 models with a free batch size (else the plain evaluator is used).
+        `session`: an onnxruntime session of the model already made, if any."""
         import onnxruntime as ort
 
         if model.fixed_batch is not None:
             return False
-        session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+        if session is None:
+            session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
         return "float)" in session.get_inputs()[0].type
 
     def evaluate(self, batch: np.ndarray) -> Evaluation:
