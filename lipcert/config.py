@@ -150,9 +150,13 @@ def _relative_to(config: Path, text: str) -> Path:
 
 
 def _dataset_path(config: Path, text: str) -> str:
-    """A dataset file named relative to the config's folder; a dataset name unchanged."""
+    """A dataset file (or imagefolder:PATH) named relative to the config's folder; a dataset
+    name unchanged."""
     from lipcert.datasets.catalog import canonical_name
+    from lipcert.datasets.imagefolder import PREFIX, is_imagefolder
 
     if canonical_name(text) is not None:
         return text
+    if is_imagefolder(text):
+        return PREFIX + str(_relative_to(config, text[len(PREFIX) :]))
     return str(_relative_to(config, text))
