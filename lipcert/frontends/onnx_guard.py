@@ -47,7 +47,7 @@ _SIZE_SAFE = frozenset(
         "IsNaN",
         "Log",
         "Neg",
-        "NonZero",
+        "NonZero",  # only with an input of known size; checked below
         "Not",
         "ReduceL1",
         "ReduceL2",
@@ -183,6 +183,10 @@ def _first_unbounded(
             # as large as all its inputs together: chained Concats of open shapes would
             # multiply sizes, so every input must have a known size and all fit the guard
             safe = _inputs_fit(node, shapes)
+        elif safe and node.op_type == "NonZero":
+            # rank times as large as its input: chained, sizes would multiply
+            dims = shapes.get(node.input[0])
+            safe = dims is not None and len(dims) * _count(dims) <= MAX_TENSOR_ELEMENTS
         if safe:
             continue
         key = node.name + "/" + "/".join(node.output)

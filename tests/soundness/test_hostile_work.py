@@ -283,3 +283,38 @@ def test_chained_concats_within_the_guard_load(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("lipcert.frontends.onnx_guard.MAX_TENSOR_ELEMENTS", 1 << 20)
     loaded = load_from_proto(_concat_chain(16), LoadOptions(), source="m.onnx", fmt="onnx")
     assert loaded.graph.shape("logits") == (1, 2)
+
+
+def _nonzero_chain(levels: int) -> onnx.ModelProto:
+    """NonZero of Exp of NonZero ... of a constant: each NonZero's output has its input's
+    rank times its size (Exp > 0 keeps every entry), an open size to inference."""
+    nodes, previous = [], "ones"
+    for level in range(levels):
+        nodes += [
+            helper.make_node("NonZero", [previous], [f"nz{level}"], name=f"nonzero{level}"),
+            helper.make_node("Cast", [f"nz{level}"], [f"f{level}"], to=TensorProto.FLOAT),
+            helper.make_node("Exp", [f"f{level}"], [f"e{level}"], name=f"exp{level}"),
+        ]
+        previous = f"e{level}"
+    nodes += [
+        helper.make_node("Shape", [previous], ["shape"], name="shape"),
+        helper.make_node("ReduceMax", ["shape"], ["m"], keepdims=0, name="max"),
+        helper.make_node("Cast", ["m"], ["m_f"], to=TensorProto.FLOAT, name="to_float"),
+        helper.make_node("Mul", ["x", "m_f"], ["logits"], name="scale"),
+    ]
+    return make(nodes, [tensor("ones", np.ones(1024))], [1, 2], [1, 2])
+
+
+def test_chained_nonzeros_are_bounded_before_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1024 * 2^12 values against a guard of 2^20: refused before the probe allocates them."""
+    monkeypatch.setattr("lipcert.frontends.onnx_guard.MAX_TENSOR_ELEMENTS", 1 << 20)
+    with pytest.raises(ModelLoadError, match=r"node 'nonzero\d+' \(NonZero\): the size"):
+        load_from_proto(_nonzero_chain(12), LoadOptions(), source="m.onnx", fmt="onnx")
+
+
+def test_short_nonzero_chain_passes_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look-alike: three levels fit the same guard; the probe runs, and only the constant
+    computed through Exp is refused afterwards (by the float64 folding, not by the guard)."""
+    monkeypatch.setattr("lipcert.frontends.onnx_guard.MAX_TENSOR_ELEMENTS", 1 << 20)
+    with pytest.raises(UnsupportedOpError, match="float64 recomputation is not bounded"):
+        load_from_proto(_nonzero_chain(3), LoadOptions(), source="m.onnx", fmt="onnx")
