@@ -586,6 +586,18 @@ def flipped_transpose(kernel: np.ndarray) -> np.ndarray:
     return np.flip(np.swapaxes(kernel, 0, 1), axis=spatial_axes)
 
 
+def _split_leftover_bound(weight: np.ndarray) -> float:
+    """A bound of the conv norm of weight - skew_part - symmetric_part, the float64 rounding
+    of the split. Each half is one rounded sum halved exactly, so each entry of the leftover
+    is at most u (|w| + |flip(w^T)|); a conv's norm is at most the sum of its taps' norms,
+    hence at most sqrt(taps) times the kernel's Frobenius norm. (When the symmetric part is
+    exactly zero the split is exact: w - (-w) = 2w.)"""
+    magnitude = np.abs(weight) + np.abs(flipped_transpose(weight))
+    taps = int(np.prod(weight.shape[2:]))
+    frobenius = float(np.sqrt(np.sum(magnitude * magnitude)))
+    return numeric.up(math.sqrt(taps) * 2.0**-52 * frobenius * (1 + 1e-6))
+
+
 def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]:
     """Bounds of ||suffix p(A) prefix|| <= outer * ||p(A)||, by every method that applies."""
     conv = poly.conv
@@ -618,7 +630,10 @@ def polynomial_candidates(graph: Graph, poly: ConvPolynomial) -> list[Candidate]
         epsilon = (
             0.0
             if not np.any(symmetric_part)
-            else _conv_operator_norm(graph, conv, symmetric_part, poly.circular)
+            else add_up(
+                _conv_operator_norm(graph, conv, symmetric_part, poly.circular),
+                _split_leftover_bound(weight),
+            )
         )
         if epsilon <= SKEW_TOLERANCE * rho_skew:
             value = skew_polynomial_bound(c, rho_skew, epsilon)
