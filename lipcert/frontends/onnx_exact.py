@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from lipcert.errors import UnsupportedOpError
-from lipcert.frontends.onnx_flow import Flow, all_reads
+from lipcert.frontends.onnx_flow import Flow, all_reads, node_label
 from lipcert.graph import Graph
 
 # Ops whose outputs are exact whenever their inputs are.
@@ -136,7 +136,7 @@ def inexact_constants(
 def refuse_inexact(name: str, origin: onnx.NodeProto, graph: Graph, why: str) -> None:
     consumer = next(node for node in graph.nodes if name in node.inputs)
     raise UnsupportedOpError(
-        f"node {origin.name or origin.op_type!r} ({origin.op_type}) computes a constant in "
+        f"{node_label(origin)} computes a constant in "
         f"floating point ({name!r}, read by node {consumer.name!r}) whose float32 value is "
         f"not exact, and {why}; fold such constants into the weights at export"
     )
@@ -337,7 +337,7 @@ def float64_errors(
     for node in nodes:
         if any(flow.is_data.get(name, False) for name in node.output if name):
             continue
-        label = f"node {node.name or node.op_type!r} ({node.op_type})"
+        label = node_label(node)
         out = values.get(node.output[0]) if node.output else None
         try:
             bound = _absolute_error(node, values, rho, absolute, out, opset)
@@ -363,7 +363,7 @@ def float64_errors(
         if not rho.get(name, 0.0) <= MAX_FOLDED_ERROR:
             origin = next(n for n in nodes if name in n.output)
             raise FoldingError(
-                f"node {origin.name or origin.op_type!r} ({origin.op_type}): its float64 value "
+                f"{node_label(origin)}: its float64 value "
                 f"may be off by {rho[name]:.3g} of itself (cancellation)"
             )
     return rho

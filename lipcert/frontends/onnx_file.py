@@ -33,6 +33,7 @@ from lipcert.frontends.onnx_flow import (
     Flow,
     data_flow,
     needed_nodes,
+    node_label,
     refuse_random_and_loops,
     shape_derived,
     subgraphs,
@@ -460,7 +461,7 @@ def _refuse_value_dependence(nodes: list[onnx.NodeProto], flow: Flow) -> None:
         outputs = [name for name in proto.output if name]
         if not any(flow.is_data.get(name, False) for name in outputs):
             continue
-        label = f"node {proto.name or proto.op_type!r} ({proto.op_type})"
+        label = node_label(proto)
         if any(True for _ in subgraphs(proto)):
             raise UnsupportedOpError(
                 f"{label} depends on the input's values (directly or in its subgraphs): "
@@ -469,7 +470,7 @@ def _refuse_value_dependence(nodes: list[onnx.NodeProto], flow: Flow) -> None:
         varying = [name for name in outputs if flow.shape_varies.get(name, False)]
         if varying:
             origin = flow.shape_origin.get(varying[0], proto)
-            where = f"node {origin.name or origin.op_type!r} ({origin.op_type})"
+            where = node_label(origin)
             raise UnsupportedOpError(
                 f"{where}: the shape of its output depends on the input's values, not only "
                 f"on its shape{'' if origin is proto else f' (read by {label})'}; lipcert "

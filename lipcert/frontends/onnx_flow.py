@@ -272,14 +272,19 @@ def refuse_random_and_loops(
         where = "" if node is top else f" (inside {_label(top)})"
         if node.op_type in RANDOM_OPS:
             raise UnsupportedOpError(
-                f"node {_label(node)} ({node.op_type}){where} draws random numbers: a model "
+                f"{node_label(node)}{where} draws random numbers: a model "
                 "must compute a fixed function to be certified"
             )
         if node.op_type in LOOP_OPS:
             raise UnsupportedOpError(
-                f"node {_label(node)} ({node.op_type}){where}: loops are not supported; "
+                f"{node_label(node)}{where}: loops are not supported; "
                 "lipcert cannot bound their work or what they read before running them"
             )
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """How refusals name a node: node 'name' (OpType), the op type where it has no name."""
+    return f"node {_label(node)} ({node.op_type})"
 
 
 def _label(node: onnx.NodeProto) -> str:

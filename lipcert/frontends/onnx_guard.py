@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from lipcert.errors import ModelLoadError
-from lipcert.frontends.onnx_flow import Flow, nested_nodes, subgraphs
+from lipcert.frontends.onnx_flow import Flow, nested_nodes, node_label, subgraphs
 
 # The probe keeps every intermediate tensor: one larger than this (1 GiB of float32) is
 # refused before anything is allocated, as a file built to exhaust memory would be.
@@ -192,8 +192,7 @@ def _first_unbounded(
         key = node.name + "/" + "/".join(node.output)
         if key in settled:
             raise ModelLoadError(
-                f"node {node.name or node.op_type!r} ({node.op_type}): the size of its output "
-                "cannot be bounded before running it"
+                f"{node_label(node)}: the size of its output cannot be bounded before running it"
             )
         return node
     return None
@@ -354,7 +353,7 @@ def _refuse_allocations_in_subgraphs(nodes: list[onnx.NodeProto], functions: obj
             continue
         if node.op_type not in _SIZE_SAFE or node.op_type == "Gather":
             raise ModelLoadError(
-                f"node {node.name or node.op_type!r} ({node.op_type}) inside "
+                f"{node_label(node)} inside "
                 f"{top.name or top.op_type!r} ({top.op_type}): lipcert cannot bound the size "
                 "of its output before running it"
             )
