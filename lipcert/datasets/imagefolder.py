@@ -53,7 +53,7 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     samples: list[tuple[Path, int]] = []
     for index, name in enumerate(classes):
         found = []
-        for folder, _, files in sorted(os.walk(root / name, followlinks=True)):
+        for folder, files in _walk(root / name):
             for file in sorted(files):
                 if file.lower().endswith(EXTENSIONS):
                     found.append((Path(folder) / file, index))
@@ -63,6 +63,20 @@ def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             )
         samples.extend(found)
     return classes, samples
+
+
+def _walk(top: Path) -> list[tuple[str, list[str]]]:
+    """(folder, files) under `top`, links followed, sorted as `sorted(os.walk(...))` sorts;
+    a link back to a folder already walked is refused (it would loop forever)."""
+    seen: set[str] = set()
+    walked: list[tuple[str, list[str]]] = []
+    for folder, _, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            raise DatasetError(f"{folder}: a link loops back to a folder already read")
+        seen.add(real)
+        walked.append((folder, files))
+    return sorted(walked)
 
 
 def pillow() -> Any:
