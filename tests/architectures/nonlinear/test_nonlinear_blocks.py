@@ -497,3 +497,41 @@ def test_conv_sandwich_is_certified_on_its_explicit_matrices(dynamo: bool) -> No
     truth = sandwich_constant_by_vertices(pre[:, None] * first, second * post[None, :])
     product = np.linalg.norm(pre[:, None] * first, 2) * np.linalg.norm(second * post, 2)
     assert truth * SOUND <= layer.bound <= product * (1 + 1e-9)
+
+
+class _SelectOfThree(nn.Module):
+    """where(a > b, a, c) with c != b: Max's shape, but it jumps where a = b and c != b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.b, self.c = nn.Linear(32, 4), nn.Linear(32, 4), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        a, b = self.a(x), self.b(x)
+        return torch.where(a > b, a, self.c(x))
+
+
+class _SelectNotSwapped(nn.Module):
+    """cat(where(a > b, a, b), where(a > b, a, b)): two Max halves, not a MinMax pair."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x[:, :2], x[:, 2:]
+        high = torch.where(a > b, a, b)
+        return torch.cat([high, torch.where(a > b, a, b) * 1.0], dim=1)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_select_of_a_third_branch_is_not_a_max(dynamo: bool) -> None:
+    net = nn.Sequential(_SelectOfThree(), nn.Linear(4, 2)).eval()
+    with pytest.raises(UnsupportedOpError, match=r"node '.*' has op '(Greater|Where)'"):
+        analyse(load_graph(export(net, dynamo)))
+
+
+def test_unswapped_selects_are_not_a_groupsort() -> None:
+    """Each half is a Max (1-Lipschitz); the pair must not be read as one MinMax (bound 1):
+    the concatenation of the same Max twice has constant sqrt(2)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32, 4), _SelectNotSwapped(), nn.Linear(4, 2))
+    found = analyse(load_graph(export(net.eval(), False)))
+    assert "GroupSort" not in [layer.op for layer in found.layers]
