@@ -115,6 +115,20 @@ def parse_number(text: str) -> float | None:
     return float(text) if _NUMBER.fullmatch(text) else None
 
 
+def _round_up(pieces: list[str]) -> float:
+    """The smallest float >= the exact value of a typed number or fraction ('36/255', '0.1'):
+    "radius > eps" then proves the radius exceeds the eps the user typed, not a value half an
+    ulp below it. Overflow gives inf (refused by the caller)."""
+    from fractions import Fraction
+
+    exact = Fraction(pieces[0]) / Fraction(pieces[1]) if len(pieces) == 2 else Fraction(pieces[0])
+    try:
+        value = float(exact)
+    except OverflowError:
+        return float("inf")
+    return float(np.nextafter(value, np.inf)) if Fraction(value) < exact else value
+
+
 def parse_eps_list(text: str, *, what: str = "--eps") -> list[Eps]:
     """'36/255,72/255,1' -> thresholds; each a number or a fraction a/b, finite, > 0, distinct."""
     from lipcert.errors import UsageError
@@ -130,9 +144,9 @@ def parse_eps_list(text: str, *, what: str = "--eps") -> list[Eps]:
                 f"{part!r}"
             )
         numbers = [float(piece) for piece in pieces if piece is not None]
-        value = numbers[0] / numbers[1] if len(numbers) == 2 and numbers[1] != 0 else numbers[0]
         if len(numbers) == 2 and numbers[1] == 0:
             raise UsageError(f"expected {what} values with a non-zero denominator but got {part!r}")
+        value = _round_up([piece.strip() for piece in part.split("/", 1)])
         if not np.isfinite(value):
             raise UsageError(f"expected finite {what} values but got {part!r}")
         if value <= 0:

@@ -48,3 +48,15 @@ def test_parse_eps_list_keeps_labels_and_fractions() -> None:
 def test_parse_eps_list_refuses(text: str) -> None:
     with pytest.raises(UsageError, match="expected"):
         parse_eps_list(text)
+
+
+@pytest.mark.parametrize("typed", ["36/255", "72/255", "108/255", "1/3", "0.1", "0.3", "2e-3", "1"])
+def test_eps_is_the_smallest_float_not_below_the_typed_value(typed: str) -> None:
+    """'radius > eps' must prove the radius exceeds the eps as typed, not half an ulp below."""
+    from fractions import Fraction
+
+    numerator, _, denominator = typed.partition("/")
+    exact = Fraction(numerator) / Fraction(denominator or "1")
+    value = parse_eps_list(typed)[0].value
+    assert Fraction(value) >= exact
+    assert Fraction(float(np.nextafter(value, -np.inf))) < exact
