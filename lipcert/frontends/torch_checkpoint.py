@@ -72,7 +72,9 @@ def load_module(module: Any, input_shape: tuple[int, ...], source: str = "<modul
             f"cannot copy the module {source!r}: {type(exc).__name__}: {_one_line(exc)}"
         ) from None
     _own_parametrized_classes(duplicate)
-    return _load_module(duplicate, input_shape, Path(source))
+    # The module's forward may print: library code writes nothing on stdout (as load_model).
+    with redirect_stdout(sys.stderr):
+        return _load_module(duplicate, input_shape, Path(source))
 
 
 def _own_parametrized_classes(module: Any) -> None:
@@ -305,9 +307,7 @@ def _build(arch: str | None, state: dict[str, Any], path: Path, recorded: str | 
         )
     factory = resolve_arch(arch)
     try:
-        # The user's code may print: stdout carries lipcert's own output (--json).
-        with redirect_stdout(sys.stderr):
-            module = factory()
+        module = factory()  # its prints go to stderr: load_model redirects stdout
     except Exception as exc:
         raise ModelLoadError(
             f"--arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}"
@@ -361,11 +361,9 @@ def resolve_arch(arch: str) -> Any:
             if spec is None or spec.loader is None:
                 raise UsageError(f"cannot import {target!r}")
             module = importlib.util.module_from_spec(spec)
-            with redirect_stdout(sys.stderr):  # importing runs the user's code: it may print
-                spec.loader.exec_module(module)
+            spec.loader.exec_module(module)  # the user's code: load_model redirects its prints
         else:
-            with redirect_stdout(sys.stderr):
-                module = _import_from_working_folder(target)
+            module = _import_from_working_folder(target)
     except UsageError:
         raise
     except Exception as exc:

@@ -245,3 +245,21 @@ def test_from_torch_refuses_what_it_cannot_bound() -> None:
         lipcert.from_torch(nn.Linear(2, 2), None)  # type: ignore[arg-type]
     with pytest.raises(ModelLoadError, match="no model file"):
         lipcert.load("no/such/model.onnx")
+
+
+def test_from_torch_writes_nothing_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    # library code never prints: a module whose forward prints (called by the batch probe
+    # and the export check) has its output sent to stderr, as a checkpoint's module has
+    class Chatty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            print("forward called")
+            return self.linear(x)
+
+    lipcert.from_torch(Chatty(), (2,))
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert "forward called" in captured.err
