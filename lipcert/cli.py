@@ -181,12 +181,18 @@ RayOpt = Annotated[
 ResizeOpt = Annotated[
     int | None,
     typer.Option(
-        "--resize", help="imagefolder: resize the shorter side to this many pixels (256)."
+        "--resize",
+        help="imagefolder: resize the shorter side to this many pixels "
+        "(default round(crop / 0.875): 256 for 224).",
     ),
 ]
 CropOpt = Annotated[
     int | None,
-    typer.Option("--crop", help="imagefolder: centre crop of this size after --resize (224)."),
+    typer.Option(
+        "--crop",
+        help="imagefolder: centre crop of this size after --resize "
+        "(default the model's input size, else 224).",
+    ),
 ]
 JsonOpt = Annotated[
     bool,

@@ -54,7 +54,8 @@ def certify_dataset(
     if isinstance(data, (str, Path)):
         from lipcert.datasets import load_dataset
 
-        data = load_dataset(str(data))
+        # An image folder is resized and cropped to the model's input size.
+        data = load_dataset(str(data), model_shape=model.input_shape)
     names = tuple(class_names) if class_names is not None else None
     if _is_dataset(data):
         names = names or data.class_names

@@ -267,6 +267,7 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
         label_column=request.label_column,
         resize=request.resize,
         crop=request.crop,
+        model_shape=_declared_shape(request),
     )
     loaded = _load_for(request, dataset)
     analysis = analyse(loaded.graph)
@@ -325,7 +326,7 @@ def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutc
         model=str(request.model),
         dataset=prepared.dataset,
         preprocessing=prepared.preprocessing,
-        notes=tuple(prepared.analysis.notes),
+        notes=tuple(prepared.analysis.notes) + prepared.dataset.notes,
         precision=prepared.evaluator.precision,
         config=None if config.path is None else str(config.path),
         refinement=refinement,
@@ -377,6 +378,16 @@ def _gate_eps(text: str | None, eps_list: list[Eps], origin: str) -> Eps:
         eps_list.append(eps)
         return eps
     return same
+
+
+def _declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:
+    """The model's fixed input shape, for an image folder's default resize and crop."""
+    from lipcert.datasets.imagefolder import is_imagefolder
+    from lipcert.frontends.declared import declared_input_shape
+
+    if request.dataset is None or not is_imagefolder(request.dataset):
+        return None
+    return declared_input_shape(request.model, request.input_shape)
 
 
 def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:

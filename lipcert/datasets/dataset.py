@@ -29,6 +29,9 @@ class Dataset:
     class_names: tuple[str, ...] | None
     source: str
     kind: str = "images"
+    # What the reader chose or skipped that the report should say (imagefolder: sizes
+    # taken from the model, files skipped).
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         source = self.source

@@ -33,10 +33,12 @@ def load_dataset(
     label_column: str | None = None,
     resize: int | None = None,
     crop: int | None = None,
+    model_shape: tuple[int, ...] | None = None,
 ) -> Dataset:
     """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist), a .npz or a .csv file,
     or imagefolder:PATH (one folder per class, images resized to `resize` and cropped to
-    `crop`: `lipcert.datasets.imagefolder`).
+    `crop`, by default the input size of the model, `model_shape` (C, H, W), when given:
+    `lipcert.datasets.imagefolder`). Other datasets ignore `model_shape`.
 
     A name ending in .npz or .csv, or an existing path that is not a known dataset name, is
     read as a file (split is then "file" and the split argument is ignored). A CSV file holds
@@ -49,7 +51,9 @@ def load_dataset(
         if label_column is not None:
             raise UsageError("--label-column is for CSV files, not for an image folder")
         folder = name_or_path[len("imagefolder:") :]
-        return read_imagefolder(folder, limit=limit, resize=resize, crop=crop)
+        return read_imagefolder(
+            folder, limit=limit, resize=resize, crop=crop, model_shape=model_shape
+        )
     if resize is not None or crop is not None:
         raise UsageError(f"--resize and --crop are for imagefolder:PATH, not {name_or_path!r}")
     name = canonical_name(name_or_path)

@@ -136,10 +136,20 @@ def test_cli_certifies_a_folder_and_says_radii_are_in_preprocessed_pixels(folder
     document = json.loads(result.stdout)
     assert document["n"] == 5
     assert document["input_space"].startswith("the preprocessed 32x32 pixels")
-    # The default crop, 224, does not fit a 32x32 model: one line, exit 2.
-    result = CliRunner().invoke(app, [*arguments, "--quiet", "--no-config"])
+    assert not any("imagefolder: shorter side" in note for note in document["notes"])
+    # Neither given: the model's 3x32x32 input sets them (resize 37, crop 32), and the
+    # notes say so.
+    result = CliRunner().invoke(app, [*arguments, "--json", "--quiet", "--no-config"])
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["notes"]
+    assert any("resized to 37 (round(32 / 0.875)) and centre crop 32x32" in n for n in notes)
+    assert any("1 file without an image extension skipped" in n for n in notes)
+    # A crop that does not fit the model: one line naming both, exit 2, before any decoding.
+    result = CliRunner().invoke(app, [*arguments, "--crop", "24", "--quiet", "--no-config"])
     assert result.exit_code == 2
-    assert result.output.strip().startswith("DatasetError:")
+    line = result.output.strip()
+    assert line.startswith("UsageError: --crop 24 makes 24x24 images but the model takes 3x32x32")
+    assert "\n" not in line
 
 
 def test_a_link_that_loops_back_is_refused(tmp_path: Path) -> None:
@@ -152,3 +162,129 @@ def test_a_link_that_loops_back_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
     with pytest.raises(DatasetError, match="loops back"):
         find_images(tmp_path)
+
+
+def _by_hand_rect(path: Path, resize: int, height: int, width: int) -> np.ndarray:
+    """Resize(resize) + CenterCrop((height, width)), with Pillow alone."""
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    image = image.resize(size, Image.BILINEAR)
+    w, h = image.size
+    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
+    return np.array(image.crop((left, top, left + width, top + height))).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("resize", "crop", "shape", "expected"),
+    [
+        pytest.param(None, None, (3, 224, 224), (256, (224, 224)), id="imagenet"),
+        pytest.param(None, None, (3, 32, 32), (37, (32, 32)), id="cifar_sized"),
+        pytest.param(None, None, (3, 20, 28), (32, (20, 28)), id="rectangle"),
+        pytest.param(300, None, (3, 224, 224), (300, (224, 224)), id="resize_given"),
+        pytest.param(None, 224, (3, 224, 224), (256, (224, 224)), id="crop_given_matches"),
+        pytest.param(None, None, None, (256, (224, 224)), id="no_model_shape"),
+        pytest.param(None, 32, None, (37, (32, 32)), id="crop_alone"),
+        pytest.param(None, None, (784,), (256, (224, 224)), id="vector_model"),
+    ],
+)
+def test_sizes_follow_the_model(resize, crop, shape, expected) -> None:
+    from lipcert.datasets.imagefolder import choose_sizes
+
+    sizes = choose_sizes(resize, crop, shape)
+    assert (sizes.resize, sizes.crop) == expected
+    # The note is there exactly when a size was taken from the model.
+    assert (sizes.note is not None) == (
+        shape is not None and len(shape) == 3 and None in (resize, crop)
+    )
+
+
+def test_sizes_that_do_not_fit_the_model_are_one_line() -> None:
+    from lipcert.datasets.imagefolder import choose_sizes
+
+    expected = r"^--crop 200 makes 200x200 images but the model takes 3x224x224: give --crop 224"
+    with pytest.raises(UsageError, match=expected):
+        choose_sizes(None, 200, (3, 224, 224))
+    with pytest.raises(UsageError, match="model takes 3x20x28"):
+        choose_sizes(None, 20, (3, 20, 28))
+    with pytest.raises(UsageError, match="--crop <= --resize but got 224 > 200"):
+        choose_sizes(200, None, (3, 224, 224))
+    with pytest.raises(
+        DatasetError, match=r"read as RGB \(3 channels\) but the model takes 1x28x28"
+    ):
+        choose_sizes(None, None, (1, 28, 28))
+
+
+def test_pixels_at_the_model_size_match_pillow(folder: Path) -> None:
+    """A 3x20x28 model: shorter side 32 = round(28 / 0.875), centre crop 20 high, 28 wide."""
+    dataset = load_dataset(f"imagefolder:{folder}", model_shape=(3, 20, 28))
+    assert dataset.images.shape == (5, 3, 20, 28)
+    files = [
+        folder / "b_cat" / "a.png",
+        folder / "b_cat" / "sub" / "c.png",
+        folder / "n01" / "x.jpeg",
+        folder / "zebra" / "a.JPG",
+        folder / "zebra" / "b.png",
+    ]
+    for index, file in enumerate(files):
+        np.testing.assert_array_equal(dataset.images[index], _by_hand_rect(file, 32, 20, 28))
+    assert any("resized to 32" in note for note in dataset.notes)
+    # Given sizes win over the model's (a matching crop, another resize).
+    square = read_imagefolder(folder, resize=40, model_shape=(3, 24, 24))
+    np.testing.assert_array_equal(
+        square.images[2], _by_hand_rect(folder / "n01" / "x.jpeg", 40, 24, 24)
+    )
+
+
+def test_hidden_entries_are_not_read_and_skips_are_counted(folder: Path) -> None:
+    """A hidden folder is no class (the labels would shift), hidden files are no samples
+    (macOS's ._x.jpg forks do not decode); other non-images are skipped and counted."""
+    plain = read_imagefolder(folder, resize=16, crop=16)
+    _write(folder / ".ipynb_checkpoints" / "a.png", (20, 20), 7)
+    _write(folder / "a_first" / ".hidden" / "q.png", (20, 20), 8)
+    _write(folder / "a_first" / "ok.png", (20, 20), 9)
+    (folder / "zebra" / "._a.JPG").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not a JPEG")
+    (folder / "n01" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "n01" / "README").write_text("no extension")
+    dataset = read_imagefolder(folder, resize=16, crop=16)
+    assert dataset.class_names == ("a_first", "b_cat", "n01", "zebra")
+    assert dataset.labels.tolist() == [0, 1, 1, 2, 3, 3]
+    np.testing.assert_array_equal(dataset.images[1:], plain.images)
+    assert dataset.notes == (
+        "imagefolder: 2 files without an image extension skipped (the first: 'b_cat/notes.txt')",
+    )
+    # A hidden folder alone does not make a second class.
+    lone = folder.parent / "lone"
+    _write(lone / "cls" / "a.png", (8, 8), 0)
+    _write(lone / ".cache" / "b.png", (8, 8), 0)
+    with pytest.raises(DatasetError, match=r"found 1 \(hidden folders"):
+        read_imagefolder(lone)
+
+
+def test_an_image_extension_on_another_file_is_an_error_naming_it(folder: Path) -> None:
+    (folder / "n01" / "table.jpg").write_text("a,b\n1,2\n")
+    with pytest.raises(DatasetError, match=r"n01/table\.jpg: cannot decode the image"):
+        read_imagefolder(folder, resize=16, crop=16)
+
+
+def test_declared_input_shape_reads_the_file_only(tmp_path: Path) -> None:
+    """The shape an image folder is cropped to: what the file states, or None when open."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lipcert.frontends.declared import declared_input_shape
+
+    models = Path(__file__).resolve().parents[2] / "sample_models"
+    assert declared_input_shape(models / "cifar10_shaped_ce_tau16.onnx") == (3, 32, 32)
+    assert declared_input_shape(models / "cifar10_shaped_ce_tau16.safetensors") == (3, 32, 32)
+    assert declared_input_shape(models / "cifar10_shaped_ce_tau16.onnx", "3,24,24") == (3, 24, 24)
+    open_size = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "open",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        )
+    )
+    onnx.save(open_size, tmp_path / "open.onnx")
+    assert declared_input_shape(tmp_path / "open.onnx") is None
