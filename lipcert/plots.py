@@ -52,29 +52,13 @@ def save(figure: Figure, path: str | Path) -> Path:
     """Write `figure` as PNG or SVG, chosen by the suffix of `path`, atomically."""
     import io
 
+    from lipcert.reports.files import write_bytes_atomically
+
     target = check_plot_path(path)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=target.suffix.lower().lstrip("."), dpi=150)
-    _write_bytes(target, buffer.getvalue())
+    write_bytes_atomically(target, buffer.getvalue())
     return target
-
-
-def _write_bytes(target: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        # mkstemp makes the file private; a figure gets the mode `open` would give it
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def certified_accuracy_curve(

@@ -12,7 +12,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from lipcert.errors import UsageError
 
@@ -52,17 +52,28 @@ def check_output_path(
 
 
 def write_atomically(path: str | Path, write: Callable[[IO[str]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`.
+    """Write text through a temporary file in the same folder, then rename it over `path`.
 
     A link is followed (the file it points to is replaced, not the link). A path that exists
     and is not a regular file (/dev/stdout, a pipe) is written in place, since renaming over
     it would replace the device or pipe.
     """
+    _write_through_temporary(path, write, binary=False)
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """`data` written as `write_atomically` writes text (a figure, say)."""
+    _write_through_temporary(path, lambda handle: handle.write(data), binary=True)
+
+
+def _write_through_temporary(path: str | Path, write: Callable[[Any], Any], binary: bool) -> None:
     target = Path(os.path.realpath(Path(path).expanduser()))
+    mode_text = "wb" if binary else "w"
+    text_options: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
     if target.exists() and not target.is_file():
         if target.is_dir():
             raise UsageError(f"cannot write {str(path)!r}: it is a folder")
-        with open(target, "w", encoding="utf-8", newline="") as handle:
+        with open(target, mode_text, **text_options) as handle:
             write(handle)
         return
     folder = target.parent
@@ -71,7 +82,7 @@ def write_atomically(path: str | Path, write: Callable[[IO[str]], None]) -> None
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else _default_mode()
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+        with os.fdopen(descriptor, mode_text, **text_options) as handle:
             write(handle)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
