@@ -53,6 +53,19 @@ def test_curve_is_the_certified_accuracy_at_every_radius() -> None:
     assert brute_force_accuracy(radius, correct, r[-1] + 1) == 0
 
 
+def test_a_reports_curve_is_its_certified_accuracy_at_every_radius() -> None:
+    x, y = points_2d(80, seed=5)
+    report = lipcert.certify_dataset(lipcert.from_torch(relu_2d(seed=5), (2,)), (x, y), eps=[0.1])
+    r, value = report.curve()
+    correct = report.samples.prediction == y
+    assert r[0] == 0 and np.all(np.diff(r) > 0)
+    for corner, v in zip(r, value, strict=True):
+        assert v == brute_force_accuracy(report.samples.radius, correct, corner)
+    # at an eps the curve gives the report's certified accuracy
+    index = np.searchsorted(r, 0.1, side="right") - 1
+    assert value[index] == report.certified_accuracy[0.1]
+
+
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_certified_accuracy_figure_plots_the_curve(tmp_path: Path, suffix: str) -> None:
     x, y = points_2d(120, seed=3)

@@ -263,16 +263,14 @@ class DatasetReport:
         """`to_dict()` as a JSON string (no NaN: an empty class cannot occur)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def curve(self, radii: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Certified accuracy against radius: (r, fraction correct with radius > r)."""
-        from lipcert.certify.metrics import certified_accuracy
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """Certified accuracy against radius: (r, fraction correct with radius > r) at the
+        corners of that step function (`lipcert.plots.certified_accuracy_curve`)."""
+        from lipcert.plots import certified_accuracy_curve
 
         correct = self.samples.correct
-        assert correct is not None
-        if radii is None:
-            radii = np.unique(np.concatenate([[0.0], self.samples.radius[correct]]))
-        values = np.array([certified_accuracy(correct, self.samples.radius, r) for r in radii])
-        return np.asarray(radii, dtype=np.float64), values
+        assert correct is not None  # certify_dataset always has labels
+        return certified_accuracy_curve(self.samples.radius, correct)
 
     def _certificates(self) -> Certificates:
         samples = self.samples
