@@ -31,6 +31,7 @@ from lipcert.certify.pipeline import (
     Evaluators,
     Preprocessing,
     _concatenate,
+    certified_spec,
     certify_batch,
     choose_evaluators,
     model_labels,
@@ -89,9 +90,7 @@ class ShardWorker:
                 job.loaded, job.analysis, job.margins, job.threads, job.device
             )
         evaluator, exact = self.chosen.evaluator, self.chosen.exact
-        spec = job.spec
-        if job.preprocessing is not None:
-            spec = spec.scaled(job.preprocessing.lipschitz)
+        spec = certified_spec(job.spec, job.preprocessing)
         pixel_type = evaluator.input_dtype if job.preprocessing is None else np.float64
         results = []
         for _, pixels, _ in shard.batches(job.batch_size, dtype=pixel_type):
@@ -236,7 +235,7 @@ def _certify(
     seconds = time.perf_counter() - started
     batches = [batch for index in range(len(bounds)) for batch in results[index]]
     certificates = _concatenate([b[0] for b in batches], job.method)
-    spec = job.spec if job.preprocessing is None else job.spec.scaled(job.preprocessing.lipschitz)
+    spec = certified_spec(job.spec, job.preprocessing)
     return CertifyResult(
         certificates,
         labels,

@@ -8,7 +8,7 @@ once per sample; everything else is vectorised over the batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,11 @@ class Preprocessing:
     def apply(self, batch: np.ndarray) -> np.ndarray:
         shape = (1, -1) + (1,) * (batch.ndim - 2)
         return (batch.astype(np.float64) - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+
+def certified_spec(spec: CertificateSpec, preprocessing: Preprocessing | None) -> CertificateSpec:
+    """The spec of the certified function: the model after `preprocessing` (when given)."""
+    return spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
 
 
 def parse_preprocessing(
@@ -108,7 +113,7 @@ def certify_dataset(
     evaluations of those samples must agree within their allowances.
     """
     labels = model_labels(dataset, spec)
-    certified_spec = spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
+    function_spec = certified_spec(spec, preprocessing)
     parts: list[Certificates] = []
     allowances: list[np.ndarray] = []
     recomputed: list[np.ndarray] = []
@@ -118,7 +123,7 @@ def certify_dataset(
     for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
         certificates, allowance, selected = certify_batch(
-            evaluator, certified_spec, method, inputs, eps_values, exact=exact
+            evaluator, function_spec, method, inputs, eps_values, exact=exact
         )
         parts.append(certificates)
         allowances.append(allowance)
@@ -132,11 +137,33 @@ def certify_dataset(
         certificates,
         labels,
         summary,
-        certified_spec,
+        function_spec,
         np.concatenate(allowances) if allowances else np.zeros(0),
         seconds,
         np.concatenate(recomputed) if exact is not None and recomputed else None,
     )
+
+
+def certify_batches(
+    evaluator: Evaluator,
+    spec: CertificateSpec,
+    method: Method,
+    dataset: Dataset,
+    eps_values: np.ndarray,
+    *,
+    batch_size: int,
+    preprocessing: Preprocessing | None = None,
+    exact: Evaluator | None = None,
+) -> Iterator[tuple[Certificates, np.ndarray, np.ndarray]]:
+    """`certify_batch` on each batch of `dataset` in order, as `certify_dataset` runs them:
+    pixels in the evaluator's input type (float64 with preprocessing), the preprocessing
+    applied, the certified function's spec (`spec` is the model's). A Ray worker certifies
+    its shards through this, so that its batches are a one-process run's, bit for bit."""
+    certified_spec = spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
+    pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
+    for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
+        inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
+        yield certify_batch(evaluator, certified_spec, method, inputs, eps_values, exact=exact)
 
 
 def certify_batch(
