@@ -2,13 +2,13 @@
 
 The dataset is cut into shards of whole batches (a shard starts at a multiple of the batch
 size), so every batch a worker evaluates is the batch a one-process run evaluates, through the
-same code (`Dataset.batches`, the preprocessing, `certify_batch`). Each worker is a Ray actor
-that builds its evaluators once, from the model and the analysis the driver made (the graph
-is bounded once, not once per worker). The driver puts the shards' certificates back in
-dataset order and computes the metrics as `certify_dataset` does: the radii, the CSV, the
-JSON and the gates are those of a one-process run, bit for bit, as long as the evaluators
-give the same logits for the same batch on every worker (onnxruntime and torch CPU kernels
-do at a fixed thread count; tests/test_ray.py checks it).
+same code (`pipeline.certify_batches`: `Dataset.batches`, the preprocessing, `certify_batch`).
+Each worker is a Ray actor that builds its evaluators once, from the model and the analysis
+the driver made (the graph is bounded once, not once per worker). The driver puts the shards'
+certificates back in dataset order and computes the metrics as `certify_dataset` does: the
+radii, the CSV, the JSON and the gates are those of a one-process run, bit for bit, as long
+as the evaluators give the same logits for the same batch on every worker (onnxruntime and
+torch CPU kernels do at a fixed thread count; tests/test_ray.py checks it).
 
 Ray is an optional dependency: `pip install lipcert[ray]`.
 """
@@ -32,7 +32,7 @@ from lipcert.certify.pipeline import (
     Preprocessing,
     _concatenate,
     certified_spec,
-    certify_batch,
+    certify_batches,
     choose_evaluators,
     model_labels,
 )
@@ -79,7 +79,8 @@ class ShardWorker:
         # task errors, which carry their cause back to the driver
 
     def certify(self, shard: Dataset) -> list[BatchResult]:
-        """certify_batch on each batch of `shard`, exactly as certify_dataset runs them."""
+        """certify_batch on each batch of `shard`, exactly as certify_dataset runs them
+        (through pipeline.certify_batches)."""
         job = self.job
         if self.chosen is None:
             if job.torch_threads is not None:
@@ -89,16 +90,18 @@ class ShardWorker:
             self.chosen = choose_evaluators(
                 job.loaded, job.analysis, job.margins, job.threads, job.device
             )
-        evaluator, exact = self.chosen.evaluator, self.chosen.exact
-        spec = certified_spec(job.spec, job.preprocessing)
-        pixel_type = evaluator.input_dtype if job.preprocessing is None else np.float64
-        results = []
-        for _, pixels, _ in shard.batches(job.batch_size, dtype=pixel_type):
-            inputs = pixels if job.preprocessing is None else job.preprocessing.apply(pixels)
-            results.append(
-                certify_batch(evaluator, spec, job.method, inputs, job.eps_values, exact=exact)
+        return list(
+            certify_batches(
+                self.chosen.evaluator,
+                job.spec,
+                job.method,
+                shard,
+                job.eps_values,
+                batch_size=job.batch_size,
+                preprocessing=job.preprocessing,
+                exact=self.chosen.exact,
             )
-        return results
+        )
 
 
 def import_ray() -> Any:

@@ -159,11 +159,11 @@ def certify_batches(
     pixels in the evaluator's input type (float64 with preprocessing), the preprocessing
     applied, the certified function's spec (`spec` is the model's). A Ray worker certifies
     its shards through this, so that its batches are a one-process run's, bit for bit."""
-    certified_spec = spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
+    function_spec = certified_spec(spec, preprocessing)
     pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
     for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
-        yield certify_batch(evaluator, certified_spec, method, inputs, eps_values, exact=exact)
+        yield certify_batch(evaluator, function_spec, method, inputs, eps_values, exact=exact)
 
 
 def certify_batch(

@@ -27,7 +27,7 @@ such a radius.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -125,8 +125,8 @@ class TorchDeviceEvaluator:
 
     With a `reference` evaluator (onnxruntime on the CPU), the first batch (every batch with
     `check_every`) is also evaluated there and both must agree within their allowances
-    (`check_agreement`), else lipcert refuses to go on. On device="cpu" this is the float64
-    evaluator of `lipcert.evaluators.exact`, run through the device code path.
+    (`check_agreement`), else lipcert refuses to go on. On device="cpu" it computes what
+    `lipcert.evaluators.exact.Float64Evaluator` (this class, checking every batch) computes.
     """
 
     precision = "float64"
@@ -153,12 +153,19 @@ class TorchDeviceEvaluator:
         self.check_every = check_every
         self.checked = False
         self.name = f"graph float64 on {self.device}"
-        # Tensors the ops create (index lists, pooling counts) go to the device as well.
-        with torch.device(self.device):
+        with self._placed():
             self.executor = GraphExecutor(graph, torch.float64)
         self.executor.constants = {
             key: value.to(self.device) for key, value in self.executor.constants.items()
         }
+
+    def _placed(self) -> Any:
+        """Tensors the ops create (index lists, pooling counts) go to the device as well.
+        On the CPU, where they are made anyway, no torch function mode is pushed (it would
+        intercept every op of the graph)."""
+        import torch
+
+        return nullcontext() if self.device.type == "cpu" else torch.device(self.device)
 
     def evaluate(self, batch: np.ndarray) -> Evaluation:
         evaluation = self.evaluate_unchecked(batch)
@@ -182,7 +189,7 @@ class TorchDeviceEvaluator:
         """The graph's output on `batch`, computed on the device, as a float64 array."""
         import torch
 
-        with torch.no_grad(), torch.device(self.device), exact_arithmetic(self.device):
+        with torch.no_grad(), self._placed(), exact_arithmetic(self.device):
             inputs = torch.from_numpy(batch).to(self.device)
             values = self.executor(inputs)
         return values.detach().to("cpu").numpy()
