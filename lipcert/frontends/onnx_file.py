@@ -38,7 +38,7 @@ from lipcert.frontends.onnx_flow import (
     shape_derived,
     subgraphs,
 )
-from lipcert.frontends.onnx_guard import guard_sizes
+from lipcert.frontends.onnx_guard import guard_sizes, refuse_large_sparse_tensors
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel, LoadOptions, check_sample_shape
 
@@ -69,6 +69,7 @@ def load_from_proto(
 ) -> LoadedModel:
     """Turn an in-memory ONNX model into a LoadedModel (the PyTorch front-end ends here too)."""
     _refuse_external_data(model, source)
+    refuse_large_sparse_tensors(model, source)
     _check(model, source)
     input_info = _single_data_input(model, source)
     input_shape, size_known, batch = _choose_input_shape(input_info, options.input_shape, source)

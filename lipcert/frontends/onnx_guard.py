@@ -345,15 +345,57 @@ def _skeleton(
     return skeleton
 
 
+# Admitted in the main graph only with checks on their inputs' inferred sizes, which
+# inference does not give inside subgraphs: there a chain of them multiplies sizes
+# (Concat(t, t) doubles t, NonZero(t) holds rank(t) times its elements), so they are refused.
+_SIZED_IN_MAIN_GRAPH_ONLY = frozenset({"Concat", "Gather", "NonZero"})
+
+
 def _refuse_allocations_in_subgraphs(nodes: list[onnx.NodeProto], functions: object) -> None:
     """Inside If branches and local functions, inference does not bound every size: there
-    only ops whose output is no larger than their inputs are admitted."""
+    only ops whose output is no larger than their inputs are admitted (a Constant holds what
+    the file stores; sparse ones are checked by `refuse_large_sparse_tensors`)."""
     for top, node in nested_nodes(nodes, functions):  # type: ignore[arg-type]
         if node is top:
             continue
-        if node.op_type not in _SIZE_SAFE or node.op_type == "Gather":
+        where = f"{node_label(node)} inside {top.name or top.op_type!r} ({top.op_type})"
+        if node.op_type not in _SIZE_SAFE or node.op_type in _SIZED_IN_MAIN_GRAPH_ONLY:
             raise ModelLoadError(
-                f"{node_label(node)} inside "
-                f"{top.name or top.op_type!r} ({top.op_type}): lipcert cannot bound the size "
-                "of its output before running it"
+                f"{where}: lipcert cannot bound the size of its output before running it"
             )
+
+
+def refuse_large_sparse_tensors(model: onnx.ModelProto, source: str) -> None:
+    """Refuse a sparse tensor (initializer or Constant, at any depth) whose dense form is
+    above the guard: onnxruntime makes it dense when it builds a session, before any size
+    is checked, so a few bytes of file could claim terabytes."""
+
+    def check(sparse: onnx.SparseTensorProto, where: str) -> None:
+        dims = [int(d) for d in sparse.dims]
+        if any(d < 0 for d in dims) or _count(dims) > MAX_TENSOR_ELEMENTS:
+            raise ModelLoadError(
+                f"{where} of {source!r} is a sparse tensor of shape {tuple(dims)}, "
+                f"{_count(dims)} values once dense; refusing more than {MAX_TENSOR_ELEMENTS}"
+            )
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for sparse in graph.sparse_initializer:
+            check(sparse, f"initializer {sparse.values.name!r}")
+        walk_nodes(graph.node)
+
+    def walk_nodes(nodes: object) -> None:
+        for node in nodes:  # type: ignore[attr-defined]
+            for attribute in node.attribute:
+                found = list(attribute.sparse_tensors)
+                if attribute.HasField("sparse_tensor"):
+                    found.append(attribute.sparse_tensor)
+                for sparse in found:
+                    check(sparse, f"{node_label(node)}")
+                if attribute.HasField("g"):
+                    walk(attribute.g)
+                for graph in attribute.graphs:
+                    walk(graph)
+
+    walk(model.graph)
+    for function in model.functions:
+        walk_nodes(function.node)
