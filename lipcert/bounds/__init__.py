@@ -10,6 +10,7 @@ from lipcert.bounds.rules import (
     affine_blocks,
     blocks,  # SLL, Sandwich, ScatterND, refused selects
     elementwise,
+    householder,  # the Householder activation (lipcert.graph.householder)
     linear,
     patterns,
     pooling,
@@ -22,6 +23,7 @@ __all__ = [
     "blocks",
     "bound_node",
     "elementwise",
+    "householder",
     "linear",
     "patterns",
     "pooling",

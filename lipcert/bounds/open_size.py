@@ -98,6 +98,7 @@ _ANY_SIZE = frozenset(
         "TopK",
         "GroupSort",
         "MaxMin",
+        "Householder",  # per pair, constants broadcast over space
         "ReduceMax",
         "ReduceMin",
         "ReduceL2",

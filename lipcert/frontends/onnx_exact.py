@@ -592,6 +592,16 @@ def _node_error(
             raise ValueError("an inexact or non-scalar exponent")
         p = abs(float(inputs[1].reshape(())))
         return max((1 + errors[0]) ** p, (1 - errors[0]) ** -p) * (1 + 1e-9) - 1 + _LIBRARY
+    if op in ("Sin", "Cos"):
+        # 1-Lipschitz: an input within e |x| of the exact one moves the result by at most
+        # e |x| / (1 - e), relative to |result|; the library's own 64 ulps, as for Exp.
+        if errors[0] == 0:
+            return _LIBRARY
+        if errors[0] >= 0.5 or np.any((out == 0) & (inputs[0] != 0)):
+            raise ValueError("the sine or cosine of an inexact value is zero")
+        nonzero = out != 0
+        spread = np.abs(inputs[0][nonzero]) / np.abs(out[nonzero])
+        return float(np.max(spread, initial=0.0)) * errors[0] / (1 - errors[0]) * 1.01 + _LIBRARY
     raise ValueError("no float64 error bound for this op")
 
 

@@ -10,6 +10,8 @@ unchanged):
   and min. The fused node has op Max or Min, bounded by their rule.
 - LiResNet's MinMax: one comparison g = a > b of two disjoint halves of a tensor feeding
   Where(g, a, b) and Where(g, b, a), concatenated: sorting of disjoint pairs, a GroupSort.
+- The Householder activation (a pair or its reflection, selected by masks):
+  lipcert.graph.householder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from lipcert.graph.householder import match_householder
 from lipcert.graph.ir import Graph, Node
 
 # For Where(Cmp(p, q), p, q): which extreme it selects.
@@ -396,6 +399,7 @@ def _affine_at(
 
 
 SELECT_MATCHERS: tuple[Callable[[Graph, Node], Node | None], ...] = (
+    match_householder,  # lipcert.graph.householder
     match_where_min_max,
     match_where_extreme,
     match_piecewise_affine,

@@ -1,0 +1,386 @@
+"""The Householder activation (Singla, Singla and Feizi, ICLR 2022), fused into one node.
+
+The layer splits a tensor z into two halves x, y along an axis and, per pair (x_i, y_i),
+keeps the pair where the selector w . z = w1 x_i + w2 y_i is <= 0 and reflects it where it is
+> 0; the reference code writes the select with masks:
+
+    sel = x sin(t/2) - y cos(t/2)
+    a = x * (sel <= 0) + (x cos t + y sin t) * (sel > 0)
+    b = y * (sel <= 0) + (x sin t - y cos t) * (sel > 0)
+    out = concat(a, b)
+
+Both torch exporters write Split, Mul/Sub/Add with constants, LessOrEqual and Greater of the
+selector against 0, Casts of the two comparisons, four masking Muls, two Adds and a Concat
+(the sines and cosines are computed by Sin/Cos in the TorchScript export, folded into float32
+weights by dynamo).
+
+**The function lipcert certifies.** With v = w / ||w|| and R* = I - 2 v v^T (the reflection
+across the selector's line, computed exactly in rationals from the float constants w), the
+ideal activation is h(z) = z where w . z <= 0 and R* z elsewhere. It is continuous (R* fixes
+the line w . z = 0) and 1-Lipschitz: within one side it is an isometry, and for z1 kept and
+z2 reflected, ||z1 - R* z2||^2 = ||z1 - z2||^2 + 4 (v . z1)(v . z2) <= ||z1 - z2||^2 because
+v . z1 <= 0 < v . z2. The same holds with the sides swapped, and with strict and non-strict
+comparisons exchanged.
+
+The file's own reflection constants R (float32 sines and cosines) are not exactly R*: the
+exact function with them jumps by up to ||R - R*|| ||z|| across the line (about 1e-7 ||z||),
+so it has no Lipschitz constant. lipcert certifies h and counts the difference between what
+the runtime computes and h in the node's rounding allowance
+(lipcert.bounds.rules.householder), from the deviations recorded here:
+- `deviation32`: max over pairs of ||R_rt - R*||_F with R_rt the constants as the float32
+  runtime holds them (the file's float32 weights, or the float32 roundings of constants the
+  front-end recomputed in float64), rounded up;
+- `deviation64`: the same for the float64 values of the graph, when the runtime may hold them
+  (constants that are not float32 weights), else 0;
+- `abs_norm`: an upper bound of the norm of |R| (entrywise absolute values) for every pair.
+In the fused node's body, the reflection's constants are replaced by the float64 roundings of
+R* (correctly rounded from the exact rationals), so that the float64 executor computes h up to
+its own rounding; onnxruntime keeps running the file's constants.
+
+A select whose reflection does not fix the selector's line (a vector scaled by 1.01, two
+different vectors, a threshold other than 0, a bias) is not fused: its comparisons are then
+refused by the rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+
+import numpy as np
+
+from lipcert.graph.ir import Graph, Node
+
+# A reflection further than this from R* (Frobenius, per pair) is not a Householder
+# activation with rounded constants: float32 sines and cosines are off by about 1e-7.
+TOLERANCE = 2.0**-16
+# Pairs with distinct constants checked exactly (in rationals); more is left alone.
+_MAX_PAIRS = 1 << 14
+_FLOAT_CASTS = frozenset({1, 11})  # FLOAT, DOUBLE
+# Mask kinds: the comparison of the selector s with 0, normalised to "s OP 0".
+_KIND = {"LessOrEqual": "le", "Less": "lt", "Greater": "gt", "GreaterOrEqual": "ge"}
+_MIRROR = {"le": "ge", "lt": "gt", "gt": "lt", "ge": "le"}
+_COMPLEMENT = {"le": "gt", "gt": "le", "lt": "ge", "ge": "lt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Term:
+    variable: int  # 0 for x, 1 for y
+    constant: str | None  # the Mul's constant, None for the bare variable
+    sign: int
+    mul: Node | None
+
+
+def match_householder(graph: Graph, concat: Node) -> Node | None:
+    """Concat(x m + a2 n, y m + b2 n) with x, y the halves of one Split, m and n the masks
+    (s <= 0) and (s > 0) of one selector s = w . (x, y), and (a2, b2) = R (x, y), R within
+    TOLERANCE of the reflection across the line w . z = 0. See the module's docstring."""
+    if concat.op != "Concat" or len(concat.inputs) != 2 or concat.body:
+        return None
+    view = _View(graph)
+    halves = [view.masked_sum(name) for name in concat.inputs]
+    if halves[0] is None or halves[1] is None:
+        return None
+    (x, mask_id, a2, mask_ref, add_a, muls_a), (y, mask_id_b, b2, mask_ref_b, add_b, muls_b) = (
+        halves[0],
+        halves[1],
+    )
+    split = view.producers.get(x)
+    if split is None or split.op != "Split" or split.body or tuple(split.outputs) != (x, y):
+        return None
+    shape = graph.shape(x)
+    if graph.shape(y) != shape or graph.shape(concat.outputs[0]) != graph.shape(split.inputs[0]):
+        return None
+    rank = len(shape)
+    axis = int(split.attr("axis", 0)) % rank
+    if int(concat.attr("axis", 0)) % rank != axis:
+        return None
+    masks, masks_b = view.masks(mask_id, mask_ref), view.masks(mask_id_b, mask_ref_b)
+    if masks is None or masks_b is None or masks[:2] != masks_b[:2]:
+        return None  # both halves keep the pair on the same side of the same selector
+    selector, _, mask_nodes = masks
+    mask_nodes = mask_nodes + masks_b[2]
+    forms = [view.linear_form(name, (x, y)) for name in (selector, a2, b2)]
+    if forms[0] is None or forms[1] is None or forms[2] is None:
+        return None
+    (sel_terms, sel_nodes), (a_terms, a_nodes), (b_terms, b_nodes) = forms
+    if any(term.mul is None for term in (*a_terms, *b_terms)):
+        return None  # every reflection entry is a product with a constant (replaced below)
+    constants = {t.constant for t in (*sel_terms, *a_terms, *b_terms) if t.constant}
+    reduced = _reduced_shape(graph, constants, shape)
+    if reduced is None:
+        return None
+    values = {
+        name: np.broadcast_to(np.asarray(graph.constant(name), dtype=np.float64), reduced)
+        for name in constants
+    }
+    if not all(np.all(np.isfinite(v)) for v in values.values()):
+        return None
+    float32_weights = all(
+        np.asarray(graph.constant(t.constant)).dtype == np.float32
+        and t.constant not in graph.inexact_constants
+        for t in (*a_terms, *b_terms)
+        if t.constant
+    )
+    checked = _check_pairs(values, reduced, sel_terms, a_terms, b_terms, float32_weights)
+    if checked is None:
+        return None
+    ideal, deviation32, deviation64, abs_norm = checked
+
+    body_nodes = [split, *sel_nodes, *a_nodes, *b_nodes, *mask_nodes, *muls_a, *muls_b]
+    body_nodes += [add_a, add_b, concat]
+    body_nodes = list({id(n): n for n in body_nodes}.values())
+    members = {id(n) for n in body_nodes}
+    consumers = graph.consumers()
+    for node in body_nodes:
+        if node is concat:
+            continue
+        for out in node.outputs:
+            if out == graph.output_name:
+                return None
+            if any(id(user) not in members for user in consumers.get(out, [])):
+                return None
+    # The reflection's constants become R*'s float64 roundings (the float64 executor then
+    # computes h); one constant per product, with the product's sign folded in.
+    replaced: dict[int, Node] = {}
+    for row, terms in ((0, a_terms), (1, b_terms)):
+        for term in terms:
+            assert term.mul is not None and term.constant is not None
+            name = f"{concat.name}::householder_R{row}{term.variable}"
+            graph.constants[name] = term.sign * ideal[row][term.variable]
+            inputs = tuple(name if i == term.constant else i for i in term.mul.inputs)
+            replaced[id(term.mul)] = dataclasses.replace(term.mul, inputs=inputs)
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    body = tuple(
+        replaced.get(id(n), n) for n in sorted(body_nodes, key=lambda n: order[id(n)])
+    )
+    # The copies take the originals' places, so that fusing drops them with the body.
+    graph.nodes = [replaced.get(id(n), n) for n in graph.nodes]
+    graph.notes.append(
+        f"Householder activation {concat.name!r}: the exact reflection of the selector's line "
+        f"is certified; the runtime's reflection constants differ from it by at most "
+        f"{deviation32:.2g} per pair (Frobenius), counted in the rounding allowance"
+    )
+    return Node(
+        name=concat.name,
+        op="Householder",
+        inputs=(split.inputs[0],),
+        outputs=concat.outputs,
+        attrs={
+            "axis": axis,
+            "pairs": int(np.prod(reduced)),
+            "deviation32": deviation32,
+            "deviation64": deviation64,
+            "abs_norm": abs_norm,
+            "written_as": "masked select of a pair and its reflection",
+        },
+        body=body,
+    )
+
+
+class _View:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.producers = graph.producers()
+
+    def _node(self, name: str, *ops: str) -> Node | None:
+        node = self.producers.get(name)
+        if node is None or node.body or node.op not in ops or len(node.outputs) != 1:
+            return None
+        return node
+
+    def masked_sum(self, name: str) -> tuple[str, str, str, str, Node, list[Node]] | None:
+        """Add(Mul(v, m), Mul(r, n)) -> (v, m, r, n, add, muls), v a Split output."""
+        add = self._node(name, "Add")
+        if add is None or len(add.inputs) != 2:
+            return None
+        parts = []
+        for operand in add.inputs:
+            mul = self._node(operand, "Mul")
+            if mul is None or len(mul.inputs) != 2:
+                return None
+            first, second = mul.inputs
+            if self._is_mask(second) and not self._is_mask(first):
+                parts.append((first, second, mul))
+            elif self._is_mask(first) and not self._is_mask(second):
+                parts.append((second, first, mul))
+            else:
+                return None
+        for (value, mask, _), (other, other_mask, _) in (parts, parts[::-1]):
+            source = self.producers.get(value)
+            if source is not None and source.op == "Split" and not source.body:
+                return value, mask, other, other_mask, add, [p[2] for p in parts]
+        return None
+
+    def _is_mask(self, name: str) -> bool:
+        cast = self._node(name, "Cast")
+        return cast is not None and self._node(cast.inputs[0], *_KIND) is not None
+
+    def masks(self, identity: str, reflection: str) -> tuple[str, str, list[Node]] | None:
+        """(selector, kind of the identity's mask, nodes) when the two masks are
+        complementary comparisons of one selector with exactly 0."""
+        found = [self._mask(identity), self._mask(reflection)]
+        if found[0] is None or found[1] is None:
+            return None
+        (sel, kind, nodes), (sel_other, kind_other, other_nodes) = found
+        if sel != sel_other or _COMPLEMENT[kind] != kind_other:
+            return None
+        return sel, kind, nodes + other_nodes
+
+    def _mask(self, name: str) -> tuple[str, str, list[Node]] | None:
+        cast = self._node(name, "Cast")
+        if cast is None or int(cast.attr("to", 0)) not in _FLOAT_CASTS:
+            return None
+        compare = self._node(cast.inputs[0], *_KIND)
+        if compare is None or len(compare.inputs) != 2:
+            return None
+        left, right = compare.inputs
+        kind = _KIND[compare.op]
+        if self._zero(right) and not self.graph.is_constant(left):
+            selector = left
+        elif self._zero(left) and not self.graph.is_constant(right):
+            selector, kind = right, _MIRROR[kind]
+        else:
+            return None
+        return selector, kind, [compare, cast]
+
+    def _zero(self, name: str) -> bool:
+        if not self.graph.is_constant(name):
+            return False
+        value = np.asarray(self.graph.constant(name))
+        return value.dtype.kind == "f" and value.size > 0 and bool(np.all(value == 0))
+
+    def linear_form(
+        self, name: str, variables: tuple[str, str]
+    ) -> tuple[list[_Term], list[Node]] | None:
+        """The terms of a form c1 x + c2 y built from Mul by constants, Add, Sub and Neg,
+        each variable at most once (at most two roundings per element)."""
+        nodes: list[Node] = []
+        terms = self._terms(name, variables, 1, nodes, depth=0)
+        if terms is None or not terms or len(terms) > 2:
+            return None
+        if len({t.variable for t in terms}) != len(terms):
+            return None
+        return terms, nodes
+
+    def _terms(
+        self, name: str, variables: tuple[str, str], sign: int, nodes: list[Node], depth: int
+    ) -> list[_Term] | None:
+        if name in variables:
+            return [_Term(variables.index(name), None, sign, None)]
+        node = self._node(name, "Mul", "Add", "Sub", "Neg")
+        if node is None or depth > 4:
+            return None
+        nodes.append(node)
+        if node.op == "Neg":
+            return self._terms(node.inputs[0], variables, -sign, nodes, depth + 1)
+        if len(node.inputs) != 2:
+            return None
+        first, second = node.inputs
+        if node.op == "Mul":
+            if self.graph.is_constant(second) and first in variables:
+                return [_Term(variables.index(first), second, sign, node)]
+            if self.graph.is_constant(first) and second in variables:
+                return [_Term(variables.index(second), first, sign, node)]
+            return None
+        left = self._terms(first, variables, sign, nodes, depth + 1)
+        right = self._terms(second, variables, sign if node.op == "Add" else -sign, nodes, depth + 1)
+        if left is None or right is None:
+            return None
+        return left + right
+
+
+def _reduced_shape(
+    graph: Graph, constants: set[str], shape: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The broadcast shape of the constants (at the data's rank), when it broadcasts into
+    the data's shape without enlarging it and holds at most _MAX_PAIRS pairs."""
+    rank = len(shape)
+    shapes = [np.shape(graph.constant(n)) for n in constants]
+    if any(len(s) > rank for s in shapes):
+        return None
+    try:
+        reduced = np.broadcast_shapes(*shapes, (1,) * rank)
+        if np.broadcast_shapes(reduced, shape) != shape:
+            return None
+    except ValueError:
+        return None
+    if int(np.prod(reduced)) > _MAX_PAIRS:
+        return None
+    return tuple(reduced)
+
+
+def _coefficients(
+    terms: list[_Term], values: dict[str, np.ndarray], index: tuple[int, ...], round32: bool
+) -> list[Fraction]:
+    """[c_x, c_y] of a form at one pair, exactly (as the runtime holds the constants)."""
+    out = [Fraction(0), Fraction(0)]
+    for term in terms:
+        if term.constant is None:
+            value = 1.0
+        else:
+            raw = values[term.constant][index]
+            value = float(np.float32(raw)) if round32 else float(raw)
+        out[term.variable] = term.sign * Fraction(value)
+    return out
+
+
+def _check_pairs(
+    values: dict[str, np.ndarray],
+    reduced: tuple[int, ...],
+    sel_terms: list[_Term],
+    a_terms: list[_Term],
+    b_terms: list[_Term],
+    float32_weights: bool,
+) -> tuple[list[list[np.ndarray]], float, float, float] | None:
+    """R*'s float64 roundings, deviation32, deviation64 and abs_norm, or None when some pair
+    has a zero selector or a reflection further than TOLERANCE from R*."""
+    ideal = [[np.zeros(reduced) for _ in range(2)] for _ in range(2)]
+    deviation32 = deviation64 = abs_square = Fraction(0)
+    for index in _indices(reduced):
+        w = _coefficients(sel_terms, values, index, round32=False)
+        norm = w[0] * w[0] + w[1] * w[1]
+        if norm == 0:
+            return None
+        star = [
+            [int(i == j) - 2 * w[i] * w[j] / norm for j in range(2)] for i in range(2)
+        ]
+        for round32 in (False, True):
+            rows = [_coefficients(t, values, index, round32) for t in (a_terms, b_terms)]
+            square = sum(
+                ((rows[i][j] - star[i][j]) ** 2 for i in range(2) for j in range(2)), Fraction(0)
+            )
+            if round32:
+                deviation32 = max(deviation32, square)
+            elif not float32_weights:
+                deviation64 = max(deviation64, square)
+            if square > Fraction(TOLERANCE) ** 2:
+                return None
+            largest = sum(
+                (max(abs(rows[i][j]), abs(star[i][j])) ** 2 for i in range(2) for j in range(2)),
+                Fraction(0),
+            )
+            abs_square = max(abs_square, largest)
+        for i in range(2):
+            for j in range(2):
+                ideal[i][j][index] = float(star[i][j])  # correctly rounded
+    return ideal, _sqrt_up(deviation32), _sqrt_up(deviation64), _sqrt_up(abs_square)
+
+
+def _indices(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    yield from np.ndindex(*shape)
+
+
+def _sqrt_up(value: Fraction) -> float:
+    """An upper bound of sqrt(value), as a float."""
+    if value == 0:
+        return 0.0
+    result = math.sqrt(float(value))
+    while Fraction(result) ** 2 < value:
+        result = math.nextafter(result, math.inf)
+    return result
+
+
+__all__ = ["TOLERANCE", "match_householder"]
