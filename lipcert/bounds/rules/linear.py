@@ -137,15 +137,71 @@ def conv(node: Node, graph: Graph) -> LayerBound:
 SIZE_FREE = "reshaped kernel norm x sqrt(overlap), any input size"
 
 
-def abs_conv_gain(weight: np.ndarray, groups: int) -> float:
-    """Norm bound of the convolution with |weight|, at any size, padding or stride.
+def abs_conv_gain(
+    weight: np.ndarray,
+    groups: int,
+    strides: tuple[int, ...] | None = None,
+    dilations: tuple[int, ...] | None = None,
+    circular_size: tuple[int, ...] | None = None,
+) -> float:
+    """Norm bound of the convolution with |weight| (zero padding, any padding and input size).
 
-    For a non-negative kernel the circular operator's largest singular value is at frequency
-    zero, where the kernel's taps add up; padding and stride only restrict that operator.
+    A Conv weight is (C_out, C_in/groups, taps...); a ConvTranspose weight (C_in,
+    C_out/groups, taps...) gives the same bound for the transposed convolution, the adjoint
+    of a zero-padded strided convolution with that array as its (C_in, C_out/groups) taps.
+    Without `strides` the bound is the norm of the sum of the taps, right at every stride.
+
+    With `strides` s and `dilations` d (per axis), taps are grouped by the residue r of
+    their offset t * d modulo s, M_r the sum of the |weight| taps of class r, and the bound
+    is the norm of [M_r1 M_r2 ...] side by side, i.e. sqrt(||sum_r M_r M_r^T||). Proof:
+    output o reads input s o - p + t d (tap t, nothing where that is padding) so the operator
+    T with |weight| has non-negative blocks T[o, i] = sum of the K_t with s o - p + t d = i.
+    P = T T^T has blocks P[o, o'] = sum_i T[o, i] T[o', i]^T, and for each o, t, t' at most
+    one o' has s o' + t' d = s o + t d, and only when (t - t') d = 0 mod s: so
+    sum_o' P[o, o'] <= sum over t, t' of one residue class of K_t K_t'^T = G = sum_r M_r
+    M_r^T, entrywise. For the Perron vector u > 0 of G + delta J (J all ones), P applied
+    to u repeated at every output is <= (G + delta J) u = rho_delta u entrywise, and a
+    non-negative matrix with P v <= rho v for some v > 0 has spectral radius <= rho
+    (Collatz-Wielandt); P is symmetric positive semi-definite, so ||T||^2 = ||P|| <=
+    rho(G + delta J) for every delta > 0, hence <= ||G||. Stride 1 is one class, the sum of
+    every tap (frequency zero of the circular operator); groups act on separate channels
+    (the largest of the groups' bounds).
+
+    `circular_size` n (the input grid of a circular convolution, whose output o reads
+    input (s o - p + t d) mod n, o < ceil(n / s)): s o' = c (mod n) has at most one solution
+    o' < ceil(n / s) <= n / gcd(s, n), and one only when gcd(s, n) divides c, so the same
+    proof holds with the residues taken modulo gcd(s, n) (one class where s and n are
+    coprime).
     """
-    taps = np.abs(weight).sum(axis=tuple(range(2, weight.ndim)))  # (C_out, C_in / groups)
-    blocks = np.split(taps, groups, axis=0)
-    return max(spectral.matrix_norm(block) for block in blocks)
+    rank = weight.ndim - 2
+    strides = tuple(int(v) for v in strides) if strides is not None else (1,) * rank
+    dilations = tuple(int(v) for v in dilations) if dilations is not None else (1,) * rank
+    if len(strides) != rank or len(dilations) != rank or min(strides + dilations, default=1) < 1:
+        # Unusable attributes (the rule refuses them elsewhere): the bound valid at any stride.
+        strides, dilations = (1,) * rank, (1,) * rank
+    periods = list(strides)
+    if circular_size is not None:
+        if len(circular_size) != rank:
+            periods = [1] * rank
+        else:
+            periods = [math.gcd(s, int(n)) for s, n in zip(strides, circular_size, strict=True)]
+    magnitudes = np.abs(np.asarray(weight, dtype=np.float64))
+    # Residue class of each tap along each axis, then one summed (C_out, C_in/g) matrix per
+    # class of the grid of residues.
+    classes: dict[tuple[int, ...], np.ndarray] = {}
+    flat = magnitudes.reshape(*magnitudes.shape[:2], -1)
+    for position, index in enumerate(np.ndindex(*weight.shape[2:])):
+        residue = tuple((t * d) % p for t, d, p in zip(index, dilations, periods, strict=True))
+        tap = flat[:, :, position]
+        classes[residue] = tap + classes[residue] if residue in classes else tap.copy()
+    if not classes:
+        return 0.0
+    side_by_side = np.concatenate([classes[key] for key in sorted(classes)], axis=1)
+    blocks = np.split(side_by_side, groups, axis=0)
+    # Each class sum of k non-negative float64 terms is at most (k - 1) 2^-53 relatively
+    # below the exact one: the norm is raised by more than that.
+    slack = 1.0 + (int(np.prod(weight.shape[2:])) + 2) * 2.0**-52
+    return mul_up(max(spectral.matrix_norm(block) for block in blocks), slack)
 
 
 def conv_rounding(
@@ -175,10 +231,26 @@ def conv_rounding(
     offset = 0.0 if bias is None else mul_up(norm_up(bias), sqrt_up(per_channel))
     rounding = Rounding(
         terms=int(per_output) + 1,
-        input_gain=abs_conv_gain(weight, groups),
+        input_gain=_layer_abs_gain(node, graph, weight, groups),
         offset=offset,
     )
     return with_folded_batchnorm(node, graph, rounding)
+
+
+def _layer_abs_gain(node: Node, graph: Graph, weight: np.ndarray, groups: int) -> float:
+    """abs_conv_gain with the node's strides and dilations (Conv, ConvTranspose: zero
+    padding; CircularConv: on its input grid, or as if coprime to the stride where the
+    model leaves the size open)."""
+    rank = weight.ndim - 2
+    strides = tuple(int(v) for v in node.attr("strides", [1] * rank))
+    dilations = tuple(int(v) for v in node.attr("dilations", [1] * rank))
+    circular_size = None
+    if node.op == "CircularConv":
+        known = graph.size_known and node.inputs and node.inputs[0]
+        circular_size = tuple(graph.shape(node.inputs[0])[2:]) if known else (1,) * rank
+    elif node.op not in ("Conv", "ConvTranspose"):
+        strides = dilations = (1,) * rank  # not a layout this function knows: any stride
+    return abs_conv_gain(weight, groups, strides, dilations, circular_size)
 
 
 def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Rounding:
@@ -196,7 +268,7 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
         constant_input(bn, graph, 4, "variance") + float(bn.attr("epsilon", 1e-5))
     )
     if layer.op == "Conv":
-        gain = abs_conv_gain(original, int(layer.attr("group", 1)))
+        gain = _layer_abs_gain(layer, graph, original, int(layer.attr("group", 1)))
     else:
         gain = mul_up(abs(float(layer.attr("alpha", 1.0))), spectral.matrix_norm(np.abs(original)))
     shift = np.abs(constant_input(bn, graph, 3, "mean") * scale) + np.abs(
