@@ -19,6 +19,7 @@ a guaranteed upper bound (the rule takes the smallest that applies):
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ import numpy as np
 from lipcert.bounds import numeric, spectral
 from lipcert.bounds.numeric import add_up, mul_up, rss_up
 from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node
+from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import window
+
+_LOG = logging.getLogger(__name__)
 
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 FLOAT64_UNIT_ROUNDOFF = 2.0**-53
@@ -364,8 +368,13 @@ def probe_bound(
             matrix = _probe(node, graph, entry_shape, chunk)
             if _probe_agrees(node, graph, matrix, entry_shape):
                 break
-        except Exception:
-            pass
+        except (RuntimeError, ValueError, UnsupportedOpError) as failure:
+            # A body whose folded shapes pin the batch fails at another batch size: torch
+            # raises RuntimeError (a Reshape or a broadcast that does not fit), numpy
+            # ValueError (an output of another size), the executor UnsupportedOpError (an
+            # op it refuses at that size). The probe is then not used; anything else is a
+            # bug and surfaces.
+            _LOG.debug("probe of %s, batches of %d: %s", node.name, chunk, failure)
         matrix = None
     if matrix is None:
         return None

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from lipcert.bounds import affine_operator as ops
+from lipcert.bounds.fourier_operator import fourier_bound
 from lipcert.bounds.numeric import inverse_sqrt_up, sqrt_up, up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
@@ -34,6 +35,9 @@ def affine_block(node: Node, graph: Graph) -> LayerBound:
     symbols = ops.circular_symbol_bound(node, graph)
     if symbols is not None:
         candidates.append(symbols)
+    fourier = fourier_bound(node, graph, bounds)
+    if fourier is not None:
+        candidates.append(ops.Candidate(*fourier))
     polynomial = ops.conv_polynomial(node, graph, bounds)
     if polynomial is not None:
         candidates.extend(ops.polynomial_candidates(graph, polynomial))

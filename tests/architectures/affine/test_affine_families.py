@@ -85,10 +85,10 @@ FAMILIES: dict[str, Family] = {
         "FFT",
     ),
     "cayley_fft": Family(
-        lambda: FourierLayer(cayley_symbol(3, 6, 6)), (3, 6, 6), "AffineBlock", "probed", False
+        lambda: FourierLayer(cayley_symbol(3, 6, 6)), (3, 6, 6), "AffineBlock", "per-frequency", False
     ),
     "lot_fft": Family(
-        lambda: FourierLayer(lot_symbol(3, 6, 7)), (3, 6, 6), "AffineBlock", "probed", False
+        lambda: FourierLayer(lot_symbol(3, 6, 7)), (3, 6, 6), "AffineBlock", "per-frequency", False
     ),
     "soc_zero_padding": Family(lambda: SOC(4, 3, 8), (4, 6, 6), "AffineBlock", "skew"),
     "soc_circular": Family(
