@@ -3,11 +3,12 @@
 For each certified sample, an L2 projected gradient attack (several restarts) searches the
 ball of the certified radius for an input whose decision differs. The ball is not clipped to
 the pixel box: a certificate covers the whole ball. Gradients come from the graph executed in
-torch in float32, batched over samples and restarts; a sample stops being attacked as soon as
-one restart changes its decision. A decision change found in float32 is then confirmed by the
-exact evaluator (the graph in float64): the competing margin must exceed its rounding
-allowance, so a reported violation is a real one of the exact function. Any confirmed one is
-reported loudly.
+torch in float32 on the chosen device (the CPU, or a CUDA GPU with TF32 off), batched over
+samples and restarts; a sample stops being attacked as soon as one restart changes its
+decision. The random starts are drawn on the CPU, so a seed gives the same starts on every
+device. A decision change found in float32 is then confirmed by the exact evaluator (the
+graph in float64 on the CPU): the competing margin must exceed its rounding allowance, so a
+reported violation is a real one of the exact function. Any confirmed one is reported loudly.
 
 The attack also searches, for every sample, the smallest perturbation that changes its
 decision (doubling then bisecting the radius, from the certified radius): an upper bound of
@@ -20,14 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.evaluators.exact import Float64Evaluator
+from lipcert.evaluators.torch_device import no_tf32, placed, placed_executor, resolve_device
 from lipcert.graph import Graph
-from lipcert.graph.execute import GraphExecutor
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class Attacker:
     """L2 PGD against the decision of a graph, in float32, confirmed in float64.
 
     `mean`/`std` (per channel) make the attacked function x -> f((x - mean) / std), so that
-    attacks run in the space the certificates are stated in.
+    attacks run in the space the certificates are stated in. `device` (cpu, cuda or cuda:N,
+    or a torch.device; default cpu) is where the float32 gradients are computed; a usage
+    error when CUDA is asked for and missing.
     """
 
     def __init__(
@@ -74,8 +78,10 @@ class Attacker:
         settings: AttackSettings,
         mean: np.ndarray | None = None,
         std: np.ndarray | None = None,
+        device: Any = None,
     ) -> None:
-        self.graph_fast = GraphExecutor(graph, torch.float32)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.graph_fast = placed_executor(graph, torch.float32, self.device)
         self.exact = Float64Evaluator(graph, spec64)
         self.settings = settings
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -86,12 +92,14 @@ class Attacker:
         if self.mean is None or self.std is None:
             return x
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = torch.as_tensor(self.mean, dtype=x.dtype).reshape(shape)
-        std = torch.as_tensor(self.std, dtype=x.dtype).reshape(shape)
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).reshape(shape)
         return (x - mean) / std
 
     def fast(self, x: torch.Tensor) -> torch.Tensor:
-        return self.graph_fast(self._preprocess(x))
+        """The float32 logits of `x` (on the attack's device), with gradients."""
+        with placed(self.device):
+            return self.graph_fast(self._preprocess(x))
 
     def attack(
         self,
@@ -105,9 +113,14 @@ class Attacker:
         previous = torch.get_num_threads()
         torch.set_num_threads(max(1, self.settings.threads))
         try:
-            return self._attack(inputs, prediction, radius, search_distance, on_progress)
+            with no_tf32(self.device):
+                return self._attack(inputs, prediction, radius, search_distance, on_progress)
         finally:
             torch.set_num_threads(previous)
+
+    def _tensor(self, values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """`values` as a tensor on the attack's device."""
+        return torch.as_tensor(values, dtype=dtype).to(self.device)
 
     def _attack(
         self,
@@ -150,15 +163,16 @@ class Attacker:
         index = np.flatnonzero(radius > 0)
         if not len(index):
             return violation, distance
-        x = torch.as_tensor(inputs[index], dtype=torch.float32)
-        target = torch.as_tensor(prediction[index], dtype=torch.long)
+        x = self._tensor(inputs[index], torch.float32)
+        target = self._tensor(prediction[index], torch.long)
         # Shrink the ball by a hair: a perturbation of norm exactly r is not inside it.
-        eps = torch.as_tensor(radius[index] * (1 - 1e-6), dtype=torch.float32)
+        eps = self._tensor(radius[index] * (1 - 1e-6), torch.float32)
         found, points = self._pgd(x, target, eps, self.settings.steps, self.settings.restarts)
         candidates = index[found]
         if not len(candidates):
             return violation, distance
-        steps = (points[found].double() - x[found].double()).numpy()
+        chosen = self._tensor(np.flatnonzero(found), torch.long)
+        steps = (points[chosen].double() - x[chosen].double()).cpu().numpy()
         exact_points = np.stack(
             [
                 _inside_ball(inputs[i], step, float(radius[i]))
@@ -173,7 +187,7 @@ class Attacker:
 
     def _confirmed(self, points: np.ndarray, prediction: np.ndarray) -> np.ndarray:
         """Whether the decision change holds for the exact function (float64 evaluator)."""
-        model_inputs = torch.as_tensor(points, dtype=torch.float64)
+        model_inputs = torch.as_tensor(points, dtype=torch.float64, device="cpu")
         evaluation = self.exact.evaluate(self._preprocess(model_inputs).numpy())
         logits = torch.as_tensor(evaluation.logits)
         margin = _margin(logits, torch.as_tensor(prediction, dtype=torch.long)).numpy()
@@ -193,15 +207,18 @@ class Attacker:
         n = len(x)
         rows = n * restarts
         shape = (-1,) + (1,) * (x.dim() - 1)
-        sample = torch.arange(n).repeat(restarts)
+        device = x.device
+        sample = torch.arange(n, device=device).repeat(restarts)
         xr, tr, er = x[sample], target[sample], eps[sample]
-        delta = torch.randn(xr.shape, generator=self.generator)
-        delta = _project(delta, er * torch.rand(rows, generator=self.generator))
+        # Drawn on the CPU (the generator's device): the same starts on every device.
+        noise = torch.randn(xr.shape, generator=self.generator, device="cpu").to(device)
+        scale = torch.rand(rows, generator=self.generator, device="cpu").to(device)
+        delta = _project(noise, er * scale)
         delta[:n] = 0.0
         step = (2.5 * er / steps).reshape(shape)
-        best_margin = torch.full((rows,), float("-inf"))
+        best_margin = torch.full((rows,), float("-inf"), device=device)
         best_point = xr.clone()
-        active = torch.ones(rows, dtype=torch.bool)
+        active = torch.ones(rows, dtype=torch.bool, device=device)
         for iteration in range(steps + 1):
             live = torch.nonzero(active).flatten()
             if not len(live):
@@ -225,8 +242,8 @@ class Attacker:
                 active &= ~done[sample]
         per_restart = best_margin.reshape(restarts, n)
         best = per_restart.argmax(dim=0)
-        chosen = best * n + torch.arange(n)
-        return (per_restart.max(dim=0).values > 0).numpy(), best_point[chosen]
+        chosen = best * n + torch.arange(n, device=device)
+        return (per_restart.max(dim=0).values > 0).cpu().numpy(), best_point[chosen]
 
     # --- the smallest adversarial distance -----------------------------------------------
 
@@ -238,8 +255,8 @@ class Attacker:
         float32 ulps below an exact certificate's radius)."""
         n = len(inputs)
         settings = self.settings
-        x = torch.as_tensor(inputs, dtype=torch.float32)
-        target = torch.as_tensor(prediction, dtype=torch.long)
+        x = self._tensor(inputs, torch.float32)
+        target = self._tensor(prediction, torch.long)
         scale = float(np.mean(np.linalg.norm(inputs.reshape(n, -1), axis=1))) or 1.0
         # The search starts at the certified radius, not above it: a certificate that is too
         # large must show up here as a distance below the radius.
@@ -249,10 +266,11 @@ class Attacker:
         eps = np.where(certified > 0, certified, 0.01 * scale)
 
         def pgd(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
+            rows = self._tensor(np.flatnonzero(mask), torch.long)
             found, _ = self._pgd(
-                x[mask],
-                target[mask],
-                torch.as_tensor(radii[mask], dtype=torch.float32),
+                x[rows],
+                target[rows],
+                self._tensor(radii[mask], torch.float32),
                 settings.distance_steps,
                 settings.distance_restarts,
             )

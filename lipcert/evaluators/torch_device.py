@@ -119,6 +119,53 @@ def exact_arithmetic(device: Any) -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
+@contextmanager
+def no_tf32(device: Any) -> Iterator[None]:
+    """Within: on CUDA, float32 matmuls and convolutions in float32, not TF32 (a 10-bit
+    mantissa); cuDNN stays on. For float32 work whose results are confirmed elsewhere (the
+    attack's gradients): it keeps float32's precision without exact_arithmetic's cost.
+    Restored on exit."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled,
+            benchmark=torch.backends.cudnn.benchmark,
+            deterministic=torch.backends.cudnn.deterministic,
+            allow_tf32=False,
+        ):
+            yield
+    finally:
+        matmul.allow_tf32 = saved
+
+
+def placed(device: Any) -> Any:
+    """A context in which the tensors torch creates (the executor's index lists, pooling
+    counts) go to `device`. On the CPU, where they are made anyway, none: a torch device
+    mode would intercept every op."""
+    import torch
+
+    device = torch.device(device)
+    return nullcontext() if device.type == "cpu" else torch.device(device)
+
+
+def placed_executor(graph: Graph, dtype: Any, device: Any) -> Any:
+    """A GraphExecutor of `graph` in `dtype` whose constants live on `device`; run it within
+    `placed(device)`."""
+    from lipcert.graph.execute import GraphExecutor
+
+    with placed(device):
+        executor = GraphExecutor(graph, dtype)
+    executor.constants = {key: value.to(device) for key, value in executor.constants.items()}
+    return executor
+
+
 class TorchDeviceEvaluator:
     """float64 logits of the graph executed by torch on `device`, with the float64 a-priori
     allowance (`spec64`) times the device's safety factor (`device_spec`).
@@ -143,8 +190,6 @@ class TorchDeviceEvaluator:
     ) -> None:
         import torch
 
-        from lipcert.graph.execute import GraphExecutor
-
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -153,19 +198,7 @@ class TorchDeviceEvaluator:
         self.check_every = check_every
         self.checked = False
         self.name = f"graph float64 on {self.device}"
-        with self._placed():
-            self.executor = GraphExecutor(graph, torch.float64)
-        self.executor.constants = {
-            key: value.to(self.device) for key, value in self.executor.constants.items()
-        }
-
-    def _placed(self) -> Any:
-        """Tensors the ops create (index lists, pooling counts) go to the device as well.
-        On the CPU, where they are made anyway, no torch function mode is pushed (it would
-        intercept every op of the graph)."""
-        import torch
-
-        return nullcontext() if self.device.type == "cpu" else torch.device(self.device)
+        self.executor = placed_executor(graph, torch.float64, self.device)
 
     def evaluate(self, batch: np.ndarray) -> Evaluation:
         evaluation = self.evaluate_unchecked(batch)
@@ -189,7 +222,7 @@ class TorchDeviceEvaluator:
         """The graph's output on `batch`, computed on the device, as a float64 array."""
         import torch
 
-        with torch.no_grad(), self._placed(), exact_arithmetic(self.device):
+        with torch.no_grad(), placed(self.device), exact_arithmetic(self.device):
             inputs = torch.from_numpy(batch).to(self.device)
             values = self.executor(inputs)
         return values.detach().to("cpu").numpy()
