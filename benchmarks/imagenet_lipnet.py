@@ -10,10 +10,16 @@ of --runs runs on the same batches:
 - cpu: certify as `lipcert certify` does by default (onnxruntime float32, the float64 graph
   for the samples whose certificate the allowance may change) against bare onnxruntime
   inference of the same model on the same batches, same threads;
-- with --device D: the float64 graph on D (what `--device cuda` runs) against bare inference
-  of the torch module in float32 on D, and the float64 graph on D without certification.
+- with --device D, side by side on D: bare inference of the torch module in float32 and of
+  onnxruntime (its CUDA provider on a GPU, when onnxruntime-gpu is installed), the float64
+  graph alone, and certify as `lipcert certify --device D` runs it; images per second, the
+  ratios, and the time the 50,000 ImageNet validation images would take at these rates.
+`--model tiny` (3x32x32, three convs) runs the whole script in seconds: a check, not a
+measurement.
 Usage: nice python benchmarks/imagenet_lipnet.py [--images 16] [--batch-size 8]
-       [--threads 2] [--device cpu|cuda] [--runs 1]
+       [--threads 2] [--device cpu|cuda] [--runs 1] [--model imagenet|tiny]
+One short GPU run (16 cores): python benchmarks/imagenet_lipnet.py --device cuda
+       --images 512 --batch-size 128 --threads 16 --runs 3
 """
 
 from __future__ import annotations
@@ -31,7 +37,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imagenet_lipnet_model import INPUT_SHAPE, export, imagenet_lipnet
+from imagenet_lipnet_model import (
+    CLASSES,
+    INPUT_SHAPE,
+    TINY_CLASSES,
+    TINY_INPUT_SHAPE,
+    TINY_WIDTHS,
+    WIDTHS,
+    export,
+    imagenet_lipnet,
+)
 
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
 from lipcert.certify.metrics import parse_eps_list
@@ -41,6 +56,7 @@ from lipcert.certify.pipeline import (
     device_evaluators,
 )
 from lipcert.certify.radii import choose_method
+from lipcert.datasets import Dataset
 from lipcert.datasets.imagefolder import read_imagefolder
 from lipcert.evaluators import input_norms
 from lipcert.evaluators.onnx_runtime import make_session
@@ -77,19 +93,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None, help="also run the float64 graph here")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--model", choices=("imagenet", "tiny"), default="imagenet")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tiny = args.model == "tiny"
+    shape = TINY_INPUT_SHAPE if tiny else INPUT_SHAPE
     rate = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "val"
         write_folder(root, args.images)
-        decode = median_time(lambda: read_imagefolder(root, threads=args.threads), args.runs)
+
+        def read() -> Dataset:  # resized and cropped to the model's input, as certify does
+            return read_imagefolder(root, threads=args.threads, model_shape=shape)
+
+        decode = median_time(read, args.runs)
         rate["decode"] = args.images / decode
-        dataset = read_imagefolder(root, threads=args.threads)
-        module = imagenet_lipnet()
-        path = export(module, Path(tmp) / "imagenet_lipnet.onnx")
+        dataset = read_imagefolder(root, threads=args.threads, model_shape=shape)
+        module = imagenet_lipnet(
+            widths=TINY_WIDTHS if tiny else WIDTHS,
+            input_shape=shape,
+            classes=TINY_CLASSES if tiny else CLASSES,
+        )
+        path = export(module, Path(tmp) / f"{args.model}_lipnet.onnx", shape)
         started = time.perf_counter()
-        loaded = load_model(path, LoadOptions(input_shape=INPUT_SHAPE))
+        loaded = load_model(path, LoadOptions(input_shape=shape))
         analysis = analyse(loaded.graph)
         analyse_seconds = time.perf_counter() - started
 
@@ -156,34 +183,116 @@ def main() -> None:
     )
     if args.device is None:
         return
-    on_device = device_evaluators(analysis, spec64, args.device, None, args.threads)
+    device_part(args, analysis, loaded, module, dataset, batches, certify, results, rate)
+    estimate(args, rate, analyse_seconds)
+
+
+def device_part(
+    args: argparse.Namespace,
+    analysis: object,
+    loaded: object,
+    module: torch.nn.Module,
+    dataset: object,
+    batches: list[np.ndarray],
+    certify: Callable[[object], Callable[[], None]],
+    results: list,
+    rate: dict[str, float],
+) -> None:
+    """Side by side on --device: bare torch float32 and bare onnxruntime (inputs sent from
+    and logits brought back to the host, as certify does), the float64 graph alone, certify."""
+    cpu_result = results[-1]
+    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)  # type: ignore[attr-defined]
+    on_device = device_evaluators(analysis, spec64, args.device, None, args.threads)  # type: ignore[arg-type]
     device = on_device.evaluator.device  # type: ignore[attr-defined]
     module = module.to(device)
-    inputs = [torch.from_numpy(batch).to(device) for batch in batches]
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def bare_torch() -> None:
         with torch.no_grad():
-            for batch in inputs:
-                module(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            for batch in batches:
+                module(torch.from_numpy(batch).to(device)).cpu()
+        synchronize()
 
     def graph64() -> None:
         for batch in batches:
             on_device.evaluator.evaluate(batch.astype(np.float64))
 
-    bare_torch()
+    bare_torch()  # warm-up (CUDA context, kernels)
     rate["bare torch"] = args.images / median_time(bare_torch, args.runs)
+    bare_ort = onnxruntime_on(device, loaded, args.threads)
+    if bare_ort is not None:
+        session, provider = bare_ort
+
+        def bare_onnxruntime() -> None:
+            for batch in batches:
+                session.run([loaded.output_name], {loaded.input_name: batch})  # type: ignore[attr-defined]
+
+        bare_onnxruntime()
+        rate["bare onnxruntime device"] = args.images / median_time(bare_onnxruntime, args.runs)
+    graph64()
     rate["graph64"] = args.images / median_time(graph64, args.runs)
     rate["certify device"] = args.images / median_time(certify(on_device), args.runs)
     same = np.array_equal(results[-1].certificates.prediction, cpu_result.certificates.prediction)
+    certify_rate = rate["certify device"]
     print(
-        f"{device}: bare torch float32 {rate['bare torch']:.2f} images/s, float64 graph "
-        f"{rate['graph64']:.2f} images/s, certify {rate['certify device']:.2f} images/s "
-        f"({rate['certify device'] / rate['bare torch']:.2f}x of bare float32); "
-        f"predictions as on the cpu path: {same}"
+        f"{device}, batch {args.batch_size}: bare torch float32 {rate['bare torch']:.2f} "
+        f"images/s, certify {certify_rate:.2f} images/s "
+        f"({certify_rate / rate['bare torch']:.2f}x of bare torch)"
+    )
+    if bare_ort is None:
+        print(f"{device}: bare onnxruntime not measured (no CUDA provider: onnxruntime-gpu)")
+    else:
+        ort_rate = rate["bare onnxruntime device"]
+        print(
+            f"{device}: bare onnxruntime float32 ({provider}) {ort_rate:.2f} images/s, "
+            f"certify {certify_rate / ort_rate:.2f}x of it"
+        )
+    print(
+        f"{device}: the float64 graph alone {rate['graph64']:.2f} images/s; certify's "
+        f"predictions equal the cpu path's: {same}"
     )
 
+
+def onnxruntime_on(device: torch.device, loaded: object, threads: int) -> tuple | None:
+    """(session, provider) of the model on `device`: the CPU provider on the CPU, the CUDA
+    provider on a GPU when onnxruntime has it (else None)."""
+    import onnxruntime as ort
+
+    if device.type == "cpu":
+        provider: str | tuple[str, dict[str, int]] = "CPUExecutionProvider"
+    elif "CUDAExecutionProvider" in ort.get_available_providers():
+        provider = ("CUDAExecutionProvider", {"device_id": device.index or 0})
+    else:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        loaded.onnx_bytes,  # type: ignore[attr-defined]
+        sess_options=options,
+        providers=[provider],
+    )
+    name = provider if isinstance(provider, str) else provider[0]
+    return session, name
+
+
+def estimate(args: argparse.Namespace, rate: dict[str, float], analyse_seconds: float) -> None:
+    """The 50,000 ImageNet validation images at the measured rates (extrapolated: the rates
+    of --images images, one machine)."""
+    images = 50_000
+    certify_minutes = images / rate["certify device"] / 60
+    decode_minutes = images / rate["decode"] / 60
+    load_minutes = analyse_seconds / 60
+    serial = certify_minutes + decode_minutes + load_minutes
+    overlapped = max(certify_minutes, decode_minutes) + load_minutes
+    print(
+        f"50,000 images on {args.device} (extrapolated): certify {certify_minutes:.1f} min; "
+        f"decoding {decode_minutes:.1f} min with {args.threads} threads; model load and "
+        f"bounds {analyse_seconds:.0f} s once; in all {serial:.1f} min one after the other, "
+        f"{overlapped:.1f} min if decoding overlapped certification"
+    )
 
 if __name__ == "__main__":
     main()

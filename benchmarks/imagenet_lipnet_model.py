@@ -27,6 +27,11 @@ WIDTHS = [
 ]
 CLASSES = 1000
 INPUT_SHAPE = (3, 224, 224)
+# A small model of the same kind (3x32x32, three stride-2 convs, 10 classes): the benchmark
+# runs end to end on it in seconds (`--model tiny`), to check the script, not to measure.
+TINY_WIDTHS = [(3, 8), (8, 16), (16, 16)]
+TINY_INPUT_SHAPE = (3, 32, 32)
+TINY_CLASSES = 10
 
 
 class GroupSort2(torch.nn.Module):
@@ -49,14 +54,20 @@ def operator_norm(conv: torch.nn.Conv2d, size: int, iterations: int = 30) -> flo
     return float(y.norm())
 
 
-def imagenet_lipnet(seed: int = 0) -> torch.nn.Module:
+def imagenet_lipnet(
+    seed: int = 0,
+    *,
+    widths: list[tuple[int, int]] = WIDTHS,
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    classes: int = CLASSES,
+) -> torch.nn.Module:
     """The module (eval mode, float32). Each conv is divided by its operator norm at its
     input size (power iteration, so lipcert's bound ends a little above 1 per layer, as with
     trained LipNets)."""
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
-    size = INPUT_SHAPE[1]
-    for c_in, c_out in WIDTHS:
+    size = input_shape[1]
+    for c_in, c_out in widths:
         conv = torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
         torch.nn.init.orthogonal_(conv.weight)
         with torch.no_grad():
@@ -64,7 +75,7 @@ def imagenet_lipnet(seed: int = 0) -> torch.nn.Module:
             conv.bias.uniform_(-0.01, 0.01)
         layers += [conv, GroupSort2()]
         size = (size + 1) // 2
-    head = torch.nn.Linear(WIDTHS[-1][1], CLASSES)
+    head = torch.nn.Linear(widths[-1][1] * size * size, classes)
     torch.nn.init.orthogonal_(head.weight)
     with torch.no_grad():
         head.bias.zero_()
@@ -72,12 +83,14 @@ def imagenet_lipnet(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).eval()
 
 
-def export(module: torch.nn.Module, path: Path) -> Path:
+def export(
+    module: torch.nn.Module, path: Path, input_shape: tuple[int, int, int] = INPUT_SHAPE
+) -> Path:
     """ONNX (TorchScript exporter, opset 18, dynamic batch), as users' files come."""
     buffer = io.BytesIO()
     torch.onnx.export(
         module,
-        (torch.zeros(1, *INPUT_SHAPE),),
+        (torch.zeros(1, *input_shape),),
         buffer,
         input_names=["input"],
         output_names=["logits"],
