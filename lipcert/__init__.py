@@ -10,6 +10,7 @@ The Python API (see docs/api.md):
     model.lipschitz_bound, model.layers_frame()
     model.certify(x, y)                               # predictions, margins, radii, status
     lipcert.certify_dataset(model, (x, y), eps=[36 / 255])
+    lipcert.attack_certificates(model, (x, y))        # an L2 attack inside every radius
     lipcert.compare_models([model_a, model_b], (x, y))
 
 Names are imported on first use, so that `import lipcert` (and the command line) stays fast.
@@ -27,7 +28,10 @@ _EXPORTS = {
     "Model": "lipcert.api.model",
     "CertifiedBatch": "lipcert.api.model",
     "certify_dataset": "lipcert.api.data",
+    "load_dataset": "lipcert.api.data",
     "DatasetReport": "lipcert.api.data",
+    "attack_certificates": "lipcert.api.attack",
+    "AttackReport": "lipcert.api.attack",
     "CertifiedAccuracy": "lipcert.api.metric",
     "RobustnessMetric": "lipcert.api.metric",
     "compare_models": "lipcert.compare",
@@ -36,6 +40,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AttackReport",
     "CertifiedAccuracy",
     "CertifiedBatch",
     "Comparison",
@@ -43,15 +48,18 @@ __all__ = [
     "Model",
     "RobustnessMetric",
     "__version__",
+    "attack_certificates",
     "certify_dataset",
     "compare_models",
     "from_torch",
     "load",
+    "load_dataset",
     "pareto_front",
 ]
 
 if TYPE_CHECKING:
-    from lipcert.api.data import DatasetReport, certify_dataset
+    from lipcert.api.attack import AttackReport, attack_certificates
+    from lipcert.api.data import DatasetReport, certify_dataset, load_dataset
     from lipcert.api.metric import CertifiedAccuracy, RobustnessMetric
     from lipcert.api.model import CertifiedBatch, Model, from_torch, load
     from lipcert.compare import Comparison, compare_models, pareto_front

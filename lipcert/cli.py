@@ -72,6 +72,7 @@ app = typer.Typer(
 )
 
 stderr = Console(stderr=True)
+DEFAULT_ATTACK_LIMIT = 200
 
 
 def stdout_console() -> Console:
@@ -249,13 +250,10 @@ def _warn(message: str) -> None:
 
 
 def _load(model: Path, input_shape: str | None, arch: str | None, trust_model: bool) -> Any:
-    from lipcert.frontends import load_model
-    from lipcert.model import LoadOptions, parse_input_shape
+    from lipcert import api
+    from lipcert.model import parse_input_shape
 
-    options = LoadOptions(
-        input_shape=parse_input_shape(input_shape), arch=arch, trust_model=trust_model
-    )
-    return load_model(model, options)
+    return api.load(model, input_shape=parse_input_shape(input_shape), arch=arch, trust=trust_model)
 
 
 def _emit_json(payload: dict[str, Any]) -> None:
@@ -294,7 +292,6 @@ def verify(
     Exit 0 when the logit vector's bound is at most EXPECT * (1 + TOL), 1 when above,
     2 on usage, load or unsupported-op errors, 3 on a bug in lipcert.
     """
-    from lipcert.bounds.compose import analyse
     from lipcert.errors import UsageError
     from lipcert.reports import verify_report
 
@@ -303,15 +300,13 @@ def verify(
             raise UsageError(
                 f"expected a finite --expect > 0 and --tol >= 0 but got {expect!r} and {tol!r}"
             )
-        loaded = _load(model, input_shape, arch, trust_model)
-        analysis = analyse(loaded.graph)
+        bounded = _load(model, input_shape, arch, trust_model)
         lower = None
         if empirical:
-            from lipcert.empirical import empirical_lower_bound
-
             with stderr.status("searching an empirical lower bound..."):
-                lower = empirical_lower_bound(loaded.graph)
-        result = verify_report.verdict(analysis.spec, expect, tol)
+                lower = bounded.empirical_lower_bound()
+        result = verify_report.verdict(bounded.spec, expect, tol)
+        loaded, analysis = bounded.loaded, bounded.analysis
         if as_json:
             _emit_json(verify_report.to_json(loaded, analysis, result, lower))
         else:
@@ -424,7 +419,8 @@ def certify(
     or data errors, 3 on a bug in lipcert. Defaults for the options may come from the
     [tool.lipcert] table of the nearest pyproject.toml (see --config).
     """
-    from lipcert.certify.command import CertifyRequest, run_certify
+    from lipcert import api
+    from lipcert.certify.command import CertifyRequest, resolve_certify
     from lipcert.reports import certify_report
 
     with reported_errors(show_traceback):
@@ -439,54 +435,102 @@ def certify(
             raise UsageError("expected --json or --output-format, not both: each owns stdout")
         if plot is not None:
             _check_plot(plot, [("the model", model), ("the dataset", dataset)])
-        request = CertifyRequest(
-            model=model,
-            dataset=dataset,
-            data_dir=data_dir,
-            split=split,
-            limit=limit,
-            batch_size=batch_size,
-            threads=threads,
-            eps=eps,
-            mean=mean,
-            std=std,
-            certificate=certificate,
-            csv_path=csv_path,
-            min_certified_accuracy=min_certified_accuracy,
-            gate_eps=gate_eps,
-            min_accuracy=min_accuracy,
-            min_mcr=min_mcr,
-            input_shape=input_shape,
-            arch=arch,
-            trust_model=trust_model,
-            margins=margins,
-            label_column=label_column,
-            config_path=config,
-            no_config=no_config,
-            refine=refine,
-            refine_budget=refine_budget,
-            refine_radius=refine_radius,
-            device=device,
-            ray=ray,
-            resize=resize,
-            crop=crop,
+        options = resolve_certify(
+            CertifyRequest(
+                model=model,
+                dataset=dataset,
+                data_dir=data_dir,
+                split=split,
+                limit=limit,
+                batch_size=batch_size,
+                threads=threads,
+                eps=eps,
+                mean=mean,
+                std=std,
+                certificate=certificate,
+                csv_path=csv_path,
+                min_certified_accuracy=min_certified_accuracy,
+                gate_eps=gate_eps,
+                min_accuracy=min_accuracy,
+                min_mcr=min_mcr,
+                input_shape=input_shape,
+                arch=arch,
+                trust_model=trust_model,
+                margins=margins,
+                label_column=label_column,
+                config_path=config,
+                no_config=no_config,
+                refine=refine,
+                refine_budget=refine_budget,
+                refine_radius=refine_radius,
+                device=device,
+                ray=ray,
+                resize=resize,
+                crop=crop,
+            )
         )
-        outcome = run_certify(request, console=None if quiet else stderr)
+        request = options.request
+        data = _load_dataset(request)
+        bounded = _load_for(request, data)
+        progress = None if quiet else stderr
+        label = "certifying" if request.ray is None else "certifying on Ray"
+        with _progress(progress, [(label, len(data))], eta=request.ray is None) as (on_batch,):
+            report = api.certify_dataset(
+                bounded,
+                data,
+                options.eps,
+                precision=request.margins or "float32",  # type: ignore[arg-type]  # checked
+                certificate=options.certificate,  # type: ignore[arg-type]  # checked
+                batch_size=options.batch_size,
+                **_preprocessing(request, data),
+                threads=request.threads,
+                device=request.device,
+                ray=request.ray,
+                on_batch=on_batch,
+            )
+        if options.refine:
+            with _progress(progress, [("refining (local bounds)", None)]) as (on_sample,):
+                report = report.refine(
+                    budget=request.refine_budget,
+                    radius=request.refine_radius,
+                    on_sample=on_sample,
+                )
+        gates = report.gates(
+            min_accuracy=request.min_accuracy,
+            min_certified_accuracy=request.min_certified_accuracy,
+            gate_eps=options.gate_eps,
+            min_mcr=request.min_mcr,
+        )
+        context = certify_report.Context(
+            model=str(request.model),
+            dataset=data,
+            preprocessing=report.preprocessing,
+            notes=report.notes,
+            precision=report.precision,
+            config=None if options.config.path is None else str(options.config.path),
+            refinement=report.refinement,
+        )
+        if request.csv_path is not None:
+            report.to_csv(request.csv_path)
+        summary = certify_report.markdown(context, report.result, gates)
+        warnings = _append_step_summary(options, summary)
         if plot is not None:
-            _plot_certify(plot, model, outcome.result)
-        for warning in outcome.warnings:
+            from lipcert.plots import plot_certified_accuracy
+
+            plot_certified_accuracy({str(model): report}, plot, eps=[e.value for e in report.eps])
+        for warning in warnings:
             _warn(warning)
         if not quiet:
-            report = stderr if as_json or output_format == "junit" else stdout_console()
-            certify_report.render(report, outcome.context, outcome.result, outcome.gates)
+            console = stderr if as_json or output_format == "junit" else stdout_console()
+            certify_report.render(console, context, report.result, gates)
         if as_json:
-            _emit_json(outcome.json)
+            _emit_json(certify_report.to_json(context, report.result, gates))
         elif output_format == "github":
-            for line in github_annotations(outcome.gates):
+            for line in github_annotations(gates):
                 typer.echo(line)
         elif output_format == "junit":
-            typer.echo(junit_xml(outcome.gates, model=str(model), seconds=outcome.result.seconds))
-        failed = [gate for gate in outcome.gates if not gate.passed]
+            typer.echo(junit_xml(gates, model=str(model), seconds=report.seconds))
+        failed = [gate for gate in gates if not gate.passed]
         if failed:
             if quiet:  # else the report has said it, once
                 from lipcert.errors import GateError
@@ -494,6 +538,130 @@ def certify(
                 raise GateError("; ".join(gate.message() for gate in failed))
             raise typer.Exit(int(ExitCode.CHECK_FAILED))
     raise typer.Exit(int(ExitCode.PASSED))
+
+
+def _load_dataset(request: Any) -> Any:
+    """The dataset of a certify or attack request, through the API."""
+    from lipcert import api
+    from lipcert.certify.command import declared_shape
+
+    assert request.dataset is not None  # checked with the other options
+    return api.load_dataset(
+        request.dataset,
+        split=request.split or "test",
+        data_dir=request.data_dir,
+        limit=request.limit,
+        label_column=request.label_column,
+        resize=request.resize,
+        crop=request.crop,
+        model_shape=declared_shape(request),
+    )
+
+
+def _load_for(request: Any, data: Any) -> Any:
+    """The model at the dataset's sample shape (or --input-shape, which must match it)."""
+    from lipcert import api
+    from lipcert.errors import DatasetError, ShapeError
+    from lipcert.model import parse_input_shape
+
+    image_shape = tuple(int(d) for d in data.images.shape[1:])
+    what = "features" if data.is_features else "images"
+    given = parse_input_shape(request.input_shape)
+    if given is not None and given != image_shape:
+        raise DatasetError(
+            f"--input-shape {given!r} differs from the {what} of {data.name!r}, {image_shape!r}"
+        )
+    try:
+        return api.load(
+            request.model, input_shape=image_shape, arch=request.arch, trust=request.trust_model
+        )
+    except ShapeError as exc:
+        raise DatasetError(f"the {what} of {data.name!r} do not fit the model: {exc}") from None
+
+
+def _preprocessing(request: Any, data: Any) -> dict[str, Any]:
+    """--mean and --std as the API's mean= and std= (parsed here, with their messages)."""
+    from lipcert.certify.pipeline import parse_preprocessing
+
+    parsed = parse_preprocessing(
+        request.mean,
+        request.std,
+        int(data.images.shape[1]),
+        per="feature" if data.is_features else "channel",
+    )
+    if parsed is None:
+        return {}
+    return {"mean": parsed.mean, "std": parsed.std}
+
+
+def _append_step_summary(options: Any, text: str) -> list[str]:
+    """Append `text` to $GITHUB_STEP_SUMMARY when set; warnings for what went wrong."""
+    import os
+
+    from lipcert.certify.command import step_summary_clash
+    from lipcert.reports.files import append_text
+
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not summary_file:
+        return []
+    clash = step_summary_clash(summary_file, options)
+    if clash:
+        return [f"$GITHUB_STEP_SUMMARY {summary_file!r} is {clash}: the summary was not appended"]
+    try:
+        append_text(summary_file, text)
+    except OSError as exc:
+        return [
+            f"cannot append the summary to $GITHUB_STEP_SUMMARY {summary_file!r}: "
+            f"{exc.strerror or exc}"
+        ]
+    return []
+
+
+@contextmanager
+def _progress(
+    console: Console | None, phases: list[tuple[str, int | None]], *, eta: bool = False
+) -> Iterator[list[Any]]:
+    """Transient progress bars on `console`, one per (label, total) phase (none when
+    `console` is None), and the callbacks that advance them: `callback(n)` by n samples, or
+    `callback(done, total)`. The bars show from the first callback on, so that an error
+    raised before any work is done stays one line."""
+    if console is None:
+        yield [None] * len(phases)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if eta:
+        columns.append(TimeRemainingColumn())
+    progress = Progress(*columns, console=console, transient=True)
+    tasks = [progress.add_task(label, total=total, visible=False) for label, total in phases]
+    shown: set[Any] = set()
+
+    def callback(task: Any) -> Any:
+        def advance(done: int, of: int | None = None) -> None:
+            if not shown:
+                progress.start()
+            if task not in shown:
+                shown.add(task)
+                progress.reset(task, visible=True)  # its clock starts now
+            if of is None:
+                progress.advance(task, done)
+            else:
+                progress.update(task, completed=done, total=of)
+
+        return advance
+
+    try:
+        yield [callback(task) for task in tasks]
+    finally:
+        if shown:
+            progress.stop()
 
 
 @app.command()
@@ -540,17 +708,24 @@ def attack(
     Exit 1 when any decision changes inside a certified radius (an unsound certificate),
     0 otherwise. Also reports the smallest adversarial distance found against the radius.
     """
-    from lipcert.attack import AttackSettings
-    from lipcert.attack.command import run_attack
-    from lipcert.certify.command import CertifyRequest
+    from lipcert import api
+    from lipcert.certify.command import CertifyRequest, resolve_attack
+    from lipcert.config import load_config
+    from lipcert.reports import attack_report
 
     with reported_errors(show_traceback):
+        from lipcert.errors import UsageError
+
+        if steps < 1 or restarts < 1:
+            raise UsageError(
+                f"expected --steps >= 1 and --restarts >= 1 but got {steps}, {restarts}"
+            )
         request = CertifyRequest(
             model=model,
             dataset=dataset,
             data_dir=data_dir,
             split=split,
-            limit=limit,
+            limit=DEFAULT_ATTACK_LIMIT if limit is None else limit,
             mean=mean,
             std=std,
             certificate=certificate,
@@ -563,19 +738,37 @@ def attack(
             resize=resize,
             crop=crop,
         )
-        outcome = run_attack(
-            request,
-            AttackSettings(steps=steps, restarts=restarts),
-            not no_distance,
-            None if quiet else stderr,
-        )
+        batch_size, chosen_certificate = resolve_attack(request, load_config())
+        data = _load_dataset(request)
+        bounded = _load_for(request, data)
+        progress = None if quiet else stderr
+        phases = [("certifying", len(data)), ("attacking", len(data))]
+        with _progress(progress, phases, eta=True) as (on_batch, on_progress):
+            report = api.attack_certificates(
+                bounded,
+                data,
+                steps=steps,
+                restarts=restarts,
+                search_distance=not no_distance,
+                precision=request.margins or "float32",  # type: ignore[arg-type]  # checked
+                certificate=chosen_certificate,  # type: ignore[arg-type]  # checked
+                batch_size=batch_size,
+                **_preprocessing(request, data),
+                device=request.device,
+                on_batch=on_batch,
+                on_progress=on_progress,
+            )
+        if csv_path is not None:
+            report.to_csv(csv_path)
+        if not quiet:
+            attack_report.render(stderr, str(model), report.result, report.labels)
         if as_json:
-            _emit_json(outcome.json)
-        if outcome.violations:
+            _emit_json(attack_report.to_json(str(model), report.result, report.labels))
+        if report.violations:
             from lipcert.errors import UnsoundCertificateError
 
             raise UnsoundCertificateError(
-                f"{outcome.violations} certificate(s) broken by the attack"
+                f"{report.violations} certificate(s) broken by the attack"
             )
     raise typer.Exit(int(ExitCode.PASSED))
 
@@ -664,9 +857,9 @@ def compare(
     certified accuracy at --robustness EPS), and better on one. Exit 0, or 2 on usage, model
     or data errors.
     """
+    from lipcert import api
     from lipcert.certify.metrics import parse_eps_list
     from lipcert.compare import compare_models
-    from lipcert.datasets import load_dataset
 
     with reported_errors(show_traceback):
         eps_list = parse_eps_list(eps or "36/255,72/255,108/255,1")
@@ -680,7 +873,7 @@ def compare(
         if plot is not None:
             _check_plot(plot, inputs)
             _check_plot(_curves_path(plot), inputs)
-        data = load_dataset(dataset, split=split, data_dir=data_dir, limit=limit)
+        data = api.load_dataset(dataset, split=split, data_dir=data_dir, limit=limit)
         stems = [m.stem for m in models]
         comparison = compare_models(
             [str(m) for m in models],
@@ -752,15 +945,6 @@ def _check_plot(path: Path, inputs: list[tuple[str, str | Path | None]]) -> None
 def _curves_path(plot: Path) -> Path:
     """Where compare --plot FILE draws the certified-accuracy curves: FILE-curves.<suffix>."""
     return plot.with_name(f"{plot.stem}-curves{plot.suffix}")
-
-
-def _plot_certify(path: Path, model: Path, result: Any) -> None:
-    from lipcert.plots import plot_certified_accuracy
-
-    certificates = result.certificates
-    correct = certificates.prediction == result.labels
-    eps = [e.value for e, _ in result.summary.certified_accuracy]
-    plot_certified_accuracy({str(model): (certificates.radius, correct)}, path, eps=eps)
 
 
 def _version(value: bool) -> None:

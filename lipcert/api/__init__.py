@@ -4,17 +4,21 @@ Library functions here take values (floats, arrays, tensors), never command-line
 they do not print and do not modify their arguments.
 """
 
-from lipcert.api.data import DatasetReport, certify_dataset
+from lipcert.api.attack import AttackReport, attack_certificates
+from lipcert.api.data import DatasetReport, certify_dataset, load_dataset
 from lipcert.api.metric import CertifiedAccuracy, RobustnessMetric
 from lipcert.api.model import CertifiedBatch, Model, from_torch, load
 
 __all__ = [
+    "AttackReport",
     "CertifiedAccuracy",
     "CertifiedBatch",
     "DatasetReport",
     "Model",
     "RobustnessMetric",
+    "attack_certificates",
     "certify_dataset",
     "from_torch",
     "load",
+    "load_dataset",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,16 +21,27 @@ from lipcert.api.model import (
     Precision,
     _as_array,
 )
+from lipcert.certify.gates import FRACTION_GATES, Gate, check_threshold, evaluate_gates
 from lipcert.certify.metrics import Eps, Summary, summarise
-from lipcert.certify.pipeline import STATUS_NAMES
+from lipcert.certify.pipeline import (
+    CertifyResult,
+    Evaluators,
+    Preprocessing,
+    certified_spec,
+    certify_batch,
+)
+from lipcert.certify.pipeline import _concatenate as concatenate_certificates
+from lipcert.certify.pipeline import certify_dataset as pipeline_certify_dataset
 from lipcert.certify.radii import Certificates, Method
+from lipcert.datasets import Dataset
 from lipcert.errors import UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from lipcert.local.refine import RefineResult
+
 DEFAULT_EPS = (36 / 255, 72 / 255, 108 / 255, 1.0)
-_STATUS_CODES = {name: int(status) for status, name in STATUS_NAMES.items()}
 
 
 def certify_dataset(
@@ -42,29 +53,71 @@ def certify_dataset(
     certificate: Certificate = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     class_names: Sequence[str] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    ray: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> DatasetReport:
     """Certify every sample of `data` and summarise: accuracy, certified accuracy, MCR.
 
     `data` is one of: a pair of arrays (x, y); an iterable of (x, y) batches, numpy or torch
     (a torch DataLoader is one); a `lipcert.datasets.Dataset`; or a dataset name or .npz path
-    as `lipcert.datasets.load_dataset` reads it (pixels scaled to [0, 1], as the CLI does).
+    as `lipcert.load_dataset` reads it (pixels scaled to [0, 1], as the CLI does).
     `eps` are the radii of certified accuracy (floats > 0).
+
+    `mean` and `std` (one value, or one per channel or feature) make the certified function
+    x -> model((x - mean) / std): radii are then in the space of `data`, as
+    `lipcert certify --mean --std` computes them. `threads` caps onnxruntime's threads,
+    `device` ("cuda", "cuda:N") runs the graph in float64 on that GPU (see `Model.certify`),
+    and `ray` ("local", or a cluster's address) shards a Dataset over the workers of a Ray
+    cluster (`pip install "lipcert[ray]"`), with the numbers of a one-process run.
+    `on_batch(n)` is called after each batch of n samples (a progress bar, say).
     """
     eps_list = eps_thresholds(eps)
+    method = model.method(certificate)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"expected batch_size >= 1 but got {batch_size!r}")
     if isinstance(data, (str, Path)):
-        from lipcert.datasets import load_dataset
-
-        # An image folder is resized and cropped to the model's input size.
-        data = load_dataset(str(data), model_shape=model.input_shape)
+        data = load_dataset(str(data))
     names = tuple(class_names) if class_names is not None else None
     if _is_dataset(data):
-        names = names or data.class_names
-        batches: Iterable[tuple[Any, Any]] = (
-            (pixels, labels)
-            for _, pixels, labels in data.batches(batch_size, dtype=_pixel_type(precision))
+        if tuple(data.images.shape[1:]) != model.input_shape:
+            raise UsageError(
+                f"expected samples of shape {model.input_shape!r} (the model's input) but "
+                f"{data.name!r} holds {tuple(data.images.shape[1:])!r}"
+            )
+        preprocessing = preprocessing_of(mean, std, int(data.images.shape[1]))
+        if ray is not None:
+            result, run_precision = _certify_on_ray(
+                model, data, eps_list, method, precision, preprocessing, batch_size, threads,
+                device, ray, on_batch,
+            )
+        else:
+            evaluators = model._evaluators_for(precision, device, threads)
+            result = pipeline_certify_dataset(
+                evaluators.evaluator,
+                evaluators.spec,
+                method,
+                data,
+                eps_list,
+                batch_size=batch_size,
+                preprocessing=preprocessing,
+                on_batch=on_batch,
+                exact=evaluators.exact,
+            )
+            run_precision = evaluators.evaluator.precision
+        if names is not None and names != data.class_names:
+            summary = summarise(result.certificates, result.labels, eps_list, names)
+            result = replace(result, summary=summary)
+        return DatasetReport(model, result, eps_list, run_precision, data, preprocessing)
+    if ray is not None:
+        raise UsageError("expected a Dataset (or a dataset name or path) to shard over Ray")
+    if isinstance(data, tuple) and len(data) == 2:
+        batches: Iterable[tuple[Any, Any]] = _slices(
+            _as_array(data[0]), _as_array(data[1]), batch_size
         )
-    elif isinstance(data, tuple) and len(data) == 2:
-        batches = _slices(_as_array(data[0]), _as_array(data[1]), batch_size)
     elif isinstance(data, Iterable):
         batches = data
     else:
@@ -72,9 +125,85 @@ def certify_dataset(
             "expected data as (x, y) arrays, an iterable of (x, y) batches or a Dataset but "
             f"got {type(data).__name__}"
         )
-    parts: list[CertifiedBatch] = []
+    preprocessing = preprocessing_of(mean, std, model.input_shape[0])
+    evaluators = model._evaluators_for(precision, device, threads)
+    result = _certify_batches(
+        model, batches, evaluators, method, eps_list, preprocessing, batch_size, names, on_batch
+    )
+    return DatasetReport(
+        model, result, eps_list, evaluators.evaluator.precision, None, preprocessing
+    )
+
+
+def load_dataset(
+    name_or_path: str,
+    *,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    label_column: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    model_shape: Sequence[int] | None = None,
+) -> Dataset:
+    """A named dataset's split (cifar10, cifar100, mnist, fashion-mnist), a .npz or a .csv
+    file, or imagefolder:PATH, as `lipcert certify --dataset` reads it (see
+    `lipcert.datasets.load_dataset`). `model_shape`, the input shape of the model the data
+    is for, sets an image folder's default resize and crop."""
+    from lipcert.datasets import load_dataset as read
+
+    return read(
+        name_or_path,
+        split=split,
+        data_dir=data_dir,
+        limit=limit,
+        label_column=label_column,
+        resize=resize,
+        crop=crop,
+        model_shape=None if model_shape is None else tuple(int(d) for d in model_shape),
+    )
+
+
+def preprocessing_of(
+    mean: float | Sequence[float] | None, std: float | Sequence[float] | None, channels: int
+) -> Preprocessing | None:
+    """x -> (x - mean) / std with one value, or one per channel (or feature); None for none."""
+    if mean is None and std is None:
+        return None
+    values = []
+    for name, given, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        array = np.atleast_1d(
+            np.asarray(default if given is None else _as_array(given), dtype=np.float64)
+        )
+        if array.ndim != 1 or array.size not in (1, channels):
+            raise UsageError(
+                f"expected {name} as one value or {channels} (one per channel) but got {given!r}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise UsageError(f"expected finite {name} values but got {given!r}")
+        values.append(np.broadcast_to(array, (channels,)).copy())
+    if np.any(values[1] <= 0):
+        raise UsageError(f"expected std > 0 but got {std!r}")
+    return Preprocessing(mean=values[0], std=values[1])
+
+
+def _certify_batches(
+    model: Model,
+    batches: Iterable[Any],
+    evaluators: Evaluators,
+    method: Method,
+    eps_list: list[Eps],
+    preprocessing: Preprocessing | None,
+    batch_size: int,
+    class_names: tuple[str, ...] | None,
+    on_batch: Callable[[int], None] | None,
+) -> CertifyResult:
+    """certify_batch on batches of arrays, as `pipeline.certify_dataset` on a Dataset."""
+    spec = certified_spec(evaluators.spec, preprocessing)
+    eps_values = np.array([e.value for e in eps_list], dtype=np.float64)
+    parts: list[tuple[Certificates, np.ndarray, np.ndarray]] = []
+    labels: list[np.ndarray] = []
     started = time.perf_counter()
-    eps_values = [e.value for e in eps_list]
     for pair in batches:
         try:
             x, y = pair
@@ -82,21 +211,74 @@ def certify_dataset(
             raise UsageError(
                 f"expected each batch as a pair (x, y) but got {type(pair).__name__}"
             ) from None
-        parts.append(
-            model.certify(
-                x,
-                y,
-                eps=eps_values,
-                precision=precision,
-                certificate=certificate,
-                batch_size=batch_size,
+        inputs = model._inputs(x)
+        labels.append(model.labels(y, len(inputs)))
+        for begin in range(0, len(inputs), batch_size):
+            chunk = inputs[begin : begin + batch_size]
+            if preprocessing is not None:
+                chunk = preprocessing.apply(chunk)
+            parts.append(
+                certify_batch(
+                    evaluators.evaluator,
+                    spec,
+                    method,
+                    chunk,
+                    eps_values,
+                    exact=evaluators.exact,
+                    preprocessing=preprocessing,
+                )
             )
-        )
+        if on_batch is not None:
+            on_batch(len(inputs))
     seconds = time.perf_counter() - started
-    if not parts or sum(len(p) for p in parts) == 0:
+    label_array = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    if len(label_array) == 0:
         raise UsageError("expected at least one sample but the data is empty")
-    samples = _concatenate(parts)
-    return DatasetReport(model.name, samples, eps_list, names, precision, model, seconds)
+    certificates = concatenate_certificates([p[0] for p in parts], method)
+    return CertifyResult(
+        certificates,
+        label_array,
+        summarise(certificates, label_array, eps_list, class_names),
+        spec,
+        np.concatenate([p[1] for p in parts]),
+        seconds,
+        np.concatenate([p[2] for p in parts]) if evaluators.exact is not None else None,
+    )
+
+
+def _certify_on_ray(
+    model: Model,
+    data: Dataset,
+    eps_list: list[Eps],
+    method: Method,
+    precision: Precision,
+    preprocessing: Preprocessing | None,
+    batch_size: int,
+    threads: int | None,
+    device: str | None,
+    address: str,
+    on_batch: Callable[[int], None] | None,
+) -> tuple[CertifyResult, str]:
+    """The result of a one-process run, computed by a Ray cluster's workers; the driver
+    builds no evaluator (each worker builds its own)."""
+    from lipcert.certify.distributed import ShardJob, certify_on_ray
+
+    spec, has_exact = model._run_spec(precision, device)
+    job = ShardJob(
+        loaded=model.loaded,
+        analysis=model.analysis,
+        margins=precision,
+        threads=threads,
+        device=device,
+        spec=spec,
+        method=method,
+        preprocessing=preprocessing,
+        eps_values=np.array([e.value for e in eps_list], dtype=np.float64),
+        batch_size=batch_size,
+        has_exact=has_exact,
+    )
+    result = certify_on_ray(job, data, eps_list, address=address or "local", on_batch=on_batch)
+    return result, "float32" if has_exact else "float64"
 
 
 def eps_thresholds(eps: Sequence[float | Eps] | float) -> list[Eps]:
@@ -126,11 +308,6 @@ def _is_dataset(data: Any) -> bool:
     return isinstance(data, Dataset)
 
 
-def _pixel_type(precision: Precision) -> type[np.floating]:
-    # As the CLI: pixels / 255 rounded once to the evaluator's precision.
-    return np.float32 if precision == "float32" else np.float64
-
-
 def _slices(x: np.ndarray, y: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if len(x) != len(y):
         raise UsageError(f"expected as many labels as inputs but got {len(y)} and {len(x)}")
@@ -140,49 +317,58 @@ def _slices(x: np.ndarray, y: np.ndarray, size: int) -> Iterator[tuple[np.ndarra
         yield x[start : start + size], y[start : start + size]
 
 
-def _concatenate(parts: list[CertifiedBatch]) -> CertifiedBatch:
-    labels = [p.label for p in parts]
-    return CertifiedBatch(
-        prediction=np.concatenate([p.prediction for p in parts]),
-        runner_up=np.concatenate([p.runner_up for p in parts]),
-        margin=np.concatenate([p.margin for p in parts]),
-        radius=np.concatenate([p.radius for p in parts]),
-        status=np.concatenate([p.status for p in parts]),
-        allowance=np.concatenate([p.allowance for p in parts]),
-        method=parts[0].method,
-        label=np.concatenate([lab for lab in labels if lab is not None]),
-    )
-
-
 @dataclass(frozen=True)
 class DatasetReport:
     """Certificates of every sample of a dataset and their summary.
 
     `summary` holds accuracy, certified accuracy at each eps (correct and radius > eps), the
     MCR (mean signed radius), and a row per class; the per-sample table is `to_pandas()`.
+    `result` holds the arrays the summary comes from; `dataset` is the Dataset certified
+    (None for arrays or batches), `precision` the arithmetic of the logits.
     """
 
-    model_name: str
-    samples: CertifiedBatch
-    eps: list[Eps]
-    class_names: tuple[str, ...] | None
-    precision: Precision
     model: Model
-    seconds: float
+    result: CertifyResult
+    eps: list[Eps]
+    precision: str
+    dataset: Dataset | None = None
+    preprocessing: Preprocessing | None = None
+    refinement: RefineResult | None = None  # `refine()`: the local certificates it added
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
 
     @cached_property
+    def samples(self) -> CertifiedBatch:
+        """Per-sample prediction, margin, radius, status and allowance, with the labels."""
+        result = self.result
+        return CertifiedBatch.from_certificates(
+            result.certificates, result.allowance, result.labels
+        )
+
+    @property
     def summary(self) -> Summary:
         """Accuracy, certified accuracy at each eps, MCR, radii and a row per class."""
-        return summarise(self._certificates(), self.labels, self.eps, self.class_names)
+        return self.result.summary
 
     @property
     def labels(self) -> np.ndarray:
-        assert self.samples.label is not None  # certify_dataset always has labels
-        return self.samples.label
+        return self.result.labels
+
+    @property
+    def seconds(self) -> float:
+        """Time spent certifying (refinement not included)."""
+        return self.result.seconds
+
+    @property
+    def exact_samples(self) -> int:
+        """Samples recomputed in float64 because the rounding allowance could change them."""
+        return self.result.exact_samples
 
     @property
     def n(self) -> int:
-        return len(self.samples)
+        return self.summary.n
 
     @property
     def accuracy(self) -> float:
@@ -200,7 +386,91 @@ class DatasetReport:
 
     @property
     def lipschitz_bound(self) -> float:
-        return self.model.lipschitz_bound
+        """Bound of the certified function: the model after the preprocessing, if any."""
+        return float(self.result.spec.lipschitz_bound)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the model's analysis and the dataset reader want the reader to know."""
+        dataset_notes = () if self.dataset is None else tuple(self.dataset.notes)
+        return self.model.notes + dataset_notes
+
+    def gates(
+        self,
+        *,
+        min_accuracy: float | None = None,
+        min_certified_accuracy: float | None = None,
+        gate_eps: float | Eps | None = None,
+        min_mcr: float | None = None,
+    ) -> list[Gate]:
+        """CI gates on this report: each passes when its value is at least its threshold.
+
+        The certified-accuracy gate is at `gate_eps`, one of the report's eps (default the
+        first); accuracies are fractions in [0, 1], the MCR a radius.
+        """
+        for name, value in (
+            ("min_accuracy", min_accuracy),
+            ("min_certified_accuracy", min_certified_accuracy),
+            ("min_mcr", min_mcr),
+        ):
+            if value is not None:
+                check_threshold(value, fraction=name in FRACTION_GATES, origin=name)
+        if gate_eps is not None and min_certified_accuracy is None:
+            raise UsageError("expected min_certified_accuracy with gate_eps")
+        chosen = None
+        if min_certified_accuracy is not None:
+            chosen = self.eps[0]
+            if gate_eps is not None:
+                wanted = gate_eps.value if isinstance(gate_eps, Eps) else gate_eps
+                match = [e for e in self.eps if e.value == wanted]
+                if not match:
+                    raise UsageError(
+                        f"expected gate_eps among the report's eps "
+                        f"{[e.value for e in self.eps]!r} but got {gate_eps!r}"
+                    )
+                chosen = match[0]
+        return evaluate_gates(
+            self.summary,
+            gate_eps=chosen,
+            min_certified_accuracy=min_certified_accuracy,
+            min_accuracy=min_accuracy,
+            min_mcr=min_mcr,
+        )
+
+    def refine(
+        self,
+        *,
+        budget: float | None = None,
+        radius: float | None = None,
+        on_sample: Callable[[int, int], None] | None = None,
+    ) -> DatasetReport:
+        """A new report where local certificates (linear bounds over the L2 ball) prove more
+        than the global radius: tried at each eps the radius is below, then bisected up to
+        `radius` when given. `budget`: seconds for the whole refinement (samples not reached
+        keep their radius). Never larger than proven. Needs the report of a Dataset.
+        `on_sample(done, total)` reports progress."""
+        from lipcert.local.refine import RefineOptions, refine_result
+
+        if self.dataset is None:
+            raise UsageError(
+                "expected the report of a Dataset to refine (the samples are read again)"
+            )
+        for name, value in (("budget", budget), ("radius", radius)):
+            if value is not None and not value > 0:
+                raise UsageError(f"expected {name} > 0 but got {value!r}")
+        options = RefineOptions(
+            eps=tuple(e.value for e in self.eps), upper=radius, budget=budget
+        )
+        result, refinement = refine_result(
+            self.result,
+            self.model.analysis,
+            self.dataset,
+            self.preprocessing,
+            self.eps,
+            options,
+            on_sample=on_sample,
+        )
+        return replace(self, result=result, refinement=refinement)
 
     def per_class(self) -> pd.DataFrame:
         """One row per class: n, accuracy, certified accuracy at each eps, MCR."""
@@ -219,23 +489,27 @@ class DatasetReport:
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per sample, the columns of `lipcert certify --csv`."""
-        from lipcert.reports.certify_report import samples_frame
+        from lipcert.reports.certify_report import csv_frame
 
-        return samples_frame(self.labels, self._certificates())
+        return csv_frame(self.result, self._refined())
 
     def to_csv(self, path: str | Path) -> None:
-        """Write `to_pandas()` as CSV, atomically, with every digit of the radii."""
+        """Write `to_pandas()` as CSV, atomically, with every digit of the radii (the file
+        `lipcert certify --csv` writes)."""
+        from lipcert.reports import certify_report
         from lipcert.reports.files import write_atomically
 
-        frame = self.to_pandas()
-        write_atomically(Path(path), lambda handle: frame.to_csv(handle, index=False))
+        refined = self._refined()
+        write_atomically(
+            Path(path), lambda handle: certify_report.write_csv(handle, self.result, refined)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain Python values (the keys of `lipcert certify --json`)."""
         from lipcert.reports.certify_report import breakdown_json
 
         summary = self.summary
-        spec = self.model.spec_for(self.precision)
+        spec = self.result.spec
         return {
             "model": self.model_name,
             "n": summary.n,
@@ -253,7 +527,8 @@ class DatasetReport:
                 "precision": self.precision,
                 "constant": spec.fp_error_constant,
                 "slope": spec.fp_error_slope,
-                "max": float(np.max(self.samples.allowance, initial=0.0)),
+                "max": float(np.max(self.result.allowance, initial=0.0)),
+                "exact_samples": self.exact_samples,
             },
             **breakdown_json(summary),
             "seconds": self.seconds,
@@ -268,17 +543,8 @@ class DatasetReport:
         corners of that step function (`lipcert.plots.certified_accuracy_curve`)."""
         from lipcert.plots import certified_accuracy_curve
 
-        correct = self.samples.correct
-        assert correct is not None  # certify_dataset always has labels
-        return certified_accuracy_curve(self.samples.radius, correct)
+        correct = self.result.certificates.prediction == self.labels
+        return certified_accuracy_curve(self.result.certificates.radius, correct)
 
-    def _certificates(self) -> Certificates:
-        samples = self.samples
-        return Certificates(
-            prediction=samples.prediction,
-            runner_up=samples.runner_up,
-            margin=samples.margin,
-            radius=samples.radius,
-            status=np.array([_STATUS_CODES[s] for s in samples.status], dtype=np.int64),
-            method=Method(samples.method),
-        )
+    def _refined(self) -> np.ndarray | None:
+        return None if self.refinement is None else self.refinement.refined

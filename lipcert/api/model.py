@@ -158,7 +158,7 @@ class Model:
     def __init__(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
         self._analysis: Analysis = analyse(loaded.graph)
-        self._evaluators: dict[str, Evaluators] = {}
+        self._evaluators: dict[tuple[str, int | None], Evaluators] = {}
 
     # --- bounds ------------------------------------------------------------------------
 
@@ -205,6 +205,25 @@ class Model:
         """What the analysis wants the reader to know (e.g. a size-independent conv bound)."""
         return tuple(self._analysis.notes)
 
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model as its front-end read it (format, path, ONNX for the runtime)."""
+        return self._loaded
+
+    @property
+    def analysis(self) -> Analysis:
+        """The bound analysis: per-node bounds, the spec, notes (what reports render)."""
+        return self._analysis
+
+    def empirical_lower_bound(self, *, restarts: int = 16, steps: int = 8, seed: int = 0) -> float:
+        """A lower bound of the L2 Lipschitz constant found by gradient ascent on the
+        Jacobian's spectral norm: it shows how tight `lipschitz_bound` is, never certifies."""
+        from lipcert.empirical import empirical_lower_bound
+
+        return empirical_lower_bound(
+            self._analysis.graph, restarts=restarts, steps=steps, seed=seed
+        )
+
     def layers_frame(self) -> pd.DataFrame:
         """The per-layer table as a pandas DataFrame, one row per node."""
         import pandas as pd
@@ -239,6 +258,7 @@ class Model:
         certificate: Certificate = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | None = None,
+        threads: int | None = None,
     ) -> CertifiedBatch:
         """Certified radius, prediction and margin of every sample of `x`.
 
@@ -251,7 +271,8 @@ class Model:
         certificate="auto" uses the pairwise bounds of a linear head when there is one.
         device="cuda" (or "cuda:N") runs the graph in float64 on that GPU for every sample,
         whatever `precision`, as `lipcert certify --device cuda` does (the first batch checked
-        against onnxruntime on the CPU); "cpu" or None: the CPU as above.
+        against onnxruntime on the CPU); "cpu" or None: the CPU as above. `threads` caps
+        onnxruntime's threads (default all cores).
         """
         inputs = self._inputs(x)
         labels = None if y is None else self.labels(y, len(inputs))
@@ -259,7 +280,7 @@ class Model:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"expected batch_size >= 1 but got {batch_size!r}")
         eps_values = np.asarray([float(e) for e in eps], dtype=np.float64)
-        evaluators = self._evaluators_for(precision, device)
+        evaluators = self._evaluators_for(precision, device, threads)
         parts = []
         for start in range(0, len(inputs), batch_size):
             certificates, allowance, _ = certify_batch(
@@ -347,23 +368,49 @@ class Model:
             return self.spec
         return self._analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
 
-    def _evaluators_for(self, precision: Precision, device: str | None = None) -> Evaluators:
+    def _evaluators_for(
+        self, precision: Precision, device: str | None = None, threads: int | None = None
+    ) -> Evaluators:
         """The evaluators `lipcert certify --margins <precision> --device <device>` uses,
-        made once."""
-        if precision not in ("float32", "float64"):
-            raise UsageError(f"expected precision 'float32' or 'float64' but got {precision!r}")
-        if device is not None:
-            from lipcert.evaluators.torch_device import resolve_device
-
-            device = str(resolve_device(device))
-            if device == "cpu":
-                device = None
-        key = precision if device is None else f"float64@{device}"
+        made once per (precision, device, threads)."""
+        precision, device = _run_options(precision, device)
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise UsageError(f"expected threads >= 1 (or None) but got {threads!r}")
+        key = (precision if device is None else f"float64@{device}", threads)
         if key not in self._evaluators:
             self._evaluators[key] = choose_evaluators(
-                self._loaded, self._analysis, precision, threads=None, device=device
+                self._loaded, self._analysis, precision, threads=threads, device=device
             )
         return self._evaluators[key]
+
+    def _run_spec(self, precision: Precision, device: str | None) -> tuple[CertificateSpec, bool]:
+        """The spec `_evaluators_for(precision, device)` certifies with (its rounding
+        allowance), and whether those evaluators recompute samples exactly, without building
+        them (a Ray driver only sends this to its workers, which build their own)."""
+        precision, device = _run_options(precision, device)
+        spec64 = self._analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+        if device is not None:
+            from lipcert.evaluators.torch_device import device_spec, resolve_device
+
+            return device_spec(spec64, resolve_device(device)), False
+        if precision == "float64":
+            return spec64, False
+        return self._analysis.spec, True
+
+
+def _run_options(precision: Precision, device: str | None) -> tuple[Precision, str | None]:
+    """(precision, device) checked; device None for the CPU, else torch's name of it."""
+    if precision not in ("float32", "float64"):
+        raise UsageError(f"expected precision 'float32' or 'float64' but got {precision!r}")
+    if device is not None:
+        from lipcert.evaluators.torch_device import resolve_device
+
+        device = str(resolve_device(device))
+        if device == "cpu":
+            device = None
+    return precision, device
 
 
 def _as_array(value: Any) -> np.ndarray:

@@ -1,4 +1,10 @@
-"""`lipcert certify` as a library call: options in, results, files and gates out."""
+"""The options of `lipcert certify` and `lipcert attack`: the [tool.lipcert] table merged
+in, and every check that needs no file read (usage errors come before any work).
+
+This is the command line's side of those commands: option strings and their origins (a flag,
+or a key of a config file) are named in messages here. The work itself goes through the
+Python API (`lipcert.api`); nothing here loads, certifies or prints.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from lipcert.bounds.compose import Analysis, analyse
-from lipcert.bounds.spec import CertificateSpec
-from lipcert.certify.gates import FRACTION_GATES, Gate, check_threshold, evaluate_gates
+from lipcert.certify.gates import FRACTION_GATES, check_threshold
 from lipcert.certify.metrics import Eps, parse_eps_list
-from lipcert.certify.pipeline import (
-    CertifyResult,
-    Preprocessing,
-    certify_dataset,
-    choose_evaluators,
-    model_labels,
-    parse_preprocessing,
-)
-from lipcert.certify.radii import Method, choose_method
 from lipcert.config import TABLE, Config, resolve_config
-from lipcert.datasets import Dataset, load_dataset
 from lipcert.datasets.catalog import canonical_name
-from lipcert.errors import DatasetError, ModelLoadError, ShapeError, UsageError
-from lipcert.evaluators import Evaluator
-from lipcert.frontends import load_model
-from lipcert.model import LoadedModel, LoadOptions, parse_input_shape
-from lipcert.reports import certify_report
-from lipcert.reports.files import append_text, check_output_path, write_atomically
+from lipcert.errors import ModelLoadError, UsageError
+from lipcert.reports.files import check_output_path
 
 DEFAULT_EPS = "36/255,72/255,108/255,1"
 DEFAULT_BATCH_SIZE = 256
@@ -207,32 +195,55 @@ def _is_input(path: str, inputs: list[tuple[str, str | Path | None]]) -> str | N
 
 
 @dataclass(frozen=True)
-class CertifyOutcome:
-    result: CertifyResult
-    gates: list[Gate]
-    json: dict[str, Any]
-    context: certify_report.Context
-    # Problems that do not change the result (a CI summary file that cannot be written).
-    warnings: tuple[str, ...] = ()
+class CertifyOptions:
+    """A certify request with the config merged in and checked, ready for the API."""
 
-
-@dataclass
-class Prepared:
-    """What certify and attack share: data, model, bounds and an evaluator."""
-
-    dataset: Dataset
-    loaded: LoadedModel
-    analysis: Analysis
-    method: Method
-    preprocessing: Preprocessing | None
-    evaluator: Evaluator
-    spec: CertificateSpec  # with the rounding allowance of the evaluator's precision
+    request: CertifyRequest
+    config: Config
+    eps: list[Eps]
+    gate_eps: Eps | None  # the certified-accuracy gate's eps (None without that gate)
     batch_size: int
-    exact: Evaluator | None = None  # recomputes the samples whose certificate rounding may change
+    certificate: str
+    refine: bool  # --refine or --refine-radius: local certificates after the global ones
+
+    def inputs(self) -> list[tuple[str, str | Path | None]]:
+        """The files the run reads, which no output may overwrite."""
+        return _inputs(self.request, self.config)
 
 
-def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepared:
-    """Load the dataset, then the model at its input shape, bound it, pick the evaluator."""
+def resolve_certify(request: CertifyRequest) -> CertifyOptions:
+    """The config resolved and merged into the request, and every option checked."""
+    config = resolve_config(request.config_path, no_config=request.no_config)
+    request, from_config = with_config(request, config)
+    eps_list, gate_eps = check_request(request, config, from_config)
+    refine = check_refine_options(request.refine, request.refine_budget, request.refine_radius)
+    return CertifyOptions(
+        request,
+        config,
+        eps_list,
+        gate_eps,
+        batch_size=request.batch_size or DEFAULT_BATCH_SIZE,
+        certificate=request.certificate or "auto",
+        refine=refine,
+    )
+
+
+def check_refine_options(refine: bool, budget: float | None, radius: float | None) -> bool:
+    """Whether --refine / --refine-budget / --refine-radius ask for a refinement."""
+    if budget is not None and not budget > 0:
+        raise UsageError(f"expected --refine-budget > 0 (seconds) but got {budget!r}")
+    if radius is not None and not radius > 0:
+        raise UsageError(f"expected --refine-radius > 0 but got {radius!r}")
+    if not refine and radius is None:
+        if budget is not None:
+            raise UsageError("--refine-budget needs --refine or --refine-radius")
+        return False
+    return True
+
+
+def resolve_attack(request: CertifyRequest, config: Config) -> tuple[int, str]:
+    """The batch size and certificate of `lipcert attack` (the config may set them), after
+    the checks certify makes before reading any file."""
     batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
     if batch_size < 1 or (request.threads is not None and request.threads < 1):
         raise UsageError(
@@ -250,7 +261,7 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
         raise UsageError("expected --dataset (a dataset name, a .npz or a .csv file)")
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"expected --limit >= 1 but got {request.limit!r}")
-    if request.csv_path is not None:  # before any work: attack comes here directly
+    if request.csv_path is not None:
         check_output_path(
             request.csv_path,
             option="--csv",
@@ -259,105 +270,12 @@ def prepare(request: CertifyRequest, config: Config | dict[str, Any]) -> Prepare
                 ("the dataset", None if canonical_name(request.dataset) else request.dataset),
             ],
         )
-    dataset = load_dataset(
-        request.dataset,
-        split=request.split or "test",
-        data_dir=request.data_dir,
-        limit=request.limit,
-        label_column=request.label_column,
-        resize=request.resize,
-        crop=request.crop,
-        model_shape=_declared_shape(request),
-    )
-    loaded = _load_for(request, dataset)
-    analysis = analyse(loaded.graph)
-    model_labels(dataset, analysis.spec)  # before any progress display: errors stay one line
-    method = choose_method(
-        analysis.spec, _first_given(request.certificate, config.get("certificate"), "auto")
-    )
-    preprocessing = parse_preprocessing(
-        request.mean,
-        request.std,
-        dataset.images.shape[1],
-        per="feature" if dataset.is_features else "channel",
-    )
-    chosen = choose_evaluators(loaded, analysis, margins, request.threads, request.device)
-    return Prepared(
-        dataset,
-        loaded,
-        analysis,
-        method,
-        preprocessing,
-        chosen.evaluator,
-        chosen.spec,
-        batch_size,
-        chosen.exact,
-    )
+    return batch_size, _first_given(request.certificate, config.get("certificate"), "auto")
 
 
-def run_certify(request: CertifyRequest, console: Console | None) -> CertifyOutcome:
-    """Resolve the config, check every option, certify, write the CSV and the CI summary.
-
-    `console` shows progress (None: none). The report is the caller's to render, from the
-    outcome's context; nothing is printed here.
-    """
-    config = resolve_config(request.config_path, no_config=request.no_config)
-    request, from_config = with_config(request, config)
-    eps_list, gate_eps = check_request(request, config, from_config)
-    from lipcert.local.progress import check_refine_options, refine_with_progress
-
-    refine = check_refine_options(request.refine, request.refine_budget, request.refine_radius)
-    prepared = prepare(request, config)
-    if request.ray is not None:
-        result = run_on_ray(prepared, request, eps_list, console)
-    else:
-        result = run_with_progress(prepared, eps_list, console)
-    refinement = None
-    if refine is not None:
-        result, refinement = refine_with_progress(prepared, result, eps_list, refine, console)
-    gates = evaluate_gates(
-        result.summary,
-        gate_eps=gate_eps,
-        min_certified_accuracy=request.min_certified_accuracy,
-        min_accuracy=request.min_accuracy,
-        min_mcr=request.min_mcr,
-    )
-    context = certify_report.Context(
-        model=str(request.model),
-        dataset=prepared.dataset,
-        preprocessing=prepared.preprocessing,
-        notes=tuple(prepared.analysis.notes) + prepared.dataset.notes,
-        precision=prepared.evaluator.precision,
-        config=None if config.path is None else str(config.path),
-        refinement=refinement,
-    )
-    if request.csv_path is not None:
-        refined = None if refinement is None else refinement.refined
-        write_atomically(
-            request.csv_path, lambda handle: certify_report.write_csv(handle, result, refined)
-        )
-    warnings = []
-    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-    clash = _is_input(summary_file, _inputs(request, config)) if summary_file else None
-    if summary_file and clash:
-        warnings.append(
-            f"$GITHUB_STEP_SUMMARY {summary_file!r} is {clash}: the summary was not appended"
-        )
-    elif summary_file:
-        try:
-            append_text(summary_file, certify_report.markdown(context, result, gates))
-        except OSError as exc:
-            warnings.append(
-                f"cannot append the summary to $GITHUB_STEP_SUMMARY {summary_file!r}: "
-                f"{exc.strerror or exc}"
-            )
-    return CertifyOutcome(
-        result,
-        gates,
-        certify_report.to_json(context, result, gates),
-        context,
-        tuple(warnings),
-    )
+def step_summary_clash(path: str, options: CertifyOptions) -> str | None:
+    """What the $GITHUB_STEP_SUMMARY file `path` is when it is one of the run's inputs."""
+    return _is_input(path, options.inputs())
 
 
 def _first_given(*values: Any) -> Any:
@@ -380,7 +298,7 @@ def _gate_eps(text: str | None, eps_list: list[Eps], origin: str) -> Eps:
     return same
 
 
-def _declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:
+def declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:
     """The model's fixed input shape, for an image folder's default resize and crop."""
     from lipcert.datasets.imagefolder import is_imagefolder
     from lipcert.frontends.declared import declared_input_shape
@@ -388,93 +306,3 @@ def _declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:
     if request.dataset is None or not is_imagefolder(request.dataset):
         return None
     return declared_input_shape(request.model, request.input_shape)
-
-
-def _load_for(request: CertifyRequest, dataset: Dataset) -> LoadedModel:
-    """The model at the dataset's image shape (or --input-shape, which must match it)."""
-    image_shape = tuple(int(d) for d in dataset.images.shape[1:])
-    what = "features" if dataset.is_features else "images"
-    given = parse_input_shape(request.input_shape)
-    if given is not None and given != image_shape:
-        raise DatasetError(
-            f"--input-shape {given!r} differs from the {what} of {dataset.name!r}, {image_shape!r}"
-        )
-    options = LoadOptions(
-        input_shape=image_shape, arch=request.arch, trust_model=request.trust_model
-    )
-    try:
-        return load_model(request.model, options)
-    except ShapeError as exc:
-        raise DatasetError(f"the {what} of {dataset.name!r} do not fit the model: {exc}") from None
-
-
-def run_on_ray(
-    prepared: Prepared, request: CertifyRequest, eps_list: list[Eps], console: Console | None
-) -> CertifyResult:
-    """certify_dataset's result, computed by the workers of a Ray cluster (--ray ADDRESS)."""
-    import numpy as np
-
-    from lipcert.certify.distributed import ShardJob, certify_on_ray
-
-    job = ShardJob(
-        loaded=prepared.loaded,
-        analysis=prepared.analysis,
-        margins=request.margins or "float32",
-        threads=request.threads,
-        device=request.device,
-        spec=prepared.spec,
-        method=prepared.method,
-        preprocessing=prepared.preprocessing,
-        eps_values=np.array([e.value for e in eps_list], dtype=np.float64),
-        batch_size=prepared.batch_size,
-        has_exact=prepared.exact is not None,
-    )
-    address = request.ray or "local"
-    if console is None:
-        return certify_on_ray(job, prepared.dataset, eps_list, address=address)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    columns = (TextColumn("certifying on Ray"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("certify", total=len(prepared.dataset))
-        return certify_on_ray(
-            job,
-            prepared.dataset,
-            eps_list,
-            address=address,
-            on_batch=lambda n: progress.advance(task, n),
-        )
-
-
-def run_with_progress(
-    prepared: Prepared, eps_list: list[Eps], console: Console | None
-) -> CertifyResult:
-    """certify_dataset, with a progress bar on `console` when there is one."""
-
-    def certify(on_batch: Any = None) -> CertifyResult:
-        return certify_dataset(
-            prepared.evaluator,
-            prepared.spec,
-            prepared.method,
-            prepared.dataset,
-            eps_list,
-            batch_size=prepared.batch_size,
-            preprocessing=prepared.preprocessing,
-            on_batch=on_batch,
-            exact=prepared.exact,
-        )
-
-    if console is None:
-        return certify()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("certifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("certify", total=len(prepared.dataset))
-        return certify(lambda n: progress.advance(task, n))

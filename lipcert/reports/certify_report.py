@@ -280,11 +280,16 @@ def _refinement_text(refinement: RefineResult) -> str:
 def write_csv(handle: IO[str], result: CertifyResult, refined: np.ndarray | None = None) -> None:
     """One row per sample, columns CSV_COLUMNS; with `refined` (certify --refine) a last
     column `certificate`: `local` where the radius comes from local bounds, else `global`."""
+    # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
+    csv_frame(result, refined).to_csv(handle, index=False)
+
+
+def csv_frame(result: CertifyResult, refined: np.ndarray | None = None) -> pd.DataFrame:
+    """The rows `write_csv` writes (also the Python API's `DatasetReport.to_pandas()`)."""
     frame = samples_frame(result.labels, result.certificates)
     if refined is not None:
         frame["certificate"] = np.where(refined, "local", "global")
-    # Full round-trip precision: a radius rounded to fewer digits could be rounded up.
-    frame.to_csv(handle, index=False)
+    return frame
 
 
 def samples_frame(labels: np.ndarray, certificates: Certificates) -> pd.DataFrame:

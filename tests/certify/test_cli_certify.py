@@ -163,7 +163,7 @@ def test_interrupted_csv_write_leaves_no_file(
     model, data, *_ = linear_case
     import lipcert.reports.certify_report as report
 
-    def broken(handle, result) -> None:
+    def broken(handle, result, refined=None) -> None:
         handle.write("index,label\n0,")
         raise KeyboardInterrupt
 
@@ -413,7 +413,7 @@ def test_csv_keeps_the_mode_of_the_file_it_replaces(linear_case, tmp_path: Path)
 def test_csv_that_would_destroy_an_input_is_refused_before_the_work(
     linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
-    import lipcert.certify.command as command
+    import lipcert.api as api
 
     model, data, *_ = linear_case
     path = {
@@ -427,7 +427,7 @@ def test_csv_that_would_destroy_an_input_is_refused_before_the_work(
     def no_work(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the dataset was read before the outputs were checked")
 
-    monkeypatch.setattr(command, "load_dataset", no_work)
+    monkeypatch.setattr(api, "load_dataset", no_work)
     result = run(model, "--dataset", data, "--quiet", "--csv", path)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("UsageError:") and "--csv" in result.stderr
@@ -469,12 +469,12 @@ def test_bad_step_summary_path_is_a_warning(
 def test_a_bug_in_lipcert_has_its_own_exit_code(
     linear_case, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lipcert.certify.command as command
+    import lipcert.api.data as api_data
 
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(command, "evaluate_gates", broken)
+    monkeypatch.setattr(api_data, "evaluate_gates", broken)
     model, data, *_ = linear_case
     result = run(model, "--dataset", data, "--quiet", "--no-config")
     assert result.exit_code == 3
@@ -496,10 +496,10 @@ def test_help_shows_the_config_table_and_plain_flags() -> None:
 def test_missing_model_is_refused_before_the_dataset_is_read(
     linear_case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lipcert.certify.command as command
+    import lipcert.api as api
 
     _, data, *_ = linear_case
-    monkeypatch.setattr(command, "load_dataset", lambda *a, **k: pytest.fail("dataset read"))
+    monkeypatch.setattr(api, "load_dataset", lambda *a, **k: pytest.fail("dataset read"))
     result = run(tmp_path / "nope.onnx", "--dataset", data, "--quiet")
     assert result.exit_code == 2
     assert result.stderr.startswith("ModelLoadError: no model file at")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipcert.certify.command import CertifyRequest, run_certify
+import lipcert
 from lipcert.certify.metrics import parse_eps_list
 from lipcert.certify.pipeline import rounding_matters
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
@@ -20,15 +20,15 @@ DATA = str(ROOT / "sample_models" / "data" / "fashion_mnist_test_1000.npz")
 
 
 def _certify(model: str, margins: str, limit: int):
-    request = CertifyRequest(
-        model=ROOT / "sample_models" / f"{model}.onnx",
-        dataset=DATA,
-        margins=margins,
-        limit=limit,
+    """What `lipcert certify --margins MARGINS --limit LIMIT --threads 1` computes."""
+    report = lipcert.certify_dataset(
+        lipcert.load(ROOT / "sample_models" / f"{model}.onnx"),
+        lipcert.load_dataset(DATA, limit=limit),
+        parse_eps_list("36/255,72/255,108/255,1"),
+        precision=margins,  # type: ignore[arg-type]
         threads=1,
-        no_config=True,
     )
-    return run_certify(request, None).result
+    return report.result
 
 
 @pytest.mark.parametrize(
