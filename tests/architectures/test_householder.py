@@ -1,0 +1,372 @@
+"""The Householder activation (Singla, Singla and Feizi, ICLR 2022): fused, bounded by 1, its
+runtime's distance to the exact reflection inside the rounding allowance.
+
+The layer is written in plain torch from the reference code (singlasahil14/
+improved_l2_robustness, custom_activations.py, read, not copied) and exported by both torch
+exporters. Ground truth, independent of lipcert's code:
+- the network's true constant: the largest norm of its per-region Jacobians W2 J W1, J
+  block-diagonal of identities and the reflections of the exported float32 constants,
+  enumerated over every region (all are reached: W1 has full row rank);
+- the ideal function h: each pair z kept where w . z <= 0 and reflected by
+  I - 2 w w^T / (w . w) elsewhere, computed exactly in rationals from the float32 input and w
+  (dynamo's float32 weights, or the float64 sine and cosine of the float32 angle's half);
+  onnxruntime's float32 outputs (the model lipcert runs) and lipcert's float64 executor are
+  compared with it at points placed on the selector's line and a few ulps off it.
+A reflection off by 2^-20 is accepted, its deviation carried by the allowance (checked
+there to exceed what rounding alone would allow). Look-alikes (a reflection off by 1 %, or by 2^-10, a selector of another angle, a bias, a
+threshold other than 0, masks that both vanish on the line) are refused, naming a node.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import logging
+import math
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, analyse, gamma
+from lipcert.errors import UnsupportedOpError
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.graph.execute import GraphExecutor
+from lipcert.model import LoadedModel, LoadOptions
+
+TARGET = 1.05
+SOUND = 1 - 1e-5
+BATCH = 2  # the dynamo export fixes the batch to the example's
+
+
+class HouseHolder(nn.Module):
+    """Order-1 Householder activation on the two halves of axis 1 (dense or conv mode).
+
+    The keyword arguments build look-alikes: `scale` multiplies the reflection's vector,
+    `shift` moves the selector's angle, `bias` is added to the reflected first half,
+    `threshold` replaces the selector's 0, `gap` selects with (s < 0) and (s > 0), `swap`
+    keeps the pair where s > 0 and reflects it elsewhere (continuous: accepted)."""
+
+    def __init__(
+        self,
+        channels: int,
+        conv: bool = False,
+        *,
+        scale: float = 1.0,
+        shift: float = 0.0,
+        bias: float = 0.0,
+        threshold: float = 0.0,
+        gap: bool = False,
+        swap: bool = False,
+    ) -> None:
+        super().__init__()
+        shape = (1, channels // 2, 1, 1) if conv else (1, channels // 2)
+        self.theta = nn.Parameter(torch.rand(shape) * 2 * math.pi)
+        self.scale, self.shift, self.bias = scale, shift, bias
+        self.threshold, self.gap, self.swap = threshold, gap, swap
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        theta = self.theta
+        x, y = z.split(z.shape[1] // 2, 1)
+        half = 0.5 * (theta + self.shift)
+        selector = x * torch.sin(half) - y * torch.cos(half)
+        if self.scale == 1.0:
+            a_2 = x * torch.cos(theta) + y * torch.sin(theta)
+            b_2 = x * torch.sin(theta) - y * torch.cos(theta)
+        else:  # I - 2 v v^T with v = scale (sin(t/2), -cos(t/2))
+            v0, v1 = self.scale * torch.sin(0.5 * theta), -self.scale * torch.cos(0.5 * theta)
+            a_2 = x * (1 - 2 * v0 * v0) + y * (-2 * v0 * v1)
+            b_2 = x * (-2 * v0 * v1) + y * (1 - 2 * v1 * v1)
+        if self.bias:
+            a_2 = a_2 + self.bias
+        keep = selector < self.threshold if self.gap else selector <= self.threshold
+        turn = selector > self.threshold
+        if self.swap:
+            keep, turn = turn, selector <= self.threshold
+        a = x * keep + a_2 * turn
+        b = y * keep + b_2 * turn
+        return torch.cat([a, b], dim=1)
+
+
+def export(module: nn.Module, dynamo: bool, shape: tuple[int, ...]) -> onnx.ModelProto:
+    example = torch.rand(BATCH, *shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            logging.disable(logging.WARNING)
+            try:
+                program = torch.onnx.export(
+                    module, (example,), dynamo=True, opset_version=18, verbose=False
+                )
+            finally:
+                logging.disable(logging.NOTSET)
+            assert program is not None
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            module,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=18,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+        return onnx.load_from_string(buffer.getvalue())
+
+
+def load(module: nn.Module, dynamo: bool, shape: tuple[int, ...]) -> LoadedModel:
+    return load_from_proto(export(module, dynamo, shape), LoadOptions(), source="t", fmt="onnx")
+
+
+def orthogonal(n: int, seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed)))
+    return q
+
+
+def dense_net(seed: int, orthogonal_weights: bool = False) -> nn.Sequential:
+    torch.manual_seed(seed)
+    first, second = nn.Linear(8, 8), nn.Linear(8, 3)
+    if orthogonal_weights:
+        second = nn.Linear(8, 8)
+        with torch.no_grad():
+            first.weight.copy_(orthogonal(8, seed))
+            second.weight.copy_(orthogonal(8, seed + 1))
+    return nn.Sequential(first, HouseHolder(8), second).eval()
+
+
+CASES = [(dynamo, seed) for dynamo in (False, True) for seed in (0, 1)]
+IDS = [f"{'dynamo' if d else 'torchscript'}-seed{s}" for d, s in CASES]
+
+
+@functools.cache
+def dense_analysis(dynamo: bool, seed: int, orthogonal_weights: bool = False) -> Analysis:
+    torch.set_num_threads(1)
+    return analyse(load(dense_net(seed, orthogonal_weights), dynamo, (8,)).graph)
+
+
+# --- ground truth ------------------------------------------------------------------------------
+
+
+def reflections(layer: HouseHolder) -> list[np.ndarray]:
+    """The reflection of each pair, from the float32 angle (sines and cosines in float64)."""
+    theta = layer.theta.detach().double().reshape(-1).numpy()
+    return [np.array([[math.cos(t), math.sin(t)], [math.sin(t), -math.cos(t)]]) for t in theta]
+
+
+def true_constant(net: nn.Sequential) -> float:
+    """max over the 2^pairs regions of ||W2 J W1||: the constant of the piecewise-linear net."""
+    w1 = net[0].weight.detach().double().numpy()
+    w2 = net[2].weight.detach().double().numpy()
+    pairs = reflections(net[1])
+    half = len(pairs)
+    best = 0.0
+    for choice in itertools.product((False, True), repeat=half):
+        jacobian = np.eye(2 * half)
+        for p, reflect in enumerate(choice):
+            if reflect:
+                index = np.ix_([p, p + half], [p, p + half])
+                jacobian[index] = pairs[p]
+        best = max(best, float(np.linalg.norm(w2 @ jacobian @ w1, 2)))
+    return best
+
+
+# --- (a) loads, fused, bounded near the true constant -------------------------------------------
+
+
+@pytest.mark.parametrize(("dynamo", "seed"), CASES, ids=IDS)
+def test_householder_is_fused_with_factor_one(dynamo: bool, seed: int) -> None:
+    found = dense_analysis(dynamo, seed)
+    ops = [layer.op for layer in found.layers]
+    assert ops.count("Householder") == 1, ops
+    assert not {"Greater", "LessOrEqual", "Cast", "Split"} & set(ops)
+    (block,) = [layer for layer in found.layers if layer.op == "Householder"]
+    assert block.bound == 1.0
+
+
+@pytest.mark.parametrize(("dynamo", "seed"), CASES, ids=IDS)
+def test_network_bound_against_the_enumerated_true_constant(dynamo: bool, seed: int) -> None:
+    net = dense_net(seed)
+    truth = true_constant(net)
+    bound = dense_analysis(dynamo, seed).spec.lipschitz_bound
+    product = float(np.linalg.norm(net[0].weight.detach().double().numpy(), 2)) * float(
+        np.linalg.norm(net[2].weight.detach().double().numpy(), 2)
+    )
+    assert bound >= truth * SOUND
+    assert bound <= TARGET * product
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_orthogonal_network_is_bounded_within_five_percent_of_one(dynamo: bool) -> None:
+    """Orthogonal layers around the activation: every region's Jacobian is orthogonal, the
+    true constant is 1 (also by enumeration)."""
+    net = dense_net(3, orthogonal_weights=True)
+    truth = true_constant(net)
+    assert truth == pytest.approx(1.0, abs=1e-6)
+    bound = dense_analysis(dynamo, 3, True).spec.lipschitz_bound
+    assert truth * SOUND <= bound <= TARGET * truth
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_conv_mode_is_fused_and_the_graph_reproduces_the_module(dynamo: bool) -> None:
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), HouseHolder(4, conv=True), nn.Flatten(), nn.Linear(64, 3)
+    ).eval()
+    loaded = load(net, dynamo, (2, 4, 4))
+    found = analyse(loaded.graph)
+    assert [layer.op for layer in found.layers].count("Householder") == 1
+    x = torch.randn(BATCH, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    ours = GraphExecutor(found.graph, torch.float32)(x)
+    assert torch.allclose(ours, net(x), atol=1e-5)
+    # never below the largest Jacobian norm of the float64 module at random points
+    double = nn.Sequential(*[layer for layer in net]).double()
+    generator = torch.Generator().manual_seed(2)
+    largest = 0.0
+    for _ in range(8):
+        point = torch.randn(1, 2, 4, 4, dtype=torch.float64, generator=generator)
+        jac = torch.autograd.functional.jacobian(lambda v: double(v).reshape(-1), point)
+        largest = max(largest, float(np.linalg.norm(jac.reshape(3, -1).numpy(), 2)))
+    assert found.spec.lipschitz_bound >= largest * SOUND
+
+
+# --- (b) the allowance covers the runtime's distance to the exact reflection ---------------------
+
+
+def selector_vectors(model: onnx.ModelProto, layer: HouseHolder, dynamo: bool) -> list[tuple]:
+    """w = (w1, w2) of each pair as the certified function takes it: dynamo's float32
+    weights, or the float64 sine and cosine of the float32 angle's half (TorchScript)."""
+    if dynamo:
+        weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        sin, cos = weights["sin"].reshape(-1), weights["cos"].reshape(-1)
+        return [(Fraction(float(s)), -Fraction(float(c))) for s, c in zip(sin, cos, strict=True)]
+    theta = layer.theta.detach().reshape(-1).numpy()
+    return [
+        (Fraction(math.sin(float(t) / 2)), -Fraction(math.cos(float(t) / 2))) for t in theta
+    ]
+
+
+def ideal(z: np.ndarray, vectors: list[tuple]) -> list[list[Fraction]]:
+    """h(z) exactly, for each sample of a (N, 2 * pairs) float array."""
+    half = len(vectors)
+    out = []
+    for row in z:
+        values = [Fraction(float(v)) for v in row]
+        for p, (w1, w2) in enumerate(vectors):
+            x, y = values[p], values[p + half]
+            if w1 * x + w2 * y > 0:
+                norm = w1 * w1 + w2 * w2
+                dot = w1 * x + w2 * y
+                values[p], values[p + half] = x - 2 * dot * w1 / norm, y - 2 * dot * w2 / norm
+        out.append(values)
+    return out
+
+
+def distance(computed: np.ndarray, exact: list[list[Fraction]]) -> np.ndarray:
+    squares = [
+        sum((Fraction(float(c)) - e) ** 2 for c, e in zip(row, want, strict=True))
+        for row, want in zip(computed, exact, strict=True)
+    ]
+    return np.array([math.sqrt(float(s)) * (1 + 1e-12) for s in squares])
+
+
+def boundary_points(vectors: list[tuple], count: int, seed: int) -> np.ndarray:
+    """float32 points whose pairs lie on the selector's line, a few ulps off it, or anywhere."""
+    rng = np.random.default_rng(seed)
+    half = len(vectors)
+    points = np.zeros((count, 2 * half), dtype=np.float32)
+    for n in range(count):
+        for p, (w1, w2) in enumerate(vectors):
+            radius = float(rng.uniform(0.1, 100.0))
+            along = np.array([float(w2), -float(w1)])  # on the line w . z = 0
+            pair = (radius * along / np.linalg.norm(along)).astype(np.float32)
+            kind = n % 4
+            if kind == 1:  # nudged by a few ulps across the line
+                pair = pair + np.float32(rng.integers(-4, 5)) * np.spacing(pair)
+            elif kind == 3:
+                pair = rng.normal(size=2).astype(np.float32) * np.float32(radius)
+            points[n, p], points[n, p + half] = pair
+    return points
+
+
+def run_onnxruntime(loaded: LoadedModel, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(loaded.onnx_bytes, providers=["CPUExecutionProvider"])
+    outputs = [
+        session.run(None, {loaded.input_name: x[i : i + BATCH]})[0]
+        for i in range(0, len(x), BATCH)
+    ]
+    return np.concatenate(outputs)
+
+
+RUNTIME_CASES = {
+    "reference": {},
+    "kept-where-positive": {"swap": True},
+    # within the tolerance, far above rounding: the allowance must carry the deviation
+    "reflection-off-by-2^-20": {"scale": 1 + 2.0**-20},
+}
+
+
+@pytest.mark.parametrize("case", list(RUNTIME_CASES))
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_runtime_stays_within_the_allowance_of_the_exact_reflection(
+    dynamo: bool, case: str
+) -> None:
+    torch.manual_seed(7)
+    layer = HouseHolder(16, **RUNTIME_CASES[case]).eval()
+    model = export(layer, dynamo, (16,))
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    found = analyse(loaded.graph)
+    assert [entry.op for entry in found.layers] == ["Householder"]
+    vectors = selector_vectors(model, layer, dynamo)
+    points = boundary_points(vectors, 64, seed=3)
+    exact = ideal(points, vectors)
+    if layer.swap:  # kept where w . z > 0: the reference with -w, the same line
+        exact = ideal(points, [(-w1, -w2) for w1, w2 in vectors])
+    norms = np.linalg.norm(points.astype(np.float64), axis=1)
+
+    computed = run_onnxruntime(loaded, points)
+    errors = distance(computed, exact)
+    allowance = found.spec.fp_allowance(norms)
+    assert np.all(errors <= allowance), float(np.max(errors / allowance))
+    # the node's own share alone (the input is exact in float32) covers it too
+    ((_, bound),) = found.node_bounds
+    rounding = bound.rounding
+    own = gamma(rounding.terms) * rounding.input_gain * norms
+    assert np.all(errors <= own), float(np.max(errors / own))
+    if layer.scale != 1.0:
+        # arithmetic alone (the gain without the constants' deviation) would not cover it
+        arithmetic = gamma(4) * (4 + 2 * 1.5) * norms
+        assert float(np.max(errors / arithmetic)) > 1
+
+    precise = GraphExecutor(found.graph, torch.float64)(torch.from_numpy(points).double())
+    errors64 = distance(precise.numpy(), exact)
+    allowance64 = found.spec_for_precision(FLOAT64_UNIT_ROUNDOFF).fp_allowance(norms)
+    assert np.all(errors64 <= allowance64), float(np.max(errors64 / allowance64))
+
+
+# --- (c) look-alikes --------------------------------------------------------------------------
+
+LOOK_ALIKES = {
+    "reflection-vector-scaled-1.01": {"scale": 1.01},
+    "reflection-vector-scaled-1+2^-10": {"scale": 1 + 2.0**-10},
+    "selector-of-another-angle": {"shift": 0.3},
+    "bias-on-the-reflection": {"bias": 0.01},
+    "threshold-0.05": {"threshold": 0.05},
+    "masks-both-zero-on-the-line": {"gap": True},
+}
+
+
+@pytest.mark.parametrize("look", list(LOOK_ALIKES))
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_look_alikes_are_refused(look: str, dynamo: bool) -> None:
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(8, 8), HouseHolder(8, **LOOK_ALIKES[look]), nn.Linear(8, 3))
+    with pytest.raises(UnsupportedOpError, match=r"node '[^']+'"):
+        analyse(load(net.eval(), dynamo, (8,)).graph)
