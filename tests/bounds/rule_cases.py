@@ -1887,6 +1887,51 @@ def nonlinear_block_cases() -> list[RuleCase]:
         piece = torch.where(x < t0, x - 2 * t0, -x)
         return torch.where(x >= t1, x - 2 * t1, piece)
 
+    # The Householder activation as torch exports it (lipcert.graph.householder): pairs
+    # (x_i, y_i) of the two halves, kept where x sin(t/2) - y cos(t/2) <= 0, else reflected.
+    angle = rng.uniform(0, 2 * np.pi, size=(1, 3))
+    hh_init = {
+        "hs": f32(np.sin(angle / 2)),
+        "hc": f32(np.cos(angle / 2)),
+        "rc": f32(np.cos(angle)),
+        "rs": f32(np.sin(angle)),
+        "zero": f32(0.0),
+    }
+    householder = [
+        helper.make_node("Split", ["x"], ["hx", "hy"], name="halves", axis=1, num_outputs=2),
+        helper.make_node("Mul", ["hx", "hs"], ["s1"], name="s1"),
+        helper.make_node("Mul", ["hy", "hc"], ["s2"], name="s2"),
+        helper.make_node("Sub", ["s1", "s2"], ["sel"], name="selector"),
+        helper.make_node("Mul", ["hx", "rc"], ["a1"], name="a1"),
+        helper.make_node("Mul", ["hy", "rs"], ["a2"], name="a2"),
+        helper.make_node("Add", ["a1", "a2"], ["ra"], name="ra"),
+        helper.make_node("Mul", ["hx", "rs"], ["b1"], name="b1"),
+        helper.make_node("Mul", ["hy", "rc"], ["b2"], name="b2"),
+        helper.make_node("Sub", ["b1", "b2"], ["rb"], name="rb"),
+        helper.make_node("LessOrEqual", ["sel", "zero"], ["le"], name="le"),
+        helper.make_node("Greater", ["sel", "zero"], ["gt"], name="gt"),
+        helper.make_node("Cast", ["le"], ["keep"], name="keep", to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["gt"], ["turn"], name="turn", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["hx", "keep"], ["ka"], name="ka"),
+        helper.make_node("Mul", ["ra", "turn"], ["ta"], name="ta"),
+        helper.make_node("Add", ["ka", "ta"], ["oa"], name="oa"),
+        helper.make_node("Mul", ["hy", "keep"], ["kb"], name="kb"),
+        helper.make_node("Mul", ["rb", "turn"], ["tb"], name="tb"),
+        helper.make_node("Add", ["kb", "tb"], ["ob"], name="ob"),
+        helper.make_node("Concat", ["oa", "ob"], ["y"], name="householder", axis=1),
+    ]
+    hw = torch.as_tensor(np.stack([hh_init["hs"][0], -hh_init["hc"][0]]), dtype=torch.float64)
+
+    def householder_reference(x: Tensor) -> Tensor:
+        """The exact reflection across each pair's selector line (what lipcert certifies)."""
+        hx, hy = x[:, :3], x[:, 3:]
+        dot = hx * hw[0] + hy * hw[1]
+        norm = hw[0] ** 2 + hw[1] ** 2
+        turn = dot > 0
+        ox = torch.where(turn, hx - 2 * dot * hw[0] / norm, hx)
+        oy = torch.where(turn, hy - 2 * dot * hw[1] / norm, hy)
+        return torch.cat([ox, oy], dim=1)
+
     return [
         graph_case(
             "sll_dense_block",
@@ -1950,6 +1995,16 @@ def nonlinear_block_cases() -> list[RuleCase]:
             lambda x: torch.clamp(x, max=-0.5),
             (3, 4),
             initializers={"c": f32(-0.5)},
+            linear=False,
+            exact=True,
+        ),
+        graph_case(
+            "householder_activation",
+            "Householder",
+            householder,
+            householder_reference,
+            (6,),
+            initializers=hh_init,
             linear=False,
             exact=True,
         ),
