@@ -85,7 +85,11 @@ FAMILIES: dict[str, Family] = {
         "FFT",
     ),
     "cayley_fft": Family(
-        lambda: FourierLayer(cayley_symbol(3, 6, 6)), (3, 6, 6), "AffineBlock", "per-frequency", False
+        lambda: FourierLayer(cayley_symbol(3, 6, 6)),
+        (3, 6, 6),
+        "AffineBlock",
+        "per-frequency",
+        False,
     ),
     "lot_fft": Family(
         lambda: FourierLayer(lot_symbol(3, 6, 7)), (3, 6, 6), "AffineBlock", "per-frequency", False
