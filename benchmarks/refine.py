@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcert.certify.command import CertifyRequest, prepare, run_with_progress
+import lipcert
 from lipcert.certify.metrics import certified_accuracy, parse_eps_list
 from lipcert.local.refine import RefineOptions, refine_certificates
 
@@ -41,12 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     eps_list = parse_eps_list(args.eps)
-    request = CertifyRequest(
-        model=args.model, dataset=args.dataset, limit=args.limit, eps=args.eps, margins="float64"
-    )
-    prepared = prepare(request, {})
-    result = run_with_progress(prepared, eps_list, None)
-    dataset = prepared.dataset
+    dataset = lipcert.load_dataset(args.dataset, limit=args.limit)
+    model = lipcert.load(args.model, input_shape=dataset.images.shape[1:])
+    result = lipcert.certify_dataset(model, dataset, eps_list, precision="float64").result
 
     def sample(i: int) -> np.ndarray:
         return dataset.images[i].astype(np.float64) / 255.0
@@ -59,7 +56,7 @@ def main() -> None:
     )
     started = time.process_time()
     refined = refine_certificates(
-        prepared.analysis, result.certificates, sample, options, max_rows=args.max_rows
+        model.analysis, result.certificates, sample, options, max_rows=args.max_rows
     )
     cpu = time.process_time() - started
     correct = result.certificates.prediction == result.labels
@@ -85,7 +82,7 @@ def main() -> None:
     }
     if args.check_pgd:
         report["pgd_violations"] = _pgd_violations(
-            prepared.analysis.graph, sample, result.certificates.prediction, refined
+            model.analysis.graph, sample, result.certificates.prediction, refined
         )
     text = json.dumps(report, indent=2)
     print(text)

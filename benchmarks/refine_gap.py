@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcert.certify.command import CertifyRequest, prepare, run_with_progress
+import lipcert
 from lipcert.certify.metrics import parse_eps_list
 from lipcert.graph.execute import GraphExecutor
 from lipcert.local.crown import LocalTimeout
@@ -85,16 +85,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    request = CertifyRequest(
-        model=args.model, dataset=str(args.data), limit=args.limit, margins="float64"
-    )
-    prepared = prepare(request, {})
-    result = run_with_progress(prepared, parse_eps_list("0.1"), None)
-    graph = prepared.analysis.graph
+    dataset = lipcert.load_dataset(str(args.data), limit=args.limit)
+    model = lipcert.load(args.model, input_shape=dataset.images.shape[1:])
+    result = lipcert.certify_dataset(
+        model, dataset, parse_eps_list("0.1"), precision="float64"
+    ).result
+    graph = model.analysis.graph
     exact = GraphExecutor(graph)
     fast = GraphExecutor(graph, torch.float32)
-    certifier = LocalCertifier(prepared.analysis, max_rows=args.max_rows)
-    images = prepared.dataset.images
+    certifier = LocalCertifier(model.analysis, max_rows=args.max_rows)
+    images = dataset.images
     rows = []
     started = time.process_time()
     for i in range(len(result.labels)):

@@ -619,7 +619,7 @@ def _append_step_summary(options: Any, text: str) -> list[str]:
 
 @contextmanager
 def _progress(
-    console: Console | None, phases: list[tuple[str, int | None]], *, eta: bool = False
+    console: Console | None, phases: Sequence[tuple[str, int | None]], *, eta: bool = False
 ) -> Iterator[list[Any]]:
     """Transient progress bars on `console`, one per (label, total) phase (none when
     `console` is None), and the callbacks that advance them: `callback(n)` by n samples, or

@@ -85,9 +85,7 @@ def attack_certificates(
     found is confirmed by the graph in float64 on the CPU. `on_batch(n)` reports the
     certification's progress, `on_progress(n)` the attack's."""
     if isinstance(steps, bool) or isinstance(restarts, bool) or steps < 1 or restarts < 1:
-        raise UsageError(
-            f"expected steps >= 1 and restarts >= 1 but got {steps!r}, {restarts!r}"
-        )
+        raise UsageError(f"expected steps >= 1 and restarts >= 1 but got {steps!r}, {restarts!r}")
     if not (isinstance(data, (str, Path, tuple)) or _is_dataset(data)):
         raise UsageError(
             "expected data as a Dataset, a dataset name or path, or (x, y) arrays to attack "

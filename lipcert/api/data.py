@@ -80,7 +80,7 @@ def certify_dataset(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"expected batch_size >= 1 but got {batch_size!r}")
     if isinstance(data, (str, Path)):
-        data = load_dataset(str(data))
+        data = load_dataset(str(data), model_shape=model.input_shape)
     names = tuple(class_names) if class_names is not None else None
     if _is_dataset(data):
         if tuple(data.images.shape[1:]) != model.input_shape:
@@ -91,8 +91,17 @@ def certify_dataset(
         preprocessing = preprocessing_of(mean, std, int(data.images.shape[1]))
         if ray is not None:
             result, run_precision = _certify_on_ray(
-                model, data, eps_list, method, precision, preprocessing, batch_size, threads,
-                device, ray, on_batch,
+                model,
+                data,
+                eps_list,
+                method,
+                precision,
+                preprocessing,
+                batch_size,
+                threads,
+                device,
+                ray,
+                on_batch,
             )
         else:
             evaluators = model._evaluators_for(precision, device, threads)
@@ -458,9 +467,7 @@ class DatasetReport:
         for name, value in (("budget", budget), ("radius", radius)):
             if value is not None and not value > 0:
                 raise UsageError(f"expected {name} > 0 but got {value!r}")
-        options = RefineOptions(
-            eps=tuple(e.value for e in self.eps), upper=radius, budget=budget
-        )
+        options = RefineOptions(eps=tuple(e.value for e in self.eps), upper=radius, budget=budget)
         result, refinement = refine_result(
             self.result,
             self.model.analysis,

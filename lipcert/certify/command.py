@@ -241,7 +241,7 @@ def check_refine_options(refine: bool, budget: float | None, radius: float | Non
     return True
 
 
-def resolve_attack(request: CertifyRequest, config: Config) -> tuple[int, str]:
+def resolve_attack(request: CertifyRequest, config: Config | dict[str, Any]) -> tuple[int, str]:
     """The batch size and certificate of `lipcert attack` (the config may set them), after
     the checks certify makes before reading any file."""
     batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
