@@ -288,3 +288,18 @@ def test_declared_input_shape_reads_the_file_only(tmp_path: Path) -> None:
     )
     onnx.save(open_size, tmp_path / "open.onnx")
     assert declared_input_shape(tmp_path / "open.onnx") is None
+
+
+def test_api_reads_a_folder_at_the_model_size(folder: Path) -> None:
+    """lipcert.certify_dataset(model, "imagefolder:...") crops to the model's 3x32x32."""
+    import lipcert
+
+    models = Path(__file__).resolve().parents[2] / "sample_models"
+    model = lipcert.load(models / "cifar10_shaped_ce_tau16.onnx")
+    report = lipcert.certify_dataset(model, f"imagefolder:{folder}", eps=[36 / 255])
+    assert report.n == 5
+    files = ["b_cat/a.png", "b_cat/sub/c.png", "n01/x.jpeg", "zebra/a.JPG", "zebra/b.png"]
+    by_hand = np.stack([_by_hand(folder / name, 37, 32) for name in files]) / 255
+    expected = model.certify(by_hand.astype(np.float32), eps=[36 / 255])
+    # The same pixels (a resize of 36 or 38, or another crop, moves radii by far more).
+    np.testing.assert_allclose(report.samples.radius, expected.radius, rtol=1e-9)
