@@ -25,13 +25,23 @@ from lipcert.frontends import load_model
 SETTINGS = AttackSettings(steps=6, restarts=2, distance_steps=4, doublings=3, bisections=2)
 
 
+RNG_SEED = 11
+
+
 @pytest.fixture(scope="module")
-def case(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    rng = np.random.default_rng(11)
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(RNG_SEED)
     weight = rng.normal(size=(3, 8))
     bias = rng.normal(size=3) * 0.2
-    path = linear_onnx(tmp_path_factory.mktemp("m") / "linear.onnx", weight, bias, (2, 2, 2))
-    analysis = analyse(load_model(path).graph)
+    return linear_onnx(tmp_path_factory.mktemp("m") / "linear.onnx", weight, bias, (2, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def case(model_path: Path) -> tuple:
+    rng = np.random.default_rng(RNG_SEED)
+    weight = rng.normal(size=(3, 8))
+    bias = rng.normal(size=3) * 0.2
+    analysis = analyse(load_model(model_path).graph)
     x = rng.random((10, 2, 2, 2))
     logits = x.reshape(10, -1) @ weight.T + bias
     top = np.sort(logits, axis=1)
@@ -119,3 +129,28 @@ def test_no_tf32_switches_tf32_off_keeps_cudnn_and_restores() -> None:
             assert matmul.allow_tf32
     finally:
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark = before
+
+
+def test_api_hands_its_device_to_the_attack(
+    case: tuple, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """attack_certificates(device=...) (what `lipcert attack --device` calls) places the
+    attack there, not only the certification."""
+    import lipcert
+    import lipcert.api.attack as api_attack
+
+    _, x, prediction, _ = case
+    given: list[object] = []
+
+    class Spy(Attacker):
+        def __init__(self, *args, device=None, **kwargs) -> None:
+            given.append(device)
+            super().__init__(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(api_attack, "Attacker", Spy)
+    model = lipcert.load(model_path)
+    report = api_attack.attack_certificates(
+        model, (x.astype(np.float32), prediction), steps=2, restarts=1, device="cpu"
+    )
+    assert given == ["cpu"]
+    assert len(report.result.radius) == len(x)
