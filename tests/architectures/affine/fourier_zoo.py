@@ -26,6 +26,9 @@ class HalfSpectrumLayer(nn.Module):
     (n // 2 + 1, C_out, C_in) and `size` (n,).
     """
 
+    real: torch.Tensor
+    imag: torch.Tensor
+
     def __init__(
         self,
         symbol: np.ndarray,
@@ -83,9 +86,11 @@ def random_symbol(shape: tuple[int, ...], channels: tuple[int, int], seed: int) 
     return (rng.standard_normal(full) + 1j * rng.standard_normal(full)) / np.sqrt(2 * channels[1])
 
 
-def exported_symbol(layer: HalfSpectrumLayer) -> np.ndarray:
-    """The symbol as the exported file holds it (the float32 buffers), in complex128."""
-    return layer.real.double().numpy() + 1j * layer.imag.double().numpy()
+def exported_symbol(layer: nn.Module) -> np.ndarray:
+    """The symbol as the exported file holds it (its float32 buffers `real` and `imag`, as
+    HalfSpectrumLayer and affine_zoo.FourierLayer keep them), in complex128."""
+    real, imag = layer.get_buffer("real"), layer.get_buffer("imag")
+    return real.double().numpy() + 1j * imag.double().numpy()
 
 
 def per_frequency_norm(symbol: np.ndarray) -> float:

@@ -118,7 +118,7 @@ def block_row(name: str) -> tuple[float, str]:
 
 @pytest.mark.parametrize("name", ["cayley_cifar", "cayley_cifar_scaled"])
 def test_cifar_sized_cayley_gets_its_per_frequency_norm(name: str) -> None:
-    truth = per_frequency_norm(exported_symbol(module(name)))  # type: ignore[arg-type]
+    truth = per_frequency_norm(exported_symbol(module(name)))
     bound, method = block_row(name)
     assert "per-frequency" in method, method
     assert bound >= truth * SOUND, (bound, truth)
@@ -153,7 +153,7 @@ def test_self_conjugate_bins_are_read_through_their_real_part() -> None:
     so too); the bound follows the explicit matrix, not the naive max over bins."""
     truth = explicit_norm("self_conjugate_scaled")
     assert truth == pytest.approx(1.25, rel=1e-6)
-    naive = per_frequency_norm(exported_symbol(module("self_conjugate_scaled")))  # type: ignore[arg-type]
+    naive = per_frequency_norm(exported_symbol(module("self_conjugate_scaled")))
     assert naive == pytest.approx(1.5, rel=1e-6)
     assert block_row("self_conjugate_scaled")[0] == pytest.approx(truth, rel=1e-9)
 
