@@ -96,6 +96,10 @@ def _sizes_from_model(resize: int | None, crop: int | None, shape: tuple[int, ..
             f"{hint} leave --crop out (it follows the model)"
         )
     chosen = resize_for(max(height, width)) if resize is None else resize
+    if chosen < max(height, width):
+        raise UsageError(
+            f"expected --resize >= {max(height, width)} (the model takes {text}) but got {chosen}"
+        )
     taken = []
     if resize is None:
         taken.append(f"shorter side resized to {chosen} (round({max(height, width)} / 0.875))")

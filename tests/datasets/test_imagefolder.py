@@ -207,8 +207,10 @@ def test_sizes_that_do_not_fit_the_model_are_one_line() -> None:
         choose_sizes(None, 200, (3, 224, 224))
     with pytest.raises(UsageError, match="model takes 3x20x28"):
         choose_sizes(None, 20, (3, 20, 28))
-    with pytest.raises(UsageError, match="--crop <= --resize but got 224 > 200"):
+    with pytest.raises(UsageError, match=r"--resize >= 224 \(the model takes 3x224x224\)"):
         choose_sizes(200, None, (3, 224, 224))
+    with pytest.raises(UsageError, match="--crop <= --resize but got 24 > 20"):
+        choose_sizes(20, 24, None)
     with pytest.raises(
         DatasetError, match=r"read as RGB \(3 channels\) but the model takes 1x28x28"
     ):
