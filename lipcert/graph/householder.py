@@ -102,10 +102,10 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
         return None  # both halves keep the pair on the same side of the same selector
     selector, _, mask_nodes = masks
     mask_nodes = mask_nodes + masks_b[2]
-    forms = [view.linear_form(name, (x, y)) for name in (selector, a2, b2)]
-    if forms[0] is None or forms[1] is None or forms[2] is None:
+    sel_form, a_form, b_form = (view.linear_form(name, (x, y)) for name in (selector, a2, b2))
+    if sel_form is None or a_form is None or b_form is None:
         return None
-    (sel_terms, sel_nodes), (a_terms, a_nodes), (b_terms, b_nodes) = forms
+    (sel_terms, sel_nodes), (a_terms, a_nodes), (b_terms, b_nodes) = sel_form, a_form, b_form
     if any(term.mul is None for term in (*a_terms, *b_terms)):
         return None  # every reflection entry is a product with a constant (replaced below)
     constants = {t.constant for t in (*sel_terms, *a_terms, *b_terms) if t.constant}
@@ -153,9 +153,7 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
             inputs = tuple(name if i == term.constant else i for i in term.mul.inputs)
             replaced[id(term.mul)] = dataclasses.replace(term.mul, inputs=inputs)
     order = {id(n): i for i, n in enumerate(graph.nodes)}
-    body = tuple(
-        replaced.get(id(n), n) for n in sorted(body_nodes, key=lambda n: order[id(n)])
-    )
+    body = tuple(replaced.get(id(n), n) for n in sorted(body_nodes, key=lambda n: order[id(n)]))
     # The copies take the originals' places, so that fusing drops them with the body.
     graph.nodes = [replaced.get(id(n), n) for n in graph.nodes]
     graph.notes.append(
@@ -221,10 +219,10 @@ class _View:
     def masks(self, identity: str, reflection: str) -> tuple[str, str, list[Node]] | None:
         """(selector, kind of the identity's mask, nodes) when the two masks are
         complementary comparisons of one selector with exactly 0."""
-        found = [self._mask(identity), self._mask(reflection)]
-        if found[0] is None or found[1] is None:
+        first, second = self._mask(identity), self._mask(reflection)
+        if first is None or second is None:
             return None
-        (sel, kind, nodes), (sel_other, kind_other, other_nodes) = found
+        (sel, kind, nodes), (sel_other, kind_other, other_nodes) = first, second
         if sel != sel_other or _COMPLEMENT[kind] != kind_other:
             return None
         return sel, kind, nodes + other_nodes
@@ -286,7 +284,9 @@ class _View:
                 return [_Term(variables.index(second), first, sign, node)]
             return None
         left = self._terms(first, variables, sign, nodes, depth + 1)
-        right = self._terms(second, variables, sign if node.op == "Add" else -sign, nodes, depth + 1)
+        right = self._terms(
+            second, variables, sign if node.op == "Add" else -sign, nodes, depth + 1
+        )
         if left is None or right is None:
             return None
         return left + right
@@ -344,9 +344,7 @@ def _check_pairs(
         norm = w[0] * w[0] + w[1] * w[1]
         if norm == 0:
             return None
-        star = [
-            [int(i == j) - 2 * w[i] * w[j] / norm for j in range(2)] for i in range(2)
-        ]
+        star = [[int(i == j) - 2 * w[i] * w[j] / norm for j in range(2)] for i in range(2)]
         for round32 in (False, True):
             rows = [_coefficients(t, values, index, round32) for t in (a_terms, b_terms)]
             square = sum(

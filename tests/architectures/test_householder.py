@@ -13,8 +13,9 @@ exporters. Ground truth, independent of lipcert's code:
   onnxruntime's float32 outputs (the model lipcert runs) and lipcert's float64 executor are
   compared with it at points placed on the selector's line and a few ulps off it.
 A reflection off by 2^-20 is accepted, its deviation carried by the allowance (checked
-there to exceed what rounding alone would allow). Look-alikes (a reflection off by 1 %, or by 2^-10, a selector of another angle, a bias, a
-threshold other than 0, masks that both vanish on the line) are refused, naming a node.
+there to exceed what rounding alone would allow). Look-alikes (a reflection off by 1 %, or
+by 2^-10, a selector of another angle, a bias, a threshold other than 0, masks that both
+vanish on the line) are refused, naming a node.
 """
 
 from __future__ import annotations
@@ -248,9 +249,7 @@ def selector_vectors(model: onnx.ModelProto, layer: HouseHolder, dynamo: bool) -
         sin, cos = weights["sin"].reshape(-1), weights["cos"].reshape(-1)
         return [(Fraction(float(s)), -Fraction(float(c))) for s, c in zip(sin, cos, strict=True)]
     theta = layer.theta.detach().reshape(-1).numpy()
-    return [
-        (Fraction(math.sin(float(t) / 2)), -Fraction(math.cos(float(t) / 2))) for t in theta
-    ]
+    return [(Fraction(math.sin(float(t) / 2)), -Fraction(math.cos(float(t) / 2))) for t in theta]
 
 
 def ideal(z: np.ndarray, vectors: list[tuple]) -> list[list[Fraction]]:
@@ -299,8 +298,7 @@ def boundary_points(vectors: list[tuple], count: int, seed: int) -> np.ndarray:
 def run_onnxruntime(loaded: LoadedModel, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(loaded.onnx_bytes, providers=["CPUExecutionProvider"])
     outputs = [
-        session.run(None, {loaded.input_name: x[i : i + BATCH]})[0]
-        for i in range(0, len(x), BATCH)
+        session.run(None, {loaded.input_name: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)
     ]
     return np.concatenate(outputs)
 
