@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,8 +36,47 @@ class Preprocessing:
         return float(np.nextafter(np.max(1.0 / self.std), np.inf))
 
     def apply(self, batch: np.ndarray) -> np.ndarray:
+        """(x - mean) / std in float64: two correctly rounded operations per element."""
         shape = (1, -1) + (1,) * (batch.ndim - 2)
         return (batch.astype(np.float64) - self.mean.reshape(shape)) / self.std.reshape(shape)
+
+    def input_allowance(self, inputs: np.ndarray, lipschitz: float) -> np.ndarray:
+        """Per sample, a bound of how far the logits of the computed `inputs` (`apply`'s
+        output) may be from those of the exact preprocessed sample, beyond the rounding
+        the evaluators already cover; `lipschitz` bounds the certified function (pixels to
+        logits, the preprocessing's 1/std included).
+
+        The exact sample is x (uint8 / 255, say), the evaluator's input z^ = fl(fl(x^ - m)
+        / s) with x^ = x (1 + d0) the pixels as float64 (|d0| <= u = 2^-53). Then z^ =
+        z' (1 + d1)(1 + d2) with z' = (x^ - m) / s exactly: two relative roundings of the
+        input, which every evaluator's input allowance covers (2 u ||z||, its own u at
+        least u). What it does not cover is z' - z = (x^ - x) / s: an ABSOLUTE error, up
+        to u |x| / s per element, however close x is to the mean (then z is about 0 and a
+        bound relative to ||z|| is about 0 too). In pixel space it is ||x^ - x|| <= u ||x||,
+        and ||f(z') - f(z)|| <= L ||x^ - x|| with L the certified function's bound. ||x||
+        is bounded from z^ alone: |x| <= (1 + u)(|m| + |s z^| (1 + 3 u)), so the bound is
+        L u (||m|| + ||s z^||) times a margin for these factors and for the float64 norms.
+        """
+        flat = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+        shape = (1, -1) + (1,) * (np.ndim(inputs) - 2)
+        ones = np.ones((1, *np.shape(inputs)[1:]))
+        mean = (np.abs(self.mean).reshape(shape) * ones).reshape(-1)
+        std = (self.std.reshape(shape) * ones).reshape(-1)
+        mean_norm = float(np.linalg.norm(mean))
+        scaled = np.linalg.norm(flat * std[None, :], axis=1)
+        unit = 2.0**-53
+        return lipschitz * unit * (mean_norm + scaled) * (1 + 1e-6)
+
+
+def widened(evaluation: Evaluation, extra: np.ndarray) -> Evaluation:
+    """`evaluation` with `extra` (N,) more error in its logits (L2): added to the allowance
+    and to a head's `rest` (which enters each margin's bound as sqrt(2) rest, at least
+    what an error of norm `extra` in the logits can change a margin by)."""
+    allowance = np.nextafter(evaluation.allowance + extra, np.inf)
+    head = evaluation.head
+    if head is not None:
+        head = replace(head, rest=np.nextafter(head.rest + extra, np.inf))
+    return Evaluation(evaluation.logits, allowance, head)
 
 
 def certified_spec(spec: CertificateSpec, preprocessing: Preprocessing | None) -> CertificateSpec:
@@ -123,7 +162,13 @@ def certify_dataset(
     for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
         certificates, allowance, selected = certify_batch(
-            evaluator, function_spec, method, inputs, eps_values, exact=exact
+            evaluator,
+            function_spec,
+            method,
+            inputs,
+            eps_values,
+            exact=exact,
+            preprocessing=preprocessing,
         )
         parts.append(certificates)
         allowances.append(allowance)
@@ -163,7 +208,15 @@ def certify_batches(
     pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
     for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
-        yield certify_batch(evaluator, function_spec, method, inputs, eps_values, exact=exact)
+        yield certify_batch(
+            evaluator,
+            function_spec,
+            method,
+            inputs,
+            eps_values,
+            exact=exact,
+            preprocessing=preprocessing,
+        )
 
 
 def certify_batch(
@@ -174,13 +227,20 @@ def certify_batch(
     eps_values: np.ndarray,
     *,
     exact: Evaluator | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> tuple[Certificates, np.ndarray, np.ndarray]:
     """Certificates of one batch of inputs of the certified function `spec` describes.
 
     Returns them with the allowance each radius was computed with and, per sample, whether
-    the `exact` evaluator recomputed it (see `certify_dataset`).
+    the `exact` evaluator recomputed it (see `certify_dataset`). With `preprocessing`, the
+    inputs are its float64 output and the allowances grow by its `input_allowance`.
     """
+    extra = None
+    if preprocessing is not None:
+        extra = preprocessing.input_allowance(inputs, spec.lipschitz_bound)
     evaluation = evaluator.evaluate(inputs)
+    if extra is not None:
+        evaluation = widened(evaluation, extra)
     if evaluation.logits.shape[1] != spec.num_logits:
         raise UsageError(
             f"the model gave {evaluation.logits.shape[1]} logits, its graph {spec.num_logits}"
@@ -204,6 +264,8 @@ def certify_batch(
                 unit = float(np.finfo(subset.dtype).eps) / 2
                 shift = spec.lipschitz_bound * unit * input_norms(subset) * (1 + 1e-6)
                 precise = Evaluation(precise.logits, precise.allowance + shift)
+            if extra is not None:
+                precise = widened(precise, extra[index])
             check_agreement(
                 precise,
                 evaluation.take(index),

@@ -110,15 +110,22 @@ class ModelCache:
     factors: dict[str, tuple[float, float]]
     exact_rows: dict[str, Tensor]  # tensor -> (1, *shape) bound of ||row of d t / d pixel||
     position: dict[str, int]  # tensor -> index of the step producing it
+    # (1, *input): absolute error of a computed center beyond its relative 8 u (see
+    # `center_error`): 2 u |offset| s, zero without an offset
+    center_slack: Tensor | None = None
 
 
 def prepare_model(
-    network: Network, input_scale: np.ndarray | None = None, jacobian_limit: int = 1 << 14
+    network: Network,
+    input_scale: np.ndarray | None = None,
+    jacobian_limit: int = 1 << 14,
+    input_offset: np.ndarray | None = None,
 ) -> ModelCache:
     """Precompute, once per model, what every sample's bounds use.
 
-    `input_scale` (the model input's shape, > 0): the model reads s * x (+ an offset) from
-    the pixels x, as with --mean/--std; the ball is taken in pixel space.
+    `input_scale` (the model input's shape, > 0): the model reads s * (x - offset) from
+    the pixels x, as with --mean/--std (s = 1 / std, `input_offset` the mean, broadcast to
+    the input's shape); the ball is taken in pixel space.
     """
     shape = (1, *network.shapes[network.input_name])
     scale = (
@@ -139,6 +146,9 @@ def prepare_model(
     for index, step in enumerate(network.steps):
         cache.position[step.output] = index
     cache.factors = _factors(network, scale_max)
+    if input_offset is not None:
+        offset = torch.as_tensor(np.array(np.broadcast_to(input_offset, shape), dtype=np.float64))
+        cache.center_slack = 2 * _U * offset.abs() * cache.input_scale * (1 + 4 * _U) + _TINY
     if network.numel(network.input_name) <= jacobian_limit:
         cache.exact_rows = _first_block_rows(cache)
     return cache
@@ -266,8 +276,8 @@ class LocalBounds:
         )
         self.x0 = x0
         # The exact model input may differ from x0 by a few roundings (pixels / 255, the
-        # --mean/--std normalisation): a relative 8 u covers them.
-        self.x0_error = _widen(x0, 8 * _U)
+        # --mean/--std normalisation): see `center_error`.
+        self.x0_error = center_error(cache, x0)
         # The ball around the exact pixels: a margin for the rounding of x0 itself.
         self.eps = float(eps) * (1 + 8 * _U) + 8 * _U * float(torch.linalg.norm(x0)) + _TINY
         self.chunk = chunk
@@ -634,7 +644,24 @@ def center_bounds(
     x0 = torch.as_tensor(np.asarray(center, dtype=np.float64)).reshape(
         1, *network.shapes[network.input_name]
     )
-    return center_pass(cache, x0, _widen(x0, 8 * _U))
+    return center_pass(cache, x0, center_error(cache, x0))
+
+
+def center_error(cache: ModelCache, x0: Tensor) -> Tensor:
+    """Elementwise bound of |exact model input - x0| for a center x0 computed in float64.
+
+    Without preprocessing x0 = fl(x) (pixels / 255): u |x0| (1 + u). With --mean/--std, x0 =
+    fl(fl(x^ - m) / std) with x^ = x (1 + d0) the float64 pixels: x0 = z' (1 + d1)(1 + d2),
+    z' = (x^ - m) / std, and z' - z = (x^ - x) / std, so |x0 - z| <= u |x| / std + (2 u + u^2)
+    |z|. That first term is absolute: where the pixel equals the mean, x0 and z are about 0
+    and no bound relative to |x0| covers it. With |x| <= (1 + u)(|m| + std |x0| (1 + 3 u)) and
+    |z| <= |x0| (1 + 3 u) + that term, |x0 - z| <= 3.001 u |x0| + 1.001 u |m| / std, below
+    8 u |x0| + 2 u |m| s (s = fl(1 / std), the cache's `center_slack`).
+    """
+    error = _widen(x0, 8 * _U)
+    if cache.center_slack is not None:
+        error = error + cache.center_slack
+    return error
 
 
 def center_pass(
@@ -658,6 +685,7 @@ __all__ = [
     "LocalTimeout",
     "ModelCache",
     "center_bounds",
+    "center_error",
     "center_pass",
     "prepare_model",
     "relax_relu",

@@ -79,10 +79,11 @@ class LocalCertifier:
         analysis: Analysis,
         input_scale: np.ndarray | None = None,
         max_rows: int | None = None,
+        input_offset: np.ndarray | None = None,
     ) -> None:
         self.max_rows = max_rows
         network = build_network(analysis.graph, analysis.tensor_bounds)
-        self.cache: ModelCache = prepare_model(network, input_scale)
+        self.cache: ModelCache = prepare_model(network, input_scale, input_offset=input_offset)
 
     def certify(
         self,
@@ -122,12 +123,14 @@ def refine_certificates(
     input_scale: np.ndarray | None = None,
     on_sample: Callable[[int, int], None] | None = None,
     max_rows: int | None = None,
+    input_offset: np.ndarray | None = None,
 ) -> RefineResult:
     """Try local certificates where the global radius is below a radius of `options`.
 
     `inputs(i)` gives sample i as the model reads it (after any --mean/--std), float64;
     `input_scale` is d(model input)/d(pixel) elementwise (1/std), so that radii stay in pixel
-    space. `on_sample(done, total)` reports progress. The certificates given are not changed.
+    space; `input_offset` the pixel value the model input 0 stands for (the mean, broadcast).
+    `on_sample(done, total)` reports progress. The certificates given are not changed.
     """
     radius = certificates.radius.astype(np.float64).copy()
     status = certificates.status.copy()
@@ -148,7 +151,7 @@ def refine_certificates(
         return result
     started = time.perf_counter()
     try:
-        certifier = LocalCertifier(analysis, input_scale, max_rows)
+        certifier = LocalCertifier(analysis, input_scale, max_rows, input_offset)
     except LocalUnsupported as exc:
         result.unsupported = str(exc)
         result.skipped_for_time = 0
@@ -250,13 +253,15 @@ def refine_result(
     preprocessing when there is one: the ball is in the dataset's space, as for the global
     radius.
     """
-    scale = None
+    scale = offset = None
     if preprocessing is not None:
         shape = analysis.graph.input_shape
         per_channel = 1.0 / preprocessing.std
         scale = np.broadcast_to(per_channel.reshape(-1, *([1] * (len(shape) - 1))), shape).astype(
             np.float64
         )
+        means = preprocessing.mean.reshape(-1, *([1] * (len(shape) - 1)))
+        offset = np.broadcast_to(means, shape).astype(np.float64)
 
     def sample(i: int) -> np.ndarray:
         raw = dataset.images[i : i + 1]
@@ -268,7 +273,13 @@ def refine_result(
         return pixels[0]
 
     refinement = refine_certificates(
-        analysis, result.certificates, sample, options, input_scale=scale, on_sample=on_sample
+        analysis,
+        result.certificates,
+        sample,
+        options,
+        input_scale=scale,
+        on_sample=on_sample,
+        input_offset=offset,
     )
     certificates = replace(result.certificates, radius=refinement.radius, status=refinement.status)
     summary = summarise(certificates, result.labels, eps_list, dataset.class_names)
