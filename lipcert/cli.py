@@ -784,11 +784,11 @@ def datasets(
     from rich.markup import escape
     from rich.table import Table
 
-    from lipcert.datasets import dataset_locations
+    from lipcert import api
 
     with reported_errors(show_traceback):
         console = stdout_console()
-        locations = dataset_locations(data_dir)
+        locations = api.dataset_locations(data_dir)
         table = Table(title="datasets")
         for column in ("name", "split", "format"):
             table.add_column(column, no_wrap=True)

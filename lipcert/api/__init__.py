@@ -5,7 +5,7 @@ they do not print and do not modify their arguments.
 """
 
 from lipcert.api.attack import AttackReport, attack_certificates
-from lipcert.api.data import DatasetReport, certify_dataset, load_dataset
+from lipcert.api.data import DatasetReport, certify_dataset, dataset_locations, load_dataset
 from lipcert.api.metric import CertifiedAccuracy, RobustnessMetric
 from lipcert.api.model import CertifiedBatch, Model, from_torch, load
 
@@ -18,6 +18,7 @@ __all__ = [
     "RobustnessMetric",
     "attack_certificates",
     "certify_dataset",
+    "dataset_locations",
     "from_torch",
     "load",
     "load_dataset",

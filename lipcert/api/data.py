@@ -33,7 +33,7 @@ from lipcert.certify.pipeline import (
 from lipcert.certify.pipeline import _concatenate as concatenate_certificates
 from lipcert.certify.pipeline import certify_dataset as pipeline_certify_dataset
 from lipcert.certify.radii import Certificates, Method
-from lipcert.datasets import Dataset
+from lipcert.datasets import Dataset, DatasetLocation
 from lipcert.errors import UsageError
 
 if TYPE_CHECKING:
@@ -171,6 +171,14 @@ def load_dataset(
         crop=crop,
         model_shape=None if model_shape is None else tuple(int(d) for d in model_shape),
     )
+
+
+def dataset_locations(data_dir: str | Path | None = None) -> list[DatasetLocation]:
+    """Where each named dataset was found (or not), and every place searched, in order
+    (`data_dir` first, then $LIPCERT_DATA, then download caches): `lipcert datasets`."""
+    from lipcert.datasets import dataset_locations as locate
+
+    return locate(data_dir)
 
 
 def preprocessing_of(

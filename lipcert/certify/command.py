@@ -3,7 +3,9 @@ in, and every check that needs no file read (usage errors come before any work).
 
 This is the command line's side of those commands: option strings and their origins (a flag,
 or a key of a config file) are named in messages here. The work itself goes through the
-Python API (`lipcert.api`); nothing here loads, certifies or prints.
+Python API (`lipcert.api`): nothing here loads a dataset, certifies or prints. What is read
+here is the config file, whether the model file exists, and, for an image folder, the input
+shape the model file declares (its default crop).
 """
 
 from __future__ import annotations
