@@ -15,6 +15,7 @@ import numpy as np
 
 from lipcert.bounds.compose import Analysis
 from lipcert.bounds.spec import CertificateSpec
+from lipcert.certify.mcr_gap import McrTracker, mcr_gap, signed_reported
 from lipcert.certify.metrics import Eps, Summary, summarise
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
 from lipcert.datasets import Dataset
@@ -121,11 +122,20 @@ class CertifyResult:
     allowance: np.ndarray  # per-sample error bound of the logits the radius was computed from
     seconds: float
     exact: np.ndarray | None = None  # per sample: recomputed by the exact evaluator
+    # per sample: a bound of (exact function's signed radius - reported), see mcr_gap.py
+    mcr_gap: np.ndarray | None = None
 
     @property
     def exact_samples(self) -> int:
         """How many samples needed the exact path (their certificate depended on rounding)."""
         return 0 if self.exact is None else int(np.sum(self.exact))
+
+    @property
+    def mcr_gap_bound(self) -> float | None:
+        """A guaranteed bound of how far the MCR is below the exact function's (a radius)."""
+        if self.mcr_gap is None or len(self.mcr_gap) == 0:
+            return None
+        return float(np.nextafter(np.sum(self.mcr_gap) * (1 + 1e-12) / len(self.mcr_gap), np.inf))
 
 
 def certify_dataset(
@@ -139,6 +149,7 @@ def certify_dataset(
     preprocessing: Preprocessing | None = None,
     on_batch: Callable[[int], None] | None = None,
     exact: Evaluator | None = None,
+    mcr_tolerance: float | None = None,
 ) -> CertifyResult:
     """Certified radius of every sample of `dataset`, and the summary metrics.
 
@@ -149,9 +160,13 @@ def certify_dataset(
 
     With an `exact` evaluator, the samples whose certificate the allowance may change (at an
     eps of `eps_list`, or by flipping the decision) are evaluated again there, and both
-    evaluations of those samples must agree within their allowances.
+    evaluations of those samples must agree within their allowances. With `mcr_tolerance`
+    (a fraction), more samples are recomputed there, those of the largest allowance first,
+    until the guaranteed bound of how far the MCR is below the exact function's is at most
+    that fraction of the MCR (`lipcert.certify.mcr_gap`).
     """
     labels = model_labels(dataset, spec)
+    tracker = McrTracker(mcr_tolerance)
     function_spec = certified_spec(spec, preprocessing)
     parts: list[Certificates] = []
     allowances: list[np.ndarray] = []
@@ -159,7 +174,7 @@ def certify_dataset(
     pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
     eps_values = np.array([e.value for e in eps_list], dtype=np.float64)
     started = time.perf_counter()
-    for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
+    for start, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
         inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
         certificates, allowance, selected = certify_batch(
             evaluator,
@@ -169,6 +184,8 @@ def certify_dataset(
             eps_values,
             exact=exact,
             preprocessing=preprocessing,
+            labels=labels[start : start + len(inputs)],
+            mcr=tracker,
         )
         parts.append(certificates)
         allowances.append(allowance)
@@ -186,6 +203,7 @@ def certify_dataset(
         np.concatenate(allowances) if allowances else np.zeros(0),
         seconds,
         np.concatenate(recomputed) if exact is not None and recomputed else None,
+        np.concatenate(tracker.gaps) if tracker.gaps else None,
     )
 
 
@@ -228,12 +246,16 @@ def certify_batch(
     *,
     exact: Evaluator | None = None,
     preprocessing: Preprocessing | None = None,
+    labels: np.ndarray | None = None,
+    mcr: McrTracker | None = None,
 ) -> tuple[Certificates, np.ndarray, np.ndarray]:
     """Certificates of one batch of inputs of the certified function `spec` describes.
 
     Returns them with the allowance each radius was computed with and, per sample, whether
     the `exact` evaluator recomputed it (see `certify_dataset`). With `preprocessing`, the
     inputs are its float64 output and the allowances grow by its `input_allowance`.
+    With the batch's `labels` and an `mcr` tracker, each sample's MCR gap bound is added to
+    the tracker, after the samples its tolerance asks for are recomputed.
     """
     extra = None
     if preprocessing is not None:
@@ -250,11 +272,25 @@ def certify_batch(
     )
     allowance = evaluation.allowance
     selected = np.zeros(len(inputs), dtype=bool)
+    gap = None
+    if labels is not None and mcr is not None:
+        gap = mcr_gap(
+            evaluation.logits,
+            spec,
+            method,
+            evaluation.allowance,
+            labels,
+            certificates,
+            evaluation.head,
+        )
     if exact is not None:
         selected = rounding_matters(evaluation, certificates, spec, eps_values)
         selected = _within_budget(selected, evaluation, certificates, spec, eps_values)
-        if selected.any():
-            index = np.flatnonzero(selected)
+        index = np.flatnonzero(selected)
+        rounds = 0
+        if not len(index) and gap is not None and labels is not None and mcr is not None:
+            index = _more_for_mcr(mcr, gap, evaluation, certificates, spec, labels, selected, 0)
+        while len(index):
             subset = np.asarray(inputs)[index]
             precise = exact.evaluate(subset)
             if subset.dtype != np.float64:
@@ -271,13 +307,21 @@ def certify_batch(
                 evaluation.take(index),
                 f"{exact.name} and {evaluator.name}",
             )
-            certificates = _replace(
-                certificates,
-                index,
-                certify_logits(precise.logits, spec, method, precise.allowance),
-            )
+            fresh = certify_logits(precise.logits, spec, method, precise.allowance)
+            certificates = _replace(certificates, index, fresh)
             allowance = allowance.copy()
             allowance[index] = precise.allowance
+            selected[index] = True
+            rounds += 1
+            if gap is None or labels is None or mcr is None:
+                break
+            part = labels[index]
+            gap[index] = mcr_gap(precise.logits, spec, method, precise.allowance, part, fresh)
+            index = _more_for_mcr(
+                mcr, gap, evaluation, certificates, spec, labels, selected, rounds
+            )
+    if gap is not None and labels is not None and mcr is not None:
+        mcr.add(gap, signed_reported(certificates, labels))
     return certificates, allowance, selected
 
 
@@ -342,6 +386,32 @@ def _within_budget(
     chosen = np.zeros(len(selected), dtype=bool)
     chosen[np.argsort(-score, kind="stable")[:limit]] = True
     return chosen & selected
+
+
+# Rounds of MCR recomputation within one batch before every sample with a gap is taken.
+_MCR_ROUNDS = 3
+
+
+def _more_for_mcr(
+    mcr: McrTracker,
+    gap: np.ndarray,
+    evaluation: Evaluation,
+    certificates: Certificates,
+    spec: CertificateSpec,
+    labels: np.ndarray,
+    selected: np.ndarray,
+    rounds: int,
+) -> np.ndarray:
+    """The samples of the batch to recompute next for `mcr`'s tolerance (none without one):
+    each expected to reach the signed radius of its computed logits with no allowance."""
+    if mcr.tolerance is None:
+        return np.zeros(0, dtype=np.int64)
+    signed = signed_reported(certificates, labels)
+    zero = np.zeros(len(evaluation.allowance))
+    estimate = signed_reported(
+        certify_logits(evaluation.logits, spec, certificates.method, zero), labels
+    )
+    return mcr.choose(gap, signed, estimate, ~selected, everything=rounds >= _MCR_ROUNDS)
 
 
 def _replace(base: Certificates, index: np.ndarray, new: Certificates) -> Certificates:
