@@ -142,16 +142,26 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
                 return None
             if any(id(user) not in members for user in consumers.get(out, [])):
                 return None
+    products = [t.mul for t in (*sel_terms, *a_terms, *b_terms) if t.mul is not None]
+    if len({id(p) for p in products}) != len(products):
+        return None  # a product shared by two entries: they could not be replaced apart
     # The reflection's constants become R*'s float64 roundings (the float64 executor then
-    # computes h); one constant per product, with the product's sign folded in.
+    # computes h); one constant per product, with the product's sign folded in. The
+    # selector's keep their values under a name of their own: h is defined from these
+    # float64 values, so how far they are from the file's exact constants (a recomputed
+    # sine's error) does not matter, and the rule counts their float32 rounding.
     replaced: dict[int, Node] = {}
-    for row, terms in ((0, a_terms), (1, b_terms)):
-        for term in terms:
-            assert term.mul is not None and term.constant is not None
-            name = f"{concat.name}::householder_R{row}{term.variable}"
-            graph.constants[name] = term.sign * ideal[row][term.variable]
-            inputs = tuple(name if i == term.constant else i for i in term.mul.inputs)
-            replaced[id(term.mul)] = dataclasses.replace(term.mul, inputs=inputs)
+    entries = [(f"R{row}{t.variable}", t) for row, ts in ((0, a_terms), (1, b_terms)) for t in ts]
+    entries += [(f"w{t.variable}", t) for t in sel_terms if t.mul is not None]
+    for key, term in entries:
+        assert term.mul is not None and term.constant is not None
+        name = f"{concat.name}::householder_{key}"
+        if key.startswith("R"):
+            graph.constants[name] = term.sign * ideal[int(key[1])][term.variable]
+        else:
+            graph.constants[name] = graph.constant(term.constant)
+        inputs = tuple(name if i == term.constant else i for i in term.mul.inputs)
+        replaced[id(term.mul)] = dataclasses.replace(term.mul, inputs=inputs)
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     body = tuple(replaced.get(id(n), n) for n in sorted(body_nodes, key=lambda n: order[id(n)]))
     # The copies take the originals' places, so that fusing drops them with the body.
