@@ -30,6 +30,7 @@ from lipcert.bounds.numeric import (
 )
 from lipcert.bounds.registry import EXACT, Combine, LayerBound, Rounding, refuse, rule
 from lipcert.bounds.rules.linear import abs_conv_gain, constant_input
+from lipcert.bounds.verified_psd import eigenvalue_lower_bound
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import Window, window
 
@@ -387,11 +388,12 @@ def lipsdp_bound(
     >= 0: the block is gamma (1 + delta)-Lipschitz. With T = c D^2 (D > 0 diagonal) and the
     congruence by D^-1, N + 2 delta T >= 0 iff
         N' = 2c I - Q^T Q / gamma^2 - c^2 P P^T + 2 delta c I >= 0,  P = D W1, Q = W2 D^-1,
-    so delta = mu / (2c) for any mu >= -lambda_min(N'). mu is bounded soundly: the float64
-    eigenvalue of the computed N' minus LAPACK's backward error (64 h eps ||N'||_F) minus the
-    error of forming N' from the float data: P, Q carry 2 eps relative error per entry and
-    their Gram products gamma_n ||.||_F^2 (Higham, section 3.5), all bounded by the
-    Frobenius-norm term below.
+    so delta = mu / (2c) for any mu >= -lambda_min(N'). mu is bounded soundly: a guaranteed
+    lower bound of lambda_min of the computed N' (a Cholesky factorisation of N' shifted,
+    with its backward error bound: Rump, "Verification of positive definiteness", BIT 2006;
+    `lipcert.bounds.verified_psd`), minus the error of forming N' from the float data: P, Q
+    carry 2 eps relative error per entry and their Gram products gamma_n ||.||_F^2
+    (Higham, section 3.5), all bounded by the Frobenius-norm term of `_verify`.
 
     T is a candidate only (`hint`, from the layer's multipliers: LBDN's Psi^2 is post / pre;
     balancing the norms of W1's rows and W2's columns; or I; its scale c and
@@ -460,17 +462,25 @@ def _lipsdp_with(first: np.ndarray, second: np.ndarray, scales: np.ndarray) -> f
     return _verify(p, q, c, gamma2)
 
 
-def _verify(p: np.ndarray, q: np.ndarray, c: float, gamma2: float) -> float:
-    """gamma (1 + mu / 2c) with mu >= -lambda_min(2c I - Q^T Q / gamma^2 - c^2 P P^T)."""
+def _verify(p: np.ndarray, q: np.ndarray, c: float, gamma2: float) -> float | None:
+    """gamma (1 + mu / 2c) with mu >= -lambda_min(2c I - Q^T Q / gamma^2 - c^2 P P^T).
+
+    lambda_min of the computed matrix is bounded below by a Cholesky factorisation
+    (`lipcert.bounds.verified_psd`: Rump's verification of positive definiteness, from
+    the backward error of Cholesky), not by an eigenvalue routine's estimate; None when
+    that bound cannot be had. The matrix computed differs from the exact one by `formed`
+    at most in the 2-norm (see lipsdp_bound).
+    """
     hidden = p.shape[0]
     length = max(p.shape[1], q.shape[0])
     matrix = 2 * c * np.eye(hidden) - (q.T @ q) / gamma2 - (c * c) * (p @ p.T)
-    smallest = float(np.linalg.eigvalsh(matrix)[0])
+    lowest = eigenvalue_lower_bound(matrix)
+    if lowest is None:
+        return None
     frob_q = float(np.sum(q * q)) * (1 + (q.size + 2) * FLOAT64_EPS)
     frob_p = float(np.sum(p * p)) * (1 + (p.size + 2) * FLOAT64_EPS)
     formed = (length + 16) * FLOAT64_EPS * (frob_q / gamma2 + c * c * frob_p + 2 * c * hidden)
-    backward = 64 * hidden * FLOAT64_EPS * float(np.linalg.norm(matrix)) * (1 + 1e-6)
-    mu = max(0.0, -smallest) + 2 * (formed + backward)
+    mu = max(0.0, -lowest) * (1 + 1e-12) + 2 * formed
     gamma = sqrt_up(gamma2)
     return mul_up(gamma, up(1.0 + up(mu / (2 * c)) * (1 + 1e-12)))
 
