@@ -260,13 +260,16 @@ def conv_gram_row_bound(
 
 
 def _bias_norm(node: Node, graph: Graph) -> float:
-    """Norm of the constants a block adds (biases of its ops and Add/Sub of constants)."""
+    """Norm of the constants a block adds (biases of its ops, a Gemm's times |beta|, and
+    Add/Sub of constants)."""
     total = 0.0
     for inner in node.body:
         constants = [n for n in inner.inputs if n and graph.is_constant(n)]
         if inner.op in ("Add", "Sub") or (inner.op in ("Conv", "Gemm", "ConvTranspose")):
             for name in constants[1:] if inner.op != "Add" and inner.op != "Sub" else constants:
                 value = np.abs(np.asarray(graph.constant(name), dtype=np.float64))
+                if inner.op == "Gemm":  # Gemm adds beta C
+                    value = value * abs(float(inner.attr("beta", 1.0)))
                 shape = graph.shape(inner.outputs[0])
                 if inner.op == "Conv" or inner.op == "ConvTranspose":
                     value = value.reshape(-1, *([1] * (len(shape) - 2)))
