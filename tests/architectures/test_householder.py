@@ -368,3 +368,84 @@ def test_look_alikes_are_refused(look: str, dynamo: bool) -> None:
     net = nn.Sequential(nn.Linear(8, 8), HouseHolder(8, **LOOK_ALIKES[look]), nn.Linear(8, 3))
     with pytest.raises(UnsupportedOpError, match=r"node '[^']+'"):
         analyse(load(net.eval(), dynamo, (8,)).graph)
+
+
+# --- the front-end: Sin and Cos of constants, recomputed in float64 ------------------------------
+
+
+def _sine_model(op: str, weight: float, factor: float | None) -> onnx.ModelProto:
+    """logits = x * op(w) or x * op(w / factor): a constant computed by the model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    source = "w"
+    if factor is not None:
+        nodes.append(helper.make_node("Div", ["w", "k"], ["wk"], name="angle"))
+        source = "wk"
+    nodes += [
+        helper.make_node(op, [source], ["c"], name="fold"),
+        helper.make_node("Mul", ["x", "c"], ["logits"], name="scale"),
+    ]
+    inits = [numpy_helper.from_array(np.array([[weight, 0.7]], np.float32), "w")]
+    if factor is not None:
+        inits.append(numpy_helper.from_array(np.array(factor, np.float32), "k"))
+    graph = helper.make_graph(
+        nodes,
+        "sine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("op", ["Sin", "Cos"])
+def test_sine_of_a_weight_is_recomputed_in_float64(op: str) -> None:
+    loaded = load_from_proto(_sine_model(op, 0.3, None), LoadOptions(), source="t", fmt="onnx")
+    assert loaded.graph.inexact_constants == {"c"}
+    function = math.sin if op == "Sin" else math.cos
+    angles = [float(np.float32(0.3)), float(np.float32(0.7))]
+    values = np.array([function(a) for a in angles])
+    np.testing.assert_allclose(loaded.graph.constant("c").reshape(-1), values, rtol=1e-14)
+    # 64 ulps relative and 64 ulps of 1 + |angle| absolute, relative to the value
+    u = 2.0**-53
+    expected = float(np.max(64 * u * (1 + np.array(angles)) / np.abs(values))) + 64 * u
+    assert loaded.graph.folded_error["c"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_cosine_near_a_zero_is_refused() -> None:
+    """cos(float32(pi/2)) = -4.4e-8, and onnxruntime's float64 Cos is 6e-17 off there (the
+    float64 pi's error): 1.4e-9 of the value, beyond what a folded constant may carry."""
+    model = _sine_model("Cos", float(np.float32(math.pi / 2)), None)
+    with pytest.raises(UnsupportedOpError, match=r"node 'fold' \(Cos\)"):
+        load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+
+
+def test_cosine_of_an_inexact_angle_carries_its_amplification() -> None:
+    """cos(w / 3): the quotient is rounded in float64 too, and moves the cosine by up to
+    |x| u, relative to |cos x| (large near pi/2)."""
+    model = _sine_model("Cos", 4.51, 3.0)
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    angle = float(np.float32(4.51)) / 3.0
+    assert Fraction(angle) * 3 != Fraction(float(np.float32(4.51)))  # the quotient is rounded
+    u = 2.0**-53
+    library = 64 * u * (1 + angle)
+    assert loaded.graph.folded_error["c"] >= (angle * u + library) / abs(math.cos(angle))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_the_reference_initial_angle(dynamo: bool) -> None:
+    """t = pi/2 (the reference code's initial angle): cos t = -4.4e-8 in float32. dynamo's
+    float32 weights are fused; TorchScript's Cos, recomputed in float64, is refused (its
+    relative error is not bounded well enough there), naming the node."""
+    torch.manual_seed(0)
+    layer = HouseHolder(8)
+    with torch.no_grad():
+        layer.theta.fill_(0.5 * math.pi)
+    net = nn.Sequential(nn.Linear(8, 8), layer, nn.Linear(8, 3)).eval()
+    if not dynamo:
+        with pytest.raises(UnsupportedOpError, match=r"node '[^']*Cos[^']*' \(Cos\)"):
+            load(net, dynamo, (8,))
+        return
+    found = analyse(load(net, dynamo, (8,)).graph)
+    assert [layer.op for layer in found.layers].count("Householder") == 1
