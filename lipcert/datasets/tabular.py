@@ -1,7 +1,8 @@
 """Feature vectors and labels from a CSV file: one row per sample, a header naming the columns.
 
-Every column but the label column is a feature, read as a float64 number exactly as written
-(no scaling: certified radii are in the units of the features). Labels are class indices
+Every column but the label column is a feature, read as the float64 number nearest to what is
+written (no scaling: certified radii are in the units of the features; the float32 evaluators
+round it to float32, which their allowance covers). Labels are class indices
 (integers, or floats of integral value), or -1/+1 for a binary task (then classes 0 and 1).
 Only the rows a limit needs are read.
 """
