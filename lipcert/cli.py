@@ -411,6 +411,14 @@ def certify(
     ray: RayOpt = None,
     resize: ResizeOpt = None,
     crop: CropOpt = None,
+    mcr_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--mcr-tolerance",
+            help="Also recompute in float64 the samples of largest allowance until the MCR is "
+            "guaranteed within this fraction of the exact function's (e.g. 0.005); slower.",
+        ),
+    ] = None,
     show_traceback: TracebackOpt = False,
 ) -> None:
     """Certify every sample of a dataset: radii, certified accuracy, MCR, and CI gates.
@@ -467,6 +475,7 @@ def certify(
                 ray=ray,
                 resize=resize,
                 crop=crop,
+                mcr_tolerance=mcr_tolerance,
             )
         )
         request = options.request
@@ -487,6 +496,7 @@ def certify(
                 device=request.device,
                 ray=request.ray,
                 on_batch=on_batch,
+                mcr_tolerance=request.mcr_tolerance,
             )
         if options.refine:
             with _progress(progress, [("refining (local bounds)", None)]) as (on_sample,):

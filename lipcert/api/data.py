@@ -22,6 +22,7 @@ from lipcert.api.model import (
     _as_array,
 )
 from lipcert.certify.gates import FRACTION_GATES, Gate, check_threshold, evaluate_gates
+from lipcert.certify.mcr_gap import McrTracker
 from lipcert.certify.metrics import Eps, Summary, summarise
 from lipcert.certify.pipeline import (
     CertifyResult,
@@ -59,6 +60,7 @@ def certify_dataset(
     device: str | None = None,
     ray: str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    mcr_tolerance: float | None = None,
 ) -> DatasetReport:
     """Certify every sample of `data` and summarise: accuracy, certified accuracy, MCR.
 
@@ -74,8 +76,13 @@ def certify_dataset(
     and `ray` ("local", or a cluster's address) shards a Dataset over the workers of a Ray
     cluster (`pip install "lipcert[ray]"`), with the numbers of a one-process run.
     `on_batch(n)` is called after each batch of n samples (a progress bar, say).
+    `mcr_tolerance` (a fraction, e.g. 0.005): with float32 precision, also recompute in
+    float64 the samples of largest allowance until the MCR is guaranteed within that fraction
+    of the exact function's (`report.result.mcr_gap_bound` is the bound; not with `ray`).
     """
     eps_list = eps_thresholds(eps)
+    if mcr_tolerance is not None and not (0 <= mcr_tolerance < 1):
+        raise UsageError(f"expected mcr_tolerance in [0, 1) but got {mcr_tolerance!r}")
     method = model.method(certificate)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"expected batch_size >= 1 but got {batch_size!r}")
@@ -89,6 +96,8 @@ def certify_dataset(
                 f"{data.name!r} holds {tuple(data.images.shape[1:])!r}"
             )
         preprocessing = preprocessing_of(mean, std, int(data.images.shape[1]))
+        if ray is not None and mcr_tolerance is not None:
+            raise UsageError("expected mcr_tolerance without ray (not supported on Ray)")
         if ray is not None:
             result, run_precision = _certify_on_ray(
                 model,
@@ -115,6 +124,7 @@ def certify_dataset(
                 preprocessing=preprocessing,
                 on_batch=on_batch,
                 exact=evaluators.exact,
+                mcr_tolerance=mcr_tolerance,
             )
             run_precision = evaluators.evaluator.precision
         if names is not None and names != data.class_names:
@@ -137,7 +147,16 @@ def certify_dataset(
     preprocessing = preprocessing_of(mean, std, model.input_shape[0])
     evaluators = model._evaluators_for(precision, device, threads)
     result = _certify_batches(
-        model, batches, evaluators, method, eps_list, preprocessing, batch_size, names, on_batch
+        model,
+        batches,
+        evaluators,
+        method,
+        eps_list,
+        preprocessing,
+        batch_size,
+        names,
+        on_batch,
+        McrTracker(mcr_tolerance),
     )
     return DatasetReport(
         model, result, eps_list, evaluators.evaluator.precision, None, preprocessing
@@ -214,6 +233,7 @@ def _certify_batches(
     batch_size: int,
     class_names: tuple[str, ...] | None,
     on_batch: Callable[[int], None] | None,
+    tracker: McrTracker | None = None,
 ) -> CertifyResult:
     """certify_batch on batches of arrays, as `pipeline.certify_dataset` on a Dataset."""
     spec = certified_spec(evaluators.spec, preprocessing)
@@ -230,6 +250,7 @@ def _certify_batches(
             ) from None
         inputs = model._inputs(x)
         labels.append(model.labels(y, len(inputs)))
+        batch_labels = labels[-1]
         for begin in range(0, len(inputs), batch_size):
             chunk = inputs[begin : begin + batch_size]
             if preprocessing is not None:
@@ -243,6 +264,8 @@ def _certify_batches(
                     eps_values,
                     exact=evaluators.exact,
                     preprocessing=preprocessing,
+                    labels=batch_labels[begin : begin + batch_size],
+                    mcr=tracker,
                 )
             )
         if on_batch is not None:
@@ -260,6 +283,7 @@ def _certify_batches(
         np.concatenate([p[1] for p in parts]),
         seconds,
         np.concatenate([p[2] for p in parts]) if evaluators.exact is not None else None,
+        np.concatenate(tracker.gaps) if tracker is not None and tracker.gaps else None,
     )
 
 

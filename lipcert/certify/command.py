@@ -10,6 +10,7 @@ shape the model file declares (its default crop).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class CertifyRequest:
     ray: str | None = None  # shard over a Ray cluster: "" for a local one, else its address
     resize: int | None = None  # imagefolder: shorter side resized to this
     crop: int | None = None  # imagefolder: centre crop of this size
+    mcr_tolerance: float | None = None  # recompute in float64 until the MCR gap bound is this
 
 
 # Request fields a [tool.lipcert] table may set, by config key.
@@ -155,6 +157,11 @@ def check_request(
         value = getattr(request, name)
         if value is not None:
             check_threshold(value, fraction=name in FRACTION_GATES, origin=origin(name))
+    tolerance = request.mcr_tolerance
+    if tolerance is not None and not (math.isfinite(tolerance) and 0 <= tolerance < 1):
+        raise UsageError(f"expected --mcr-tolerance in [0, 1) (a fraction) but got {tolerance!r}")
+    if tolerance is not None and request.ray is not None:
+        raise UsageError("--mcr-tolerance is not supported with --ray")
     eps_list = parse_eps_list(request.eps or DEFAULT_EPS, what=origin("eps"))
     if request.gate_eps is not None and request.min_certified_accuracy is None:
         raise UsageError(

@@ -96,7 +96,10 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     if result.exact is not None:
         head.add_row("recomputed in float64", f"{result.exact_samples} of {len(result.exact)}")
     head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
-    head.add_row("MCR", f"{summary.mcr:.4f} (mean signed radius)")
+    mcr_text = f"{summary.mcr:.4f} (mean signed radius)"
+    if result.mcr_gap_bound is not None:
+        mcr_text += f"; the exact function's is at most {result.mcr_gap_bound:.3g} above"
+    head.add_row("MCR", mcr_text)
     head.add_row("radius", f"mean {summary.mean_radius:.4f}, median {summary.median_radius:.4f}")
     if summary.ties or summary.non_finite or summary.within_allowance:
         head.add_row(
@@ -220,6 +223,8 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
             "median": float(np.median(result.allowance)) if len(result.allowance) else 0.0,
             # samples whose certificate was recomputed by the exact (float64) evaluator
             "exact_samples": result.exact_samples,
+            # guaranteed: MCR of the exact function - reported MCR <= this (None: unknown)
+            "mcr_gap_bound": _finite_or_none(result.mcr_gap_bound),
         },
         **breakdown_json(summary),
         "gates": [
@@ -346,3 +351,8 @@ def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
         mark = "passed" if gate.passed else "**FAILED**"
         lines.append(f"| gate: {gate.name} >= {gate.threshold:g} | {gate.value:.4f} ({mark}) |")
     return "\n".join(lines) + "\n\n"
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no infinity: an unknown bound is null."""
+    return value if value is not None and np.isfinite(value) else None

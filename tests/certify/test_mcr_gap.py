@@ -224,3 +224,40 @@ def test_tolerance_end_to_end_against_float64(tau128) -> None:
     # the float64 mode reports its own (tiny) bound
     assert reference.mcr_gap_bound is not None
     assert reference.mcr_gap_bound < 1e-6
+
+
+def test_cli_option_and_json_key() -> None:
+    """--mcr-tolerance reaches the pipeline; the JSON carries the bound it guarantees."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from lipcert.cli import app
+
+    model = str(ROOT / "sample_models" / "fmnist_ce_tau128.onnx")
+    common = [model, "--dataset", str(DATA), "--limit", "64", "--threads", "1", "--json"]
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(app, ["certify", *common, "--quiet"]).stdout)
+    tight = json.loads(
+        runner.invoke(app, ["certify", *common, "--quiet", "--mcr-tolerance", "0.005"]).stdout
+    )
+    assert plain["fp_allowance"]["mcr_gap_bound"] > 0.005 * plain["mcr"]
+    assert tight["fp_allowance"]["mcr_gap_bound"] <= 0.005 * tight["mcr"]
+    assert tight["fp_allowance"]["exact_samples"] > plain["fp_allowance"]["exact_samples"]
+    refused = runner.invoke(app, ["certify", *common, "--mcr-tolerance", "2"])
+    assert refused.exit_code == 2
+    assert "--mcr-tolerance" in refused.output
+
+
+def test_api_arrays_carry_the_bound(tau128) -> None:
+    """lipcert.certify_dataset on (x, y) arrays: the same bound and tolerance."""
+    import lipcert
+
+    dataset, *_ = tau128
+    model = lipcert.load(ROOT / "sample_models" / "fmnist_ce_tau128.onnx")
+    x = dataset.images[:64].astype(np.float32) / np.float32(255)
+    y = dataset.labels[:64]
+    report = lipcert.certify_dataset(model, (x, y), [0.1], threads=1, mcr_tolerance=0.005)
+    result = report.result
+    assert result.mcr_gap_bound is not None
+    assert result.mcr_gap_bound <= 0.005 * result.summary.mcr
