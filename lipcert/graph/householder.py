@@ -106,7 +106,7 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
     if sel_form is None or a_form is None or b_form is None:
         return None
     (sel_terms, sel_nodes), (a_terms, a_nodes), (b_terms, b_nodes) = sel_form, a_form, b_form
-    if any(term.mul is None for term in (*a_terms, *b_terms)):
+    if len(a_terms) != 2 or len(b_terms) != 2 or any(t.mul is None for t in (*a_terms, *b_terms)):
         return None  # every reflection entry is a product with a constant (replaced below)
     constants = {t.constant for t in (*sel_terms, *a_terms, *b_terms) if t.constant}
     reduced = _reduced_shape(graph, constants, shape)

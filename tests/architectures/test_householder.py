@@ -449,3 +449,97 @@ def test_the_reference_initial_angle(dynamo: bool) -> None:
         return
     found = analyse(load(net, dynamo, (8,)).graph)
     assert [layer.op for layer in found.layers].count("Householder") == 1
+
+
+# --- hand-written graphs: other spellings of the masks ---------------------------------------
+
+
+def handwritten(keep: str, turn: str, mirrored: bool) -> tuple[onnx.ModelProto, list[tuple]]:
+    """The activation on 3 pairs, its masks `keep`/`turn` comparisons of the selector with 0
+    (written 0 OP s when `mirrored`), and the selector vectors."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    angle = rng.uniform(0, 2 * np.pi, size=(1, 3))
+    values = {
+        "hs": np.sin(angle / 2).astype(np.float32),
+        "hc": np.cos(angle / 2).astype(np.float32),
+        "rc": np.cos(angle).astype(np.float32),
+        "rs": np.sin(angle).astype(np.float32),
+        "zero": np.array(0.0, np.float32),
+    }
+
+    def compare(op: str, out: str) -> onnx.NodeProto:
+        inputs = ["zero", "sel"] if mirrored else ["sel", "zero"]
+        return helper.make_node(op, inputs, [out], name=out)
+
+    mirror = {"Less": "Greater", "Greater": "Less", "LessOrEqual": "GreaterOrEqual"}
+    mirror |= {"GreaterOrEqual": "LessOrEqual"}
+    if mirrored:
+        keep, turn = mirror[keep], mirror[turn]
+    nodes = [
+        helper.make_node("Split", ["x"], ["hx", "hy"], axis=1, num_outputs=2),
+        helper.make_node("Mul", ["hx", "hs"], ["s1"]),
+        helper.make_node("Mul", ["hy", "hc"], ["s2"]),
+        helper.make_node("Sub", ["s1", "s2"], ["sel"]),
+        helper.make_node("Mul", ["hx", "rc"], ["a1"]),
+        helper.make_node("Mul", ["hy", "rs"], ["a2"]),
+        helper.make_node("Add", ["a1", "a2"], ["ra"]),
+        helper.make_node("Mul", ["rs", "hx"], ["b1"]),
+        helper.make_node("Mul", ["hy", "rc"], ["b2"]),
+        helper.make_node("Neg", ["b2"], ["nb2"]),
+        helper.make_node("Add", ["nb2", "b1"], ["rb"]),
+        compare(keep, "k"),
+        compare(turn, "t"),
+        helper.make_node("Cast", ["k"], ["keep"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["t"], ["turn"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["keep", "hx"], ["ka"]),
+        helper.make_node("Mul", ["ra", "turn"], ["ta"]),
+        helper.make_node("Add", ["ta", "ka"], ["oa"]),
+        helper.make_node("Mul", ["hy", "keep"], ["kb"]),
+        helper.make_node("Mul", ["turn", "rb"], ["tb"]),
+        helper.make_node("Add", ["kb", "tb"], ["ob"]),
+        helper.make_node("Concat", ["oa", "ob"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "householder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [numpy_helper.from_array(v, k) for k, v in values.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    w = [
+        (Fraction(float(s)), -Fraction(float(c)))
+        for s, c in zip(values["hs"][0], values["hc"][0], strict=True)
+    ]
+    return model, w
+
+
+SPELLINGS = [
+    ("LessOrEqual", "Greater", True),
+    ("Less", "GreaterOrEqual", True),
+    ("Greater", "LessOrEqual", True),  # kept on the positive side: the same line
+    ("Less", "Greater", False),  # both masks vanish on the line: a jump to 0
+    ("LessOrEqual", "GreaterOrEqual", False),  # both are 1 on the line: 2 z there
+]
+
+
+@pytest.mark.parametrize("mirrored", [False, True], ids=["s-op-0", "0-op-s"])
+@pytest.mark.parametrize(("keep", "turn", "fused"), SPELLINGS)
+def test_mask_spellings(keep: str, turn: str, fused: bool, mirrored: bool) -> None:
+    model, w = handwritten(keep, turn, mirrored)
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    if not fused:
+        with pytest.raises(UnsupportedOpError, match=r"node '[^']+'"):
+            analyse(loaded.graph)
+        return
+    found = analyse(loaded.graph)
+    assert [entry.op for entry in found.layers] == ["Householder"]
+    assert found.spec.lipschitz_bound == pytest.approx(1.0, abs=1e-12)
+    points = boundary_points(w, 32, seed=5)
+    kept_positive = keep in ("Greater", "GreaterOrEqual")
+    exact = ideal(points, [(-a, -b) for a, b in w] if kept_positive else w)
+    norms = np.linalg.norm(points.astype(np.float64), axis=1)
+    errors = distance(run_onnxruntime(loaded, points), exact)
+    assert np.all(errors <= found.spec.fp_allowance(norms))
