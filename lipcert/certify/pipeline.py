@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -171,11 +172,9 @@ def certify_dataset(
     parts: list[Certificates] = []
     allowances: list[np.ndarray] = []
     recomputed: list[np.ndarray] = []
-    pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
     eps_values = np.array([e.value for e in eps_list], dtype=np.float64)
     started = time.perf_counter()
-    for start, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
-        inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
+    for start, inputs in batches_ahead(evaluator, dataset, batch_size, preprocessing):
         certificates, allowance, selected = certify_batch(
             evaluator,
             function_spec,
@@ -223,9 +222,7 @@ def certify_batches(
     applied, the certified function's spec (`spec` is the model's). A Ray worker certifies
     its shards through this, so that its batches are a one-process run's, bit for bit."""
     function_spec = certified_spec(spec, preprocessing)
-    pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
-    for _, pixels, _ in dataset.batches(batch_size, dtype=pixel_type):
-        inputs = pixels if preprocessing is None else preprocessing.apply(pixels)
+    for _, inputs in batches_ahead(evaluator, dataset, batch_size, preprocessing):
         yield certify_batch(
             evaluator,
             function_spec,
@@ -235,6 +232,54 @@ def certify_batches(
             exact=exact,
             preprocessing=preprocessing,
         )
+
+
+def batches_ahead(
+    evaluator: Evaluator,
+    dataset: Dataset,
+    batch_size: int,
+    preprocessing: Preprocessing | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, inputs) of each batch of `dataset`: pixels in the evaluator's input type
+    (float64 with preprocessing, then applied).
+
+    An evaluator with a `prefetch` method (the default one: onnxruntime in a background
+    thread) is handed each batch one batch ahead of its `evaluate`, so that onnxruntime
+    computes batch k + 1 while batch k is certified (its float64 tail, allowance, radii and
+    exact recomputation); the results are those of evaluating the batches in turn. Meanwhile
+    torch runs on one thread: its work per batch is small, and more threads next to
+    onnxruntime's oversubscribe the cores (measured several times slower on 2 cores)."""
+    pixel_type = evaluator.input_dtype if preprocessing is None else np.float64
+    batches = (
+        (start, pixels if preprocessing is None else preprocessing.apply(pixels))
+        for start, pixels, _ in dataset.batches(batch_size, dtype=pixel_type)
+    )
+    prefetch = getattr(evaluator, "prefetch", None)
+    if prefetch is None:
+        yield from batches
+        return
+    with _torch_threads(1):
+        previous = None
+        for batch in batches:
+            prefetch(batch[1])
+            if previous is not None:
+                yield previous
+            previous = batch
+        if previous is not None:
+            yield previous
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` for the block, then restored."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def certify_batch(

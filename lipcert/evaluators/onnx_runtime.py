@@ -13,12 +13,18 @@ from lipcert.evaluators.fixed_batch import refuse_fixed_batch_mixing
 from lipcert.model import LoadedModel
 
 
-def make_session(model_bytes: bytes, path: Any, threads: int | None) -> Any:
-    """An onnxruntime CPU session (the only provider lipcert's rounding analysis covers)."""
+def make_session(
+    model_bytes: bytes, path: Any, threads: int | None, *, spinning: bool = True
+) -> Any:
+    """An onnxruntime CPU session (the only provider lipcert's rounding analysis covers).
+    `spinning=False`: its idle worker threads sleep instead of spinning (for a session that
+    runs next to other work in the same process)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
