@@ -82,3 +82,40 @@ def test_sandwich_lipsdp_still_certifies_and_bounds_the_true_constant() -> None:
     product = np.linalg.norm(first, 2) * np.linalg.norm(second, 2)
     assert true <= result[0] * (1 + 1e-9)
     assert result[0] < product
+
+
+def _positive_definite_exactly(matrix: list[list[Fraction]]) -> bool:
+    """Exact LDL^T without pivoting: a symmetric matrix is positive definite iff every pivot
+    is positive."""
+    a = [row[:] for row in matrix]
+    n = len(a)
+    for k in range(n):
+        if a[k][k] <= 0:
+            return False
+        for i in range(k + 1, n):
+            factor = a[i][k] / a[k][k]
+            for j in range(k + 1, n):
+                a[i][j] -= factor * a[k][j]
+    return True
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bound_never_exceeds_the_exact_smallest_eigenvalue(seed: int) -> None:
+    """Random symmetric matrices, some nearly singular or indefinite by a hair: S - (bound -
+    2^-70) I is positive definite in exact rational arithmetic, i.e. bound <= lambda_min."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 9))
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    values = rng.normal(size=n) * 10.0 ** rng.integers(-3, 3)
+    values[0] = float(rng.choice([0.0, 1e-12, -1e-12, -1e-8]))
+    matrix = (q * values) @ q.T
+    matrix = (matrix + matrix.T) / 2
+    bound = eigenvalue_lower_bound(matrix)
+    assert bound is not None
+    shift = Fraction(bound) - Fraction(1, 2**70)
+    exact = [[Fraction(float(matrix[i, j])) for j in range(n)] for i in range(n)]
+    for i in range(n):
+        exact[i][i] -= shift
+    assert _positive_definite_exactly(exact)
+    lowest = float(np.linalg.eigvalsh(matrix)[0])
+    assert bound >= lowest - 1e-8 * (abs(lowest) + np.abs(matrix).max())  # and not much less
