@@ -45,7 +45,20 @@ def dft_geometry(
     inverse = bool(node.attr("inverse", 0))
     onesided = bool(node.attr("onesided", 0))
     size = input_shape[axis]
-    n = size if length is None else int(length)
+    if inverse and onesided:
+        # irfft of the half spectrum of a signal of length n, by default 2 (size - 1) (the
+        # ONNX reference and onnxruntime). onnxruntime reads any other number of bins than
+        # n // 2 + 1 differently from irfft (bins beyond the half added without their
+        # conjugates, measured): refused, not guessed.
+        n = 2 * (size - 1) if length is None else int(length)
+        if n < 1 or size != n // 2 + 1:
+            raise refuse(
+                node,
+                f"a onesided inverse DFT of {size} bins with dft_length {n} (expected "
+                f"{n // 2 + 1} bins: the runtimes disagree on other sizes)",
+            )
+    else:
+        n = size if length is None else int(length)
     if n < 1:
         raise refuse(node, f"unusable dft_length {n!r}")
     if onesided and not inverse and input_shape[-1] != 1:
