@@ -585,3 +585,31 @@ def test_certified_radii_never_reach_a_point_of_another_class(dynamo: bool, tmp_
             reached.append(radius / nearest)
     # measured 0.30 to 0.33 (the product of the random layers' norms is loose by about 3)
     assert reached and max(reached) > 0.2, reached
+
+
+class HouseHolderScaled(nn.Module):
+    """The variant of Prach et al.'s 1LipschitzLayersCompared (from orthogonium): the last
+    axis split, the result divided by sqrt(2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.rand(1, channels // 2) * math.pi)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x, y = z.split(z.shape[-1] // 2, -1)
+        selector = x * torch.sin(0.5 * self.theta) - y * torch.cos(0.5 * self.theta)
+        a_2 = x * torch.cos(self.theta) + y * torch.sin(self.theta)
+        b_2 = x * torch.sin(self.theta) - y * torch.cos(self.theta)
+        a = x * (selector <= 0) + a_2 * (selector > 0)
+        b = y * (selector <= 0) + b_2 * (selector > 0)
+        return torch.cat([a, b], dim=-1) / math.sqrt(2)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_the_scaled_variant_is_fused(dynamo: bool) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), HouseHolderScaled(8), nn.Linear(8, 3)).eval()
+    found = analyse(load(net, dynamo, (8,)).graph)
+    layers = {layer.op: layer.bound for layer in found.layers}
+    assert layers["Householder"] == 1.0
+    assert layers["Div"] == pytest.approx(2**-0.5, rel=1e-7)  # by a float32 sqrt(2)
