@@ -35,7 +35,9 @@ the runtime computes and h in the node's rounding allowance
 - `abs_norm`: an upper bound of the norm of |R| (entrywise absolute values) for every pair.
 In the fused node's body, the reflection's constants are replaced by the float64 roundings of
 R* (correctly rounded from the exact rationals), so that the float64 executor computes h up to
-its own rounding; onnxruntime keeps running the file's constants.
+its own rounding; onnxruntime keeps running the file's constants. The selector's constants
+keep their values under names of their own: h is defined from them as the graph holds them,
+so the generic allowance for recomputed constants (lipcert.bounds.folded) does not apply.
 
 A select whose reflection does not fix the selector's line (a vector scaled by 1.01, two
 different vectors, a threshold other than 0, a bias) is not fused: its comparisons are then
