@@ -9,7 +9,9 @@ of --runs runs on the same batches:
 - analyse: loading and bounding the model (once per run of lipcert, not per image);
 - cpu: certify as `lipcert certify` does by default (onnxruntime float32, the float64 graph
   for the samples whose certificate the allowance may change) against bare onnxruntime
-  inference of the same model on the same batches, same threads;
+  inference of the same model on the same batches, same threads, and the default evaluator
+  alone; the three alternate run after run, and the ratio of the CPU time of the process
+  per image says how much more work certify does (a shared machine's load blurs wall time);
 - with --device D, side by side on D: bare inference of the torch module in float32 and of
   onnxruntime (its CUDA provider on a GPU, when onnxruntime-gpu is installed), the float64
   graph alone, and certify as `lipcert certify --device D` runs it; images per second, the
@@ -51,6 +53,7 @@ from imagenet_lipnet_model import (
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
 from lipcert.certify.metrics import parse_eps_list
 from lipcert.certify.pipeline import (
+    batches_ahead,
     certify_dataset,
     choose_evaluators,
     device_evaluators,
@@ -75,6 +78,23 @@ def write_folder(root: Path, images: int, classes: int = 4) -> None:
         small = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
         image = Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC)
         image.save(folder / f"{index:05d}.jpg", quality=90)
+
+
+def interleaved(
+    functions: dict[str, Callable[[], object]], runs: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU seconds (all threads of the process) of each function, run in
+    turn `runs` times."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in functions}
+    for _ in range(runs):
+        for name, function in functions.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            function()
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return (
+        {name: statistics.median(t[0] for t in values) for name, values in times.items()},
+        {name: statistics.median(t[1] for t in values) for name, values in times.items()},
+    )
 
 
 def median_time(function: Callable[[], object], runs: int) -> float:
@@ -148,15 +168,21 @@ def main() -> None:
 
         return run
 
-    bare_onnxruntime()  # warm-up (session, thread pool)
-    rate["bare onnxruntime"] = args.images / median_time(bare_onnxruntime, args.runs)
-    rate["certify cpu"] = args.images / median_time(certify(chosen), args.runs)
-
-    def evaluate_only() -> None:
-        for batch in batches:
+    def evaluate_only() -> None:  # as certify runs it: onnxruntime one batch ahead
+        for _, batch in batches_ahead(chosen.evaluator, dataset, args.batch_size):
             chosen.evaluator.evaluate(batch)
 
-    rate["evaluate cpu"] = args.images / median_time(evaluate_only, args.runs)
+    bare_onnxruntime()  # warm-up (session, thread pool)
+    # side by side: the three alternate run after run (a shared machine's load hits all three)
+    wall, cpu = interleaved(
+        {
+            "bare onnxruntime": bare_onnxruntime,
+            "certify cpu": certify(chosen),
+            "evaluate cpu": evaluate_only,
+        },
+        args.runs,
+    )
+    rate.update({name: args.images / seconds for name, seconds in wall.items()})
     cpu_result = results[-1]
     print(f"model: {path.name}, L = {analysis.spec.lipschitz_bound:.4g}, {args.images} images")
     print(f"analyse (load + bounds, once): {analyse_seconds:.1f} s")
@@ -166,7 +192,8 @@ def main() -> None:
         f"{rate['bare onnxruntime']:.2f} images/s, certify {rate['certify cpu']:.2f} images/s "
         f"({rate['certify cpu'] / rate['bare onnxruntime']:.2f}x); "
         f"{cpu_result.exact_samples} sample(s) recomputed in float64; the evaluator alone "
-        f"({chosen.evaluator.name}) {rate['evaluate cpu']:.2f} images/s"
+        f"({chosen.evaluator.name}) {rate['evaluate cpu']:.2f} images/s; CPU time of the "
+        f"process per image, certify / bare: {cpu['certify cpu'] / cpu['bare onnxruntime']:.2f}"
     )
     spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
     norms = input_norms(np.concatenate(batches))
@@ -293,6 +320,7 @@ def estimate(args: argparse.Namespace, rate: dict[str, float], analyse_seconds: 
         f"bounds {analyse_seconds:.0f} s once; in all {serial:.1f} min one after the other, "
         f"{overlapped:.1f} min if decoding overlapped certification"
     )
+
 
 if __name__ == "__main__":
     main()
