@@ -247,8 +247,12 @@ def nested_nodes(
     nodes: Iterable[onnx.NodeProto], functions: Iterable[onnx.FunctionProto] = ()
 ) -> Iterator[tuple[onnx.NodeProto, onnx.NodeProto]]:
     """(top-level node, node) for every node and every node of its subgraphs and of the
-    local functions it calls, at any depth."""
-    by_name = {(f.domain, f.name): f for f in functions}
+    local functions it calls, at any depth. A function is (domain, name, overload) and a node
+    calls the overload it names: every overload of the name is walked (onnxruntime runs the
+    named one, not the last one defined)."""
+    by_name: dict[tuple[str, str], list[onnx.FunctionProto]] = {}
+    for function in functions:
+        by_name.setdefault((function.domain, function.name), []).append(function)
 
     def walk(top: onnx.NodeProto, node: onnx.NodeProto, seen: frozenset) -> Iterator:
         yield top, node
@@ -257,8 +261,9 @@ def nested_nodes(
                 yield from walk(top, inner, seen)
         key = (node.domain, node.op_type)
         if key in by_name and key not in seen:
-            for inner in by_name[key].node:
-                yield from walk(top, inner, seen | {key})
+            for function in by_name[key]:
+                for inner in function.node:
+                    yield from walk(top, inner, seen | {key})
 
     for node in nodes:
         yield from walk(node, node, frozenset())
