@@ -591,9 +591,9 @@ def _load_for(request: Any, data: Any) -> Any:
 
 def _preprocessing(request: Any, data: Any) -> dict[str, Any]:
     """--mean and --std as the API's mean= and std= (parsed here, with their messages)."""
-    from lipcert.certify.pipeline import parse_preprocessing
+    from lipcert.certify.command import parse_mean_std
 
-    parsed = parse_preprocessing(
+    parsed = parse_mean_std(
         request.mean,
         request.std,
         int(data.images.shape[1]),
@@ -601,7 +601,7 @@ def _preprocessing(request: Any, data: Any) -> dict[str, Any]:
     )
     if parsed is None:
         return {}
-    return {"mean": parsed.mean, "std": parsed.std}
+    return {"mean": parsed[0], "std": parsed[1]}
 
 
 def _append_step_summary(options: Any, text: str) -> list[str]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lipcert.certify.gates import FRACTION_GATES, check_threshold
 from lipcert.certify.metrics import Eps, parse_eps_list
 from lipcert.config import TABLE, Config, resolve_config
@@ -305,6 +307,35 @@ def _gate_eps(text: str | None, eps_list: list[Eps], origin: str) -> Eps:
         eps_list.append(eps)
         return eps
     return same
+
+
+def parse_mean_std(
+    mean: str | None, std: str | None, channels: int, per: str = "channel"
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """--mean/--std: comma-separated, one value or one per channel (or feature); std > 0.
+    The (mean, std) arrays, one value per channel, for the API's mean= and std=."""
+    if mean is None and std is None:
+        return None
+    values = []
+    for name, text, default in (("--mean", mean, 0.0), ("--std", std, 1.0)):
+        if text is None:
+            values.append(np.full(channels, default))
+            continue
+        try:
+            parsed = np.array([float(v) for v in text.split(",") if v.strip()], dtype=np.float64)
+        except ValueError:
+            raise UsageError(f"expected {name} like 0.5,0.5,0.5 but got {text!r}") from None
+        if parsed.size == 1:
+            parsed = np.full(channels, parsed[0])
+        if parsed.size != channels:
+            count = "1 value" if channels == 1 else f"1 or {channels} values (one per {per})"
+            raise UsageError(f"expected {name} with {count} but got {text!r}")
+        if not np.all(np.isfinite(parsed)):
+            raise UsageError(f"expected finite {name} values but got {text!r}")
+        values.append(parsed)
+    if np.any(values[1] <= 0):
+        raise UsageError(f"expected --std > 0 but got {std!r}")
+    return values[0], values[1]
 
 
 def declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:

@@ -86,34 +86,6 @@ def certified_spec(spec: CertificateSpec, preprocessing: Preprocessing | None) -
     return spec if preprocessing is None else spec.scaled(preprocessing.lipschitz)
 
 
-def parse_preprocessing(
-    mean: str | None, std: str | None, channels: int, per: str = "channel"
-) -> Preprocessing | None:
-    """--mean/--std: comma-separated, one value or one per channel (or feature); std > 0."""
-    if mean is None and std is None:
-        return None
-    values = []
-    for name, text, default in (("--mean", mean, 0.0), ("--std", std, 1.0)):
-        if text is None:
-            values.append(np.full(channels, default))
-            continue
-        try:
-            parsed = np.array([float(v) for v in text.split(",") if v.strip()], dtype=np.float64)
-        except ValueError:
-            raise UsageError(f"expected {name} like 0.5,0.5,0.5 but got {text!r}") from None
-        if parsed.size == 1:
-            parsed = np.full(channels, parsed[0])
-        if parsed.size != channels:
-            count = "1 value" if channels == 1 else f"1 or {channels} values (one per {per})"
-            raise UsageError(f"expected {name} with {count} but got {text!r}")
-        if not np.all(np.isfinite(parsed)):
-            raise UsageError(f"expected finite {name} values but got {text!r}")
-        values.append(parsed)
-    if np.any(values[1] <= 0):
-        raise UsageError(f"expected --std > 0 but got {std!r}")
-    return Preprocessing(mean=values[0], std=values[1])
-
-
 @dataclass(frozen=True)
 class CertifyResult:
     certificates: Certificates
