@@ -1,4 +1,4 @@
-"""Attacking certificates: `pgd` searches decision changes, `command` runs `lipcert attack`."""
+"""Attacking certificates: `pgd` searches decision changes (`lipcert.api.attack` runs it)."""
 
 from lipcert.attack.pgd import Attacker, AttackResult, AttackSettings
 
