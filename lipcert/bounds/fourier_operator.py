@@ -500,6 +500,42 @@ def fourier_bound(
     forming a piece (M_k + S M_(-k) S) / 2 rounds each entry once (the halving is exact):
     at most u max_k ||M_k||_F more.
     """
+    found = fourier_analysis(node, graph, bounds)
+    if found is None:
+        return None
+    sigma = max(_max_singular(stack) for stack in found.pieces)
+    value = add_up(
+        numeric.singular_value_up(sigma, 2 * max(found.c_in, found.c_out)), found.piece_error
+    )
+    frequencies = int(np.prod(found.grid))
+    method = (
+        f"per-frequency matrices of a DFT block ({frequencies} frequencies of the half "
+        f"spectrum, {2 * found.c_out}x{2 * found.c_in} real), SVD"
+    )
+    outer = found.outer
+    return (value if outer == 1.0 else mul_up(outer, value)), method, outer == 1.0
+
+
+@dataclass(frozen=True)
+class FourierAnalysis:
+    """A Fourier block's pieces (operator_pieces) and what bounds their errors."""
+
+    block: FourierBlock
+    pieces: list[np.ndarray]
+    grid: tuple[int, ...]
+    c_in: int
+    c_out: int
+    # ||computed piece - exact piece||_2 <= piece_error for every piece (fourier_bound)
+    piece_error: float
+    # the product of the prefix's and suffix's bounds (1.0 when they are all exactly 1)
+    outer: float
+
+
+def fourier_analysis(
+    node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
+) -> FourierAnalysis | None:
+    """Recognise the block (fourier_block, middle_is_frequency_diagonal), read its M_k
+    (middle_matrices) and form its pieces; None when it is not a Fourier block."""
     block = fourier_block(node, graph)
     if block is None or not middle_is_frequency_diagonal(graph, block):
         return None
@@ -509,33 +545,31 @@ def fourier_bound(
     matrices, grid, c_in, c_out, error = found
     position = block.axes.index(block.onesided_axis)
     n_onesided = block.lengths[block.onesided_axis]
-    sigma = _largest_piece(matrices, grid, position, n_onesided, c_in, c_out)
+    pieces = operator_pieces(matrices, grid, position, n_onesided, c_in, c_out)
     forming = mul_up(
         numeric.FLOAT64_EPS,
         numeric.up(float(np.sqrt((matrices**2).sum(axis=(1, 2)).max())) * (1 + 1e-12)),
     )
-    value = add_up(numeric.singular_value_up(sigma, 2 * max(c_in, c_out)), error, forming)
     factors = {id(inner): layer.factor for inner, layer in bounds}
     outer = 1.0
     for step in [*block.prefix, *block.suffix]:
         if factors[id(step)] != 1.0:
             outer = mul_up(outer, factors[id(step)])
-    frequencies = int(np.prod(grid))
-    method = (
-        f"per-frequency matrices of a DFT block ({frequencies} frequencies of the half "
-        f"spectrum, {2 * c_out}x{2 * c_in} real), SVD"
-    )
-    return (value if outer == 1.0 else mul_up(outer, value)), method, outer == 1.0
+    return FourierAnalysis(block, pieces, grid, c_in, c_out, add_up(error, forming), outer)
 
 
-def _largest_piece(
+def operator_pieces(
     matrices: np.ndarray,
     grid: tuple[int, ...],
     position: int,
     n_onesided: int,
     c_in: int,
     c_out: int,
-) -> float:
+) -> list[np.ndarray]:
+    """The real pieces of irdft o M o rdft (see fourier_bound), as three stacks: the bins off
+    the self-conjugate slab (M_k), the pairs on it ((M_k + S M_(-k) S) / 2, each pair twice),
+    and the self-paired bins (the real-to-real block). Two blocks on the same grid get their
+    pieces in the same order, and the same orthonormal coordinates of their common space."""
     k = np.indices(grid).reshape(len(grid), -1).T  # (F, d), row-major like the labels
     k_a = k[:, position]
     on_slab = (k_a == 0) | (2 * k_a == n_onesided)
@@ -546,18 +580,15 @@ def _largest_piece(
     index = np.arange(len(k))
     s_out = np.concatenate([np.ones(c_out), -np.ones(c_out)])
     s_in = np.concatenate([np.ones(c_in), -np.ones(c_in)])
-    largest = 0.0
     off = index[~on_slab]
-    if len(off):
-        largest = max(largest, _max_singular(matrices[off]))
     paired = index[on_slab & (mirror != index)]
-    if len(paired):
-        conjugated = s_out[None, :, None] * matrices[mirror[paired]] * s_in[None, None, :]
-        largest = max(largest, _max_singular((matrices[paired] + conjugated) / 2))
     single = index[on_slab & (mirror == index)]
-    if len(single):
-        largest = max(largest, _max_singular(matrices[single][:, :c_out, :c_in]))
-    return largest
+    conjugated = s_out[None, :, None] * matrices[mirror[paired]] * s_in[None, None, :]
+    return [
+        matrices[off],
+        (matrices[paired] + conjugated) / 2,
+        matrices[single][:, :c_out, :c_in],
+    ]
 
 
 def _max_singular(stack: np.ndarray) -> float:
@@ -567,9 +598,12 @@ def _max_singular(stack: np.ndarray) -> float:
 
 
 __all__ = [
+    "FourierAnalysis",
     "FourierBlock",
+    "fourier_analysis",
     "fourier_block",
     "fourier_bound",
     "middle_is_frequency_diagonal",
     "middle_matrices",
+    "operator_pieces",
 ]

@@ -280,10 +280,11 @@ def find_affine_blocks(graph: Graph) -> list[Node]:
             key = parent[key]
         return key
 
+    cuts = _fourier_cuts(graph, candidates, ids)
     for node in candidates:
         for name in graph.data_inputs(node):
             source = producers.get(name)
-            if source is not None and id(source) in ids:
+            if source is not None and id(source) in ids and name not in cuts:
                 parent[root(id(node))] = root(id(source))
     groups: dict[int, list[Node]] = {}
     for node in candidates:
@@ -295,6 +296,37 @@ def find_affine_blocks(graph: Graph) -> list[Node]:
         if block is not None:
             blocks.append(block)
     return blocks
+
+
+def _fourier_cuts(graph: Graph, candidates: list[Node], ids: set[int]) -> set[str]:
+    """Outputs of one-sided inverse DFTs that reach another weighted op through a chain of
+    one-input ops (reshapes, a pixel unshuffle, scalings, a bias): the blocks are cut there.
+
+    LBDN's convolutional Sandwich layers follow each other with no activation between:
+    without the cut, the second half of one layer and the first half of the next would be
+    one block of two DFT round trips, which neither the per-frequency bound nor the sandwich
+    certificate (lipcert.graph.fourier_sandwich) reads. Cut, each half is one Fourier block
+    (the product of two blocks' norms bounds their composition; both are exact for
+    orthogonal layers).
+    """
+    consumers = graph.consumers()
+    cuts: set[str] = set()
+    for node in candidates:
+        if node.op != "DFT" or not node.attr("inverse", 0) or not node.attr("onesided", 0):
+            continue
+        name = current = node.outputs[0]
+        while True:
+            users = consumers.get(current, [])
+            if len(users) != 1 or id(users[0]) not in ids or current == graph.output_name:
+                break
+            user = users[0]
+            if user.op in _WEIGHTED:
+                cuts.add(name)
+                break
+            if user.op in _COMBINING or len(graph.data_inputs(user)) != 1:
+                break
+            current = user.outputs[0]
+    return cuts
 
 
 def _block_node(graph: Graph, members: list[Node], consumers: dict[str, list[Node]]) -> Node | None:

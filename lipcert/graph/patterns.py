@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lipcert.graph.affine_blocks import find_affine_blocks, match_sliced_circular_conv
+from lipcert.graph.fourier_sandwich import find_fourier_sandwiches
 from lipcert.graph.ir import Graph, Node
 from lipcert.graph.residual_blocks import match_sandwich_block, match_sll_block
 from lipcert.graph.select_patterns import SELECT_MATCHERS
@@ -33,6 +34,8 @@ def fuse_patterns(graph: Graph) -> Graph:
     _fuse_until_fixed(graph, (match_sliced_circular_conv,))
     for block in find_affine_blocks(graph):
         _replace(graph, block)
+    for sandwich in find_fourier_sandwiches(graph):  # lipcert.graph.fourier_sandwich
+        _replace(graph, sandwich)
     return graph
 
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from lipcert.bounds import affine_operator as ops
 from lipcert.bounds.fourier_operator import fourier_bound
+from lipcert.bounds.fourier_sandwich import sandwich_bound
 from lipcert.bounds.numeric import inverse_sqrt_up, sqrt_up, up
-from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
+from lipcert.bounds.registry import LayerBound, Rounding, bound_node, refuse, rule
 from lipcert.graph import Graph, Node
 from lipcert.graph.dft import dft_geometry
 
@@ -27,17 +28,23 @@ def affine_block(node: Node, graph: Graph) -> LayerBound:
     """
     if len(node.inputs) != 1 or len(node.outputs) != 1:
         raise refuse(node, "expected an affine block with one input and one output")
-    bounds = ops.body_bounds(node, graph)
+    return _affine_block(node, graph, ops.body_bounds(node, graph))
+
+
+def _affine_block(node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]) -> LayerBound:
     candidates = [ops.product_bound(node, graph, bounds)]
-    probed = ops.probe_bound(node, graph, bounds)
-    if probed is not None:
-        candidates.append(probed)
-    symbols = ops.circular_symbol_bound(node, graph)
-    if symbols is not None:
-        candidates.append(symbols)
     fourier = fourier_bound(node, graph, bounds)
     if fourier is not None:
         candidates.append(ops.Candidate(*fourier))
+    # The probe is exact too, and slow on bodies that pin the batch: not when the
+    # per-frequency bound already is.
+    if fourier is None or not fourier[2]:
+        probed = ops.probe_bound(node, graph, bounds)
+        if probed is not None:
+            candidates.append(probed)
+    symbols = ops.circular_symbol_bound(node, graph)
+    if symbols is not None:
+        candidates.append(symbols)
     polynomial = ops.conv_polynomial(node, graph, bounds)
     if polynomial is not None:
         candidates.extend(ops.polynomial_candidates(graph, polynomial))
@@ -49,6 +56,31 @@ def affine_block(node: Node, graph: Graph) -> LayerBound:
         exact=exact or best.exact,
         rounding=ops.block_rounding(node, graph, bounds),
     )
+
+
+@rule("FourierSandwich")
+def fourier_sandwich(node: Node, graph: Graph) -> LayerBound:
+    """Two Fourier blocks around a ReLU (lipcert.graph.fourier_sandwich): the smaller of the
+    product of the three nodes' bounds and the per-frequency LipSDP certificate of
+    lipcert.bounds.fourier_sandwich (when both blocks are Fourier blocks joined element by
+    element); the rounding allowance is the body's, op by op."""
+    if len(node.inputs) != 1 or len(node.outputs) != 1 or len(node.body) != 3:
+        raise refuse(node, "expected two blocks around an activation")
+    first, activation, second = node.body
+    if first.op != "AffineBlock" or second.op != "AffineBlock":
+        raise refuse(node, "expected two affine blocks around an activation")
+    inner = [ops.body_bounds(first, graph), ops.body_bounds(second, graph)]
+    bounds = [
+        (first, _affine_block(first, graph, inner[0])),
+        (activation, bound_node(activation, graph)),
+        (second, _affine_block(second, graph, inner[1])),
+    ]
+    best = ops.product_bound(node, graph, bounds)
+    factor, method = best.factor, best.method
+    certified = sandwich_bound(node, graph, inner[0], inner[1])
+    if certified is not None and certified[0] < factor:
+        factor, method = certified
+    return LayerBound(factor, method, exact=False, rounding=ops.block_rounding(node, graph, bounds))
 
 
 @rule("DFT")
@@ -95,4 +127,4 @@ def _constant_int(node: Node, graph: Graph, index: int) -> int | None:
     return int(np.asarray(graph.constant(name)).reshape(-1)[0])
 
 
-__all__ = ["affine_block", "dft"]
+__all__ = ["affine_block", "dft", "fourier_sandwich"]
