@@ -12,6 +12,7 @@ its per-frequency matrices. See `fourier_bound` for what is recognised and the p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -395,7 +396,6 @@ def middle_matrices(
     from lipcert.bounds.affine_operator import (
         FLOAT64_UNIT_ROUNDOFF,
         _gamma,
-        _run_body,
         block_rounding,
     )
 
@@ -424,15 +424,14 @@ def middle_matrices(
     in_canonical = tuple(in_shape[a] for a in in_order)
     matrices = np.zeros((frequencies, 2 * c_out, 2 * c_in))
     columns = [(r, c) for r in range(2) for c in range(c_in)]
+    run = _linear_runner(fake, graph)
     for first in range(0, len(columns), batch):
         part = columns[first : first + batch]
         probe = np.zeros(in_canonical)
         flat = probe.reshape(batch, -1, frequencies, 2)
         for b, (r, c) in enumerate(part):
             flat[b, c, :, r] = 1.0
-        start_value = np.transpose(probe, np.argsort(in_order))
-        values = _run_body(fake, graph, start_value, linear=True)
-        written = values[stop].reshape(out_shape)
+        written = run(np.transpose(probe, np.argsort(in_order))).reshape(out_shape)
         result = np.transpose(written, out_order).reshape(batch, c_out, frequencies, 2)
         for b, (r, c) in enumerate(part):
             matrices[:, :c_out, r * c_in + c] = result[b, :, :, 0].T
@@ -453,6 +452,48 @@ def middle_matrices(
     )
     error = mul_up(per_column, numeric.sqrt_up(2 * c_in))
     return matrices, grid, c_in, c_out, error
+
+
+def _linear_runner(fake: Node, graph: Graph) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> the bias-free body of `fake` at x, in float64 (as affine_operator._run_body runs
+    it), with one executor for all the probes, holding only the constants the body reads,
+    on one torch thread (tiny batched products: more threads only contend)."""
+    import torch
+
+    from lipcert.bounds.affine_operator import _linear_part
+    from lipcert.graph.execute import GraphExecutor
+
+    nodes, extra = _linear_part(fake, graph)
+    constants = {**graph.constants, **extra}
+    used = {name for inner in nodes for name in inner.inputs if name in constants}
+    sub = Graph(
+        input_name=fake.inputs[0],
+        output_name=fake.outputs[0],
+        nodes=nodes,
+        constants={name: constants[name] for name in used},
+        shapes=graph.shapes,
+        size_known=graph.size_known,
+        batch_size=graph.batch_size,
+        opset=graph.opset,
+    )
+    executor = GraphExecutor(sub, dtype=torch.float64)
+
+    def run(start: np.ndarray) -> np.ndarray:
+        values: dict[str, object] = dict(executor.constants)
+        x = torch.as_tensor(np.array(start, dtype=np.float64))
+        values[sub.input_name] = x
+        executor._batch = int(x.shape[0])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                executor._run(sub.nodes, values)
+        finally:
+            torch.set_num_threads(threads)
+        out = values[sub.output_name]
+        return out.detach().numpy().reshape(int(x.shape[0]), -1)  # type: ignore[attr-defined]
+
+    return run
 
 
 def _canonical_order(rank: int, axes: tuple[int, ...]) -> list[int]:
