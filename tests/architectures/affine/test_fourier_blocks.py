@@ -176,3 +176,25 @@ def test_cifar_sized_block_is_bounded_quickly() -> None:
     # 0.4 s on the 2 cores when idle (benchmarks/verify_fourier.py); generous for a busy
     # machine, far below the minutes an explicit 16384 x 16384 matrix would take.
     assert elapsed < 20, elapsed
+
+
+@pytest.mark.parametrize("name", ["self_conjugate_scaled", "random_rectangular", "random_1d"])
+def test_onnxruntime_computes_the_module_on_non_hermitian_symbols(name: str) -> None:
+    """The explicit matrices above are the torch module's; the certified function is the
+    file's. On symbols that are not Hermitian-consistent on the self-conjugate bins (where
+    irfft drops imaginary parts), onnxruntime's matrix of the exported file is the same."""
+    import onnxruntime as ort
+
+    shape = MODELS[name][1]
+    session = ort.InferenceSession(exported(name).SerializeToString())
+    feed = session.get_inputs()[0].name
+    n = int(np.prod(shape))
+    zero = session.run(None, {feed: np.zeros((1, *shape), np.float32)})[0].reshape(-1)
+    columns = []
+    for j in range(n):
+        unit = np.zeros((1, n), np.float32)
+        unit[0, j] = 1.0
+        columns.append(session.run(None, {feed: unit.reshape(1, *shape)})[0].reshape(-1) - zero)
+    from_file = np.array(columns).T
+    expected = dense_matrix(module(name), shape)
+    assert np.abs(from_file - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
