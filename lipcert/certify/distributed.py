@@ -67,7 +67,8 @@ class ShardJob:
     torch_threads: int | None = None
 
 
-BatchResult = tuple[Certificates, np.ndarray, np.ndarray]
+# certificates, allowances, recomputed by the exact evaluator, MCR gap bounds
+BatchResult = tuple[Certificates, np.ndarray, np.ndarray, np.ndarray]
 
 
 class ShardWorker:
@@ -247,4 +248,5 @@ def _certify(
         np.concatenate([b[1] for b in batches]) if batches else np.zeros(0),
         seconds,
         np.concatenate([b[2] for b in batches]) if job.has_exact and batches else None,
+        np.concatenate([b[3] for b in batches]) if batches else None,
     )

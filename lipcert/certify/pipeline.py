@@ -188,14 +188,18 @@ def certify_batches(
     batch_size: int,
     preprocessing: Preprocessing | None = None,
     exact: Evaluator | None = None,
-) -> Iterator[tuple[Certificates, np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[Certificates, np.ndarray, np.ndarray, np.ndarray]]:
     """`certify_batch` on each batch of `dataset` in order, as `certify_dataset` runs them:
     pixels in the evaluator's input type (float64 with preprocessing), the preprocessing
     applied, the certified function's spec (`spec` is the model's). A Ray worker certifies
-    its shards through this, so that its batches are a one-process run's, bit for bit."""
+    its shards through this, so that its batches are a one-process run's, bit for bit.
+    Each batch comes with its per-sample MCR gap bounds (`lipcert.certify.mcr_gap`; with no
+    tolerance, a batch's bounds depend on that batch alone)."""
     function_spec = certified_spec(spec, preprocessing)
-    for _, inputs in batches_ahead(evaluator, dataset, batch_size, preprocessing):
-        yield certify_batch(
+    labels = model_labels(dataset, spec)
+    for start, inputs in batches_ahead(evaluator, dataset, batch_size, preprocessing):
+        tracker = McrTracker(None)
+        certificates, allowance, selected = certify_batch(
             evaluator,
             function_spec,
             method,
@@ -203,7 +207,10 @@ def certify_batches(
             eps_values,
             exact=exact,
             preprocessing=preprocessing,
+            labels=labels[start : start + len(inputs)],
+            mcr=tracker,
         )
+        yield certificates, allowance, selected, np.concatenate(tracker.gaps)
 
 
 def batches_ahead(

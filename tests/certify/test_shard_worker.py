@@ -83,4 +83,6 @@ def test_worker_shards_equal_one_process(margins: str, normalised: bool) -> None
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), alone.allowance)
     if alone.exact is not None:
         np.testing.assert_array_equal(np.concatenate([b[2] for b in batches]), alone.exact)
+    assert alone.mcr_gap is not None
+    np.testing.assert_array_equal(np.concatenate([b[3] for b in batches]), alone.mcr_gap)
     assert np.any(alone.certificates.radius > 0)
