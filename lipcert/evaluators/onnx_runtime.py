@@ -64,12 +64,17 @@ class OnnxRuntimeEvaluator:
     def evaluate(self, batch: np.ndarray) -> Evaluation:
         return self.evaluation_of(batch, self.logits(batch))
 
-    def evaluation_of(self, batch: np.ndarray, logits: np.ndarray) -> Evaluation:
-        """The evaluation of onnxruntime's `logits` of `batch`: the a-priori allowance."""
+    def evaluation_of(
+        self, batch: np.ndarray, logits: np.ndarray, norms: np.ndarray | None = None
+    ) -> Evaluation:
+        """The evaluation of onnxruntime's `logits` of `batch`: the a-priori allowance.
+        `norms`: `input_norms(batch)`, when the caller has them."""
         logits = np.asarray(logits, dtype=np.float64).reshape(len(batch), -1)
         if self.spec is None:
             return Evaluation(logits, np.full(len(logits), np.inf))
-        return Evaluation(logits, self.spec.fp_allowance(input_norms(batch)))
+        return Evaluation(
+            logits, self.spec.fp_allowance(input_norms(batch) if norms is None else norms)
+        )
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, K) of a batch (N, *input_shape), as onnxruntime returns them."""

@@ -146,13 +146,13 @@ def test_prefetching_gives_the_results_of_evaluating_in_turn() -> None:
     analysis = analyse(loaded.graph)
     method = choose_method(analysis.spec, "auto")
     eps = parse_eps_list("36/255,72/255,108/255,1")
-    saved = torch.get_num_threads()
     results = []
     for ahead in (True, False):
-        chosen = choose_evaluators(loaded, analysis, "float32", 1)
+        chosen = choose_evaluators(loaded, analysis, "float32", 2)  # 1: no running ahead
         assert isinstance(chosen.evaluator, PosteriorEvaluator)
         if not ahead:
             chosen.evaluator.prefetch = None  # type: ignore[method-assign,assignment]
+        saved = torch.get_num_threads()
         results.append(
             certify_dataset(
                 chosen.evaluator,
@@ -181,14 +181,54 @@ def test_a_batch_evaluated_out_of_turn_is_run_again() -> None:
     loaded = load_model(
         ROOT / "sample_models" / "fmnist_ce_tau8.onnx", LoadOptions(input_shape=(1, 28, 28))
     )
-    evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
+    evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=2)
     rng = np.random.default_rng(0)
     first, second, third = (rng.random((8, 1, 28, 28)).astype(np.float32) for _ in range(3))
     expected = {id(b): evaluator.evaluate(b) for b in (first, second, third)}
     evaluator.prefetch(first)
     evaluator.prefetch(second)
+    assert len(evaluator._ahead) == 2
     for batch in (second, third, first):  # second skips first's run; third and first: none
         got = evaluator.evaluate(batch)
         assert np.array_equal(got.logits, expected[id(batch)].logits)
         assert np.array_equal(got.allowance, expected[id(batch)].allowance)
     assert not evaluator._ahead
+    # with one thread, nothing runs ahead: everything on the calling thread, as asked
+    single = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
+    single.prefetch(first)
+    assert not single._ahead
+
+
+def test_a_tensor_skipped_for_its_small_share_keeps_a_sound_a_priori_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor larger than the input whose measurement could take off less than
+    _MIN_SHARE of the a-priori allowance is not measured: its a-priori size is used, the
+    allowance still bounds the real error (torch float64), and it is looser than with the
+    measurement (the look-alike: the same model with the tensor measured)."""
+    import lipcert.evaluators.posterior as posterior
+
+    torch.set_num_threads(1)
+    weights = _weights(5)
+    loaded = load_model(_model(tmp_path / "m.onnx", 18, weights))
+    analysis = analyse(loaded.graph)
+    # r1 (8x14x14) is 8 times the input: measured unless its share is below the threshold
+    base = PosteriorEvaluator(loaded, analysis, threads=1)
+    share = posterior._share(base.plan, "r1", base.units, 0.5 * np.sqrt(196))
+    assert 0 < share < 1
+    evaluators = {}
+    for threshold in (share / 2, share * 2):
+        monkeypatch.setattr(posterior, "_MIN_SHARE", threshold)
+        evaluators[threshold] = PosteriorEvaluator(loaded, analysis, threads=1)
+    measuring, skipping = evaluators[share / 2], evaluators[share * 2]
+    assert measuring.measured == ("r1",) and skipping.measured == ()
+    rng = np.random.default_rng(5)
+    inputs = rng.normal(size=(64, 1, 14, 14)) * np.geomspace(1e-3, 1e3, 64)[:, None, None, None]
+    inputs = inputs.astype(np.float32)
+    exact = _exact(inputs, weights)
+    tight, loose = measuring.evaluate(inputs), skipping.evaluate(inputs)
+    for evaluation in (tight, loose):
+        error = np.linalg.norm(evaluation.logits - exact, axis=1)
+        assert np.all(error <= evaluation.allowance)
+    assert np.array_equal(tight.logits, loose.logits)
+    assert np.all(loose.allowance >= tight.allowance) and np.any(loose.allowance > tight.allowance)
