@@ -1795,11 +1795,106 @@ def all_cases() -> list[RuleCase]:
         *structure_cases(),
         *pattern_cases(),
         *affine_block_cases(),
+        *fourier_sandwich_cases(),
         *nonlinear_block_cases(),
     ]
 
 
 # --- blocks that are Lipschitz as a whole (lipcert.graph.residual_blocks, select_patterns) ----
+
+
+def fourier_sandwich_cases() -> list[RuleCase]:
+    """FourierSandwich (lipcert.graph.fourier_sandwich): LBDN's conv Sandwich in 1-D, written
+    as ONNX ops: rfft, one complex matrix per bin on (real, imaginary) pairs, irfft, a bias,
+    ReLU, and the same again; the matrices from a Cayley transform per bin (real on the
+    self-conjugate bins 0 and n / 2), W1 = sqrt2 Psi^-1 B, W2 = sqrt2 A^H Psi."""
+    rng = rng_for("fourier_sandwich")
+    channels, n = 2, 6
+    bins = n // 2 + 1
+    psi = rng.standard_normal(channels) * 0.3
+    first = np.zeros((bins, channels, channels), complex)
+    second = np.zeros((bins, channels, channels), complex)
+    for k in range(bins):
+        tall = rng.standard_normal((2 * channels, channels)) * 0.5
+        if 0 < k < n / 2:
+            tall = tall + 1j * rng.standard_normal((2 * channels, channels)) * 0.5
+        u, v = tall[:channels], tall[channels:]
+        a = u - u.conj().T + v.conj().T @ v
+        inverse = np.linalg.inv(np.eye(channels) + a)
+        q = np.concatenate([inverse @ (np.eye(channels) - a), -2 * v @ inverse]).T
+        first[k] = np.sqrt(2) * np.exp(-psi)[:, None] * q[:, channels:]
+        second[k] = np.sqrt(2) * q[:, :channels].conj().T * np.exp(psi)[None, :]
+    bias = f32(rng.standard_normal((channels, 1)) * 0.1)
+
+    def real_form(symbol: np.ndarray) -> np.ndarray:
+        """Per bin, the transpose of [[Re Q, -Im Q], [Im Q, Re Q]] (a row vector times it)."""
+        re, im = symbol.real, symbol.imag
+        full = np.concatenate(
+            [np.concatenate([re, -im], axis=2), np.concatenate([im, re], axis=2)], axis=1
+        )
+        return f32(np.swapaxes(full, 1, 2))
+
+    def half(tag: str, source: str, target: str) -> list[onnx.NodeProto]:
+        return [
+            helper.make_node("Unsqueeze", [source, "last"], [f"{tag}u"], name=f"{tag}u"),
+            helper.make_node(
+                "DFT", [f"{tag}u", "n"], [f"{tag}s"], name=f"{tag}f", axis=2, onesided=1
+            ),
+            helper.make_node(
+                "Transpose", [f"{tag}s"], [f"{tag}t"], name=f"{tag}t", perm=[2, 0, 3, 1]
+            ),
+            helper.make_node("Reshape", [f"{tag}t", "flat"], [f"{tag}r"], name=f"{tag}r"),
+            helper.make_node("MatMul", [f"{tag}r", f"{tag}m"], [f"{tag}p"], name=f"{tag}p"),
+            helper.make_node("Reshape", [f"{tag}p", "split"], [f"{tag}q"], name=f"{tag}q"),
+            helper.make_node(
+                "Transpose", [f"{tag}q"], [f"{tag}b"], name=f"{tag}b", perm=[1, 3, 0, 2]
+            ),
+            helper.make_node(
+                "DFT", [f"{tag}b", "n"], [f"{tag}i"], name=f"{tag}i", axis=2, inverse=1, onesided=1
+            ),
+            helper.make_node("Squeeze", [f"{tag}i", "last"], [target], name=f"{tag}z"),
+        ]
+
+    nodes = [
+        *half("a", "x", "h0"),
+        helper.make_node("Add", ["h0", "bias"], ["h1"], name="bias"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+        *half("b", "h2", "y"),
+    ]
+
+    def reference(x: Tensor) -> Tensor:
+        def apply(symbol: np.ndarray, signal: Tensor) -> Tensor:
+            spectrum = torch.fft.rfft(signal, dim=2)
+            w = torch.as_tensor(real_form(symbol).astype(np.float64))  # (bins, 2C, 2C)
+            pairs = torch.cat([spectrum.real, spectrum.imag], dim=1)  # (B, 2C, bins)
+            mixed = torch.einsum("bjk,kjo->bok", pairs, w)
+            out = torch.complex(mixed[:, :channels], mixed[:, channels:])
+            return torch.fft.irfft(out, n=n, dim=2)
+
+        hidden = torch.relu(apply(first, x) + t64(bias))
+        return apply(second, hidden)
+
+    return [
+        graph_case(
+            "fourier_sandwich_lbdn_1d",
+            "FourierSandwich",
+            nodes,
+            reference,
+            (channels, n),
+            initializers={
+                "last": i64([-1]),
+                "n": i64(n),
+                "flat": i64([bins, -1, 2 * channels]),
+                "split": i64([bins, -1, 2, channels]),
+                "am": real_form(first),
+                "bm": real_form(second),
+                "bias": bias,
+            },
+            linear=False,
+            exact=False,
+            opset=18,
+        )
+    ]
 
 
 def nonlinear_block_cases() -> list[RuleCase]:
