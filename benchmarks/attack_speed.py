@@ -81,7 +81,7 @@ def main() -> None:
     from lipcert import zoo
     from lipcert.attack import Attacker, AttackSettings
     from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
-    from lipcert.certify.metrics import parse_eps_list
+    from lipcert.certify.command import parse_eps_list
     from lipcert.certify.pipeline import certify_dataset, choose_evaluators
     from lipcert.certify.radii import choose_method
     from lipcert.datasets import load_dataset

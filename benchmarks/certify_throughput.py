@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar_lipnet import cifar_lipnet, export
 
 from lipcert.bounds.compose import analyse
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import batches_ahead, certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.datasets import Dataset, load_dataset

@@ -51,7 +51,7 @@ from imagenet_lipnet_model import (
 )
 
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import (
     batches_ahead,
     certify_dataset,

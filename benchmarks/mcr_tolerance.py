@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lipcert.bounds.compose import analyse
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import Evaluators, certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.datasets import load_dataset

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 import lipcert
-from lipcert.certify.metrics import certified_accuracy, parse_eps_list
+from lipcert.certify.command import parse_eps_list
+from lipcert.certify.metrics import certified_accuracy
 from lipcert.local.refine import RefineOptions, refine_certificates
 
 

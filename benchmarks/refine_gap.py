@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import lipcert
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.graph.execute import GraphExecutor
 from lipcert.local.crown import LocalTimeout
 from lipcert.local.refine import LocalCertifier

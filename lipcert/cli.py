@@ -251,7 +251,7 @@ def _warn(message: str) -> None:
 
 def _load(model: Path, input_shape: str | None, arch: str | None, trust_model: bool) -> Any:
     from lipcert import api
-    from lipcert.model import parse_input_shape
+    from lipcert.certify.command import parse_input_shape
 
     return api.load(model, input_shape=parse_input_shape(input_shape), arch=arch, trust=trust_model)
 
@@ -571,8 +571,8 @@ def _load_dataset(request: Any) -> Any:
 def _load_for(request: Any, data: Any) -> Any:
     """The model at the dataset's sample shape (or --input-shape, which must match it)."""
     from lipcert import api
+    from lipcert.certify.command import parse_input_shape
     from lipcert.errors import DatasetError, ShapeError
-    from lipcert.model import parse_input_shape
 
     image_shape = tuple(int(d) for d in data.images.shape[1:])
     what = "features" if data.is_features else "images"
@@ -868,7 +868,7 @@ def compare(
     or data errors.
     """
     from lipcert import api
-    from lipcert.certify.metrics import parse_eps_list
+    from lipcert.certify.command import parse_eps_list
     from lipcert.compare import compare_models
 
     with reported_errors(show_traceback):

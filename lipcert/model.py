@@ -44,16 +44,17 @@ class LoadedModel:
     fixed_batch: int | None = None
 
 
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """Parse --input-shape 'C,H,W' (also 'C' or 'C,L') into a tuple of positive ints."""
-    if text is None or text.strip() == "":
+def metadata_input_shape(text: str) -> tuple[int, ...] | None:
+    """The per-sample shape a checkpoint's `input_shape` metadata records: "3,32,32" as
+    lipcert writes it ("3x32x32" read too). None when empty; UsageError when unusable. (The
+    command line parses --input-shape itself: library functions take tuples of ints.)"""
+    if text.strip() == "":
         return None
-    parts = [p.strip() for p in text.replace("x", ",").split(",")]
     try:
-        dims = tuple(int(p) for p in parts)
+        dims = tuple(int(p.strip()) for p in text.replace("x", ",").split(","))
     except ValueError:
-        raise UsageError(f"expected --input-shape like 3,32,32 but got {text!r}") from None
-    check_sample_shape(dims, what="--input-shape")
+        raise UsageError(f"expected an input_shape like 3,32,32 but got {text!r}") from None
+    check_sample_shape(dims, what="input_shape")
     return dims
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import lipcert.api as api
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

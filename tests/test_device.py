@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import certify_dataset, choose_evaluators, device_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.cli import app

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lipcert.bounds.compose import analyse
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.distributed import ShardJob, certify_on_ray, shard_bounds
-from lipcert.certify.metrics import parse_eps_list
 from lipcert.certify.pipeline import Preprocessing, certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.cli import app

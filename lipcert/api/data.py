@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from lipcert.api.model import (
 )
 from lipcert.certify.gates import FRACTION_GATES, Gate, check_threshold, evaluate_gates
 from lipcert.certify.mcr_gap import McrTracker
-from lipcert.certify.metrics import Eps, Summary, summarise
+from lipcert.certify.metrics import Eps, Summary, eps_from_fraction, summarise
 from lipcert.certify.pipeline import (
     CertifyResult,
     Evaluators,
@@ -48,7 +49,7 @@ DEFAULT_EPS = (36 / 255, 72 / 255, 108 / 255, 1.0)
 def certify_dataset(
     model: Model,
     data: Any,
-    eps: Sequence[float | Eps] = DEFAULT_EPS,
+    eps: Sequence[float | Fraction | Eps] = DEFAULT_EPS,
     *,
     precision: Precision = "float32",
     certificate: Certificate = "auto",
@@ -67,7 +68,9 @@ def certify_dataset(
     `data` is one of: a pair of arrays (x, y); an iterable of (x, y) batches, numpy or torch
     (a torch DataLoader is one); a `lipcert.datasets.Dataset`; or a dataset name or .npz path
     as `lipcert.load_dataset` reads it (pixels scaled to [0, 1], as the CLI does).
-    `eps` are the radii of certified accuracy (floats > 0).
+    `eps` are the radii of certified accuracy: numbers > 0, or exact fractions
+    (`Fraction(36, 255)`: the smallest float >= 36/255, as `--eps 36/255`); see
+    `eps_thresholds`.
 
     `mean` and `std` (one value, or one per channel or feature) make the certified function
     x -> model((x - mean) / std): radii are then in the space of `data`, as
@@ -322,13 +325,18 @@ def _certify_on_ray(
     return result, "float32" if has_exact else "float64"
 
 
-def eps_thresholds(eps: Sequence[float | Eps] | float) -> list[Eps]:
-    """Radii as Eps thresholds: floats > 0 (an Eps keeps its label), none repeated."""
-    values = [eps] if isinstance(eps, (int, float, Eps)) else list(eps)
+def eps_thresholds(eps: Sequence[float | Fraction | Eps] | float | Fraction) -> list[Eps]:
+    """Radii as Eps thresholds, none repeated: numbers > 0 (floats taken as they are), an
+    exact `fractions.Fraction` (36/255 as Fraction(36, 255): the smallest float >= it, as
+    `lipcert certify --eps 36/255` takes it, labelled in lowest terms), or an Eps (kept).
+    Strings are refused: the command line parses its own --eps."""
+    values = [eps] if isinstance(eps, (int, float, Fraction, Eps)) else list(eps)
     thresholds: list[Eps] = []
     for value in values:
         if isinstance(value, Eps):
             threshold = value
+        elif isinstance(value, Fraction):
+            threshold = eps_from_fraction(value)
         else:
             if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number)):
                 raise UsageError(f"expected eps as numbers > 0 but got {value!r}")

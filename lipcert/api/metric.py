@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ class CertifiedAccuracy:
     def __init__(
         self,
         model: Model,
-        eps: Sequence[float | Eps] | float,
+        eps: Sequence[float | Fraction | Eps] | float | Fraction,
         *,
         precision: Precision = "float32",
         certificate: Certificate = "auto",

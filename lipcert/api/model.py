@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -253,7 +254,7 @@ class Model:
         x: Any,
         y: Any = None,
         *,
-        eps: Sequence[float] = (),
+        eps: Sequence[float | Fraction] = (),
         precision: Precision = "float32",
         certificate: Certificate = "auto",
         batch_size: int = DEFAULT_BATCH_SIZE,
@@ -279,7 +280,7 @@ class Model:
         method = self.method(certificate)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"expected batch_size >= 1 but got {batch_size!r}")
-        eps_values = np.asarray([float(e) for e in eps], dtype=np.float64)
+        eps_values = _eps_values(eps)
         evaluators = self._evaluators_for(precision, device, threads)
         parts = []
         for start in range(0, len(inputs), batch_size):
@@ -411,6 +412,15 @@ def _run_options(precision: Precision, device: str | None) -> tuple[Precision, s
         if device == "cpu":
             device = None
     return precision, device
+
+
+def _eps_values(eps: Sequence[float | Fraction] | float | Fraction) -> np.ndarray:
+    """The radii `certify` recomputes near, as `certify_dataset` takes them (none: empty)."""
+    if not isinstance(eps, (int, float, Fraction)) and len(eps) == 0:
+        return np.zeros(0, dtype=np.float64)
+    from lipcert.api.data import eps_thresholds
+
+    return np.array([e.value for e in eps_thresholds(eps)], dtype=np.float64)
 
 
 def _as_array(value: Any) -> np.ndarray:

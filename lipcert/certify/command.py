@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from lipcert.certify.gates import FRACTION_GATES, check_threshold
-from lipcert.certify.metrics import Eps, parse_eps_list
+from lipcert.certify.metrics import Eps, eps_from_fraction
 from lipcert.config import TABLE, Config, resolve_config
 from lipcert.datasets.catalog import canonical_name
 from lipcert.errors import ModelLoadError, UsageError
+from lipcert.model import check_sample_shape
 from lipcert.reports.files import check_output_path
 
 DEFAULT_EPS = "36/255,72/255,108/255,1"
@@ -338,6 +340,66 @@ def parse_mean_std(
     return values[0], values[1]
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    """A plain decimal number ('0.5', '1e-3'); None for anything else ('1_0', 'inf', 'nan')."""
+    text = text.strip()
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def parse_eps_list(text: str, *, what: str = "--eps") -> list[Eps]:
+    """--eps '36/255,72/255,1' -> thresholds; each a number or a fraction a/b, finite, > 0,
+    distinct, labelled as typed. Each value is the smallest float >= the exact number typed
+    (`eps_from_fraction`): "radius > eps" then proves the radius exceeds what was typed."""
+    from fractions import Fraction
+
+    values: list[Eps] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        pieces = [parse_number(piece) for piece in part.split("/", 1)]
+        if any(piece is None for piece in pieces):
+            raise UsageError(
+                f"expected {what} values like 36/255 or 0.5 (finite decimal numbers) but got "
+                f"{part!r}"
+            )
+        numbers = [float(piece) for piece in pieces if piece is not None]
+        if len(numbers) == 2 and numbers[1] == 0:
+            raise UsageError(f"expected {what} values with a non-zero denominator but got {part!r}")
+        exact = [Fraction(piece.strip()) for piece in part.split("/", 1)]
+        value = eps_from_fraction(exact[0] / exact[1] if len(exact) == 2 else exact[0], part)
+        if not math.isfinite(value.value):
+            raise UsageError(f"expected finite {what} values but got {part!r}")
+        if value.value <= 0:
+            raise UsageError(f"expected {what} values > 0 but got {part!r}")
+        same = next((e for e in values if e.value == value.value), None)
+        if same is not None:
+            raise UsageError(
+                f"expected distinct {what} values but got {same.label!r} and {part!r}, both "
+                f"{value.value:.6g}"
+            )
+        values.append(value)
+    if not values:
+        raise UsageError(f"expected at least one {what} value but got {text!r}")
+    return values
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """--input-shape 'C,H,W' (also 'CxHxW', 'C' or 'C,L') as a tuple of positive ints; None
+    when not given."""
+    if text is None or text.strip() == "":
+        return None
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"expected --input-shape like 3,32,32 but got {text!r}") from None
+    check_sample_shape(dims, what="--input-shape")
+    return dims
+
+
 def declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:
     """The model's fixed input shape, for an image folder's default resize and crop."""
     from lipcert.datasets.imagefolder import is_imagefolder
@@ -345,4 +407,4 @@ def declared_shape(request: CertifyRequest) -> tuple[int, ...] | None:
 
     if request.dataset is None or not is_imagefolder(request.dataset):
         return None
-    return declared_input_shape(request.model, request.input_shape)
+    return declared_input_shape(request.model, parse_input_shape(request.input_shape))

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -106,58 +106,17 @@ def summarise(
     )
 
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def parse_number(text: str) -> float | None:
-    """A plain decimal number ('0.5', '1e-3'); None for anything else ('1_0', 'inf', 'nan')."""
-    text = text.strip()
-    return float(text) if _NUMBER.fullmatch(text) else None
-
-
-def _round_up(pieces: list[str]) -> float:
-    """The smallest float >= the exact value of a typed number or fraction ('36/255', '0.1'):
-    "radius > eps" then proves the radius exceeds the eps the user typed, not a value half an
-    ulp below it. Overflow gives inf (refused by the caller)."""
-    from fractions import Fraction
-
-    exact = Fraction(pieces[0]) / Fraction(pieces[1]) if len(pieces) == 2 else Fraction(pieces[0])
+def eps_from_fraction(value: Fraction | int, label: str | None = None) -> Eps:
+    """The threshold of an exact rational radius (36/255 as Fraction(36, 255)): its value is
+    the smallest float >= the exact number, so that "radius > eps" proves the radius exceeds
+    the number given, not a float half an ulp below it. inf when it overflows (callers refuse
+    it). The label defaults to the fraction in lowest terms ("12/85" for 36/255, "1")."""
+    exact = Fraction(value)
     try:
-        value = float(exact)
+        rounded = float(exact)
     except OverflowError:
-        return float("inf")
-    return float(np.nextafter(value, np.inf)) if Fraction(value) < exact else value
-
-
-def parse_eps_list(text: str, *, what: str = "--eps") -> list[Eps]:
-    """'36/255,72/255,1' -> thresholds; each a number or a fraction a/b, finite, > 0, distinct."""
-    from lipcert.errors import UsageError
-
-    values: list[Eps] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        pieces = [parse_number(piece) for piece in part.split("/", 1)]
-        if any(piece is None for piece in pieces):
-            raise UsageError(
-                f"expected {what} values like 36/255 or 0.5 (finite decimal numbers) but got "
-                f"{part!r}"
-            )
-        numbers = [float(piece) for piece in pieces if piece is not None]
-        if len(numbers) == 2 and numbers[1] == 0:
-            raise UsageError(f"expected {what} values with a non-zero denominator but got {part!r}")
-        value = _round_up([piece.strip() for piece in part.split("/", 1)])
-        if not np.isfinite(value):
-            raise UsageError(f"expected finite {what} values but got {part!r}")
-        if value <= 0:
-            raise UsageError(f"expected {what} values > 0 but got {part!r}")
-        same = next((e for e in values if e.value == value), None)
-        if same is not None:
-            raise UsageError(
-                f"expected distinct {what} values but got {same.label!r} and {part!r}, both "
-                f"{value:.6g}"
-            )
-        values.append(Eps(part, value))
-    if not values:
-        raise UsageError(f"expected at least one {what} value but got {text!r}")
-    return values
+        rounded = float("inf")
+    else:
+        if Fraction(rounded) < exact:
+            rounded = float(np.nextafter(rounded, np.inf))
+    return Eps(str(exact) if label is None else label, rounded)

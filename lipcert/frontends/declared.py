@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lipcert.model import parse_input_shape
+from lipcert.model import metadata_input_shape
 
 
 def declared_input_shape(
-    path: str | Path, input_shape: str | None = None
+    path: str | Path, input_shape: tuple[int, ...] | None = None
 ) -> tuple[int, ...] | None:
-    """--input-shape when given, else the per-sample shape the model file fixes: an ONNX
-    file's declared input (every dimension after the batch fixed), a safetensors file's
-    `input_shape` metadata. None for other checkpoints or an open size."""
-    given = parse_input_shape(input_shape)
-    if given is not None:
-        return given
+    """`input_shape` when given (the user's choice, already parsed), else the per-sample
+    shape the model file fixes: an ONNX file's declared input (every dimension after the
+    batch fixed), a safetensors file's `input_shape` metadata. None for other checkpoints or
+    an open size."""
+    if input_shape is not None:
+        return tuple(input_shape)
     path = Path(path)
     from lipcert.frontends import model_format
 
@@ -49,6 +49,6 @@ def _safetensors_shape(path: Path) -> tuple[int, ...] | None:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             text = (handle.metadata() or {}).get("input_shape")
-        return parse_input_shape(text)
+        return None if text is None else metadata_input_shape(text)
     except Exception:  # safetensors' own errors, a bad shape: the loader reports them
         return None

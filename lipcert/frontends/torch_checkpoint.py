@@ -27,7 +27,7 @@ import numpy as np
 
 from lipcert.errors import ModelLoadError, UnsafeModelError, UsageError
 from lipcert.frontends.onnx_file import load_from_proto
-from lipcert.model import LoadedModel, LoadOptions, check_sample_shape, parse_input_shape
+from lipcert.model import LoadedModel, LoadOptions, check_sample_shape, metadata_input_shape
 
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 _EXPORT_OPSET = 20  # Gelu is an op from opset 20 (before, an erf product)
@@ -395,7 +395,7 @@ def _shape_from_metadata(metadata: dict[str, str], path: Path) -> tuple[int, ...
     if text is None:
         return None
     try:
-        return parse_input_shape(text)
+        return metadata_input_shape(text)
     except UsageError:
         raise ModelLoadError(f"{str(path)!r} records an unusable input_shape {text!r}") from None
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lipcert
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import rounding_matters
 from lipcert.certify.radii import Certificates, Method, Status, certify_logits
 from lipcert.evaluators import Evaluation

@@ -192,7 +192,7 @@ def tau128():
 def test_tolerance_end_to_end_against_float64(tau128) -> None:
     """Default mode with and without a tolerance, against the float64 mode: the reported
     bound holds, and the tolerance brings it (and the MCR) within 0.5 %."""
-    from lipcert.certify.metrics import parse_eps_list
+    from lipcert.certify.command import parse_eps_list
     from lipcert.certify.pipeline import certify_dataset, choose_evaluators
 
     dataset, loaded, analysis, method = tau128

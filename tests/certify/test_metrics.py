@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipcert.certify.metrics import Eps, parse_eps_list, summarise
+from lipcert.certify.command import parse_eps_list
+from lipcert.certify.metrics import Eps, summarise
 from lipcert.certify.radii import Certificates, Method, Status
 from lipcert.errors import UsageError
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lipcert.bounds.compose import analyse
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.distributed import ShardJob, ShardWorker, shard_bounds
-from lipcert.certify.metrics import parse_eps_list
 from lipcert.certify.pipeline import Preprocessing, certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.datasets import Dataset

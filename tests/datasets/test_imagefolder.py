@@ -279,7 +279,8 @@ def test_declared_input_shape_reads_the_file_only(tmp_path: Path) -> None:
     models = Path(__file__).resolve().parents[2] / "sample_models"
     assert declared_input_shape(models / "cifar10_shaped_ce_tau16.onnx") == (3, 32, 32)
     assert declared_input_shape(models / "cifar10_shaped_ce_tau16.safetensors") == (3, 32, 32)
-    assert declared_input_shape(models / "cifar10_shaped_ce_tau16.onnx", "3,24,24") == (3, 24, 24)
+    given = (3, 24, 24)  # --input-shape, parsed by the command line
+    assert declared_input_shape(models / "cifar10_shaped_ce_tau16.onnx", given) == given
     open_size = helper.make_model(
         helper.make_graph(
             [helper.make_node("Relu", ["x"], ["y"])],

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lipcert.bounds.compose import analyse
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.datasets import Dataset

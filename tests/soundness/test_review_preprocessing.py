@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lipcert.bounds.compose import analyse
-from lipcert.certify.metrics import parse_eps_list
+from lipcert.certify.command import parse_eps_list
 from lipcert.certify.pipeline import Preprocessing, certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.datasets import Dataset
