@@ -64,8 +64,10 @@ class FourierBlock:
     inverse: tuple[Node, ...]  # the full inverse DFTs, then the one-sided inverse
     suffix: tuple[Node, ...]  # the inverse's (real) output -> exit
     axes: tuple[int, ...]  # the transformed axes, increasing (of the tensors with components)
-    onesided_axis: int
+    onesided_axis: int | None  # None: full DFTs of (x, 0), then the real part of the inverse
     lengths: dict[int, int]  # the signal length n per transformed axis
+    core_in: str  # the real signal transformed (one component)
+    core_out: str  # the real signal written back (one component)
 
 
 def fourier_block(node: Node, graph: Graph) -> FourierBlock | None:
@@ -105,11 +107,28 @@ def fourier_block(node: Node, graph: Graph) -> FourierBlock | None:
     if forward_chain is None or inverse_chain is None:
         return None
     first, last = geometries[id(forward_chain[0])], geometries[id(inverse_chain[-1])]
-    if not (first.onesided and not first.complex_input):
+    core: list[Node] = []  # the full-spectrum form's embedding and real-part nodes
+    if first.onesided and not first.complex_input:
+        # rfft ... irfft: the last inverse is one-sided along the same axis
+        onesided: int | None = first.axis
+        if not last.onesided or last.axis != first.axis:
+            return None
+        real_in = forward_chain[0].inputs[0]
+        real_out = inverse_chain[-1].outputs[0]
+    elif not first.onesided and first.complex_input and not last.onesided:
+        # fft of (x, 0) ... the real part of the inverse (LOT's forward)
+        onesided = None
+        embed = _real_embedding(graph, producers, users, forward_chain[0])
+        real_part = _real_part(graph, users, inverse_chain[-1])
+        if embed is None or real_part is None:
+            return None
+        core = [embed, real_part]
+        real_in = graph.data_inputs(embed)[0]
+        real_out = real_part.outputs[0]
+    else:
         return None
-    if not last.onesided or last.axis != first.axis:
-        return None
-    if any(geometries[id(d)].onesided for d in [*forward_chain[1:], *inverse_chain[:-1]]):
+    rest = [*forward_chain[1:], *inverse_chain[: len(inverse_chain) - (onesided is not None)]]
+    if any(geometries[id(d)].onesided for d in rest):
         return None
     if not all(geometries[id(d)].complex_input for d in [*forward_chain[1:], *inverse_chain]):
         return None
@@ -127,15 +146,15 @@ def fourier_block(node: Node, graph: Graph) -> FourierBlock | None:
         n = lengths[g.axis]
         if g.length != n:
             return None
-        if g.axis == first.axis:
+        if g.axis == onesided:
             if g.input_length != n // 2 + 1:
                 return None
         elif g.input_length != n:
             return None
-    real_in = forward_chain[0].inputs[0]
     spectrum_in, spectrum_out = forward_chain[-1].outputs[0], inverse_chain[0].inputs[0]
-    real_out = inverse_chain[-1].outputs[0]
     in_shape, out_shape = graph.shape(real_in), graph.shape(real_out)
+    if len(out_shape) == len(in_shape) - 1 and onesided is None:
+        out_shape = (*out_shape, 1)  # the real part read by a Gather of the scalar index 0
     if in_shape[-1] != 1 or out_shape[-1] != 1 or len(in_shape) != len(out_shape):
         return None
     if in_shape[0] != out_shape[0] or any(out_shape[a] != lengths[a] for a in lengths):
@@ -151,7 +170,7 @@ def fourier_block(node: Node, graph: Graph) -> FourierBlock | None:
     suffix = _walk_forward(graph, users, real_out, node.outputs[0])
     if prefix is None or suffix is None:
         return None
-    taken = {id(n) for n in [*prefix, *forward_chain, *inverse_chain, *suffix]}
+    taken = {id(n) for n in [*prefix, *core, *forward_chain, *inverse_chain, *suffix]}
     middle = [inner for inner in body if id(inner) not in taken]
     produced = {spectrum_in} | {name for inner in middle for name in inner.outputs if name}
     for inner in middle:
@@ -169,9 +188,55 @@ def fourier_block(node: Node, graph: Graph) -> FourierBlock | None:
         inverse=tuple(inverse_chain),
         suffix=tuple(suffix),
         axes=tuple(sorted(lengths)),
-        onesided_axis=first.axis,
+        onesided_axis=onesided,
         lengths=lengths,
+        core_in=real_in,
+        core_out=real_out,
     )
+
+
+def _real_embedding(
+    graph: Graph, producers: dict[str, Node], users: dict[str, list[Node]], dft: Node
+) -> Node | None:
+    """The Concat(x, zeros) along the components that makes x (one component) complex."""
+    concat = producers.get(dft.inputs[0])
+    if concat is None or concat.op != "Concat" or len(concat.inputs) != 2:
+        return None
+    rank = len(graph.shape(concat.outputs[0]))
+    if int(concat.attr("axis", 0)) % rank != rank - 1:
+        return None
+    data, zero = concat.inputs
+    if graph.data_inputs(concat) != [data] or not graph.is_constant(zero):
+        return None
+    if graph.shape(data)[-1] != 1 or np.any(np.asarray(graph.constant(zero))):
+        return None
+    if [id(u) for u in users.get(concat.outputs[0], [])] != [id(dft)]:
+        return None
+    return concat
+
+
+def _real_part(graph: Graph, users: dict[str, list[Node]], dft: Node) -> Node | None:
+    """The one reader of the last inverse DFT: the real component (Gather index 0, or Slice
+    [0, 1) along the components), keeping the axis (Slice, Gather of [0])."""
+    readers = users.get(dft.outputs[0], [])
+    if len(readers) != 1:
+        return None
+    step = readers[0]
+    rank = len(graph.shape(dft.outputs[0]))
+    if step.op == "Gather":
+        if int(step.attr("axis", 0)) % rank != rank - 1 or not graph.is_constant(step.inputs[1]):
+            return None
+        index = np.asarray(graph.constant(step.inputs[1]))
+        if index.shape not in ((), (1,)) or int(index.reshape(-1)[0]) != 0:
+            return None
+        return step
+    if step.op == "Slice":
+        from lipcert.graph.affine_blocks import _sliced_positions
+
+        if _sliced_positions(graph, step, rank - 1) != [0]:
+            return None
+        return step
+    return None
 
 
 def _geometry(graph: Graph, dft: Node) -> DftGeometry | None:
@@ -240,6 +305,35 @@ def _walk_forward(
         steps.append(step)
         name = step.outputs[0]
     return steps
+
+
+# Ops whose linear part is the identity on the elements in order (with keeps_elements).
+_IN_ORDER = frozenset({"Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout"})
+
+
+def keeps_elements(graph: Graph, node: Node) -> bool:
+    """True when the linear part of a one-input op is the identity on its elements in
+    order: reshapes, a Slice that keeps everything, a constant added."""
+    data = graph.data_inputs(node)
+    if len(data) != 1 or data[0] != node.inputs[0]:
+        return False
+    source_shape, out_shape = graph.shape(data[0]), graph.shape(node.outputs[0])
+    if int(np.prod(source_shape)) != int(np.prod(out_shape)):
+        return False
+    if node.op in _IN_ORDER:
+        return True
+    if node.op == "Slice":
+        if source_shape != out_shape:
+            return False
+        steps = node.inputs[4] if len(node.inputs) > 4 else ""
+        if not steps:
+            return True
+        if not graph.is_constant(steps):
+            return False
+        return bool(np.all(np.asarray(graph.constant(steps)) > 0))
+    if node.op in ("Add", "Sub"):  # a constant added: the linear part is the identity
+        return source_shape == out_shape
+    return False
 
 
 # --- the middle part: frequency-diagonal, and its matrices --------------------------------------
@@ -409,7 +503,7 @@ def middle_matrices(
     c_out = int(np.prod(out_shape[1:-1])) // frequencies
     if in_shape[-1] != 2 or out_shape[-1] != 2 or c_in < 1 or c_out < 1:
         return None
-    runs = math.ceil(2 * c_in / batch)
+    runs = 2 * c_in
     if runs > MAX_PROBE_RUNS or frequencies * 4 * c_in * c_out > MAX_SYMBOL_ENTRIES:
         return None
     fake = Node(
@@ -425,18 +519,21 @@ def middle_matrices(
     matrices = np.zeros((frequencies, 2 * c_out, 2 * c_in))
     columns = [(r, c) for r in range(2) for c in range(c_in)]
     run = _linear_runner(fake, graph)
-    for first in range(0, len(columns), batch):
-        part = columns[first : first + batch]
+    # Every column is probed at every position of the (possibly pinned) batch: a constant
+    # of the batch's shape can make M differ between positions (a model certified at each
+    # position must be bounded at each), so the matrices are position 0's and the spread
+    # of the others around them (squared Frobenius norm per position and frequency) is
+    # added to the error below.
+    spread_sq = np.zeros((batch, frequencies))
+    for r, c in columns:
         probe = np.zeros(in_canonical)
-        flat = probe.reshape(batch, -1, frequencies, 2)
-        for b, (r, c) in enumerate(part):
-            flat[b, c, :, r] = 1.0
+        probe.reshape(batch, -1, frequencies, 2)[:, c, :, r] = 1.0
         written = run(np.transpose(probe, np.argsort(in_order))).reshape(out_shape)
         result = np.transpose(written, out_order).reshape(batch, c_out, frequencies, 2)
-        for b, (r, c) in enumerate(part):
-            matrices[:, :c_out, r * c_in + c] = result[b, :, :, 0].T
-            matrices[:, c_out:, r * c_in + c] = result[b, :, :, 1].T
-    if not np.all(np.isfinite(matrices)):
+        matrices[:, :c_out, r * c_in + c] = result[0, :, :, 0].T
+        matrices[:, c_out:, r * c_in + c] = result[0, :, :, 1].T
+        spread_sq += ((result - result[:1]) ** 2).sum(axis=(1, 3))
+    if not np.all(np.isfinite(matrices)) or not np.all(np.isfinite(spread_sq)):
         return None
     # The float64 run of M's linear part errs by at most g (D s + C) per sample with input
     # norm s (block_rounding at the float64 unit, as the probe of a whole block uses it);
@@ -451,7 +548,10 @@ def middle_matrices(
         add_up(mul_up(rounding.input_gain, numeric.sqrt_up(frequencies)), rounding.offset),
     )
     error = mul_up(per_column, numeric.sqrt_up(2 * c_in))
-    return matrices, grid, c_in, c_out, error
+    # Position b's computed M_k is within its own `error` of its exact one (the same rounding
+    # bound) and within the spread's Frobenius norm of position 0's: both are added.
+    spread = numeric.up(math.sqrt(float(spread_sq.max())) * (1 + 1e-12)) if batch > 1 else 0.0
+    return matrices, grid, c_in, c_out, add_up(error, spread)
 
 
 def _linear_runner(fake: Node, graph: Graph) -> Callable[[np.ndarray], np.ndarray]:
@@ -549,12 +649,13 @@ def fourier_bound(
         numeric.singular_value_up(sigma, 2 * max(found.c_in, found.c_out)), found.piece_error
     )
     frequencies = int(np.prod(found.grid))
+    spectrum = "spectrum" if found.block.onesided_axis is None else "half spectrum"
     method = (
-        f"per-frequency matrices of a DFT block ({frequencies} frequencies of the half "
-        f"spectrum, {2 * found.c_out}x{2 * found.c_in} real), SVD"
+        f"per-frequency matrices of a DFT block ({frequencies} frequencies of the "
+        f"{spectrum}, {2 * found.c_out}x{2 * found.c_in} real), SVD"
     )
     outer = found.outer
-    return (value if outer == 1.0 else mul_up(outer, value)), method, outer == 1.0
+    return (value if outer == 1.0 else mul_up(outer, value)), method, found.exact
 
 
 @dataclass(frozen=True)
@@ -570,6 +671,8 @@ class FourierAnalysis:
     piece_error: float
     # the product of the prefix's and suffix's bounds (1.0 when they are all exactly 1)
     outer: float
+    # the bound of the core is the block's norm: prefix and suffix are isometries
+    exact: bool
 
 
 def fourier_analysis(
@@ -584,8 +687,11 @@ def fourier_analysis(
     if found is None:
         return None
     matrices, grid, c_in, c_out, error = found
-    position = block.axes.index(block.onesided_axis)
-    n_onesided = block.lengths[block.onesided_axis]
+    if block.onesided_axis is None:
+        position, n_onesided = None, 0
+    else:
+        position = block.axes.index(block.onesided_axis)
+        n_onesided = block.lengths[block.onesided_axis]
     pieces = operator_pieces(matrices, grid, position, n_onesided, c_in, c_out)
     forming = mul_up(
         numeric.FLOAT64_EPS,
@@ -596,13 +702,23 @@ def fourier_analysis(
     for step in [*block.prefix, *block.suffix]:
         if factors[id(step)] != 1.0:
             outer = mul_up(outer, factors[id(step)])
-    return FourierAnalysis(block, pieces, grid, c_in, c_out, add_up(error, forming), outer)
+    # ||suffix o core o prefix|| = ||core|| when the prefix and suffix are isometries onto
+    # their outputs (element moves that keep every element); a crop or a zero padding only
+    # gives <=.
+    isometric = all(
+        keeps_elements(graph, step)
+        or (step.op == "Transpose" and len(graph.data_inputs(step)) == 1)
+        for step in [*block.prefix, *block.suffix]
+    )
+    return FourierAnalysis(
+        block, pieces, grid, c_in, c_out, add_up(error, forming), outer, outer == 1.0 and isometric
+    )
 
 
 def operator_pieces(
     matrices: np.ndarray,
     grid: tuple[int, ...],
-    position: int,
+    position: int | None,
     n_onesided: int,
     c_in: int,
     c_out: int,
@@ -612,8 +728,11 @@ def operator_pieces(
     and the self-paired bins (the real-to-real block). Two blocks on the same grid get their
     pieces in the same order, and the same orthonormal coordinates of their common space."""
     k = np.indices(grid).reshape(len(grid), -1).T  # (F, d), row-major like the labels
-    k_a = k[:, position]
-    on_slab = (k_a == 0) | (2 * k_a == n_onesided)
+    if position is None:  # the full spectrum of a real signal: every bin has its mirror
+        on_slab = np.ones(len(k), dtype=bool)
+    else:
+        k_a = k[:, position]
+        on_slab = (k_a == 0) | (2 * k_a == n_onesided)
     mirror_coords = np.array(
         [(-k[:, i]) % grid[i] if i != position else k[:, i] for i in range(len(grid))]
     ).T
