@@ -720,7 +720,7 @@ def attack(
     """
     from lipcert import api
     from lipcert.certify.command import CertifyRequest, resolve_attack
-    from lipcert.config import load_config
+    from lipcert.config import resolve_config
     from lipcert.reports import attack_report
 
     with reported_errors(show_traceback):
@@ -748,7 +748,7 @@ def attack(
             resize=resize,
             crop=crop,
         )
-        batch_size, chosen_certificate = resolve_attack(request, load_config())
+        batch_size, chosen_certificate = resolve_attack(request, resolve_config())
         data = _load_dataset(request)
         bounded = _load_for(request, data)
         progress = None if quiet else stderr

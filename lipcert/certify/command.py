@@ -254,9 +254,10 @@ def check_refine_options(refine: bool, budget: float | None, radius: float | Non
     return True
 
 
-def resolve_attack(request: CertifyRequest, config: Config | dict[str, Any]) -> tuple[int, str]:
-    """The batch size and certificate of `lipcert attack` (the config may set them), after
-    the checks certify makes before reading any file."""
+def resolve_attack(request: CertifyRequest, config: Config) -> tuple[int, str]:
+    """The batch size and certificate of `lipcert attack` (the config found from the working
+    folder may set them: the API's attack_certificates takes both as arguments), after the
+    checks certify makes before reading any file."""
     batch_size = _first_given(request.batch_size, config.get("batch_size"), DEFAULT_BATCH_SIZE)
     if batch_size < 1 or (request.threads is not None and request.threads < 1):
         raise UsageError(
