@@ -108,7 +108,8 @@ def attack_certificates(
         batches = certified.dataset.batches(1 << 30, dtype=np.float64)
         inputs = np.concatenate([pixels for _, pixels, _ in batches])
     else:
-        inputs = np.asarray(model._inputs(data[0]), dtype=np.float64)
+        # a copy the attack owns (a read-only array of the caller stays untouched)
+        inputs = np.array(model._inputs(data[0]), dtype=np.float64)
     preprocessing = certified.preprocessing
     model_inputs = inputs if preprocessing is None else preprocessing.apply(inputs)
     _check_executor_against_runtime(model, model_inputs)
