@@ -697,22 +697,31 @@ def fourier_analysis(
         numeric.FLOAT64_EPS,
         numeric.up(float(np.sqrt((matrices**2).sum(axis=(1, 2)).max())) * (1 + 1e-12)),
     )
+    outer, isometric = outer_factor(graph, [*block.prefix, *block.suffix], bounds)
+    return FourierAnalysis(
+        block, pieces, grid, c_in, c_out, add_up(error, forming), outer, isometric
+    )
+
+
+def outer_factor(
+    graph: Graph, steps: list[Node], bounds: list[tuple[Node, LayerBound]]
+) -> tuple[float, bool]:
+    """A bound of the norm of a chain of one-input ops around a core, and whether it is an
+    isometry. Element moves that keep every element (reshapes, full slices, a transpose, a
+    constant added) are isometries, exactly 1; other ops (a crop, a zero padding, a scaling)
+    multiply by their rules' bounds, and ||suffix o core o prefix|| is then only at most the
+    product with ||core||."""
     factors = {id(inner): layer.factor for inner, layer in bounds}
     outer = 1.0
-    for step in [*block.prefix, *block.suffix]:
+    isometric = True
+    for step in steps:
+        moves = step.op == "Transpose" and len(graph.data_inputs(step)) == 1
+        if keeps_elements(graph, step) or moves:
+            continue
+        isometric = False
         if factors[id(step)] != 1.0:
             outer = mul_up(outer, factors[id(step)])
-    # ||suffix o core o prefix|| = ||core|| when the prefix and suffix are isometries onto
-    # their outputs (element moves that keep every element); a crop or a zero padding only
-    # gives <=.
-    isometric = all(
-        keeps_elements(graph, step)
-        or (step.op == "Transpose" and len(graph.data_inputs(step)) == 1)
-        for step in [*block.prefix, *block.suffix]
-    )
-    return FourierAnalysis(
-        block, pieces, grid, c_in, c_out, add_up(error, forming), outer, outer == 1.0 and isometric
-    )
+    return outer, isometric
 
 
 def operator_pieces(

@@ -16,15 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipcert.bounds import numeric
-from lipcert.bounds.fourier_operator import FourierAnalysis, fourier_analysis
+from lipcert.bounds.fourier_operator import (
+    FourierAnalysis,
+    fourier_analysis,
+    keeps_elements,
+    outer_factor,
+)
 from lipcert.bounds.numeric import FLOAT64_EPS, add_up, mul_up, sqrt_up, up
 from lipcert.bounds.registry import LayerBound
 from lipcert.graph import Graph, Node
 from lipcert.graph.fourier_sandwich import ACTIVATIONS
 
-# Ops between the first block's inverse DFT and the activation, and between the activation
-# and the second block's DFT, whose linear part is the identity on the elements in order.
-_IN_ORDER = frozenset({"Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Dropout"})
 _SEARCH_STEPS = 48
 # The search for T's scale and gamma looks at this many pieces per stack (the largest).
 _SEARCH_PIECES = 24
@@ -94,11 +96,8 @@ def sandwich_bound(
         mul_up(two.piece_error, norm1), mul_up(add_up(norm2, two.piece_error), one.piece_error)
     )
     value = add_up(certified, allowance)
-    outer = 1.0
-    factors = {id(inner): layer.factor for inner, layer in [*bounds1, *bounds2]}
-    for step in [*one.block.prefix, *two.block.suffix]:
-        if factors[id(step)] != 1.0:
-            outer = mul_up(outer, factors[id(step)])
+    steps = [*one.block.prefix, *two.block.suffix]
+    outer, _ = outer_factor(graph, steps, [*bounds1, *bounds2])
     if outer != 1.0:
         value = mul_up(outer, value)
     frequencies = int(np.prod(one.grid))
@@ -130,33 +129,9 @@ def _joined(graph: Graph, one: FourierAnalysis, two: FourierAnalysis) -> bool:
         return False
     if one.c_out != two.c_in:
         return False
-    out1, in2 = a.inverse[-1].outputs[0], b.forward[0].inputs[0]
-    if graph.shape(out1) != graph.shape(in2):
+    if graph.shape(a.core_out) != graph.shape(b.core_in):
         return False
-    return all(_keeps_elements(graph, step) for step in [*a.suffix, *b.prefix])
-
-
-def _keeps_elements(graph: Graph, node: Node) -> bool:
-    data = graph.data_inputs(node)
-    if len(data) != 1 or data[0] != node.inputs[0]:
-        return False
-    source_shape, out_shape = graph.shape(data[0]), graph.shape(node.outputs[0])
-    if int(np.prod(source_shape)) != int(np.prod(out_shape)):
-        return False
-    if node.op in _IN_ORDER:
-        return True
-    if node.op == "Slice":
-        if source_shape != out_shape:
-            return False
-        steps = node.inputs[4] if len(node.inputs) > 4 else ""
-        if not steps:
-            return True
-        if not graph.is_constant(steps):
-            return False
-        return bool(np.all(np.asarray(graph.constant(steps)) > 0))
-    if node.op in ("Add", "Sub"):  # a constant added: the linear part is the identity
-        return source_shape == out_shape
-    return False
+    return all(keeps_elements(graph, step) for step in [*a.suffix, *b.prefix])
 
 
 # --- the certificate -----------------------------------------------------------------------

@@ -79,6 +79,36 @@ class HalfSpectrumLayer(nn.Module):
         return moved.permute(2, 0, 1)
 
 
+class LOTReference(nn.Module):
+    """LOT's forward (AI-secure/Layerwise-Orthogonal-Training, `LOT.forward` with the cached
+    per-frequency matrices): zero-pad by k // 2, full fft2, Q(f) @ x(f) over all n^2 bins,
+    ifft2, the real part, crop, bias. `symbol` is (m, m, C_out, C_in) on the padded grid."""
+
+    real: torch.Tensor
+    imag: torch.Tensor
+
+    def __init__(self, symbol: np.ndarray, pad: int) -> None:
+        super().__init__()
+        m = symbol.shape[0]
+        flat = symbol.reshape(m * m, *symbol.shape[2:])
+        self.register_buffer("real", torch.as_tensor(np.real(flat), dtype=DTYPE))
+        self.register_buffer("imag", torch.as_tensor(np.imag(flat), dtype=DTYPE))
+        self.pad = pad
+        self.bias = nn.Parameter(torch.full((symbol.shape[2],), 0.05, dtype=DTYPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = torch.nn.functional.pad(x, (self.pad,) * 4)
+        batch, c_in, n, _ = x.shape
+        c_out = self.real.shape[1]
+        spectrum = torch.fft.fft2(x).permute(2, 3, 1, 0).reshape(n * n, c_in, batch)
+        mixed = torch.complex(self.real, self.imag) @ spectrum
+        z = torch.fft.ifft2(mixed.reshape(n, n, c_out, batch).permute(3, 2, 0, 1)).real
+        if self.pad:
+            z = z[:, :, self.pad : -self.pad, self.pad : -self.pad]
+        return z + self.bias[:, None, None]
+
+
 def random_symbol(shape: tuple[int, ...], channels: tuple[int, int], seed: int) -> np.ndarray:
     """Complex Gaussian matrices per bin: not Hermitian-consistent on the self-conjugate bins."""
     rng = np.random.default_rng(seed)

@@ -24,7 +24,13 @@ from affine_zoo import (
     lot_symbol,
     power_iteration,
 )
-from fourier_zoo import HalfSpectrumLayer, exported_symbol, per_frequency_norm, random_symbol
+from fourier_zoo import (
+    HalfSpectrumLayer,
+    LOTReference,
+    exported_symbol,
+    per_frequency_norm,
+    random_symbol,
+)
 from torch import nn
 
 from lipcert.bounds import affine_operator as ops
@@ -66,6 +72,18 @@ def _random_1d() -> nn.Module:
     return HalfSpectrumLayer(random_symbol((5,), (3, 3), 25), (8,))
 
 
+def _lot_reference_cifar() -> nn.Module:
+    return LOTReference(lot_symbol(16, 34, 27), pad=1)  # 32 x 32 padded to 34 x 34
+
+
+def _lot_reference_small() -> nn.Module:
+    return LOTReference(lot_symbol(4, 8, 28), pad=1)
+
+
+def _full_spectrum_random() -> nn.Module:
+    return LOTReference(random_symbol((5, 6), (3, 3), 29).reshape(5, 6, 3, 3)[:, :5], pad=0)
+
+
 def _rolled() -> nn.Module:
     return HalfSpectrumLayer(random_symbol((4, 3), (2, 2), 26), (4, 4), roll=True)
 
@@ -78,6 +96,9 @@ MODELS = {
     "random_rectangular": (_random_rectangular, (2, 6, 5)),
     "random_1d": (_random_1d, (3, 8)),
     "rolled": (_rolled, (2, 4, 4)),
+    "lot_reference_cifar": (_lot_reference_cifar, (16, 32, 32)),
+    "lot_reference_small": (_lot_reference_small, (4, 6, 6)),
+    "full_spectrum_random": (_full_spectrum_random, (3, 5, 5)),
 }
 
 
@@ -178,7 +199,9 @@ def test_cifar_sized_block_is_bounded_quickly() -> None:
     assert elapsed < 20, elapsed
 
 
-@pytest.mark.parametrize("name", ["self_conjugate_scaled", "random_rectangular", "random_1d"])
+@pytest.mark.parametrize(
+    "name", ["self_conjugate_scaled", "random_rectangular", "random_1d", "full_spectrum_random"]
+)
 def test_onnxruntime_computes_the_module_on_non_hermitian_symbols(name: str) -> None:
     """The explicit matrices above are the torch module's; the certified function is the
     file's. On symbols that are not Hermitian-consistent on the self-conjugate bins (where
@@ -198,3 +221,38 @@ def test_onnxruntime_computes_the_module_on_non_hermitian_symbols(name: str) -> 
     from_file = np.array(columns).T
     expected = dense_matrix(module(name), shape)
     assert np.abs(from_file - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_lot_reference_forward_is_bounded_through_its_full_spectrum() -> None:
+    """LOT's own forward (zero padding, fft2, per-frequency product, ifft2, real part, crop):
+    at CIFAR size the bound is the padded grid's largest per-frequency singular value (the
+    crop and padding make the layer's own constant at most that), above power iteration."""
+    name = "lot_reference_cifar"
+    truth = per_frequency_norm(exported_symbol(module(name)))
+    bound, method = block_row(name)
+    assert "per-frequency" in method and "half" not in method, method
+    assert bound >= truth * SOUND, (bound, truth)
+    assert bound <= truth * (1 + 1e-6), (bound, truth)
+    lower = power_iteration(module(name), MODELS[name][1], steps=60)
+    assert bound >= lower * (1 - 1e-12), (bound, lower)
+    assert bound <= 1.05 * lower, (bound, lower)
+
+
+def test_lot_reference_small_against_its_explicit_matrix() -> None:
+    found = fourier("lot_reference_small")
+    assert found is not None
+    value, _, exact = found
+    truth = explicit_norm("lot_reference_small")
+    assert not exact  # the crop and the padding: <= only
+    assert truth * (1 - 1e-12) <= value <= 1.05 * truth, (value, truth)
+
+
+def test_full_spectrum_of_a_non_hermitian_symbol_is_exact() -> None:
+    """fft2 / ifft2(...).real of a symbol with no mirror symmetry at all: the real part keeps
+    the Hermitian part, (Q(k) + conj Q(-k)) / 2 on each pair; the explicit matrix agrees."""
+    found = fourier("full_spectrum_random")
+    assert found is not None
+    value, _, exact = found
+    truth = explicit_norm("full_spectrum_random")
+    assert exact
+    assert truth * (1 - 1e-12) <= value <= truth * (1 + RELATIVE), (value, truth)
