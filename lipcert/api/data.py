@@ -55,8 +55,8 @@ def certify_dataset(
     certificate: Certificate = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     class_names: Sequence[str] | None = None,
-    mean: float | Sequence[float] | None = None,
-    std: float | Sequence[float] | None = None,
+    mean: float | Sequence[float] | np.ndarray | None = None,
+    std: float | Sequence[float] | np.ndarray | None = None,
     threads: int | None = None,
     device: str | None = None,
     ray: str | None = None,
@@ -204,7 +204,9 @@ def dataset_locations(data_dir: str | Path | None = None) -> list[DatasetLocatio
 
 
 def preprocessing_of(
-    mean: float | Sequence[float] | None, std: float | Sequence[float] | None, channels: int
+    mean: float | Sequence[float] | np.ndarray | None,
+    std: float | Sequence[float] | np.ndarray | None,
+    channels: int,
 ) -> Preprocessing | None:
     """x -> (x - mean) / std with one value, or one per channel (or feature); None for none."""
     if mean is None and std is None:

@@ -9,6 +9,7 @@ happens instead of passing unnoticed when it writes the same values back.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import pickle
 from fractions import Fraction
 from pathlib import Path
@@ -49,13 +50,15 @@ def test_certify_and_certify_dataset_leave_arrays_and_eps_as_given(tau8: lipcert
     x_before, y_before = x.copy(), y.copy()
     eps = [36 / 255, 0.5]
     eps_before = list(eps)
+    mean, std = np.array([0.3]), np.array([0.45])
+    mean.flags.writeable = std.flags.writeable = False
     tau8.certify(x, y, eps=eps)
-    report = lipcert.certify_dataset(tau8, (x, y), eps=eps, mean=0.3, std=0.45, batch_size=7)
+    report = lipcert.certify_dataset(tau8, (x, y), eps=eps, mean=mean, std=std, batch_size=7)
     # the gate's eps and a robustness eps outside the list: a new list, not the caller's
     report.gates(min_certified_accuracy=0.0, gate_eps=0.5)
     _unchanged(x, x_before)
     _unchanged(y, y_before)
-    assert eps == eps_before
+    assert eps == eps_before and mean.tolist() == [0.3] and std.tolist() == [0.45]
 
 
 def test_torch_tensors_and_batches_are_left_as_given(tau8: lipcert.Model) -> None:
@@ -95,6 +98,11 @@ def test_compare_and_attack_leave_their_arguments_as_given(tau8: lipcert.Model) 
     before = points.copy()
     lipcert.attack_certificates(model, (points, labels), steps=2, restarts=1)
     _unchanged(points, before)
+    if importlib.util.find_spec("matplotlib") is not None:
+        from lipcert import plots
+
+        plots.plot_decision_regions(model, points, labels, resolution=20)
+        _unchanged(points, before)
     _unchanged(x, fashion(12)[0])
 
 
