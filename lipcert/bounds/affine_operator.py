@@ -359,13 +359,22 @@ def probe_bound(
     if n * written > PROBE_MAX_WORK:
         return None
     matrix = None
+    spread = 0.0
     # All unit vectors as one batch; where the body's folded shapes pin the batch size (a
-    # Reshape that moves the batch axis), as many batches of the model's own size.
-    for chunk in (n, graph.batch_size):
+    # Reshape that moves the batch axis), as many batches of the model's own size. A model
+    # whose batch is pinned above 1 may hold constants of the batch's shape, which make the
+    # body differ between batch positions: there every unit vector runs at every position
+    # (`_probe_positions`), the matrix is position 0's and the others' distance to it is
+    # added to the error.
+    pinned = graph.batch_size > 1
+    for chunk in (graph.batch_size,) if pinned else (n, graph.batch_size):
         if chunk != n and n > PROBE_MAX_SINGLE:
             break
         try:
-            matrix = _probe(node, graph, entry_shape, chunk)
+            if pinned:
+                matrix, spread = _probe_positions(node, graph, entry_shape, chunk)
+            else:
+                matrix = _probe(node, graph, entry_shape, chunk)
             if _probe_agrees(node, graph, matrix, entry_shape):
                 break
         except (RuntimeError, ValueError, UnsupportedOpError) as failure:
@@ -383,8 +392,12 @@ def probe_bound(
     sigma = spectral.matrix_norm(matrix)
     slope = block_rounding(node, graph, bounds, unit=FLOAT64_UNIT_ROUNDOFF).input_gain
     error = mul_up(mul_up(slope, _gamma(1, FLOAT64_UNIT_ROUNDOFF)), numeric.sqrt_up(n))
+    # Position b's computed matrix is within `error` of its exact one (the same rounding
+    # bound) and within `spread` (Frobenius) of position 0's: both are added.
     return Candidate(
-        add_up(sigma, error), f"SVD of the probed {m}x{n} matrix of the whole block", exact=True
+        add_up(sigma, error, spread),
+        f"SVD of the probed {m}x{n} matrix of the whole block",
+        exact=True,
     )
 
 
@@ -400,6 +413,28 @@ def _probe(node: Node, graph: Graph, entry_shape: tuple[int, ...], chunk: int) -
         out = _run_body(node, graph, part.reshape(chunk, *entry_shape), linear=True)
         rows.append(out[node.outputs[0]][: min(chunk, n - start)])
     return np.concatenate(rows).T
+
+
+def _probe_positions(
+    node: Node, graph: Graph, entry_shape: tuple[int, ...], batch: int
+) -> tuple[np.ndarray, float]:
+    """The (m, n) matrix of the bias-free body at batch position 0, each unit vector run at
+    all `batch` positions at once, and an upper bound of max over positions b of the
+    Frobenius norm of (position b's matrix - position 0's)."""
+    n = int(np.prod(entry_shape))
+    columns = []
+    spread_sq = np.zeros(batch)
+    for j in range(n):
+        part = np.zeros((batch, n))
+        part[:, j] = 1.0
+        out = _run_body(node, graph, part.reshape(batch, *entry_shape), linear=True)
+        written = np.asarray(out[node.outputs[0]]).reshape(batch, -1)
+        columns.append(written[0])
+        spread_sq += ((written - written[:1]) ** 2).sum(axis=1)
+    spread = float(np.sqrt(spread_sq.max()))
+    if not math.isfinite(spread):
+        raise ValueError("non-finite probe")
+    return np.array(columns).T, numeric.up(spread * (1 + 1e-12)) if spread else 0.0
 
 
 def _probe_agrees(
