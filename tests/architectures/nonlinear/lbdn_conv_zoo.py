@@ -142,7 +142,7 @@ def jacobian_norm(layer: nn.Module, shape: tuple[int, ...], seed: int, steps: in
     estimate = 0.0
     for _ in range(steps):
         v = v / v.norm()
-        _, jv = torch.func.jvp(m64, (x,), (v,))
+        jv = torch.func.jvp(m64, (x,), (v,))[1]
         vjp = torch.autograd.functional.vjp(m64, x, jv)[1]
         estimate = float(jv.detach().norm())
         v = vjp.detach()

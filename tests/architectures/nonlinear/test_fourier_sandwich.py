@@ -135,7 +135,7 @@ def test_small_layer_bound_covers_every_tried_activation_pattern() -> None:
     worst = 0.0
     for density in (0.3, 0.5, 0.8, 1.0):
         for _ in range(10):
-            pattern = (rng.random(first.shape[0]) < density).astype(float)
+            pattern = np.asarray(rng.random(first.shape[0]) < density, dtype=float)
             worst = max(worst, float(np.linalg.norm(second * pattern @ first, 2)))
     assert worst <= bound * (1 + 1e-9), (worst, bound)
     assert worst >= 0.99  # the patterns come close to the certified 1
