@@ -606,7 +606,10 @@ def _canonical_order(rank: int, axes: tuple[int, ...]) -> list[int]:
 
 
 def fourier_bound(
-    node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
+    node: Node,
+    graph: Graph,
+    bounds: list[tuple[Node, LayerBound]],
+    analysis: FourierAnalysis | str | None = "compute",
 ) -> tuple[float, str, bool] | None:
     """Exact ||A|| of a block suffix o irdft o M o rdft o prefix with M frequency-diagonal.
 
@@ -639,9 +642,10 @@ def fourier_bound(
     error bound of `middle_matrices` (at most e in the spectral norm per bin, hence per
     piece), added to the largest computed singular value rounded up by the SVD allowance;
     forming a piece (M_k + S M_(-k) S) / 2 rounds each entry once (the halving is exact):
-    at most u max_k ||M_k||_F more.
+    at most u max_k ||M_k||_F more. `analysis`: fourier_analysis's result when the caller
+    has it already.
     """
-    found = fourier_analysis(node, graph, bounds)
+    found = fourier_analysis(node, graph, bounds) if isinstance(analysis, str) else analysis
     if found is None:
         return None
     sigma = max(_max_singular(stack) for stack in found.pieces)

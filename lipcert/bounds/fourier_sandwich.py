@@ -16,18 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipcert.bounds import numeric
-from lipcert.bounds.fourier_operator import (
-    FourierAnalysis,
-    fourier_analysis,
-    keeps_elements,
-    outer_factor,
-)
+from lipcert.bounds.fourier_operator import FourierAnalysis, keeps_elements, outer_factor
 from lipcert.bounds.numeric import FLOAT64_EPS, add_up, mul_up, sqrt_up, up
 from lipcert.bounds.registry import LayerBound
 from lipcert.graph import Graph, Node
 from lipcert.graph.fourier_sandwich import ACTIVATIONS
 
 _SEARCH_STEPS = 48
+# Steps of the search every candidate T gets before the best one is refined.
+_COARSE_STEPS = 16
 # The search for T's scale and gamma looks at this many pieces per stack (the largest).
 _SEARCH_PIECES = 24
 
@@ -44,8 +41,9 @@ class _Pieces:
 def sandwich_bound(
     node: Node,
     graph: Graph,
-    bounds1: list[tuple[Node, LayerBound]],
-    bounds2: list[tuple[Node, LayerBound]],
+    one: FourierAnalysis | None,
+    two: FourierAnalysis | None,
+    bounds: list[tuple[Node, LayerBound]],
 ) -> tuple[float, str] | None:
     """Upper bound of the Lipschitz constant of a FourierSandwich, or None when its two
     blocks are not Fourier blocks on one grid joined element by element.
@@ -75,14 +73,13 @@ def sandwich_bound(
 
     T is searched for (the layer's Psi^2 estimated from the pieces' diagonals, balanced
     norms, or the identity; its scale c and gamma by golden-section search); nothing the
-    search finds is trusted, only the final check. `bounds1` and `bounds2` are the rules'
-    bounds of the two blocks' bodies (lipcert.bounds.affine_operator.body_bounds).
+    search finds is trusted, only the final check. `one` and `two` are the two blocks'
+    fourier_analysis (None: not a Fourier block); `bounds` the rules' bounds of both
+    blocks' bodies (lipcert.bounds.affine_operator.body_bounds).
     """
-    first, activation, second = node.body
+    first, activation, _ = node.body
     if activation.op not in ACTIVATIONS or first.op != "AffineBlock":
         return None
-    one = fourier_analysis(first, graph, bounds1)
-    two = fourier_analysis(second, graph, bounds2)
     if one is None or two is None or not _joined(graph, one, two):
         return None
     pieces = _Pieces(one.pieces, two.pieces, one.c_out)
@@ -97,7 +94,7 @@ def sandwich_bound(
     )
     value = add_up(certified, allowance)
     steps = [*one.block.prefix, *two.block.suffix]
-    outer, _ = outer_factor(graph, steps, [*bounds1, *bounds2])
+    outer, _ = outer_factor(graph, steps, bounds)
     if outer != 1.0:
         value = mul_up(outer, value)
     frequencies = int(np.prod(one.grid))
@@ -183,12 +180,20 @@ def _candidates(pieces: _Pieces) -> list[tuple[str, np.ndarray]]:
 
 
 def _certificate(pieces: _Pieces) -> tuple[float, str] | None:
-    best: tuple[float, str] | None = None
+    """Every candidate T gets a coarse search; the best one is refined and checked."""
+    searches = []
     for label, d in _candidates(pieces):
-        result = _with_scales(pieces, d)
-        if result is not None and (best is None or result < best[0]):
-            best = (result, label)
-    return best
+        search = _Search.start(pieces, d)
+        if search is not None:
+            search.run(_COARSE_STEPS)
+            searches.append((search.value(), label, search))
+    finite = [entry for entry in searches if math.isfinite(entry[0])]
+    if not finite:
+        return None
+    _, label, best = min(finite, key=lambda entry: entry[0])
+    best.run(_SEARCH_STEPS - _COARSE_STEPS)
+    result = best.checked()
+    return None if result is None else (result, label)
 
 
 def _spectra(
@@ -235,38 +240,54 @@ def _searched(ps: list[np.ndarray], qs: list[np.ndarray]) -> tuple[list, list]:
     return chosen_p, chosen_q
 
 
-def _with_scales(pieces: _Pieces, d: np.ndarray) -> float | None:
-    ps, qs = _scaled(pieces, d)
-    spectra, top = _spectra(*_searched(ps, qs))
-    if top <= 0 or not spectra:
-        return None
+class _Search:
+    """Golden-section search of T's scale c (log scale) for the smallest gamma^2, on the
+    pieces _searched picks; `checked` verifies the result on every piece."""
 
-    def gamma_squared(c: float) -> float:
-        return _gamma_squared(spectra, c)
+    def __init__(self, ps: list[np.ndarray], qs: list[np.ndarray], spectra: list, top: float):
+        self.ps, self.qs, self.spectra = ps, qs, spectra
+        self.low, self.high = math.log(1e-6 / top), math.log(2.0 / top)
+        self.ratio = (math.sqrt(5) - 1) / 2
+        self.a = self.high - self.ratio * (self.high - self.low)
+        self.b = self.low + self.ratio * (self.high - self.low)
+        self.fa, self.fb = self._at(self.a), self._at(self.b)
 
-    low, high = math.log(1e-6 / top), math.log(2.0 / top)
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    fa, fb = gamma_squared(math.exp(a)), gamma_squared(math.exp(b))
-    for _ in range(_SEARCH_STEPS):
-        if fa < fb:
-            high, b, fb = b, a, fa
-            a = high - ratio * (high - low)
-            fa = gamma_squared(math.exp(a))
-        else:
-            low, a, fa = a, b, fb
-            b = low + ratio * (high - low)
-            fb = gamma_squared(math.exp(b))
-    c = math.exp(a if fa < fb else b)
-    found = min(fa, fb)
-    if not math.isfinite(found) or found <= 0:
-        return None
-    # gamma^2 at that c over every piece, so that the check pays only for rounding.
-    everything, _ = _spectra(ps, qs)
-    found = max(found, _gamma_squared(everything, c))
-    if not math.isfinite(found):
-        return None
-    return _verify(ps, qs, c, found * (1 + 1e-12))
+    @classmethod
+    def start(cls, pieces: _Pieces, d: np.ndarray) -> _Search | None:
+        ps, qs = _scaled(pieces, d)
+        spectra, top = _spectra(*_searched(ps, qs))
+        if top <= 0 or not spectra:
+            return None
+        return cls(ps, qs, spectra, top)
+
+    def _at(self, log_c: float) -> float:
+        return _gamma_squared(self.spectra, math.exp(log_c))
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            if self.fa < self.fb:
+                self.high, self.b, self.fb = self.b, self.a, self.fa
+                self.a = self.high - self.ratio * (self.high - self.low)
+                self.fa = self._at(self.a)
+            else:
+                self.low, self.a, self.fa = self.a, self.b, self.fb
+                self.b = self.low + self.ratio * (self.high - self.low)
+                self.fb = self._at(self.b)
+
+    def value(self) -> float:
+        return min(self.fa, self.fb)
+
+    def checked(self) -> float | None:
+        c = math.exp(self.a if self.fa < self.fb else self.b)
+        found = self.value()
+        if not math.isfinite(found) or found <= 0:
+            return None
+        # gamma^2 at that c over every piece, so that the check pays only for rounding.
+        everything, _ = _spectra(self.ps, self.qs)
+        found = max(found, _gamma_squared(everything, c))
+        if not math.isfinite(found):
+            return None
+        return _verify(self.ps, self.qs, c, found * (1 + 1e-12))
 
 
 def _verify(ps: list[np.ndarray], qs: list[np.ndarray], c: float, gamma2: float) -> float:

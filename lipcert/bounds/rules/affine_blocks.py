@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from lipcert.bounds import affine_operator as ops
-from lipcert.bounds.fourier_operator import fourier_bound
+from lipcert.bounds.fourier_operator import FourierAnalysis, fourier_analysis, fourier_bound
 from lipcert.bounds.fourier_sandwich import sandwich_bound
 from lipcert.bounds.numeric import inverse_sqrt_up, sqrt_up, up
 from lipcert.bounds.registry import LayerBound, Rounding, bound_node, refuse, rule
@@ -31,9 +31,14 @@ def affine_block(node: Node, graph: Graph) -> LayerBound:
     return _affine_block(node, graph, ops.body_bounds(node, graph))
 
 
-def _affine_block(node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]) -> LayerBound:
+def _affine_block(
+    node: Node,
+    graph: Graph,
+    bounds: list[tuple[Node, LayerBound]],
+    analysis: FourierAnalysis | str | None = "compute",
+) -> LayerBound:
     candidates = [ops.product_bound(node, graph, bounds)]
-    fourier = fourier_bound(node, graph, bounds)
+    fourier = fourier_bound(node, graph, bounds, analysis)
     if fourier is not None:
         candidates.append(ops.Candidate(*fourier))
     # The probe is exact too, and slow on bodies that pin the batch: not when the
@@ -70,14 +75,18 @@ def fourier_sandwich(node: Node, graph: Graph) -> LayerBound:
     if first.op != "AffineBlock" or second.op != "AffineBlock":
         raise refuse(node, "expected two affine blocks around an activation")
     inner = [ops.body_bounds(first, graph), ops.body_bounds(second, graph)]
+    analyses = [
+        fourier_analysis(first, graph, inner[0]),
+        fourier_analysis(second, graph, inner[1]),
+    ]
     bounds = [
-        (first, _affine_block(first, graph, inner[0])),
+        (first, _affine_block(first, graph, inner[0], analyses[0])),
         (activation, bound_node(activation, graph)),
-        (second, _affine_block(second, graph, inner[1])),
+        (second, _affine_block(second, graph, inner[1], analyses[1])),
     ]
     best = ops.product_bound(node, graph, bounds)
     factor, method = best.factor, best.method
-    certified = sandwich_bound(node, graph, inner[0], inner[1])
+    certified = sandwich_bound(node, graph, analyses[0], analyses[1], [*inner[0], *inner[1]])
     if certified is not None and certified[0] < factor:
         factor, method = certified
     return LayerBound(factor, method, exact=False, rounding=ops.block_rounding(node, graph, bounds))
