@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import cached_property
@@ -31,6 +32,7 @@ from lipcert.certify.pipeline import (
     Preprocessing,
     certified_spec,
     certify_batch,
+    evaluated_ahead,
 )
 from lipcert.certify.pipeline import _concatenate as concatenate_certificates
 from lipcert.certify.pipeline import certify_dataset as pipeline_certify_dataset
@@ -240,26 +242,36 @@ def _certify_batches(
     on_batch: Callable[[int], None] | None,
     tracker: McrTracker | None = None,
 ) -> CertifyResult:
-    """certify_batch on batches of arrays, as `pipeline.certify_dataset` on a Dataset."""
+    """certify_batch on batches of arrays, as `pipeline.certify_dataset` on a Dataset:
+    each chunk of at most `batch_size` samples handed to the evaluator one ahead
+    (`pipeline.evaluated_ahead`), with the results of evaluating them in turn."""
     spec = certified_spec(evaluators.spec, preprocessing)
     eps_values = np.array([e.value for e in eps_list], dtype=np.float64)
     parts: list[tuple[Certificates, np.ndarray, np.ndarray]] = []
     labels: list[np.ndarray] = []
+
+    def chunks() -> Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]]:
+        """((the chunk's labels, the size of its batch if it ends one), chunk inputs)."""
+        for pair in batches:
+            try:
+                x, y = pair
+            except (TypeError, ValueError):
+                raise UsageError(
+                    f"expected each batch as a pair (x, y) but got {type(pair).__name__}"
+                ) from None
+            inputs = model._inputs(x)
+            batch_labels = model.labels(y, len(inputs))
+            labels.append(batch_labels)
+            for begin in range(0, len(inputs), batch_size):
+                chunk = inputs[begin : begin + batch_size]
+                if preprocessing is not None:
+                    chunk = preprocessing.apply(chunk)
+                end = len(inputs) if begin + batch_size >= len(inputs) else None
+                yield (batch_labels[begin : begin + batch_size], end), chunk
+
     started = time.perf_counter()
-    for pair in batches:
-        try:
-            x, y = pair
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"expected each batch as a pair (x, y) but got {type(pair).__name__}"
-            ) from None
-        inputs = model._inputs(x)
-        labels.append(model.labels(y, len(inputs)))
-        batch_labels = labels[-1]
-        for begin in range(0, len(inputs), batch_size):
-            chunk = inputs[begin : begin + batch_size]
-            if preprocessing is not None:
-                chunk = preprocessing.apply(chunk)
+    with closing(evaluated_ahead(evaluators.evaluator, chunks())) as ahead:
+        for (chunk_labels, batch_end), chunk in ahead:
             parts.append(
                 certify_batch(
                     evaluators.evaluator,
@@ -269,12 +281,12 @@ def _certify_batches(
                     eps_values,
                     exact=evaluators.exact,
                     preprocessing=preprocessing,
-                    labels=batch_labels[begin : begin + batch_size],
+                    labels=chunk_labels,
                     mcr=tracker,
                 )
             )
-        if on_batch is not None:
-            on_batch(len(inputs))
+            if on_batch is not None and batch_end is not None:
+                on_batch(batch_end)
     seconds = time.perf_counter() - started
     label_array = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     if len(label_array) == 0:

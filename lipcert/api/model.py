@@ -9,6 +9,7 @@ elsewhere, so no call through this API returns a radius larger than the guarante
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +19,13 @@ import numpy as np
 
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, LayerReport, analyse
 from lipcert.bounds.spec import CertificateSpec
-from lipcert.certify.pipeline import STATUS_NAMES, Evaluators, certify_batch, choose_evaluators
+from lipcert.certify.pipeline import (
+    STATUS_NAMES,
+    Evaluators,
+    certify_batch,
+    choose_evaluators,
+    evaluated_ahead,
+)
 from lipcert.certify.radii import Certificates, Method, Status, choose_method
 from lipcert.errors import UsageError
 from lipcert.model import LoadedModel, LoadOptions, check_sample_shape
@@ -283,16 +290,20 @@ class Model:
         eps_values = _eps_values(eps)
         evaluators = self._evaluators_for(precision, device, threads)
         parts = []
-        for start in range(0, len(inputs), batch_size):
-            certificates, allowance, _ = certify_batch(
-                evaluators.evaluator,
-                evaluators.spec,
-                method,
-                inputs[start : start + batch_size],
-                eps_values,
-                exact=evaluators.exact,
-            )
-            parts.append(CertifiedBatch.from_certificates(certificates, allowance, None))
+        # each chunk handed to the evaluator one ahead, as `lipcert certify` does
+        starts = range(0, len(inputs), batch_size)
+        chunks = ((start, inputs[start : start + batch_size]) for start in starts)
+        with closing(evaluated_ahead(evaluators.evaluator, chunks)) as ahead:
+            for _, chunk in ahead:
+                certificates, allowance, _ = certify_batch(
+                    evaluators.evaluator,
+                    evaluators.spec,
+                    method,
+                    chunk,
+                    eps_values,
+                    exact=evaluators.exact,
+                )
+                parts.append(CertifiedBatch.from_certificates(certificates, allowance, None))
         if not parts:
             empty = np.zeros(0)
             return CertifiedBatch(

@@ -8,9 +8,10 @@ once per sample; everything else is vectorised over the batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from lipcert.datasets import Dataset
 from lipcert.errors import DatasetError, ModelLoadError, UsageError
 from lipcert.evaluators import Evaluation, Evaluator, check_agreement, input_norms
 from lipcert.model import LoadedModel
+
+Key = TypeVar("Key")
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,17 @@ def batches_ahead(
         (start, pixels if preprocessing is None else preprocessing.apply(pixels))
         for start, pixels, _ in dataset.batches(batch_size, dtype=pixel_type)
     )
+    yield from evaluated_ahead(evaluator, batches)
+
+
+def evaluated_ahead(
+    evaluator: Evaluator, batches: Iterable[tuple[Key, np.ndarray]]
+) -> Iterator[tuple[Key, np.ndarray]]:
+    """The (key, inputs) pairs of `batches`, in order, each inputs handed to the
+    evaluator's `prefetch` (if it has one) one pair ahead: the caller then evaluates them in
+    that order (`batches_ahead`, the API's arrays and batches). The results are those of
+    evaluating the batches in turn; torch runs on one thread until the generator ends or
+    is closed (close it if the loop may stop early: `contextlib.closing`)."""
     prefetch = getattr(evaluator, "prefetch", None)
     if prefetch is None:
         yield from batches
