@@ -80,7 +80,10 @@ def certify_dataset(
     `device` ("cuda", "cuda:N") runs the graph in float64 on that GPU (see `Model.certify`),
     and `ray` ("local", or a cluster's address) shards a Dataset over the workers of a Ray
     cluster (`pip install "lipcert[ray]"`), with the numbers of a one-process run.
-    `on_batch(n)` is called after each batch of n samples (a progress bar, say).
+    `on_batch(n)` is called after each batch of n samples (a progress bar, say). Every kind
+    of `data` runs as `lipcert certify` runs it: onnxruntime computes the next batch in a
+    background thread while one is certified, and torch runs on one thread meanwhile (its
+    thread count is restored when the call returns or raises).
     `mcr_tolerance` (a fraction, e.g. 0.005): with float32 precision, also recompute in
     float64 the samples of largest allowance until the MCR is guaranteed within that fraction
     of the exact function's (`report.result.mcr_gap_bound` is the bound; not with `ray`).

@@ -280,7 +280,9 @@ class Model:
         device="cuda" (or "cuda:N") runs the graph in float64 on that GPU for every sample,
         whatever `precision`, as `lipcert certify --device cuda` does (the first batch checked
         against onnxruntime on the CPU); "cpu" or None: the CPU as above. `threads` caps
-        onnxruntime's threads (default all cores).
+        onnxruntime's threads (default all cores). Batches of `batch_size` run as
+        `certify_dataset` runs them (onnxruntime one batch ahead, torch on one thread
+        meanwhile).
         """
         inputs = self._inputs(x)
         labels = None if y is None else self.labels(y, len(inputs))

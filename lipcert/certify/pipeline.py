@@ -8,7 +8,7 @@ once per sample; everything else is vectorised over the batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -241,7 +241,7 @@ def batches_ahead(
 
 def evaluated_ahead(
     evaluator: Evaluator, batches: Iterable[tuple[Key, np.ndarray]]
-) -> Iterator[tuple[Key, np.ndarray]]:
+) -> Generator[tuple[Key, np.ndarray], None, None]:
     """The (key, inputs) pairs of `batches`, in order, each inputs handed to the
     evaluator's `prefetch` (if it has one) one pair ahead: the caller then evaluates them in
     that order (`batches_ahead`, the API's arrays and batches). The results are those of

@@ -32,7 +32,7 @@ def tau8() -> lipcert.Model:
 
 
 @pytest.fixture(scope="module")
-def data() -> lipcert.datasets.Dataset:  # type: ignore[name-defined]
+def data() -> lipcert.datasets.Dataset:
     return lipcert.load_dataset(str(NPZ), limit=130)
 
 
@@ -90,7 +90,7 @@ def _in_turn(
     return np.concatenate(radii), np.concatenate(allowances), np.concatenate(tracker.gaps)
 
 
-def _batches(x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _batches(x: np.ndarray, y: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A one-pass iterable (as a DataLoader's iterator), torch tensors, 100 then 30 samples:
     chunks of 50, 50 and 30, as the Dataset's batches of 50."""
     for start in (0, 100):
