@@ -24,10 +24,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from lipcert.bounds.numeric import add_up, mul_up
-from lipcert.bounds.registry import LayerBound, Rounding
+from lipcert.bounds.registry import LayerBound, Rounding, refuse
 from lipcert.graph import Graph, Node
 
 _U64 = 2.0**-53
+# onnx_exact.MAX_FOLDED_ERROR: larger errors (sines and cosines near 0) are refused here
+_MAX_RHO = 2.0**-30
 
 
 def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
@@ -51,6 +53,15 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
     # with rho <= 2^-30, two float32 roundings cover |c' - c| when the runtime is float32;
     # the float64 executor computes with c64, where rho / u64 more roundings cover rho.
     rho = max(graph.folded_error.get(name, 0.0) for name in names)
+    if not rho <= _MAX_RHO:
+        # a sine or cosine near 0 (onnx_exact): known to an absolute error only
+        worst = max(names, key=lambda name: graph.folded_error.get(name, 0.0))
+        raise refuse(
+            node,
+            f"it reads {worst!r}, computed inside the model, whose float64 value is known "
+            f"only to {rho:.3g} of itself (a sine or cosine near 0), and its rounding "
+            f"allowance for such constants needs 2^-30 relative; fold it into the weights",
+        )
     extra = 2 + math.ceil(rho / _U64)
     rounding = Rounding(
         terms=bound.rounding.terms + extra,

@@ -325,7 +325,9 @@ def float64_errors(
 ) -> dict[str, float]:
     """A bound rho of |c64 - c| / |c| for every tensor of the constant `nodes` evaluated in
     float64 (`values`), by a forward error analysis from exact weights. Raises FoldingError,
-    and where a tensor of `outputs` has rho above MAX_FOLDED_ERROR.
+    and where a tensor of `outputs` has rho above MAX_FOLDED_ERROR, unless it is known to a
+    finite absolute error through a Sin or Cos (a value near a zero of the function: its
+    rho, possibly inf, is returned, for the consumer to refuse where it needs it).
 
     Sums of products (Conv, Gemm, MatMul, Einsum) are bounded elementwise in absolute terms,
     |c64 - c| <= E, carried through the ops that keep such bounds (moves, Abs, Add, Mul,
@@ -334,6 +336,9 @@ def float64_errors(
     converts to the relative form: |c64 - c| <= E gives rho = max E / (|c64| - E)."""
     rho: dict[str, float] = {}
     absolute: dict[str, np.ndarray] = {}
+    # tensors known absolutely through a sine or cosine: near its zeros, the relative error
+    # of a well-known value is large, and is left to the consumer (see below)
+    angular: set[str] = set()
     for node in nodes:
         if any(flow.is_data.get(name, False) for name in node.output if name):
             continue
@@ -344,8 +349,15 @@ def float64_errors(
             if bound is not None:
                 absolute[node.output[0]] = bound
                 rho[node.output[0]] = _relative(bound, np.asarray(out, dtype=np.float64))
+                if node.op_type in ("Sin", "Cos") or angular.intersection(node.input):
+                    angular.add(node.output[0])
                 continue
             errors = [rho.get(name, 0.0) for name in node.input if name]
+            if any(n in angular and not rho[n] <= MAX_FOLDED_ERROR for n in node.input):
+                raise ValueError(
+                    "it reads a sine or cosine near 0, known in float64 to an absolute error "
+                    "only, and its own error bound needs a relative one"
+                )
             if not all(e <= MAX_FOLDED_ERROR for e in errors):
                 raise ValueError("an input's float64 value may be far from its exact value")
             worst = max(errors, default=0.0)
@@ -360,6 +372,12 @@ def float64_errors(
             if name:
                 rho[name] = value
     for name in outputs or []:
+        if name in angular and bool(np.all(np.isfinite(absolute[name]))):
+            # A sine or cosine near 0: its rho (possibly inf) is recorded, and a rule whose
+            # allowance needs rho <= MAX_FOLDED_ERROR refuses the node that reads it
+            # (lipcert.bounds.folded); the Householder activation defines its function
+            # from the graph's values and needs no relative bound (lipcert.graph.householder).
+            continue
         if not rho.get(name, 0.0) <= MAX_FOLDED_ERROR:
             origin = next(n for n in nodes if name in n.output)
             raise FoldingError(
@@ -447,6 +465,16 @@ def _absolute_error(
         if op == "MatMul":
             return _matmul_error(inputs, errors, out)
         return _dot_error(node, inputs, errors, out)
+    if op in ("Sin", "Cos") and len(names) == 1 and floats == names:
+        # 1-Lipschitz: the angle's error E_x moves the result by at most E_x. The library:
+        # 64 ulps of the result and 64 ulps of 1 + |x| absolute (reducing the argument by a
+        # float64 pi loses about |x| u: onnxruntime's float64 Cos of float32(pi/2) is 6e-17
+        # off, 1.4e-9 of the result). Kept absolute: near a zero of the function the value
+        # is known to about 1e-16, which is what a reflection's vector needs, though not to
+        # a small fraction of itself.
+        angle = np.abs(np.asarray(values[names[0]], dtype=np.float64))
+        moved = _absolute_of(names[0], values, rho, absolute) * (1 + 1e-12)
+        return moved + _LIBRARY * (1 + angle) + _LIBRARY * np.abs(out)
     if not any(name in absolute for name in floats):
         return None
     if op in _ABSOLUTE_MOVES:
@@ -592,18 +620,6 @@ def _node_error(
             raise ValueError("an inexact or non-scalar exponent")
         p = abs(float(inputs[1].reshape(())))
         return max((1 + errors[0]) ** p, (1 - errors[0]) ** -p) * (1 + 1e-9) - 1 + _LIBRARY
-    if op in ("Sin", "Cos"):
-        # 1-Lipschitz: an input within e |x| of the exact one moves the result by at most
-        # e |x| / (1 - e). The library: 64 ulps of the result and 64 ulps of 1 + |x| absolute
-        # (reducing the argument by a float64 pi loses about |x| u: onnxruntime's float64
-        # Cos of float32(pi/2) is 6e-17 off, 1.4e-9 of the result). Relative to |result|.
-        if errors[0] >= 0.5:
-            raise ValueError("an angle known to less than half its size")
-        angle, size = np.abs(inputs[0]), np.abs(out)
-        absolute = angle * (errors[0] / (1 - errors[0]) * 1.01) + _LIBRARY * (1 + angle)
-        if np.any(size == 0):
-            raise ValueError("a sine or cosine of 0 known only absolutely")
-        return float(np.max(absolute / size, initial=0.0)) + _LIBRARY
     raise ValueError("no float64 error bound for this op")
 
 

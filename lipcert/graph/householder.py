@@ -37,7 +37,9 @@ In the fused node's body, the reflection's constants are replaced by the float64
 R* (correctly rounded from the exact rationals), so that the float64 executor computes h up to
 its own rounding; onnxruntime keeps running the file's constants. The selector's constants
 keep their values under names of their own: h is defined from them as the graph holds them,
-so the generic allowance for recomputed constants (lipcert.bounds.folded) does not apply.
+so the generic allowance for recomputed constants (lipcert.bounds.folded) does not apply,
+and neither does its need of a relative error bound: a recomputed sine or cosine near 0 (the
+reference code's initial angle pi/2), known to an absolute 1e-14 only, is fused like any.
 
 A select whose reflection does not fix the selector's line (a vector scaled by 1.01, two
 different vectors, a threshold other than 0, a bias) is not fused: its comparisons are then
