@@ -636,16 +636,24 @@ def test_mask_spellings(keep: str, turn: str, fused: bool, mirrored: bool) -> No
 # --- certificates against the true decision boundary in 2-D -----------------------------------
 
 
+@pytest.mark.parametrize("angle", [None, math.pi / 2], ids=["random-angles", "angles-pi/2"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_certified_radii_never_reach_a_point_of_another_class(dynamo: bool, tmp_path) -> None:
+def test_certified_radii_never_reach_a_point_of_another_class(
+    dynamo: bool, angle: float | None, tmp_path
+) -> None:
     """A 2-D classifier with two Householder layers: every certified radius is at most the
     distance to the nearest point of a dense grid (spacing 2e-3) with another decision of the
-    float64 module, and the radii are not vacuous."""
+    float64 module, and the radii are not vacuous. At the initial angle pi/2 too (TorchScript:
+    cosines near 0, recomputed in float64)."""
     import lipcert
 
     torch.manual_seed(8)
     net = nn.Sequential(
-        nn.Linear(2, 8), HouseHolder(8), nn.Linear(8, 8), HouseHolder(8), nn.Linear(8, 3)
+        nn.Linear(2, 8),
+        HouseHolder(8, angle=angle),
+        nn.Linear(8, 8),
+        HouseHolder(8, angle=angle),
+        nn.Linear(8, 3),
     ).eval()
     with torch.no_grad():
         net[0].weight.mul_(6.0)  # boundaries within reach of the samples
