@@ -119,7 +119,7 @@ def export(module: nn.Module, dynamo: bool, shape: tuple[int, ...]) -> onnx.Mode
         torch.onnx.export(
             module,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # a file object is accepted
             dynamo=False,
             opset_version=18,
             input_names=["x"],
@@ -168,11 +168,18 @@ def reflections(layer: HouseHolder) -> list[np.ndarray]:
     return [np.array([[math.cos(t), math.sin(t)], [math.sin(t), -math.cos(t)]]) for t in theta]
 
 
+def weight(net: nn.Sequential, index: int) -> np.ndarray:
+    layer = net[index]
+    assert isinstance(layer, nn.Linear)
+    return layer.weight.detach().double().numpy()
+
+
 def true_constant(net: nn.Sequential) -> float:
     """max over the 2^pairs regions of ||W2 J W1||: the constant of the piecewise-linear net."""
-    w1 = net[0].weight.detach().double().numpy()
-    w2 = net[2].weight.detach().double().numpy()
-    pairs = reflections(net[1])
+    w1, w2 = weight(net, 0), weight(net, 2)
+    activation = net[1]
+    assert isinstance(activation, HouseHolder)
+    pairs = reflections(activation)
     half = len(pairs)
     best = 0.0
     for choice in itertools.product((False, True), repeat=half):
@@ -203,9 +210,7 @@ def test_network_bound_against_the_enumerated_true_constant(dynamo: bool, seed: 
     net = dense_net(seed)
     truth = true_constant(net)
     bound = dense_analysis(dynamo, seed).spec.lipschitz_bound
-    product = float(np.linalg.norm(net[0].weight.detach().double().numpy(), 2)) * float(
-        np.linalg.norm(net[2].weight.detach().double().numpy(), 2)
-    )
+    product = float(np.linalg.norm(weight(net, 0), 2)) * float(np.linalg.norm(weight(net, 2), 2))
     assert bound >= truth * SOUND
     assert bound <= TARGET * product
 
@@ -655,8 +660,10 @@ def test_certified_radii_never_reach_a_point_of_another_class(
         HouseHolder(8, angle=angle),
         nn.Linear(8, 3),
     ).eval()
+    first = net[0]
+    assert isinstance(first, nn.Linear)
     with torch.no_grad():
-        net[0].weight.mul_(6.0)  # boundaries within reach of the samples
+        first.weight.mul_(6.0)  # boundaries within reach of the samples
     path = tmp_path / "householder.onnx"
     onnx.save(export(net, dynamo, (2,)), path)
     rng = np.random.default_rng(0)
