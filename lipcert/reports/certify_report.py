@@ -117,7 +117,9 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     for note in context.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
-    table = Table(title="certified accuracy (correct and radius > eps)", box=box.SIMPLE_HEAD)
+    title = "certified accuracy (correct and radius > eps)"
+    # wide enough for its title (rich wraps a title to the table's width)
+    table = Table(title=title, box=box.SIMPLE_HEAD, min_width=len(title))
     table.add_column("eps", justify="right", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("certified accuracy", justify="right", no_wrap=True)

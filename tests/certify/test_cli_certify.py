@@ -380,6 +380,8 @@ def test_certify_report_fits_the_width_without_losing_a_digit(
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= columns
     assert "…" not in result.stdout
+    # the eps table's title on one line (rich wraps a title to its table's width)
+    assert "certified accuracy (correct and radius > eps)" in lines
     for row in summary["per_class"]:
         cells = next(line.split() for line in lines if line.split()[:1] == [str(row["label"])])
         numbers = [f"{row['accuracy']:.3f}", *(f"{v:.3f}" for v in row["certified_accuracy"])]
