@@ -499,7 +499,7 @@ def choose_evaluators(
     exact = Float64Evaluator(analysis.graph, spec64, threads=threads)
     if PosteriorEvaluator.applies(loaded, runtime.session):
         try:
-            posterior = PosteriorEvaluator(loaded, analysis, threads, plain=runtime)
+            posterior = PosteriorEvaluator(loaded, analysis, threads, plain=runtime, exact=exact)
         except ModelLoadError:  # onnxruntime cannot run the model with the extra outputs
             return Evaluators(runtime, exact, analysis.spec)
         return Evaluators(posterior, exact, analysis.spec)

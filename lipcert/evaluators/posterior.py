@@ -30,7 +30,13 @@ import numpy as np
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, gamma
 from lipcert.bounds.fp_error import ErrorPlan
 from lipcert.bounds.registry import Rounding
-from lipcert.evaluators.base import Evaluation, HeadError, check_agreement, input_norms
+from lipcert.evaluators.base import (
+    Evaluation,
+    Evaluator,
+    HeadError,
+    check_agreement,
+    input_norms,
+)
 from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator, make_session
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel
@@ -68,6 +74,7 @@ class PosteriorEvaluator:
         threads: int | None = None,
         *,
         plain: OnnxRuntimeEvaluator | None = None,
+        exact: Evaluator | None = None,
     ):
         import onnx
 
@@ -116,6 +123,12 @@ class PosteriorEvaluator:
             plain = OnnxRuntimeEvaluator(model, threads=threads, spec=analysis.spec)
         self.plain = plain
         self.checked = False
+        # The graph in float64 (`exact`), run on the first sample of the first batch: the
+        # bounds are those of the graph lipcert reads and executes, and onnxruntime must
+        # compute the same function (a test, not a proof: it catches an op whose meaning
+        # lipcert's executor reads differently from onnxruntime outside the float64 tail).
+        self.exact = exact
+        self.exact_checked = exact is None
         # onnxruntime runs started ahead (`prefetch`), in order: (batch, its outputs to come)
         self._ahead: deque[tuple[np.ndarray, Future[list[Any]]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
@@ -198,6 +211,15 @@ class PosteriorEvaluator:
                 evaluation,
                 self.plain.evaluation_of(batch, runtime_logits, x_norms),
                 "the graph's float64 tail and onnxruntime",
+            )
+        if not self.exact_checked and len(batch):
+            assert self.exact is not None
+            self.exact_checked = True
+            first = np.arange(1)
+            check_agreement(
+                self.exact.evaluate(batch[first]),
+                evaluation.take(first),
+                "the graph in float64 (lipcert's executor) and onnxruntime",
             )
         return evaluation
 
