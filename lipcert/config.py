@@ -98,11 +98,6 @@ def resolve_config(
     return Config(_values(_read(found), found), found)
 
 
-def load_config(directory: Path | None = None) -> dict[str, Any]:
-    """The values of the config found from `directory` (the working folder); {} when none."""
-    return dict(resolve_config(start=directory).values)
-
-
 def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:

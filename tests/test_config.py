@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent / "certify"))
 from linear_models import linear_onnx
 
 from lipcert.cli import app
-from lipcert.config import find_config, load_config, resolve_config
+from lipcert.config import find_config, resolve_config
 from lipcert.errors import UsageError
 
 runner = CliRunner()
@@ -150,4 +150,5 @@ def test_command_line_overrides_the_file(project: Path, monkeypatch: pytest.Monk
 
 def test_imagefolder_dataset_is_relative_to_the_file(project: Path) -> None:
     (project / "pyproject.toml").write_text('[tool.lipcert]\ndataset = "imagefolder:images/val"\n')
-    assert load_config(project / "sub")["dataset"] == f"imagefolder:{project / 'images' / 'val'}"
+    dataset = resolve_config(start=project / "sub").get("dataset")
+    assert dataset == f"imagefolder:{project / 'images' / 'val'}"
