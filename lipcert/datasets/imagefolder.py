@@ -129,12 +129,6 @@ class Listing:
     skipped: list[Path]
 
 
-def find_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(class names, [(file, class index)]) in torchvision ImageFolder's order."""
-    listing = list_folder(root)
-    return listing.classes, listing.samples
-
-
 def list_folder(root: Path) -> Listing:
     """The classes and samples of an image folder (see the module), hidden entries left out."""
     if not root.is_dir():

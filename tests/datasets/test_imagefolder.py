@@ -154,14 +154,14 @@ def test_cli_certifies_a_folder_and_says_radii_are_in_preprocessed_pixels(folder
 
 def test_a_link_that_loops_back_is_refused(tmp_path: Path) -> None:
     """A class folder holding a link to itself would be walked forever: refused, naming it."""
-    from lipcert.datasets.imagefolder import find_images
+    from lipcert.datasets.imagefolder import list_folder
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "x.png").write_bytes(b"not read here")
     (tmp_path / "a" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
     with pytest.raises(DatasetError, match="loops back"):
-        find_images(tmp_path)
+        list_folder(tmp_path)
 
 
 def _by_hand_rect(path: Path, resize: int, height: int, width: int) -> np.ndarray:
