@@ -149,23 +149,22 @@ def certify_dataset(
     recomputed: list[np.ndarray] = []
     eps_values = np.array([e.value for e in eps_list], dtype=np.float64)
     started = time.perf_counter()
-    for start, inputs in batches_ahead(evaluator, dataset, batch_size, preprocessing):
-        certificates, allowance, selected = certify_batch(
-            evaluator,
-            function_spec,
-            method,
-            inputs,
-            eps_values,
-            exact=exact,
-            preprocessing=preprocessing,
-            labels=labels[start : start + len(inputs)],
-            mcr=tracker,
-        )
+    for certificates, allowance, selected, _ in certify_batches(
+        evaluator,
+        spec,
+        method,
+        dataset,
+        eps_values,
+        batch_size=batch_size,
+        preprocessing=preprocessing,
+        exact=exact,
+        mcr=tracker,
+    ):
         parts.append(certificates)
         allowances.append(allowance)
         recomputed.append(selected)
         if on_batch is not None:
-            on_batch(len(inputs))
+            on_batch(len(allowance))
     seconds = time.perf_counter() - started
     certificates = _concatenate(parts, method)
     summary = summarise(certificates, labels, eps_list, dataset.class_names)
@@ -191,17 +190,19 @@ def certify_batches(
     batch_size: int,
     preprocessing: Preprocessing | None = None,
     exact: Evaluator | None = None,
+    mcr: McrTracker | None = None,
 ) -> Iterator[tuple[Certificates, np.ndarray, np.ndarray, np.ndarray]]:
     """`certify_batch` on each batch of `dataset` in order, as `certify_dataset` runs them:
     pixels in the evaluator's input type (float64 with preprocessing), the preprocessing
     applied, the certified function's spec (`spec` is the model's). A Ray worker certifies
     its shards through this, so that its batches are a one-process run's, bit for bit.
     Each batch comes with its per-sample MCR gap bounds (`lipcert.certify.mcr_gap`; with no
-    tolerance, a batch's bounds depend on that batch alone)."""
+    tolerance, a batch's bounds depend on that batch alone). `mcr`: one tracker for all the
+    batches (`certify_dataset`'s, with its tolerance); else a fresh one per batch."""
     function_spec = certified_spec(spec, preprocessing)
     labels = model_labels(dataset, spec)
     for start, inputs in batches_ahead(evaluator, dataset, batch_size, preprocessing):
-        tracker = McrTracker(None)
+        tracker = McrTracker(None) if mcr is None else mcr
         certificates, allowance, selected = certify_batch(
             evaluator,
             function_spec,
@@ -213,7 +214,7 @@ def certify_batches(
             labels=labels[start : start + len(inputs)],
             mcr=tracker,
         )
-        yield certificates, allowance, selected, np.concatenate(tracker.gaps)
+        yield certificates, allowance, selected, tracker.gaps[-1]
 
 
 def batches_ahead(
