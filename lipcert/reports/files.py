@@ -67,9 +67,11 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> None:
 
 
 def _write_through_temporary(path: str | Path, write: Callable[[Any], Any], binary: bool) -> None:
-    target = Path(os.path.realpath(Path(path).expanduser()))
+    given = Path(path).expanduser()
     mode_text = "wb" if binary else "w"
     text_options: dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
+    # Checked before realpath: /dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N], no path.
+    target = given if given.exists() and not given.is_file() else Path(os.path.realpath(given))
     if target.exists() and not target.is_file():
         if target.is_dir():
             raise UsageError(f"cannot write {str(path)!r}: it is a folder")
