@@ -9,7 +9,7 @@ from lipcert.datasets.catalog import KNOWN_DATASETS, SPLITS, canonical_name
 from lipcert.datasets.cifar import read_binary, read_python
 from lipcert.datasets.dataset import Dataset
 from lipcert.datasets.idx import read_idx_dataset
-from lipcert.datasets.imagefolder import is_imagefolder, read_imagefolder
+from lipcert.datasets.imagefolder import PREFIX, is_imagefolder, read_imagefolder
 from lipcert.datasets.locate import find_dataset
 from lipcert.datasets.npz import read_keras_mnist, read_npz
 from lipcert.datasets.tabular import read_csv
@@ -50,7 +50,7 @@ def load_dataset(
     if is_imagefolder(name_or_path):
         if label_column is not None:
             raise UsageError("--label-column is for CSV files, not for an image folder")
-        folder = name_or_path[len("imagefolder:") :]
+        folder = name_or_path[len(PREFIX) :]
         return read_imagefolder(
             folder, limit=limit, resize=resize, crop=crop, model_shape=model_shape
         )
