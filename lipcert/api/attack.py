@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lipcert.api.data import DatasetReport, certify_dataset
+from lipcert.api.data import DatasetReport, _is_dataset, certify_dataset
 from lipcert.api.model import DEFAULT_BATCH_SIZE, Certificate, Model, Precision
 from lipcert.attack.pgd import Attacker, AttackResult, AttackSettings
 from lipcert.errors import UsageError
@@ -134,12 +134,6 @@ def attack_certificates(
         on_progress=on_progress,
     )
     return AttackReport(certified, result)
-
-
-def _is_dataset(data: Any) -> bool:
-    from lipcert.datasets import Dataset
-
-    return isinstance(data, Dataset)
 
 
 def _check_executor_against_runtime(model: Model, model_inputs: np.ndarray) -> None:
