@@ -68,7 +68,8 @@ def sandwich_bound(
     (P_p = D W1_p, Q_p = W2_p D^-1), bounded soundly (float64 eigenvalue, LAPACK's backward
     error, the rounding of forming N'_p); with delta = max_p delta_p the sandwich is
     gamma (1 + delta)-Lipschitz for the computed pieces. The pieces carry errors e1, e2 in
-    the spectral norm (fourier_analysis); sup_L ||W2 L W1|| moves by at most
+    the spectral norm (fourier_analysis), plus u ||W_p||_F for the check's scaled pieces
+    (it certifies D^-1 fl(D W1_p) and fl(W2_p D^-1) D); sup_L ||W2 L W1|| moves by at most
     e2 ||W1|| + (||W2|| + e2) e1, which is added.
 
     T is searched for (the layer's Psi^2 estimated from the pieces' diagonals, balanced
@@ -89,9 +90,11 @@ def sandwich_bound(
     certified, label = found
     norm1 = add_up(_largest(one.pieces, one.c_in, one.c_out), one.piece_error)
     norm2 = add_up(_largest(two.pieces, two.c_in, two.c_out), two.piece_error)
-    allowance = add_up(
-        mul_up(two.piece_error, norm1), mul_up(add_up(norm2, two.piece_error), one.piece_error)
-    )
+    # The check certifies D^-1 fl(D W1_p) and fl(W2_p D^-1) D: each entry within u of the
+    # piece's, so within u ||W_p||_F in the spectral norm, added to the pieces' errors.
+    e1 = add_up(one.piece_error, _scaling_error(one.pieces))
+    e2 = add_up(two.piece_error, _scaling_error(two.pieces))
+    allowance = add_up(mul_up(e2, norm1), mul_up(add_up(norm2, e2), e1))
     value = add_up(certified, allowance)
     steps = [*one.block.prefix, *two.block.suffix]
     outer, _ = outer_factor(graph, steps, bounds)
@@ -110,6 +113,13 @@ def _largest(pieces: list[np.ndarray], c_in: int, c_out: int) -> float:
         for stack in pieces
     )
     return numeric.singular_value_up(sigma, 2 * max(c_in, c_out))
+
+
+def _scaling_error(pieces: list[np.ndarray]) -> float:
+    """u max_p ||W_p||_F: a bound of || D^-1 fl(D W_p) - W_p || and || fl(W_p D^-1) D - W_p ||."""
+    squares = [float(np.sum(stack * stack, axis=(1, 2)).max()) for stack in pieces if stack.size]
+    frobenius = math.sqrt(max(squares, default=0.0))
+    return mul_up(FLOAT64_EPS, up(frobenius * (1 + 1e-12)))
 
 
 def _joined(graph: Graph, one: FourierAnalysis, two: FourierAnalysis) -> bool:
