@@ -116,11 +116,8 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
     reduced = _reduced_shape(graph, constants, shape)
     if reduced is None:
         return None
-    values = {
-        name: np.broadcast_to(np.asarray(graph.constant(name), dtype=np.float64), reduced)
-        for name in constants
-    }
-    if not all(np.all(np.isfinite(v)) for v in values.values()):
+    values = float64_constants(graph, constants, reduced)
+    if values is None:
         return None
     float32_weights = all(
         np.asarray(graph.constant(t.constant)).dtype == np.float32
@@ -326,6 +323,19 @@ def _reduced_shape(
     return tuple(reduced)
 
 
+def float64_constants(
+    graph: Graph, names: set[str], reduced: tuple[int, ...]
+) -> dict[str, np.ndarray] | None:
+    """The constants `names` in float64, broadcast to `reduced`; None if one is not finite."""
+    values = {
+        name: np.broadcast_to(np.asarray(graph.constant(name), dtype=np.float64), reduced)
+        for name in names
+    }
+    if not all(np.all(np.isfinite(v)) for v in values.values()):
+        return None
+    return values
+
+
 def _coefficients(
     terms: list[_Term], values: dict[str, np.ndarray], index: tuple[int, ...], round32: bool
 ) -> list[Fraction]:
@@ -395,4 +405,4 @@ def _sqrt_up(value: Fraction) -> float:
     return result
 
 
-__all__ = ["TOLERANCE", "match_householder"]
+__all__ = ["TOLERANCE", "float64_constants", "match_householder"]

@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipcert.graph.householder import match_householder
+from lipcert.graph.householder import float64_constants, match_householder
 from lipcert.graph.ir import Graph, Node
 
 # For Where(Cmp(p, q), p, q): which extreme it selects.
@@ -238,11 +238,8 @@ def match_piecewise_affine(graph: Graph, root: Node) -> Node | None:
         return None
     if len(reduced) != len(shape) or int(np.prod(reduced)) > _MAX_ELEMENTS:
         return None
-    values = {
-        name: np.broadcast_to(np.asarray(graph.constant(name), dtype=np.float64), reduced)
-        for name in constants
-    }
-    if not all(np.all(np.isfinite(v)) for v in values.values()):
+    values = float64_constants(graph, constants, tuple(reduced))
+    if values is None:
         return None
     order = list(_ordered(graph, nodes))
     slope = _piecewise_slope(order, source, values, root, reduced)
