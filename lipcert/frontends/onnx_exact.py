@@ -274,7 +274,9 @@ _U32 = 2.0**-24
 _LIBRARY = 64 * _U64
 # Beyond this relative error the float64 value is not trusted: the constant is refused.
 MAX_FOLDED_ERROR = 2.0**-30
-_MOVES = frozenset(
+# Ops that move or select values, and 1-Lipschitz elementwise maps: an absolute error
+# bound E moves with the values.
+_ABSOLUTE_MOVES = frozenset(
     {
         "Identity",
         "Reshape",
@@ -285,14 +287,19 @@ _MOVES = frozenset(
         "Concat",
         "Slice",
         "Gather",
-        "GatherElements",
-        "GatherND",
-        "Split",
         "Expand",
         "Tile",
         "Neg",
         "Abs",
         "Relu",
+    }
+)
+# Ops whose relative error is their inputs' worst.
+_MOVES = _ABSOLUTE_MOVES | frozenset(
+    {
+        "GatherElements",
+        "GatherND",
+        "Split",
         "Max",
         "Min",
         "Clip",
@@ -415,27 +422,6 @@ def _absolute_of(
     if not error < 0.5:
         raise ValueError("an input's float64 value may be far from its exact value")
     return value * (error / (1 - error) * (1 + 1e-12))
-
-
-# Ops that move or select values, and 1-Lipschitz elementwise maps: E moves with the values.
-_ABSOLUTE_MOVES = frozenset(
-    {
-        "Identity",
-        "Reshape",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Transpose",
-        "Concat",
-        "Slice",
-        "Gather",
-        "Expand",
-        "Tile",
-        "Neg",
-        "Abs",
-        "Relu",
-    }
-)
 
 
 def _absolute_error(
