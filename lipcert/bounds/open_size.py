@@ -27,6 +27,7 @@ import numpy as np
 from lipcert.bounds.numeric import mul_up, sqrt_up
 from lipcert.bounds.registry import LayerBound, refuse
 from lipcert.graph import Graph, Node
+from lipcert.graph.affine_blocks import ELEMENT_MOVES
 from lipcert.graph.geometry import max_overlap, window
 
 # Ops whose rule gives a bound that holds at every input size.
@@ -83,16 +84,7 @@ _ANY_SIZE = frozenset(
         "SLLBlock",
         "SandwichBlock",
         # moves and selections of elements: norm 1 at any size
-        "Reshape",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Transpose",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Identity",
-        "Dropout",
-        "Slice",
+        *ELEMENT_MOVES,
         "Split",
         "Concat",
         "TopK",

@@ -20,8 +20,8 @@ import numpy as np
 
 from lipcert.graph.ir import Graph, Node
 
-# Ops that are affine in their data inputs when their other inputs are constant.
-_STRUCTURAL = frozenset(
+# Ops that move or select elements of one tensor (their other inputs constant).
+ELEMENT_MOVES = frozenset(
     {
         "Reshape",
         "Flatten",
@@ -33,11 +33,10 @@ _STRUCTURAL = frozenset(
         "Identity",
         "Dropout",
         "Slice",
-        "Pad",
-        "Neg",
-        "Gather",
     }
 )
+# Ops that are affine in their data inputs when their other inputs are constant.
+_STRUCTURAL = ELEMENT_MOVES | {"Pad", "Neg", "Gather"}
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "CircularConv", "Gemm", "MatMul", "DFT"})
 _COMBINING = frozenset({"Add", "Sub", "Sum", "Concat"})
 _SCALING = frozenset({"Mul", "Div", "BatchNormalization"})
@@ -384,4 +383,4 @@ def _head_nodes(graph: Graph) -> set[int]:
         name = sources[0]
 
 
-__all__ = ["find_affine_blocks", "is_affine", "match_sliced_circular_conv"]
+__all__ = ["ELEMENT_MOVES", "find_affine_blocks", "is_affine", "match_sliced_circular_conv"]
