@@ -323,12 +323,16 @@ def certify_batch(
             evaluation.head,
         )
     if exact is not None:
-        selected = rounding_matters(evaluation, certificates, spec, eps_values)
-        selected = _within_budget(selected, evaluation, certificates, spec, eps_values)
+        # the certificates of the computed logits with no allowance (the likely exact ones)
+        unrounded = certify_logits(
+            evaluation.logits, spec, method, np.zeros(len(evaluation.allowance))
+        )
+        selected = rounding_matters(evaluation, certificates, spec, eps_values, unrounded)
+        selected = _within_budget(selected, unrounded.radius, certificates, eps_values)
         index = np.flatnonzero(selected)
         rounds = 0
         if not len(index) and gap is not None and labels is not None and mcr is not None:
-            index = _more_for_mcr(mcr, gap, evaluation, certificates, spec, labels, selected, 0)
+            index = _more_for_mcr(mcr, gap, unrounded, certificates, labels, selected, 0)
         while len(index):
             subset = np.asarray(inputs)[index]
             precise = exact.evaluate(subset)
@@ -356,9 +360,7 @@ def certify_batch(
                 break
             part = labels[index]
             gap[index] = mcr_gap(precise.logits, spec, method, precise.allowance, part, fresh)
-            index = _more_for_mcr(
-                mcr, gap, evaluation, certificates, spec, labels, selected, rounds
-            )
+            index = _more_for_mcr(mcr, gap, unrounded, certificates, labels, selected, rounds)
     if gap is not None and labels is not None and mcr is not None:
         mcr.add(gap, signed_reported(certificates, labels))
     return certificates, allowance, selected
@@ -369,6 +371,7 @@ def rounding_matters(
     certificates: Certificates,
     spec: CertificateSpec,
     eps_values: np.ndarray,
+    unrounded: Certificates | None = None,
 ) -> np.ndarray:
     """Samples whose exact certificate at a requested eps the allowance may hide.
 
@@ -379,10 +382,13 @@ def rounding_matters(
     is above an eps its certificate does not reach: there the exact function most likely
     certifies what the allowance hides. (A sample whose radius with no allowance is below
     an eps is most likely not certified there by the exact function either, and the lower
-    bound already says so.) Ties and non-finite logits are selected too.
+    bound already says so.) Ties and non-finite logits are selected too. `unrounded`: the
+    certificates of the logits with no allowance, if already computed.
     """
-    zero = np.zeros(len(evaluation.allowance))
-    middle = certify_logits(evaluation.logits, spec, certificates.method, zero).radius
+    if unrounded is None:
+        zero = np.zeros(len(evaluation.allowance))
+        unrounded = certify_logits(evaluation.logits, spec, certificates.method, zero)
+    middle = unrounded.radius
     lower = certificates.radius
     hidden = np.any(
         (lower[:, None] <= eps_values[None, :]) & (eps_values[None, :] < middle[:, None]), axis=1
@@ -399,19 +405,16 @@ EXACT_BUDGET = 0.1
 
 def _within_budget(
     selected: np.ndarray,
-    evaluation: Evaluation,
+    middle: np.ndarray,
     certificates: Certificates,
-    spec: CertificateSpec,
     eps_values: np.ndarray,
 ) -> np.ndarray:
     """`selected`, cut to EXACT_BUDGET of the batch (ties and non-finite logits first, then
-    the samples whose radius with no allowance passes an eps by the largest share of what
-    the allowance takes off)."""
+    the samples whose radius with no allowance, `middle`, passes an eps by the largest share
+    of what the allowance takes off)."""
     limit = max(1, int(EXACT_BUDGET * len(selected)))
     if selected.sum() <= limit:
         return selected
-    zero = np.zeros(len(evaluation.allowance))
-    middle = certify_logits(evaluation.logits, spec, certificates.method, zero).radius
     lower = certificates.radius
     width = np.maximum(middle - lower, 1e-300)
     passed = np.where(
@@ -434,22 +437,19 @@ _MCR_ROUNDS = 3
 def _more_for_mcr(
     mcr: McrTracker,
     gap: np.ndarray,
-    evaluation: Evaluation,
+    unrounded: Certificates,
     certificates: Certificates,
-    spec: CertificateSpec,
     labels: np.ndarray,
     selected: np.ndarray,
     rounds: int,
 ) -> np.ndarray:
     """The samples of the batch to recompute next for `mcr`'s tolerance (none without one):
-    each expected to reach the signed radius of its computed logits with no allowance."""
+    each expected to reach the signed radius of its computed logits with no allowance (the
+    certificates `unrounded`)."""
     if mcr.tolerance is None:
         return np.zeros(0, dtype=np.int64)
     signed = signed_reported(certificates, labels)
-    zero = np.zeros(len(evaluation.allowance))
-    estimate = signed_reported(
-        certify_logits(evaluation.logits, spec, certificates.method, zero), labels
-    )
+    estimate = signed_reported(unrounded, labels)
     return mcr.choose(gap, signed, estimate, ~selected, everything=rounds >= _MCR_ROUNDS)
 
 
