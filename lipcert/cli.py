@@ -771,7 +771,11 @@ def attack(
         if csv_path is not None:
             report.to_csv(csv_path)
         if not quiet:
+            from rich.markup import escape
+
             attack_report.render(stderr, str(model), report.result, report.labels)
+            for note in report.certified.notes:  # as certify shows them (files skipped, sizes)
+                stderr.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         if as_json:
             _emit_json(attack_report.to_json(str(model), report.result, report.labels))
         if report.violations:

@@ -150,6 +150,13 @@ def test_cli_certifies_a_folder_and_says_radii_are_in_preprocessed_pixels(folder
     line = result.output.strip()
     assert line.startswith("UsageError: --crop 24 makes 24x24 images but the model takes 3x32x32")
     assert "\n" not in line
+    # attack reads the same folder: its report shows the same notes (nothing skipped silently).
+    attack = ["attack", str(model), "--dataset", f"imagefolder:{folder}", "--steps", "1"]
+    result = CliRunner().invoke(app, [*attack, "--restarts", "1", "--no-distance"])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())  # lines wrapped at the terminal's width
+    assert "note: imagefolder: 1 file without an image extension skipped" in shown
+    assert "resized to 37 (round(32 / 0.875)) and centre crop 32x32" in shown
 
 
 def test_a_link_that_loops_back_is_refused(tmp_path: Path) -> None:
