@@ -35,10 +35,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "lipcert.config",
             # Commands: they load, certify and write reports, so they sit above reports.
             "lipcert.certify.command",
-            "lipcert.certify.validate",
-            "lipcert.attack.command",
-            "lipcert.attack.validate",
-            "lipcert.commands",
         ),
     ),
     ("cli", ("lipcert.cli", "lipcert.__main__")),
