@@ -101,11 +101,13 @@ class PosteriorEvaluator:
             and name != graph.input_name
             and int(np.prod(graph.shape(name)[1:])) <= _MEASURED_SIZE * input_size
         ]
+        grey = 0.5 * np.sqrt(input_size)  # the norm of a mid-grey input
+        a_priori = self.plan.error(np.array([grey]), {}, self.units)  # once for all
         self.measured = tuple(
             name
             for name in candidates
             if int(np.prod(graph.shape(name)[1:])) <= input_size
-            or _share(self.plan, name, self.units, 0.5 * np.sqrt(input_size)) >= _MIN_SHARE
+            or _share(self.plan, name, self.units, grey, a_priori) >= _MIN_SHARE
         )
         self.tail_measured = tuple(name for name in self.plan.needed if name in in_tail)
         self.sizes = {name: int(np.prod(graph.shape(name)[1:])) for name in self.measured}
@@ -224,11 +226,19 @@ class PosteriorEvaluator:
         return evaluation
 
 
-def _share(plan: ErrorPlan, name: str, units: dict[str, float], x_norm: float) -> float:
-    """The share of the a-priori allowance (every size a priori) at input norm `x_norm`
-    that measuring tensor `name` could take off at most: its size set to zero."""
+def _share(
+    plan: ErrorPlan,
+    name: str,
+    units: dict[str, float],
+    x_norm: float,
+    a_priori: np.ndarray | None = None,
+) -> float:
+    """The share of the a-priori allowance (every size a priori; `a_priori`, if already
+    computed) at input norm `x_norm` that measuring tensor `name` could take off at most:
+    its size set to zero."""
     x_norms = np.array([x_norm])
-    a_priori = plan.error(x_norms, {}, units)
+    if a_priori is None:
+        a_priori = plan.error(x_norms, {}, units)
     without = plan.error(x_norms, {name: np.zeros(1)}, units)
     if not (np.all(np.isfinite(a_priori)) and np.all(a_priori > 0)):
         return 1.0  # an unbounded (or zero) a-priori allowance: measured
