@@ -773,9 +773,11 @@ def attack(
         if not quiet:
             from rich.markup import escape
 
-            attack_report.render(stderr, str(model), report.result, report.labels)
+            # The report on stdout as certify's, on stderr when stdout holds the JSON.
+            console = stderr if as_json else stdout_console()
+            attack_report.render(console, str(model), report.result, report.labels)
             for note in report.certified.notes:  # as certify shows them (files skipped, sizes)
-                stderr.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+                console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         if as_json:
             _emit_json(attack_report.to_json(str(model), report.result, report.labels))
         if report.violations:
