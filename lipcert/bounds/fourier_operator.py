@@ -235,6 +235,8 @@ def _real_part(graph: Graph, users: dict[str, list[Node]], dft: Node) -> Node | 
 
         if _sliced_positions(graph, step, rank - 1) != [0]:
             return None
+        if graph.shape(step.outputs[0])[:-1] != graph.shape(dft.outputs[0])[:-1]:
+            return None  # a Slice that also crops another axis: not only the real part
         return step
     return None
 
