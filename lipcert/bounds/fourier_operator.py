@@ -19,7 +19,7 @@ import numpy as np
 
 from lipcert.bounds import numeric
 from lipcert.bounds.numeric import add_up, mul_up
-from lipcert.bounds.registry import LayerBound
+from lipcert.bounds.registry import LayerBound, refuse
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.dft import DftGeometry, dft_geometry
@@ -646,7 +646,12 @@ def fourier_bound(
     forming a piece (M_k + S M_(-k) S) / 2 rounds each entry once (the halving is exact):
     at most u max_k ||M_k||_F more. `analysis`: fourier_analysis's result when the caller
     has it already.
+
+    The per-frequency matrices are those of the graph's size: a graph whose input size is
+    open (`size_known` False) is refused here, as a Fourier block (its DFTs' lengths are the
+    probe's size's).
     """
+    _refuse_open_size(node, graph)
     found = fourier_analysis(node, graph, bounds) if isinstance(analysis, str) else analysis
     if found is None:
         return None
@@ -685,7 +690,9 @@ def fourier_analysis(
     node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
 ) -> FourierAnalysis | None:
     """Recognise the block (fourier_block, middle_is_frequency_diagonal), read its M_k
-    (middle_matrices) and form its pieces; None when it is not a Fourier block."""
+    (middle_matrices) and form its pieces; None when it is not a Fourier block. A Fourier
+    block of a graph whose input size is open is refused (see fourier_bound)."""
+    _refuse_open_size(node, graph)
     block = fourier_block(node, graph)
     if block is None or not middle_is_frequency_diagonal(graph, block):
         return None
@@ -707,6 +714,19 @@ def fourier_analysis(
     return FourierAnalysis(
         block, pieces, grid, c_in, c_out, add_up(error, forming), outer, isometric
     )
+
+
+def _refuse_open_size(node: Node, graph: Graph) -> None:
+    """Fail closed on an open input size: the DFT lengths, the frequency grid and the
+    matrices M_k are the probe size's, and a block bounded there says nothing at others."""
+    if graph.size_known:
+        return
+    if any(inner.op == "DFT" for inner in node.body):  # every Fourier block has its DFTs
+        raise refuse(
+            node,
+            "a block through the Fourier domain is bounded at one input size, which the "
+            "model leaves open; pass input_shape= (--input-shape) to bound it at that size",
+        )
 
 
 def outer_factor(
