@@ -28,6 +28,7 @@ from lipcert.certify.pipeline import (
 )
 from lipcert.certify.radii import Certificates, Method, Status, choose_method
 from lipcert.errors import UsageError
+from lipcert.evaluators.crosscheck import cross_check
 from lipcert.model import LoadedModel, LoadOptions, check_sample_shape
 
 if TYPE_CHECKING:
@@ -166,6 +167,11 @@ class Model:
     def __init__(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
         self._analysis: Analysis = analyse(loaded.graph)
+        # The bounds are those of the graph lipcert read: it must compute what onnxruntime
+        # runs (three fixed inputs; ModelLoadError if not, a note if it cannot run it).
+        note = cross_check(loaded, self._analysis)
+        if note is not None:
+            self._analysis.notes.append(note)
         self._evaluators: dict[tuple[str, int | None], Evaluators] = {}
 
     # --- bounds ------------------------------------------------------------------------
