@@ -134,8 +134,8 @@ def any_size_bound(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
 
 
 _ASK = (
-    "its bound depends on the input size, which the model leaves open; pass --input-shape "
-    "to bound it at the size you use"
+    "its bound depends on the input size, which the model leaves open; pass input_shape= "
+    "(--input-shape) to bound it at the size you use"
 )
 
 
@@ -152,7 +152,7 @@ def _refuse_size_dependent_constants(node: Node, graph: Graph) -> None:
             raise refuse(
                 node,
                 f"it reads {name!r}, computed from the input's size, which the model leaves "
-                "open; pass --input-shape to bound it at the size you use",
+                "open; pass input_shape= (--input-shape) to bound it at the size you use",
             )
 
 

@@ -37,8 +37,9 @@ _EXPORT_TOLERANCE = 1e-4
 _CHECK_BATCH = 4
 
 _TRUST_HINT = (
-    "pass --trust-model only if you trust the file's author, or save a state_dict "
-    "(torch.save(model.state_dict(), ...)) or a safetensors file and pass --arch"
+    "pass trust=True (--trust-model) only if you trust the file's author, or save a "
+    "state_dict (torch.save(model.state_dict(), ...)) or a safetensors file and pass arch= "
+    "(--arch)"
 )
 
 
@@ -104,8 +105,8 @@ def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -
     _materialise_parametrizations(module)
     if input_shape is None:
         raise UsageError(
-            "a PyTorch checkpoint does not record its input shape: pass --input-shape C,H,W "
-            f"for {str(path)!r}"
+            "a PyTorch checkpoint does not record its input shape: pass input_shape= "
+            f"(--input-shape C,H,W) for {str(path)!r}"
         )
     _refuse_non_finite_weights(module, path)
     with torch.no_grad():
@@ -148,7 +149,9 @@ def _read_module(path: Path, options: LoadOptions) -> tuple[Any, dict[str, str]]
 
     if isinstance(state_or_module, torch.nn.Module):
         if options.arch is not None:
-            raise UsageError(f"{str(path)!r} holds a whole module; --arch is for state_dicts")
+            raise UsageError(
+                f"{str(path)!r} holds a whole module; arch= (--arch) is for state_dicts"
+            )
         return state_or_module, {}
     return _build(options.arch, _state_dict(state_or_module, path), path), {}
 
@@ -302,21 +305,21 @@ def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
 def _build(arch: str | None, state: dict[str, Any], path: Path, recorded: str | None = None) -> Any:
     if arch is None:
         raise UsageError(
-            f"{str(path)!r} holds weights only: pass --arch package.module:factory (or "
-            "path/to/file.py:factory) naming a function that builds the module"
+            f"{str(path)!r} holds weights only: pass arch= (--arch) package.module:factory "
+            "(or path/to/file.py:factory) naming a function that builds the module"
         )
     factory = resolve_arch(arch)
     try:
         module = factory()  # its prints go to stderr: load_model redirects stdout
     except Exception as exc:
         raise ModelLoadError(
-            f"--arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}"
+            f"arch {arch!r} failed to build a module: {type(exc).__name__}: {exc}"
         ) from None
     import torch
 
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(
-            f"--arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module"
+            f"arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module"
         )
     state = _strip_prefix(state, module)
     try:
@@ -330,7 +333,7 @@ def _build(arch: str | None, state: dict[str, Any], path: Path, recorded: str | 
             else ""
         )
         raise ModelLoadError(
-            f"the weights of {str(path)!r} do not fit --arch {arch!r}{hint}: {detail}"
+            f"the weights of {str(path)!r} do not fit arch {arch!r}{hint}: {detail}"
         ) from None
     return module
 
@@ -351,12 +354,12 @@ def resolve_arch(arch: str) -> Any:
     """The factory named by 'package.module:factory' or 'path/to/file.py:factory'."""
     target, _, attribute = arch.rpartition(":")
     if not target or not attribute:
-        raise UsageError(f"expected --arch like package.module:factory but got {arch!r}")
+        raise UsageError(f"expected arch like package.module:factory but got {arch!r}")
     try:
         if target.endswith(".py"):
             file = Path(target)
             if not file.is_file():
-                raise UsageError(f"--arch names {target!r}, which is not a file")
+                raise UsageError(f"arch {arch!r} names {target!r}, which is not a file")
             spec = importlib.util.spec_from_file_location(f"lipcert_arch_{file.stem}", file)
             if spec is None or spec.loader is None:
                 raise UsageError(f"cannot import {target!r}")
@@ -368,11 +371,11 @@ def resolve_arch(arch: str) -> Any:
         raise
     except Exception as exc:
         raise UsageError(
-            f"cannot import {target!r} for --arch: {type(exc).__name__}: {exc}"
+            f"cannot import {target!r} for arch {arch!r}: {type(exc).__name__}: {exc}"
         ) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
-        raise UsageError(f"--arch {arch!r}: {target!r} has no callable {attribute!r}")
+        raise UsageError(f"arch {arch!r}: {target!r} has no callable {attribute!r}")
     return factory
 
 
@@ -438,7 +441,7 @@ def _runs_batched(module: Any, input_shape: tuple[int, ...]) -> bool:
     """Whether the module takes a batch of 2 (a torch.export program may fix a batch of 1)."""
     import torch
 
-    check_sample_shape(input_shape, what="--input-shape")
+    check_sample_shape(input_shape, what="input_shape")
     try:
         module(torch.zeros((2, *input_shape)))
     except Exception:
@@ -462,7 +465,7 @@ def _export(
     # runtime then respects.
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if batched else None
 
-    check_sample_shape(input_shape, what="--input-shape")
+    check_sample_shape(input_shape, what="input_shape")
     example = torch.zeros((1, *input_shape))
     buffer = io.BytesIO()
     try:

@@ -108,7 +108,8 @@ def test_pickled_module_needs_trust(tmp_path: Path) -> None:
     assert_one_line_error(
         verify(path, LoadOptions(input_shape=archs.INPUT_SHAPE)),
         UnsafeModelError,
-        r"'.*net\.pt' holds pickled Python objects .*can run code when loaded; pass --trust-model",
+        r"'.*net\.pt' holds pickled Python objects .*can run code when loaded; "
+        r"pass trust=True \(--trust-model\)",
     )
 
 

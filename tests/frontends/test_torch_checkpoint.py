@@ -148,7 +148,7 @@ def test_missing_arch(tmp_path: Path) -> None:
         path,
         LoadOptions(input_shape=SHAPE),
         UsageError,
-        r"'.*net\.pt' holds weights only: pass --arch package\.module:factory \(or "
+        r"'.*net\.pt' holds weights only: pass arch= \(--arch\) package\.module:factory \(or "
         r"path/to/file\.py:factory\)",
     )
 
@@ -159,19 +159,20 @@ def test_missing_arch(tmp_path: Path) -> None:
         pytest.param(
             "small_net",
             UsageError,
-            r"expected --arch like package\.module:factory but got 'small_net'",
+            r"expected arch like package\.module:factory but got 'small_net'",
             id="no_colon",
         ),
         pytest.param(
             "no_such_module:small_net",
             UsageError,
-            r"cannot import 'no_such_module' for --arch: ModuleNotFoundError",
+            r"cannot import 'no_such_module' for arch 'no_such_module:small_net': "
+            r"ModuleNotFoundError",
             id="module_not_found",
         ),
         pytest.param(
             "/nowhere/archs.py:small_net",
             UsageError,
-            r"--arch names '/nowhere/archs\.py', which is not a file",
+            r"arch '/nowhere/archs\.py:small_net' names '/nowhere/archs\.py', which is not a file",
             id="file_not_found",
         ),
         pytest.param(
@@ -183,19 +184,19 @@ def test_missing_arch(tmp_path: Path) -> None:
         pytest.param(
             "archs:raising",
             ModelLoadError,
-            r"--arch 'archs:raising' failed to build a module: RuntimeError: no such architecture",
+            r"arch 'archs:raising' failed to build a module: RuntimeError: no such architecture",
             id="factory_raises",
         ),
         pytest.param(
             "archs:not_a_module",
             ModelLoadError,
-            r"--arch 'archs:not_a_module' returned dict, not a torch\.nn\.Module",
+            r"arch 'archs:not_a_module' returned dict, not a torch\.nn\.Module",
             id="not_a_module",
         ),
         pytest.param(
             "archs:named_net",
             ModelLoadError,
-            r"the weights of '.*net\.pt' do not fit --arch 'archs:named_net': .*"
+            r"the weights of '.*net\.pt' do not fit arch 'archs:named_net': .*"
             r'Missing key\(s\) in state_dict: "conv\.weight", .*'
             r'Unexpected key\(s\) in state_dict: "0\.weight"',
             id="keys_differ",
@@ -203,7 +204,7 @@ def test_missing_arch(tmp_path: Path) -> None:
         pytest.param(
             "archs:wider_net",
             ModelLoadError,
-            r"do not fit --arch 'archs:wider_net': .*size mismatch for 0\.weight",
+            r"do not fit arch 'archs:wider_net': .*size mismatch for 0\.weight",
             id="shapes_differ",
         ),
     ],
@@ -269,7 +270,7 @@ def test_pickle_payload_is_not_run(tmp_path: Path, payload: type, nested: bool) 
             options,
             UnsafeModelError,
             r"'.*net\.pt' holds pickled Python objects beyond tensors .*which can run code when "
-            r"loaded; pass --trust-model only if you trust",
+            r"loaded; pass trust=True \(--trust-model\) only if you trust",
         )
     assert not marker.exists()
     # The payload is live: unpickling without restrictions does run it.
@@ -325,7 +326,8 @@ def test_programs_need_trust(
         path,
         LoadOptions(input_shape=SHAPE),
         UnsafeModelError,
-        rf"'.*{name}' is a {what}, which can run code when loaded; pass --trust-model only",
+        rf"'.*{name}' is a {what}, which can run code when loaded; "
+        r"pass trust=True \(--trust-model\) only",
     )
     loaded = load(path, TRUSTED)
     assert analyse(loaded.graph).spec.lipschitz_bound == pytest.approx(reference_bound, rel=1e-12)
@@ -446,8 +448,8 @@ def test_missing_input_shape(tmp_path: Path) -> None:
         path,
         LoadOptions(arch="archs:small_net"),
         UsageError,
-        r"a PyTorch checkpoint does not record its input shape: pass --input-shape C,H,W "
-        r"for '.*net\.safetensors'",
+        r"a PyTorch checkpoint does not record its input shape: pass input_shape= "
+        r"\(--input-shape C,H,W\) for '.*net\.safetensors'",
     )
 
 
