@@ -39,7 +39,7 @@ CATALOG: dict[str, DatasetInfo] = {
         ),
         how_to_get=(
             f"download cifar-10-python.tar.gz from {_CIFAR_URL} and extract it into a folder "
-            "given with --data-dir (or $LIPCERT_DATA)"
+            "given as data_dir= (--data-dir) or in $LIPCERT_DATA"
         ),
     ),
     "cifar100": DatasetInfo(
@@ -48,7 +48,7 @@ CATALOG: dict[str, DatasetInfo] = {
         class_names=None,
         how_to_get=(
             f"download cifar-100-python.tar.gz from {_CIFAR_URL} and extract it into a folder "
-            "given with --data-dir (or $LIPCERT_DATA)"
+            "given as data_dir= (--data-dir) or in $LIPCERT_DATA"
         ),
     ),
     "mnist": DatasetInfo(
@@ -59,8 +59,8 @@ CATALOG: dict[str, DatasetInfo] = {
             "put the IDX files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (from "
             "https://ossci-datasets.s3.amazonaws.com/mnist/, or torchvision.datasets.MNIST(root, "
-            "download=True), which writes <root>/MNIST/raw) into a folder given with --data-dir "
-            "(or $LIPCERT_DATA)"
+            "download=True), which writes <root>/MNIST/raw) into a folder given as data_dir= "
+            "(--data-dir) or in $LIPCERT_DATA"
         ),
     ),
     "fashion-mnist": DatasetInfo(
@@ -81,7 +81,7 @@ CATALOG: dict[str, DatasetInfo] = {
         how_to_get=(
             "run `apt-get install dataset-fashion-mnist` (Debian, Ubuntu), or download the four "
             "IDX .gz files from https://github.com/zalandoresearch/fashion-mnist into a folder "
-            "given with --data-dir (or $LIPCERT_DATA)"
+            "given as data_dir= (--data-dir) or in $LIPCERT_DATA"
         ),
     ),
 }

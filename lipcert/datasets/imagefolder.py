@@ -66,7 +66,7 @@ def choose_sizes(
     it, one line otherwise) and the resize round(max(H, W) / 0.875). Without one: crop 224,
     resize round(crop / 0.875) (256). A given --resize is always used as given.
     """
-    for name, value in (("--resize", resize), ("--crop", crop)):
+    for name, value in (("resize", resize), ("crop", crop)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
@@ -78,7 +78,7 @@ def choose_sizes(
         sizes = _sizes_from_model(resize, crop, tuple(int(d) for d in model_shape))
     if max(sizes.crop) > sizes.resize:
         crop_text = "x".join(str(d) for d in dict.fromkeys(sizes.crop))
-        raise UsageError(f"expected --crop <= --resize but got {crop_text} > {sizes.resize}")
+        raise UsageError(f"expected crop <= resize but got {crop_text} > {sizes.resize}")
     return sizes
 
 
@@ -90,15 +90,15 @@ def _sizes_from_model(resize: int | None, crop: int | None, shape: tuple[int, ..
             f"imagefolder: images are read as RGB (3 channels) but the model takes {text}"
         )
     if crop is not None and (crop, crop) != (height, width):
-        hint = f"give --crop {height} or" if height == width else "for it,"
+        hint = f"give crop {height} or" if height == width else "for it,"
         raise UsageError(
-            f"--crop {crop} makes {crop}x{crop} images but the model takes {text}: "
-            f"{hint} leave --crop out (it follows the model)"
+            f"crop {crop} makes {crop}x{crop} images but the model takes {text}: "
+            f"{hint} leave crop out (it follows the model)"
         )
     chosen = resize_for(max(height, width)) if resize is None else resize
     if chosen < max(height, width):
         raise UsageError(
-            f"expected --resize >= {max(height, width)} (the model takes {text}) but got {chosen}"
+            f"expected resize >= {max(height, width)} (the model takes {text}) but got {chosen}"
         )
     taken = []
     if resize is None:
@@ -109,7 +109,7 @@ def _sizes_from_model(resize: int | None, crop: int | None, shape: tuple[int, ..
     if taken:
         note = (
             f"imagefolder: {' and '.join(taken)}, from the model's input size (the standard "
-            "ImageNet evaluation; --resize and --crop override)"
+            "ImageNet evaluation; resize and crop override)"
         )
     return Sizes(chosen, (height, width), note)
 
@@ -217,7 +217,7 @@ def preprocess(path: Path, resize: int, crop: int | tuple[int, int]) -> np.ndarr
     width, height = rgb.size
     if crop_width > width or crop_height > height:
         raise UsageError(
-            f"expected --crop <= --resize but got crop {crop_height}x{crop_width} for an image "
+            f"expected crop <= resize but got crop {crop_height}x{crop_width} for an image "
             f"resized to {width}x{height} ({path})"
         )
     top = round((height - crop_height) / 2.0)

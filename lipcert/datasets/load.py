@@ -49,19 +49,22 @@ def load_dataset(
         raise UsageError(f"expected limit >= 1 (or None for all samples) but got {limit!r}")
     if is_imagefolder(name_or_path):
         if label_column is not None:
-            raise UsageError("--label-column is for CSV files, not for an image folder")
+            raise UsageError("label_column (--label-column) is for CSV files, not an image folder")
         folder = name_or_path[len(PREFIX) :]
         return read_imagefolder(
             folder, limit=limit, resize=resize, crop=crop, model_shape=model_shape
         )
     if resize is not None or crop is not None:
-        raise UsageError(f"--resize and --crop are for imagefolder:PATH, not {name_or_path!r}")
+        raise UsageError(
+            f"resize and crop (--resize, --crop) are for imagefolder:PATH, not {name_or_path!r}"
+        )
     name = canonical_name(name_or_path)
     path = Path(name_or_path).expanduser()
     is_csv = name_or_path.lower().endswith(".csv")
     if label_column is not None and not is_csv:
         raise UsageError(
-            f"--label-column is for CSV files, but the dataset {name_or_path!r} is not one"
+            f"label_column (--label-column) is for CSV files, but the dataset {name_or_path!r} "
+            "is not one"
         )
     if is_csv or name_or_path.lower().endswith(".npz") or (name is None and path.exists()):
         return _load_file(path, limit, label_column)
@@ -80,7 +83,7 @@ def _load_file(path: Path, limit: int | None, label_column: str | None) -> Datas
     if path.is_dir():
         raise DatasetError(
             f"expected a .npz or .csv file but {str(path)!r} is a folder; to read a dataset "
-            f"folder give the dataset name and --data-dir {str(path)!r}"
+            f"folder give the dataset name and data_dir={str(path)!r} (--data-dir)"
         )
     if not path.is_file():
         raise DatasetError(f"expected a .npz or .csv file but found no file {str(path)!r}")

@@ -66,7 +66,7 @@ def user_dirs(data_dir: str | Path | None) -> list[Path]:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
             raise DatasetError(
-                f"expected --data-dir to be a folder but found no folder {str(folder)!r}"
+                f"expected data_dir (--data-dir) to be a folder but found no folder {str(folder)!r}"
             )
         dirs.append(folder)
     dirs.extend(
@@ -95,7 +95,7 @@ def find_dataset(name: str, split: str, data_dir: str | Path | None = None) -> t
     location, incomplete = _search(name, split, data_dir, only_given=data_dir is not None)
     if location.path is None or location.format is None:
         notes = "".join(f"; incomplete: {note}" for note in incomplete)
-        where = "" if data_dir is None else f" --data-dir {str(data_dir)!r} only:"
+        where = "" if data_dir is None else f" the given data_dir {str(data_dir)!r} only:"
         raise DatasetError(
             f"{name} {split} split not found: looked in{where} "
             f"{', '.join(str(place) for place in location.searched)}{notes}; "

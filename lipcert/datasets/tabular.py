@@ -42,7 +42,7 @@ def read_csv(path: Path, *, limit: int | None, label_column: str | None = None) 
             if label_name not in header:
                 raise DatasetError(
                     f"{source}: expected a label column {label_name!r} (set it with "
-                    f"--label-column) but the header has {header[:20]!r}"
+                    f"label_column=, --label-column) but the header has {header[:20]!r}"
                 )
             if header.count(label_name) > 1:
                 raise DatasetError(f"{source}: the header names {label_name!r} more than once")

@@ -188,7 +188,7 @@ def test_csv_errors_name_the_line_and_column(tmp_path: Path) -> None:
     npz = tmp_path / "p.npz"
     np.savez(npz, x=np.zeros((2, 2)), y=np.zeros(2, dtype=int))
     wrong = _certify(model, "--dataset", npz, "--label-column", "y", "--quiet")
-    assert wrong.exit_code == 2 and "--label-column is for CSV files" in wrong.stderr
+    assert wrong.exit_code == 2 and "label_column (--label-column) is for CSV files" in wrong.stderr
 
 
 def test_features_that_do_not_fit_the_model(tmp_path: Path) -> None:

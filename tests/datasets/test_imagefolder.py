@@ -112,11 +112,13 @@ def test_layout_errors(tmp_path: Path, folder: Path) -> None:
 
 
 def test_option_errors(folder: Path) -> None:
-    with pytest.raises(UsageError, match="--crop <= --resize"):
+    with pytest.raises(UsageError, match="crop <= resize"):
         read_imagefolder(folder, resize=16, crop=20)
-    with pytest.raises(UsageError, match="--resize >= 1"):
+    with pytest.raises(UsageError, match="resize >= 1"):
         read_imagefolder(folder, resize=0)
-    with pytest.raises(UsageError, match="--resize and --crop are for imagefolder"):
+    with pytest.raises(
+        UsageError, match=r"resize and crop \(--resize, --crop\) are for imagefolder"
+    ):
         load_dataset("mnist", crop=20)
 
 
@@ -148,7 +150,7 @@ def test_cli_certifies_a_folder_and_says_radii_are_in_preprocessed_pixels(folder
     result = CliRunner().invoke(app, [*arguments, "--crop", "24", "--quiet", "--no-config"])
     assert result.exit_code == 2
     line = result.output.strip()
-    assert line.startswith("UsageError: --crop 24 makes 24x24 images but the model takes 3x32x32")
+    assert line.startswith("UsageError: crop 24 makes 24x24 images but the model takes 3x32x32")
     assert "\n" not in line
     # attack reads the same folder: its report shows the same notes (nothing skipped silently).
     attack = ["attack", str(model), "--dataset", f"imagefolder:{folder}", "--steps", "1"]
@@ -209,14 +211,14 @@ def test_sizes_follow_the_model(resize, crop, shape, expected) -> None:
 def test_sizes_that_do_not_fit_the_model_are_one_line() -> None:
     from lipcert.datasets.imagefolder import choose_sizes
 
-    expected = r"^--crop 200 makes 200x200 images but the model takes 3x224x224: give --crop 224"
+    expected = r"^crop 200 makes 200x200 images but the model takes 3x224x224: give crop 224"
     with pytest.raises(UsageError, match=expected):
         choose_sizes(None, 200, (3, 224, 224))
     with pytest.raises(UsageError, match="model takes 3x20x28"):
         choose_sizes(None, 20, (3, 20, 28))
-    with pytest.raises(UsageError, match=r"--resize >= 224 \(the model takes 3x224x224\)"):
+    with pytest.raises(UsageError, match=r"resize >= 224 \(the model takes 3x224x224\)"):
         choose_sizes(200, None, (3, 224, 224))
-    with pytest.raises(UsageError, match="--crop <= --resize but got 24 > 20"):
+    with pytest.raises(UsageError, match="crop <= resize but got 24 > 20"):
         choose_sizes(20, 24, None)
     with pytest.raises(
         DatasetError, match=r"read as RGB \(3 channels\) but the model takes 1x28x28"

@@ -51,7 +51,7 @@ def test_folder_given_as_a_file(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(
         DatasetError,
-        match=r"is a folder; to read a dataset folder give the dataset name and --data-dir",
+        match=r"is a folder; to read a dataset folder give the dataset name and data_dir=",
     ):
         load_dataset(str(folder))
 

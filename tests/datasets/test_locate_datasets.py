@@ -100,10 +100,10 @@ def test_not_found_lists_every_place_and_how_to_get_it(
     _ = cache_dirs  # caches exist but are not searched when --data-dir is given
     places = [given, given / "cifar-10-batches-py", given / "cifar-10-batches-bin"]
     expected = (
-        f"cifar10 test split not found: looked in --data-dir {str(given)!r} only: "
+        f"cifar10 test split not found: looked in the given data_dir {str(given)!r} only: "
         f"{', '.join(map(str, places))}; to get it, "
         "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
-        "extract it into a folder given with --data-dir (or $LIPCERT_DATA)"
+        "extract it into a folder given as data_dir= (--data-dir) or in $LIPCERT_DATA"
     )
     with pytest.raises(DatasetError) as caught:
         load_dataset("cifar10", data_dir=given)
@@ -133,7 +133,8 @@ def test_incomplete_folder_is_reported(tmp_path: Path) -> None:
 
 def test_missing_data_dir(tmp_path: Path) -> None:
     with pytest.raises(
-        DatasetError, match=r"^expected --data-dir to be a folder but found no folder '.*nowhere'$"
+        DatasetError,
+        match=r"^expected data_dir \(--data-dir\) to be a folder but found no folder '.*nowhere'$",
     ):
         load_dataset("cifar10", data_dir=tmp_path / "nowhere")
 
@@ -198,7 +199,7 @@ def test_data_dir_never_falls_back_to_another_copy(
     assert load_dataset("mnist").labels[0] == 2  # without --data-dir: $LIPCERT_DATA
     with pytest.raises(
         DatasetError,
-        match=rf"^mnist test split not found: looked in --data-dir "
+        match=rf"^mnist test split not found: looked in the given data_dir "
         rf"'{empty}' only: {empty}, ",
     ):
         load_dataset("mnist", data_dir=empty)
