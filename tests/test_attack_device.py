@@ -91,9 +91,9 @@ def test_cuda_without_a_gpu_is_one_usage_error(
 ) -> None:
     analysis = case[0]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UsageError, match=r"^--device cuda needs a CUDA GPU"):
+    with pytest.raises(UsageError, match=r"^device cuda needs a CUDA GPU"):
         _attacker(analysis, "cuda")
-    with pytest.raises(UsageError, match="expected --device cpu, cuda or cuda:N"):
+    with pytest.raises(UsageError, match="expected device cpu, cuda or cuda:N"):
         _attacker(analysis, "gpu")
 
 

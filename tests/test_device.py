@@ -155,7 +155,7 @@ def test_device_names() -> None:
     assert resolve_device(None).type == "cpu"
     assert resolve_device(" CPU ").type == "cpu"
     for bad in ("tpu", "cpu:0", "cuda:x", "mps"):
-        with pytest.raises(UsageError, match="expected --device cpu, cuda or cuda:N"):
+        with pytest.raises(UsageError, match="expected device cpu, cuda or cuda:N"):
             resolve_device(bad)
 
 
@@ -172,7 +172,7 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path: Path, command: str) -> None:
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1
-    assert lines[0].startswith("UsageError: --device cuda needs a CUDA GPU")
+    assert lines[0].startswith("UsageError: device cuda needs a CUDA GPU")
 
 
 def test_api_device() -> None:
@@ -186,5 +186,5 @@ def test_api_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="needs a CUDA GPU"):
             model.certify(x, device="cuda")
-    with pytest.raises(UsageError, match="expected --device"):
+    with pytest.raises(UsageError, match="expected device"):
         model.logits(x, device="gpu")

@@ -111,7 +111,7 @@ def import_ray() -> Any:
         import ray
     except ImportError:
         raise UsageError(
-            "--ray needs Ray, which is not installed: pip install 'lipcert[ray]'"
+            "ray= (--ray) needs Ray, which is not installed: pip install 'lipcert[ray]'"
         ) from None
     return ray
 
@@ -194,7 +194,7 @@ def _certify(
     resources = ray.cluster_resources()
     if gpu and resources.get("GPU", 0) < 1:
         raise UsageError(
-            f"--device {job.device} with --ray: the Ray cluster has no GPU (its resources: "
+            f"device {job.device} on Ray: the Ray cluster has no GPU (its resources: "
             f"{', '.join(f'{k} {v:g}' for k, v in sorted(resources.items()) if '_' not in k)})"
         )
     if workers is None:

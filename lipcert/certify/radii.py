@@ -53,16 +53,16 @@ def choose_method(spec: CertificateSpec, requested: str) -> Method:
 
     if spec.num_logits == 1:
         if requested not in ("auto", "binary"):
-            raise UsageError(f"the model has one logit: --certificate {requested!r} does not apply")
+            raise UsageError(f"the model has one logit: certificate {requested!r} does not apply")
         return Method.BINARY
     if requested == "auto":
         return Method.PAIRWISE if spec.pairwise_bounds is not None else Method.GLOBAL
     if requested == "pairwise" and spec.pairwise_bounds is None:
         raise UsageError(
-            "--certificate pairwise needs a linear head at the end of the model; none was found"
+            "certificate pairwise needs a linear head at the end of the model; none was found"
         )
     if requested not in ("pairwise", "global"):
-        raise UsageError(f"expected --certificate auto, pairwise or global but got {requested!r}")
+        raise UsageError(f"expected certificate auto, pairwise or global but got {requested!r}")
     return Method(requested)
 
 

@@ -51,16 +51,16 @@ def resolve_device(name: str | None) -> Any:
     text = "cpu" if name is None else str(name).strip().lower()
     kind, _, index = text.partition(":")
     if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
-        raise UsageError(f"expected --device cpu, cuda or cuda:N but got {name!r}")
+        raise UsageError(f"expected device cpu, cuda or cuda:N but got {name!r}")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(
-                f"--device {text} needs a CUDA GPU, but torch.cuda.is_available() is False "
+                f"device {text} needs a CUDA GPU, but torch.cuda.is_available() is False "
                 f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
             )
         if index and int(index) >= torch.cuda.device_count():
             raise UsageError(
-                f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+                f"device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
     return torch.device(text)
 

@@ -145,7 +145,7 @@ def test_choose_method() -> None:
     assert choose_method(spec_for(np.array([[1.0, 2.0]])), "auto") is Method.BINARY
     with pytest.raises(UsageError, match="needs a linear head"):
         choose_method(spec_for(w, head=False), "pairwise")
-    with pytest.raises(UsageError, match="expected --certificate auto, pairwise or global"):
+    with pytest.raises(UsageError, match="expected certificate auto, pairwise or global"):
         choose_method(spec_for(w), "bogus")
 
 
