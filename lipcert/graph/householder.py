@@ -14,6 +14,17 @@ selector against 0, Casts of the two comparisons, four masking Muls, two Adds an
 (the sines and cosines are computed by Sin/Cos in the TorchScript export, folded into float32
 weights by dynamo).
 
+Two other spellings of the same function are recognised:
+- `torch.where(sel <= 0, x, a2)` per half: Where(Cmp(s, 0), x, a2) or, kept where the
+  condition fails, Where(Cmp(s, 0), a2, x) (both exporters write the comparison and two
+  Wheres). Where selects one branch exactly, as the masks do.
+- `cat([b, a])`: the halves concatenated in swapped order, P h(z) with P the exchange of the
+  halves, a permutation of coordinates: an isometry, so the bound and the rounding analysis
+  of h hold for it unchanged. Each half is matched to its pair's row by the variable it
+  keeps (the half keeping y must reflect with R's second row), so a Concat whose reflected
+  rows do not go with the kept variables is not fused.
+Both halves must select on the same selector tensor and keep the pair on the same side.
+
 **The function lipcert certifies.** With v = w / ||w|| and R* = I - 2 v v^T (the reflection
 across the selector's line, computed exactly in rationals from the float constants w), the
 ideal activation is h(z) = z where w . z <= 0 and R* z elsewhere. It is continuous (R* fixes
@@ -42,8 +53,29 @@ and neither does its need of a relative error bound: a recomputed sine or cosine
 reference code's initial angle pi/2), known to an absolute 1e-14 only, is fused like any.
 
 A select whose reflection does not fix the selector's line (a vector scaled by 1.01, two
-different vectors, a threshold other than 0, a bias) is not fused: its comparisons are then
-refused by the rules.
+different vectors, a threshold other than 0, a bias, the rows of R exchanged between the
+halves) is not fused: its comparisons are then refused by the rules.
+
+**The order-2 activation is refused** (`HouseHolder_Order_2` of the same code: per pair, the
+angle phi = (atan2(y, x) - t0 / 2) mod 2 pi selects the identity, a reflection, a rotation or
+a reflection on four sectors bounded by angles of t1 and t2). In exact arithmetic it is
+continuous and 1-Lipschitz (adjacent maps agree on the ray between their sectors, and a
+continuous map that is an isometry on each of finitely many sectors is 1-Lipschitz along any
+segment), but not as exported. ONNX has no atan2; both torch exporters write
+Atan(y / x) corrected by Where(x < 0, Where(y > 0, +pi, -pi)), and the modulo as
+s - Floor(s / 2 pi) 2 pi. Two inputs make the runtime leave the function by a distance no
+rounding allowance can hold (measured with onnxruntime on both exports, against the float64
+module):
+- x = -0.0 (a product or sum of negative zeros, e.g. a bias-free layer on zero inputs):
+  y / -0 = -inf for y > 0, and -0 < 0 is false, so the angle is -pi/2 instead of pi/2 and
+  another sector's map is applied: ||runtime - f|| = 1.42 ||z|| at z = (-0, 1);
+- t0 clamped to 0 (the reference clamps it to [0, 2 pi]) and y / x tiny and negative
+  (z = (1, -1e-45)): s / 2 pi rounds to -0, Floor(-0) = -0, so phi = s < 0 and no sector's
+  mask holds: the pair becomes 0, ||runtime - f|| = ||z||.
+Besides, onnxruntime documents no error bound for its float32 Atan. match_householder
+therefore refuses Atan(Div) of the two outputs of one Split (the order-2 angle; LipPool of
+the same code computes it too) in one line naming the Atan node; a Div of two data tensors
+has no rule either.
 """
 
 from __future__ import annotations
@@ -55,7 +87,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipcert.graph.ir import Graph, Node
+from lipcert.graph.ir import Graph, Node, refuse
 
 # A reflection further than this from R* (Frobenius, per pair) is not a Householder
 # activation with rounded constants: float32 sines and cosines are off by about 1e-7.
@@ -77,35 +109,60 @@ class _Term:
     mul: Node | None
 
 
-def match_householder(graph: Graph, concat: Node) -> Node | None:
-    """Concat(x m + a2 n, y m + b2 n) with x, y the halves of one Split, m and n the masks
-    (s <= 0) and (s > 0) of one selector s = w . (x, y), and (a2, b2) = R (x, y), R within
-    TOLERANCE of the reflection across the line w . z = 0. See the module's docstring."""
+@dataclasses.dataclass(frozen=True)
+class _Half:
+    """One half of the output: `kept` (a Split output) where `selector OP 0` holds (OP
+    given by `kind`), `reflected` elsewhere; `nodes` are the select's own nodes."""
+
+    kept: str
+    reflected: str
+    selector: str
+    kind: str
+    nodes: tuple[Node, ...]
+    spelling: str
+
+
+def match_householder(graph: Graph, node: Node) -> Node | None:
+    """Concat of the two halves of h(x, y), in either order: each half selects x (or y), a
+    Split output, where s OP 0 and its entry of R (x, y) elsewhere, s = w . (x, y) one
+    selector for both, R within TOLERANCE of the reflection across the line w . z = 0.
+    A half is written with masks (x m + a2 n, m and n complementary Casts of comparisons
+    of s with 0) or with Where(s OP 0, x, a2) (either branch first). See the module's
+    docstring. Called on every node, it also refuses the order-2 activation's angle (an
+    Atan), naming it."""
+    if node.op == "Atan":
+        _refuse_pair_angle(graph, node)
+    concat = node
     if concat.op != "Concat" or len(concat.inputs) != 2 or concat.body:
         return None
     view = _View(graph)
-    halves = [view.masked_sum(name) for name in concat.inputs]
-    if halves[0] is None or halves[1] is None:
+    first, second = (view.half(name) for name in concat.inputs)
+    if first is None or second is None:
         return None
-    (x, mask_id, a2, mask_ref, add_a, muls_a), (y, mask_id_b, b2, mask_ref_b, add_b, muls_b) = (
-        halves[0],
-        halves[1],
-    )
-    split = view.producers.get(x)
-    if split is None or split.op != "Split" or split.body or tuple(split.outputs) != (x, y):
+    if (first.selector, first.kind) != (second.selector, second.kind):
+        return None  # both halves keep the pair on the same side of the same selector
+    split = view.producers.get(first.kept)
+    if split is None or split.op != "Split" or split.body or len(split.outputs) != 2:
+        return None
+    x, y = split.outputs
+    if (first.kept, second.kept) == (x, y):
+        a2, b2, swapped = first.reflected, second.reflected, False
+    elif (first.kept, second.kept) == (y, x):
+        # Concat(b, a): h followed by the exchange of the halves, a permutation of the
+        # coordinates (an isometry, which moves no rounding error between pairs)
+        a2, b2, swapped = second.reflected, first.reflected, True
+    else:
         return None
     shape = graph.shape(x)
     if graph.shape(y) != shape or graph.shape(concat.outputs[0]) != graph.shape(split.inputs[0]):
+        return None
+    if any(graph.shape(name) != shape for name in concat.inputs):
         return None
     rank = len(shape)
     axis = int(split.attr("axis", 0)) % rank
     if int(concat.attr("axis", 0)) % rank != axis:
         return None
-    masks, masks_b = view.masks(mask_id, mask_ref), view.masks(mask_id_b, mask_ref_b)
-    if masks is None or masks_b is None or masks[:2] != masks_b[:2]:
-        return None  # both halves keep the pair on the same side of the same selector
-    selector, _, mask_nodes = masks
-    mask_nodes = mask_nodes + masks_b[2]
+    selector = first.selector
     sel_form, a_form, b_form = (view.linear_form(name, (x, y)) for name in (selector, a2, b2))
     if sel_form is None or a_form is None or b_form is None:
         return None
@@ -130,8 +187,7 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
         return None
     ideal, deviation32, deviation64, abs_norm = checked
 
-    body_nodes = [split, *sel_nodes, *a_nodes, *b_nodes, *mask_nodes, *muls_a, *muls_b]
-    body_nodes += [add_a, add_b, concat]
+    body_nodes = [split, *sel_nodes, *a_nodes, *b_nodes, *first.nodes, *second.nodes, concat]
     body_nodes = list({id(n): n for n in body_nodes}.values())
     members = {id(n) for n in body_nodes}
     consumers = graph.consumers()
@@ -183,9 +239,35 @@ def match_householder(graph: Graph, concat: Node) -> Node | None:
             "deviation32": deviation32,
             "deviation64": deviation64,
             "abs_norm": abs_norm,
-            "written_as": "masked select of a pair and its reflection",
+            "halves_swapped": int(swapped),
+            "written_as": (
+                f"{' and '.join(sorted({first.spelling, second.spelling}))} of a pair and its "
+                f"reflection{', the halves concatenated in swapped order' if swapped else ''}"
+            ),
         },
         body=body,
+    )
+
+
+def _refuse_pair_angle(graph: Graph, atan: Node) -> None:
+    """Refuse Atan(Div(y, x)) of the two halves of one Split: the angle of the order-2
+    Householder activation, whose exported form is not certifiable (module docstring)."""
+    producers = graph.producers()
+    div = producers.get(atan.inputs[0]) if atan.inputs else None
+    if div is None or div.op != "Div" or len(div.inputs) != 2:
+        return
+    sources = [producers.get(name) for name in div.inputs]
+    split = sources[0]
+    if split is None or split.op != "Split" or sources[1] is not split:
+        return
+    if set(div.inputs) != set(split.outputs) or len(split.outputs) != 2:
+        return
+    raise refuse(
+        atan,
+        "the angle atan2 of the two halves of a Split (the order-2 Householder activation) "
+        "is not supported: its export, Atan(y / x) with Where corrections and a Floor "
+        "modulo, takes another sector's map where x = -0.0 (1.4 ||z|| away) and none where "
+        "the angle rounds just below 0, beyond any rounding allowance",
     )
 
 
@@ -200,8 +282,12 @@ class _View:
             return None
         return node
 
-    def masked_sum(self, name: str) -> tuple[str, str, str, str, Node, list[Node]] | None:
-        """Add(Mul(v, m), Mul(r, n)) -> (v, m, r, n, add, muls), v a Split output."""
+    def half(self, name: str) -> _Half | None:
+        return self._masked(name) or self._where(name)
+
+    def _masked(self, name: str) -> _Half | None:
+        """Add(Mul(v, m), Mul(r, n)), v a Split output, m and n the Casts of complementary
+        comparisons of one selector with 0."""
         add = self._node(name, "Add")
         if add is None or len(add.inputs) != 2:
             return None
@@ -218,31 +304,59 @@ class _View:
             else:
                 return None
         for (value, mask, _), (other, other_mask, _) in (parts, parts[::-1]):
-            source = self.producers.get(value)
-            if source is not None and source.op == "Split" and not source.body:
-                return value, mask, other, other_mask, add, [p[2] for p in parts]
+            if not self._is_split_output(value):
+                continue
+            keep, turn = self._mask(mask), self._mask(other_mask)
+            if keep is None or turn is None:
+                return None
+            (selector, kind, keep_nodes), (selector_turn, kind_turn, turn_nodes) = keep, turn
+            if selector != selector_turn or _COMPLEMENT[kind] != kind_turn:
+                return None
+            nodes = (*keep_nodes, *turn_nodes, *(p[2] for p in parts), add)
+            return _Half(value, other, selector, kind, nodes, "masked select")
         return None
+
+    def _where(self, name: str) -> _Half | None:
+        """Where(s OP 0, v, r) or Where(s OP 0, r, v), v a Split output: the pair is kept
+        where the condition holds, or where it does not (the complementary comparison)."""
+        where = self._node(name, "Where")
+        if where is None or len(where.inputs) != 3:
+            return None
+        condition, when_true, when_false = where.inputs
+        compared = self._compare(condition)
+        if compared is None:
+            return None
+        selector, kind, nodes = compared
+        for value, other, kept_kind in (
+            (when_true, when_false, kind),
+            (when_false, when_true, _COMPLEMENT[kind]),
+        ):
+            if self._is_split_output(value) and not self._is_split_output(other):
+                return _Half(value, other, selector, kept_kind, (*nodes, where), "Where")
+        return None
+
+    def _is_split_output(self, name: str) -> bool:
+        source = self.producers.get(name)
+        return source is not None and source.op == "Split" and not source.body
 
     def _is_mask(self, name: str) -> bool:
         cast = self._node(name, "Cast")
         return cast is not None and self._node(cast.inputs[0], *_KIND) is not None
 
-    def masks(self, identity: str, reflection: str) -> tuple[str, str, list[Node]] | None:
-        """(selector, kind of the identity's mask, nodes) when the two masks are
-        complementary comparisons of one selector with exactly 0."""
-        first, second = self._mask(identity), self._mask(reflection)
-        if first is None or second is None:
-            return None
-        (sel, kind, nodes), (sel_other, kind_other, other_nodes) = first, second
-        if sel != sel_other or _COMPLEMENT[kind] != kind_other:
-            return None
-        return sel, kind, nodes + other_nodes
-
     def _mask(self, name: str) -> tuple[str, str, list[Node]] | None:
+        """(selector, kind, nodes) of a Cast to a float of a comparison of s with 0."""
         cast = self._node(name, "Cast")
         if cast is None or int(cast.attr("to", 0)) not in _FLOAT_CASTS:
             return None
-        compare = self._node(cast.inputs[0], *_KIND)
+        compared = self._compare(cast.inputs[0])
+        if compared is None:
+            return None
+        selector, kind, nodes = compared
+        return selector, kind, [*nodes, cast]
+
+    def _compare(self, name: str) -> tuple[str, str, list[Node]] | None:
+        """(s, kind, [the comparison]) of a comparison of s with exactly 0, as "s OP 0"."""
+        compare = self._node(name, *_KIND)
         if compare is None or len(compare.inputs) != 2:
             return None
         left, right = compare.inputs
@@ -253,7 +367,7 @@ class _View:
             selector, kind = right, _MIRROR[kind]
         else:
             return None
-        return selector, kind, [compare, cast]
+        return selector, kind, [compare]
 
     def _zero(self, name: str) -> bool:
         if not self.graph.is_constant(name):

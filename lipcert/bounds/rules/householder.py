@@ -4,13 +4,18 @@
 w . z <= 0, reflect it by R* = I - 2 v v^T, v = w / ||w||, elsewhere): continuous and
 1-Lipschitz (proof in lipcert.graph.householder). Factor 1, exact.
 
+The matcher also takes the halves concatenated in swapped order, P h(z) with P the exchange
+of the halves: a permutation of coordinates, so the bound, and the norms below, are those of h.
+
 **Rounding: what the runtime computes, against h.** Per pair, the runtime computes the
 selector s = fl(fl(x w1') + fl(y w2')) (a product may be a bare variable, a sign may be a
 Neg: exact), its masks, the reflected pair r = fl(R' z) (two products and one sum per entry),
 and a = x m + r n with m, n in {0, 1} complementary: x * 1, r * 0 = 0 and x + 0 are exact,
-so the output is exactly z or r. Here w' and R' are the constants the runtime holds: w' within
-one rounding u of the graph's w (or w itself), R' within `deviation32` (float32 runtime) or
-`deviation64` (float64) of R* per pair, Frobenius norm (computed exactly in the matcher).
+so the output is exactly z or r; a Where(s OP 0, x, r) selects one of them exactly too (both
+halves compare the same selector tensor on the same side, so they take the same branch).
+Here w' and R' are the constants the runtime holds: w' within one rounding u of the graph's
+w (or w itself), R' within `deviation32` (float32 runtime) or `deviation64` (float64) of R*
+per pair, Frobenius norm (computed exactly in the matcher).
 - Same side as h: zero error where both keep z; where both reflect,
   ||r - R* z|| <= ||(R' - R*) z|| + gamma(2) || |R'| |z| || <= (D + gamma(2) A) ||z||, with
   A = `abs_norm` >= || |R'| ||_2.
