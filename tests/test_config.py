@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 sys.path.insert(0, str(Path(__file__).parent / "certify"))
 from linear_models import linear_onnx
@@ -36,7 +36,7 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-def _certify(*args: object) -> object:
+def _certify(*args: object) -> Result:
     return runner.invoke(app, ["certify", *map(str, args)])
 
 
