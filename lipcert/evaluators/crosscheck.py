@@ -54,6 +54,8 @@ def cross_check(loaded: LoadedModel, analysis: Analysis) -> str | None:
     (an op or attribute it refuses): the bounds are then not cross-checked, and `certify`,
     which needs the executor, refuses the model.
     """
+    import torch
+
     from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
     from lipcert.evaluators.exact import Float64Evaluator
     from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
@@ -67,9 +69,15 @@ def cross_check(loaded: LoadedModel, analysis: Analysis) -> str | None:
             f"executor cannot run this graph ({exc}); certify refuses the model for the "
             "same reason"
         )
-    runtime = OnnxRuntimeEvaluator(loaded, spec=analysis.spec)
+    # One thread each (torch's restored after): on a busy 2-core machine the default thread
+    # pools cost more than the work, 0.8 s against 2.1-2.8 s for the ImageNet-sized LipNet
+    # (benchmarks/imagenet_lipnet_model.py; its analysis takes 30 s), 25-30 ms of CPU
+    # against 140-230 ms for the sample models.
+    runtime = OnnxRuntimeEvaluator(loaded, threads=1, spec=analysis.spec)
     batch = probe_inputs(tuple(graph.input_shape))
     expected = runtime.evaluate(batch)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         if runtime.one_at_a_time:  # the model mixes a batch's samples: one at a time here too
             parts = [executor.evaluate_unchecked(batch[i : i + 1]) for i in range(len(batch))]
@@ -85,6 +93,8 @@ def cross_check(loaded: LoadedModel, analysis: Analysis) -> str | None:
             f"lipcert's float64 executor fails on its reading of the graph of "
             f"{loaded.path!r} ({type(exc).__name__}: {detail}); please report"
         ) from exc
+    finally:
+        torch.set_num_threads(saved_threads)
     _refuse_disagreement(computed, expected, loaded.path)
     return None
 
