@@ -260,14 +260,17 @@ def _refuse_pair_angle(graph: Graph, atan: Node) -> None:
     split = sources[0]
     if split is None or split.op != "Split" or sources[1] is not split:
         return
+    if not split.inputs or graph.is_constant(split.inputs[0]):
+        return  # an angle computed from weights, not from the data
     if set(div.inputs) != set(split.outputs) or len(split.outputs) != 2:
         return
     raise refuse(
         atan,
-        "the angle atan2 of the two halves of a Split (the order-2 Householder activation) "
-        "is not supported: its export, Atan(y / x) with Where corrections and a Floor "
-        "modulo, takes another sector's map where x = -0.0 (1.4 ||z|| away) and none where "
-        "the angle rounds just below 0, beyond any rounding allowance",
+        "the angle atan2 of the two halves of a Split (as the order-2 Householder "
+        "activation computes it) is not supported: its export, Atan(y / x) with Where "
+        "corrections and a Floor modulo, takes another sector's map where x = -0.0 (1.4 "
+        "||z|| away) and none where the angle rounds just below 0, beyond any rounding "
+        "allowance",
     )
 
 

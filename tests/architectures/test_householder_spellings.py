@@ -7,7 +7,8 @@ Ground truth, independent of lipcert's code:
   activation's Jacobian is P J, J block-diagonal of identities and the reflections of the
   float32 angles, P the exchange of the halves when they are swapped);
 - the ideal function h computed exactly in rationals (test_householder.ideal) against
-  onnxruntime's float32 outputs, at points on the selector's line and a few ulps off it;
+  onnxruntime's float32 outputs and lipcert's float64 executor, at points on the selector's
+  line and a few ulps off it;
 - a dense scan of each pair's circle (float64 module): the largest difference quotient of
   neighbouring points is at most 1 for a continuous piecewise isometry, far above 1 where the
   function jumps. Every accepted spelling scans <= 1; every look-alike (refused) above 1.1;
@@ -46,9 +47,10 @@ from test_householder import (
 )
 from torch import nn
 
-from lipcert.bounds.compose import analyse
+from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, analyse
 from lipcert.errors import UnsupportedOpError
 from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.graph.execute import GraphExecutor
 from lipcert.model import LoadOptions
 
 
@@ -228,6 +230,11 @@ def test_runtime_stays_within_the_allowance_of_h(dynamo: bool, spelling: str) ->
     errors = distance(run_onnxruntime(loaded, points), exact)
     allowance = found.spec.fp_allowance(norms)
     assert np.all(errors <= allowance), float(np.max(errors / allowance))
+    # lipcert's float64 executor (the fused body, R*'s float64 roundings) within float64's
+    precise = GraphExecutor(found.graph, torch.float64)(torch.from_numpy(points).double())
+    errors64 = distance(precise.numpy(), exact)
+    allowance64 = found.spec_for_precision(FLOAT64_UNIT_ROUNDOFF).fp_allowance(norms)
+    assert np.all(errors64 <= allowance64), float(np.max(errors64 / allowance64))
 
 
 def selector_vectors(model: onnx.ModelProto, layer: Spelled, dynamo: bool) -> list[tuple]:
@@ -422,5 +429,7 @@ def test_order2_export_leaves_the_function_beyond_any_allowance(dynamo: bool, ca
 def test_order2_is_refused_naming_its_atan(dynamo: bool) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 4), HouseHolderOrder2(4), nn.Linear(4, 3)).eval()
-    with pytest.raises(UnsupportedOpError, match=r"^node '[^']+' \(Atan\): .*order-2 Householder"):
+    with pytest.raises(
+        UnsupportedOpError, match=r"^node '[^']+' \(Atan\): .*order-2 Householder activation"
+    ):
         analyse(load(net, dynamo, (4,)).graph)
