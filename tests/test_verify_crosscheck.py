@@ -225,3 +225,67 @@ def test_a_graph_the_executor_cannot_run_is_reported_not_skipped(
     result = runner.invoke(app, ["verify", str(TAU32), "--json"])
     assert result.exit_code == 0, result.output
     assert "not cross-checked against onnxruntime" in result.stdout
+
+
+def test_a_float32_overflow_only_in_onnxruntime_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    run = OnnxRuntimeEvaluator._run
+
+    def overflowing(self, batch):
+        values = np.array(run(self, batch))
+        values[:, 4] = np.inf  # float32's range is the smaller one
+        return values
+
+    monkeypatch.setattr(OnnxRuntimeEvaluator, "_run", overflowing)
+    assert lipcert.load(TAU32).num_logits == 10
+
+
+def _fixed_batch_onnx(path: Path, batch: int, mix: float) -> Path:
+    """x (batch, 8) fixed -> MatMul W -> + mix * (the next sample's row): mix 0 keeps the
+    samples apart, mix 2 makes each sample's logits depend on its neighbour."""
+    rng = np.random.default_rng(5)
+    roll = (np.roll(np.eye(batch), 1, axis=1) * mix).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["ht"], perm=[1, 0]),
+        helper.make_node("MatMul", ["ht", "R"], ["mt"]),
+        helper.make_node("Transpose", ["mt"], ["m"], perm=[1, 0]),
+        helper.make_node("Add", ["h", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fixed_batch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "W"),
+            numpy_helper.from_array(np.ascontiguousarray(roll.T), "R"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_fixed_batch_model_runs_in_chunks_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    run = TorchDeviceEvaluator.run
+
+    def recorded(self, batch):
+        sizes.append(len(batch))
+        return run(self, batch)
+
+    monkeypatch.setattr(TorchDeviceEvaluator, "run", recorded)
+    path = _fixed_batch_onnx(tmp_path / "fixed2.onnx", 2, 0.0)
+    model = lipcert.load(path)
+    assert model.loaded.fixed_batch == 2
+    assert sizes[-2:] == [2, 2]  # three probes: two chunks of 2, the last padded
+
+
+def test_a_fixed_batch_model_that_mixes_samples_is_refused_at_load(tmp_path: Path) -> None:
+    path = _fixed_batch_onnx(tmp_path / "mixing4.onnx", 4, 2.0)
+    with pytest.raises(ModelLoadError, match="depend on the other samples of its batch"):
+        lipcert.load(path)
