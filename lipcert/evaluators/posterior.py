@@ -3,17 +3,22 @@
 The default evaluator of `lipcert certify`. It runs the model in onnxruntime (CPU, float32)
 up to a cut, then the rest of the graph (a chain of cheap ops at the end: dense layers,
 activations, the head) in float64 from onnxruntime's value at the cut. The dense layers with
-the longest sums, whose float32 rounding bound is the largest, thus run in float64.
+the longest sums, whose float32 rounding bound is the largest, thus run in float64. When
+every ONNX node of the tail is one of _FLOAT64_OPS (sums of products, single correctly
+rounded operations, exact moves), the tail is a float64 copy of those nodes in the same
+onnxruntime run (the cut cast to float64, exactly); otherwise lipcert's executor runs it in
+torch from the cut's value.
 
 Every batch is checked against onnxruntime's own logits of the whole model (an extra output
 of the same run) within both allowances, so a float64 tail that does not compute the model
 is caught. The same onnxruntime run also returns, per sample, the sum of squares of every
 tensor whose size enters the rounding bound (a ReduceSumSquare added to the model), and the
 bound is computed from those sizes (`lipcert.bounds.fp_error`) instead of worst-case ones.
-A float32 sum of squares of n terms (each square rounded at most once, then summed in any
-order) is at most (1 + 2 gamma_(n+1)) times too small, all terms being non-negative;
-underflowed squares lose at most n 2^-126: the norms used are increased by both. The cut's
-norm is taken in float64 by the tail; tensors not measured get their a-priori size.
+A sum of squares of n terms (each square rounded at most once, then summed in any order) is
+at most (1 + 2 gamma_(n+1)) times too small, all terms being non-negative; underflowed
+squares lose at most n times the smallest normal number: the norms used are increased by
+both. The tail's tensors (the cut's included) are measured in float64; tensors not measured
+get their a-priori size.
 
 `prefetch` starts onnxruntime on the next batch in a background thread, so that it runs
 while the float64 work on the current batch is done (`lipcert.certify.pipeline`).
@@ -27,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, gamma
+from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF, Analysis, gamma
 from lipcert.bounds.fp_error import ErrorPlan
 from lipcert.bounds.registry import Rounding
+from lipcert.errors import ModelLoadError
 from lipcert.evaluators.base import (
     Evaluation,
     Evaluator,
@@ -45,6 +51,17 @@ from lipcert.model import LoadedModel
 # for them): the float64 tail stops before the last of them.
 _HEAVY = frozenset({"Conv", "ConvTranspose", "AveragePool", "MaxPool", "LpPool"})
 _SUM_PREFIX = "lipcert_sum_of_squares_"
+_FLOAT64_SUFFIX = "__lipcert_float64"
+# Ops whose float64 onnxruntime kernels are what the rounding analysis assumes of float64
+# arithmetic: sums of products in any order, one correctly rounded operation per element
+# (_FLOAT64_ROUNDED), or exact (_FLOAT64_EXACT: comparisons, moves, shapes). A float64 tail
+# made only of these runs in onnxruntime (in the run of the rest of the model), else in
+# lipcert's executor (torch).
+_FLOAT64_ROUNDED = ("Gemm", "MatMul", "Add", "Sub", "Mul", "Div")
+_FLOAT64_EXACT = ("Neg", "Abs", "Relu", "Max", "Min", "ReduceMax", "ReduceMin", "Concat")
+_FLOAT64_MOVES = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather")
+_FLOAT64_SHAPES = ("Shape", "Identity", "Cast", "Split", "Constant")
+_FLOAT64_OPS = frozenset((*_FLOAT64_ROUNDED, *_FLOAT64_EXACT, *_FLOAT64_MOVES, *_FLOAT64_SHAPES))
 # Tensors larger than this many times the input are not measured (their sums of squares cost
 # more than they save): their size is bounded a priori, ||t(0)|| + L_t ||x||. At 32, the
 # fmnist_ce_tau8/tau128 sample models also measure their first activation (16 times the
@@ -111,10 +128,27 @@ class PosteriorEvaluator:
         )
         self.tail_measured = tuple(name for name in self.plan.needed if name in in_tail)
         self.sizes = {name: int(np.prod(graph.shape(name)[1:])) for name in self.measured}
-        prefix = _prefix_model(proto, self.cut, model.output_name, self.measured, graph)
+        self.tail_sizes = {name: int(np.prod(graph.shape(name)[1:])) for name in self.tail_measured}
         # Its batches run next to the float64 work on the previous batch (`prefetch`):
-        # onnxruntime's idle threads sleep rather than spin against it.
-        self.session = make_session(prefix.SerializeToString(), model.path, threads, spinning=False)
+        # onnxruntime's idle threads sleep rather than spin against it. The float64 tail runs
+        # in the same onnxruntime run when it can (`_float64_copy`), else in torch.
+        session = None
+        if tail:
+            copied = _prefix_model(
+                proto, self.cut, model.output_name, self.measured, graph, self.tail_measured
+            )
+            if copied is not None:
+                try:
+                    session = make_session(
+                        copied.SerializeToString(), model.path, threads, spinning=False
+                    )
+                except ModelLoadError:  # a float64 kernel onnxruntime lacks: torch's tail
+                    session = None
+        self.tail_in_onnxruntime = session is not None
+        if session is None:
+            prefix = _prefix_model(proto, self.cut, model.output_name, self.measured, graph)
+            session = make_session(prefix.SerializeToString(), model.path, threads, spinning=False)
+        self.session = session
         self.input_name = model.input_name
         self.output_name = model.output_name
         self.tail = _tail_executor(graph, tail, self.cut) if tail else None
@@ -190,9 +224,16 @@ class PosteriorEvaluator:
         runtime_logits = np.asarray(outputs[0 if self.cut == self.output_name else 1])
         runtime_logits = runtime_logits.reshape(len(batch), -1).astype(np.float64)
         norms: dict[str, np.ndarray] = {}
-        for name, squares in zip(self.measured, sums, strict=True):
+        for name, squares in zip(self.measured, sums[: len(self.measured)], strict=True):
             norms[name] = _norm_from_float32_squares(np.asarray(squares), self.sizes[name])
-        if self.tail is None:
+        if self.tail_in_onnxruntime:  # the cut's value is the float64 logits
+            logits = cut_value.reshape(len(batch), -1).astype(np.float64)
+            tail_sums = sums[len(self.measured) :]
+            for name, squares in zip(self.tail_measured, tail_sums, strict=True):
+                norms[name] = _norm_from_squares(
+                    np.asarray(squares), self.tail_sizes[name], FLOAT64_UNIT_ROUNDOFF
+                )
+        elif self.tail is None:
             logits = cut_value.reshape(len(batch), -1).astype(np.float64)
         else:
             logits, tail_norms = self.tail(cut_value, self.tail_measured)
@@ -261,11 +302,19 @@ def _head_differences(graph: Graph) -> tuple[str, np.ndarray] | None:
 
 def _norm_from_float32_squares(squares: np.ndarray, size: int) -> np.ndarray:
     """An upper bound of the L2 norm from a float32 sum of `size` squares (any order)."""
+    return _norm_from_squares(squares, size, FLOAT32_UNIT_ROUNDOFF)
+
+
+def _norm_from_squares(squares: np.ndarray, size: int, unit: float) -> np.ndarray:
+    """An upper bound of the L2 norm from a sum of `size` squares (any order) computed with
+    unit roundoff `unit` (float32 or float64): at most (1 + 2 gamma_(size+1)) times too
+    small, plus what underflowed squares lost, below the smallest normal number each."""
     squares = squares.reshape(-1).astype(np.float64)
-    g = gamma(size + 1)
+    g = gamma(size + 1, unit)
     if not g < 0.5:
         return np.full(len(squares), np.inf)
-    bound = squares * (1 + 2 * g) + size * 2.0**-126
+    tiny = 2.0**-126 if unit >= FLOAT32_UNIT_ROUNDOFF else 2.0**-1022
+    bound = squares * (1 + 2 * g) + size * tiny
     return np.sqrt(bound) * (1 + 1e-15)
 
 
@@ -320,30 +369,45 @@ def _float64_tail(graph: Graph, available: set[str], rounding: dict[str, Roundin
 
 
 def _prefix_model(
-    proto: Any, cut: str, logits: str, measured: tuple[str, ...], graph: Graph
+    proto: Any,
+    cut: str,
+    logits: str,
+    measured: tuple[str, ...],
+    graph: Graph,
+    float64_tail: tuple[str, ...] | None = None,
 ) -> Any:
     """The ONNX model computing `cut`, the logits and the sum of squares of each measured
-    tensor."""
+    tensor. With `float64_tail` (the tail's measured tensors), it computes instead the
+    logits in float64 from the cut (`_float64_copy`), the float32 logits, the float32 sums
+    of squares of `measured`, then the float64 ones of `float64_tail`; None if the tail
+    cannot be copied in float64."""
     import onnx
     from onnx import helper
 
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    extra_nodes = []
+    extra_nodes: list[Any] = []
     outputs = [
         helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT, None),
         helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None),
     ]
     if cut == logits:  # no float64 tail: the logits once
         outputs = outputs[:1]
+    opset = max(
+        (entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")),
+        default=1,
+    )
+    renamed: dict[str, str] = {}
+    if float64_tail is not None:
+        copied = _float64_copy(model, cut, logits)
+        if copied is None or any(name not in copied[1] for name in float64_tail):
+            return None
+        extra_nodes, renamed = copied
+        outputs[0] = helper.make_tensor_value_info(renamed[logits], onnx.TensorProto.DOUBLE, None)
     flat_shape = f"{_SUM_PREFIX}flat_shape"
     axes = f"{_SUM_PREFIX}axes"
     model.graph.initializer.append(
         onnx.numpy_helper.from_array(np.array([0, -1], dtype=np.int64), flat_shape)
-    )
-    opset = max(
-        (entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")),
-        default=1,
     )
     if opset >= 18:  # ReduceSumSquare takes its axes as an input from opset 18 on
         model.graph.initializer.append(
@@ -352,7 +416,9 @@ def _prefix_model(
     # ReduceSumSquare over the flattened sample (one axis): on an ImageNet-sized LipNet it
     # took 2/3 of the time of x * x followed by a product with a column of ones, itself
     # twice as fast as a reduction over several axes.
-    for i, name in enumerate(measured):
+    summed = [(name, onnx.TensorProto.FLOAT) for name in measured]
+    summed += [(renamed[name], onnx.TensorProto.DOUBLE) for name in float64_tail or ()]
+    for i, (name, elem_type) in enumerate(summed):
         out = f"{_SUM_PREFIX}{i}"
         if opset >= 18:
             reduce = helper.make_node("ReduceSumSquare", [f"{out}_flat", axes], [out], keepdims=1)
@@ -361,12 +427,76 @@ def _prefix_model(
                 "ReduceSumSquare", [f"{out}_flat"], [out], axes=[1], keepdims=1
             )
         extra_nodes += [helper.make_node("Reshape", [name, flat_shape], [f"{out}_flat"]), reduce]
-        outputs.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info(out, elem_type, None))
     model.graph.node.extend(extra_nodes)
     del model.graph.output[:]
     model.graph.output.extend(outputs)
     _prune(model.graph)
     return model
+
+
+def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[str, str]] | None:
+    """Nodes computing, in float64, the nodes of `model` that the logits need from `cut`
+    (the float64 tail), and the names of their float64 tensors by original name; None when
+    a node is not one of _FLOAT64_OPS, or a tensor's type is unknown.
+
+    The cut is cast to float64 (exactly), and so is every float32 tensor those nodes read
+    from elsewhere (their weights: onnxruntime folds these casts once); casts to float32
+    among them cast to float64 instead. Integer tensors (shapes) are computed as before."""
+    import onnx
+    from onnx import helper
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return None
+    types = {init.name: init.data_type for init in inferred.graph.initializer}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        types[info.name] = info.type.tensor_type.elem_type
+    downstream = {cut}
+    after: list[Any] = []
+    for node in inferred.graph.node:  # in topological order
+        if any(name in downstream for name in node.input):
+            after.append(node)
+            downstream.update(node.output)
+    if logits not in downstream:
+        return None
+    needed = {logits}
+    kept = []
+    for node in reversed(after):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    float32, float64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+    renamed = {cut: f"{cut}{_FLOAT64_SUFFIX}"}
+    nodes = [helper.make_node("Cast", [cut], [renamed[cut]], to=float64)]
+    for node in kept:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _FLOAT64_OPS:
+            return None
+        inputs = []
+        for name in node.input:
+            if name and name not in renamed and name not in types:
+                return None
+            if name and name not in renamed and types[name] == float32:
+                renamed[name] = f"{name}{_FLOAT64_SUFFIX}"
+                nodes.append(helper.make_node("Cast", [name], [renamed[name]], to=float64))
+            inputs.append(renamed.get(name, name))
+        for name in node.output:
+            if name:
+                renamed[name] = f"{name}{_FLOAT64_SUFFIX}"
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{node.name or node.output[0]}{_FLOAT64_SUFFIX}"
+        del copy.input[:]
+        copy.input.extend(inputs)
+        del copy.output[:]
+        copy.output.extend(renamed.get(name, name) for name in node.output)
+        for attribute in copy.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == float32:
+                attribute.i = float64
+        nodes.append(copy)
+    return nodes, renamed
 
 
 def _prune(graph: Any) -> None:

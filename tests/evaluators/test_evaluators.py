@@ -93,8 +93,13 @@ def test_posterior_allowance_bounds_the_real_error(name: str, factory: str) -> N
 
 def test_a_float64_tail_that_differs_from_onnxruntime_is_refused(monkeypatch) -> None:
     """The look-alike: a tail that does not compute the model (here a Gemm off by 0.5 in
-    float64 only) must not get the a-posteriori bound; the per-batch check refuses it."""
+    float64 only) must not get the a-posteriori bound; the per-batch check refuses it. The
+    tail runs in lipcert's executor here (no op runs in onnxruntime's float64 copy);
+    tests/evaluators/test_float64_tail.py has the onnxruntime one."""
+    import lipcert.evaluators.posterior as posterior
     import lipcert.graph.execute as execute
+
+    monkeypatch.setattr(posterior, "_FLOAT64_OPS", frozenset())
 
     original = execute._OPS["Gemm"]
 
@@ -105,6 +110,7 @@ def test_a_float64_tail_that_differs_from_onnxruntime_is_refused(monkeypatch) ->
     monkeypatch.setitem(execute._OPS, "Gemm", wrong_in_float64)
     loaded = load_model(MODELS / "fmnist_ce_tau8.onnx", LoadOptions(input_shape=(1, 28, 28)))
     evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
+    assert not evaluator.tail_in_onnxruntime and evaluator.tail is not None
     images = np.load(DATA)["x"][:8].astype(np.float32).reshape(-1, 1, 28, 28) / 255
     with pytest.raises(UnsoundCertificateError, match="float64 tail and onnxruntime differ"):
         evaluator.evaluate(images)
