@@ -64,7 +64,7 @@ class Spelled(nn.Module):
     - "where-swapped": "where", concatenated (b, a);
     - "mixed-swapped": a with masks, b with where, concatenated (b, a).
     Look-alikes (not continuous, must not be fused):
-    - "where-threshold": where(s <= 1e-3, ...);
+    - "where-threshold": where(s <= 1e-3, ...), and "where-threshold-tiny": s <= 2^-40;
     - "where-rows-exchanged": where(s <= 0, x, b2) and where(s <= 0, y, a2);
     - "where-two-sides": where(s <= 0, x, a2) and where(s > 0, y, b2);
     - "where-two-selectors": b's selector of another angle (t/2 + 0.3);
@@ -96,8 +96,8 @@ class Spelled(nn.Module):
             return torch.cat([torch.where(turn, a2, x), torch.where(turn, b2, y)], 1)
         if spelling == "where-kept-positive":
             return torch.cat([torch.where(turn, x, a2), torch.where(turn, y, b2)], 1)
-        if spelling == "where-threshold":
-            near = s <= 1e-3
+        if spelling in ("where-threshold", "where-threshold-tiny"):
+            near = s <= (1e-3 if spelling == "where-threshold" else 2.0**-40)
             return torch.cat([torch.where(near, x, a2), torch.where(near, y, b2)], 1)
         if spelling == "where-rows-exchanged":
             return torch.cat([torch.where(keep, x, b2), torch.where(keep, y, a2)], 1)
@@ -131,6 +131,9 @@ LOOK_ALIKES = [
     "swapped-rows-mismatched",
     "where-swapped-branches-one-half",
 ]
+# a jump of about 2^-39 across the line s = 2^-40: below what the scan resolves, refused all
+# the same (the threshold is not exactly 0)
+REFUSED = [*LOOK_ALIKES, "where-threshold-tiny"]
 EXPORTERS = pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 
 
@@ -271,7 +274,7 @@ def test_look_alikes_jump(look: str) -> None:
     assert circle_quotient(Spelled(8, look)) > 1.1
 
 
-@pytest.mark.parametrize("look", LOOK_ALIKES)
+@pytest.mark.parametrize("look", REFUSED)
 @EXPORTERS
 def test_look_alikes_are_refused(dynamo: bool, look: str) -> None:
     torch.manual_seed(5)
