@@ -283,6 +283,54 @@ def test_look_alikes_are_refused(dynamo: bool, look: str) -> None:
         analyse(load(net, dynamo, (8,)).graph)
 
 
+@pytest.mark.parametrize("spelling", ["where", "where-swapped"])
+@EXPORTERS
+def test_certified_radii_never_reach_a_point_of_another_class(
+    dynamo: bool, spelling: str, tmp_path
+) -> None:
+    """A 2-D classifier with two activations of the spelling: every certified radius is at
+    most the distance to the nearest point of a dense grid (spacing 2e-3) with another
+    decision of the float64 module, and the radii are not vacuous."""
+    import lipcert
+
+    torch.manual_seed(8)
+    net = nn.Sequential(
+        nn.Linear(2, 8),
+        Spelled(8, spelling),
+        nn.Linear(8, 8),
+        Spelled(8, spelling),
+        nn.Linear(8, 3),
+    ).eval()
+    first = net[0]
+    assert isinstance(first, nn.Linear)
+    with torch.no_grad():
+        first.weight.mul_(6.0)  # boundaries within reach of the samples
+    path = tmp_path / "householder.onnx"
+    onnx.save(export(net, dynamo, (2,)), path)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.8, size=(BATCH * 6, 2)).astype(np.float32)
+    double = nn.Sequential(*net).double()
+    with torch.no_grad():
+        labels = double(torch.from_numpy(x).double()).argmax(1).numpy()
+    model = lipcert.load(path)
+    assert [layer.op for layer in model.layers].count("Householder") == 2
+    samples = lipcert.certify_dataset(model, (x, labels), eps=(0.01,), threads=1).samples
+    step = 2e-3
+    axis = np.arange(-0.6, 0.6 + step, step)
+    offsets = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    reached = []
+    for point, prediction, radius in zip(x, samples.prediction, samples.radius, strict=True):
+        grid = point.astype(np.float64) + offsets
+        with torch.no_grad():
+            decisions = double(torch.from_numpy(grid)).argmax(1).numpy()
+        other = np.linalg.norm(offsets[decisions != prediction], axis=1)
+        nearest = float(other.min()) if other.size else math.inf
+        assert radius <= nearest, (radius, nearest)
+        if math.isfinite(nearest):
+            reached.append(radius / nearest)
+    assert reached and max(reached) > 0.2, reached
+
+
 # --- a small SOC-like network with each spelling ------------------------------------------------
 
 
