@@ -62,11 +62,12 @@ a reflection on four sectors bounded by angles of t1 and t2). In exact arithmeti
 continuous and 1-Lipschitz (adjacent maps agree on the ray between their sectors, and a
 continuous map that is an isometry on each of finitely many sectors is 1-Lipschitz along any
 segment), but not as exported. ONNX has no atan2; both torch exporters write
-Atan(y / x) corrected by Where(x < 0, Where(y > 0, +pi, -pi)), and the modulo as
+Atan(y / x), plus pi (y > 0) or minus pi (else) where x < 0, by Wheres, and the modulo as
 s - Floor(s / 2 pi) 2 pi. Two inputs make the runtime leave the function by a distance no
 rounding allowance can hold (measured with onnxruntime on both exports, against the float64
 module):
-- x = -0.0 (a product or sum of negative zeros, e.g. a bias-free layer on zero inputs):
+- x = -0.0 (0 times a negative weight is -0, and so is a sum of such, as in a bias-free
+  layer on zero inputs):
   y / -0 = -inf for y > 0, and -0 < 0 is false, so the angle is -pi/2 instead of pi/2 and
   another sector's map is applied: ||runtime - f|| = 1.42 ||z|| at z = (-0, 1);
 - t0 clamped to 0 (the reference clamps it to [0, 2 pi]) and y / x tiny and negative
