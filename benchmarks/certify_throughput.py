@@ -18,6 +18,7 @@ Usage: python benchmarks/certify_throughput.py [--samples 2048] [--batch-size 25
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def main() -> None:
             f"  {name:18s} {n / wall[name]:8.1f} samples/s (ratio {wall[base] / wall[name]:.3f}),"
             f" CPU {1e6 * cpu[name] / n:7.1f} us/sample (ratio {cpu[base] / cpu[name]:.3f})"
         )
-    print("  target: certify >= 0.9x plain onnxruntime")
+    print(f"  target: certify >= 0.9x plain onnxruntime; load average {os.getloadavg()[0]:.1f}")
     print(f"  samples recomputed in float64: {results[-1].exact_samples} of {n}")
 
 
