@@ -27,16 +27,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from lipcert.bounds import numeric, spectral
-from lipcert.bounds.numeric import add_up, mul_up, rss_up
+from lipcert.bounds.numeric import (
+    FLOAT32_UNIT_ROUNDOFF,
+    FLOAT64_UNIT_ROUNDOFF,
+    add_up,
+    gamma,
+    mul_up,
+    rss_up,
+)
 from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node
+from lipcert.bounds.zero_input import computed_errors, row_norm_up, sizes_at
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import window
 
 _LOG = logging.getLogger(__name__)
 
-FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-FLOAT64_UNIT_ROUNDOFF = 2.0**-53
 # The probed matrix holds at most this many entries (32 MiB of float64), with its smaller side
 # at most _PROBE_MAX_SIDE: its SVD then takes well under a second.
 PROBE_MAX_ENTRIES = 1 << 22
@@ -50,8 +56,6 @@ PROBE_MAX_WORK = 1 << 28
 # fraction of its skew part's: the symmetric part's norm is still added (see below), so this
 # only decides when the method is worth using, never whether it is sound.
 SKEW_TOLERANCE = 1e-6
-# Margin on |zero-input values| read from a float32 run (as lipcert.bounds.compose takes).
-_ZERO_INPUT_MARGIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -132,13 +136,6 @@ def product_bound(node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]
 # --- the floating-point allowance of the whole block ---------------------------------------
 
 
-def _gamma(terms: int, unit: float) -> float:
-    if terms <= 0:
-        return 0.0
-    product = terms * unit
-    return math.inf if product >= 1 else float(np.nextafter(product / (1 - product), np.inf))
-
-
 def block_rounding(
     node: Node,
     graph: Graph,
@@ -148,17 +145,46 @@ def block_rounding(
     """The rounding error of running the block's own ops, as one Rounding of the fused node.
 
     Forward over the body, as lipcert.bounds.compose.float_error_bound does over a graph,
-    with sizes and errors affine in s = ||block input||: a body tensor t satisfies
-    ||t(x)|| <= ||t(0)|| + L_t (s + ||entry(0)||), since t(x) - t(0) = A_t (entry(x) -
-    entry(0)) with ||A_t|| <= L_t (the op-by-op bound from the entry to t). Each node passes
+    with sizes and errors affine in s = ||block input||: a body tensor t, as a function of
+    the entry, satisfies ||t(v)|| <= ||t(e0)|| + L_t (s + ||e0||) for any reference entry e0,
+    since t(v) - t(e0) = A_t (v - e0) with ||A_t|| <= L_t (the op-by-op bound from the entry
+    to t); e0 is the probe's entry at the zero input and ||t(e0)|| is bounded with the
+    rounding of its float64 computation (_zero_norms). Each node passes
     on its input errors times its bound and adds its own rounding. The exit's error C + D s is
     returned as Rounding(terms=1, input_gain=D/g, offset=C/g) with g = gamma(1): since
     gamma(n, u) / gamma(1, u) grows with u, the allowance computed at the float32 unit also
-    covers any smaller unit (float64).
+    covers the float64 unit, except for the body's unit-free relative errors (constants the
+    model computes, lipcert.bounds.folded): the block's own `relative` then makes up the
+    difference at the float64 unit, (gamma(1, u64) + relative) X >= the error at u64.
     """
     paths = path_bounds(node, graph, bounds)
+    zeros = _zero_norms(node, graph, bounds)
+    constant, slope = _block_error(node, graph, bounds, paths, zeros, unit)
+    g = gamma(1, unit)
+    input_gain = numeric.up(slope / g) if slope else 0.0
+    offset = numeric.up(constant / g) if constant else 0.0
+    relative = 0.0
+    if unit != FLOAT64_UNIT_ROUNDOFF and any(layer.rounding.relative for _, layer in bounds):
+        constant64, slope64 = _block_error(node, graph, bounds, paths, zeros, FLOAT64_UNIT_ROUNDOFF)
+        g64 = gamma(1, FLOAT64_UNIT_ROUNDOFF)
+        for needed, given in ((slope64, input_gain), (constant64, offset)):
+            if needed > 0:
+                if given <= 0:  # cannot happen: the body rounds at every unit or at none
+                    raise UnsupportedOpError(f"node {node.name!r}: inconsistent block rounding")
+                relative = max(relative, numeric.up(needed / given) - g64)
+    return Rounding(terms=1, input_gain=input_gain, offset=offset, relative=max(relative, 0.0))
+
+
+def _block_error(
+    node: Node,
+    graph: Graph,
+    bounds: list[tuple[Node, LayerBound]],
+    paths: dict[str, float],
+    zeros: dict[str, float],
+    unit: float,
+) -> tuple[float, float]:
+    """(C, D): the error of the block's exit is at most C + D ||block input|| at this unit."""
     entry = node.inputs[0]
-    zeros = _zero_norms(node, graph)
     entry_zero = zeros[entry]
     sizes: dict[str, tuple[float, float]] = {entry: (0.0, 1.0)}
     errors: dict[str, tuple[float, float]] = {entry: (0.0, 0.0)}
@@ -170,24 +196,18 @@ def block_rounding(
         out_size = (add_up(zeros[output], mul_up(paths[output], entry_zero)), paths[output])
         local = (0.0, 0.0)
         r = layer.rounding
-        if r.terms:
+        if r.rounds:
             size_in = _sum([*(sizes[name] for name in sources), incoming])
             size_out = _sum([out_size, propagated])
             terms = _sum(
                 [_scale(size_in, r.input_gain), _scale(size_out, r.output_gain), (r.offset, 0.0)]
             )
-            local = _scale(terms, _gamma(r.terms, unit))
+            local = _scale(terms, r.gamma(unit))
         for name in inner.outputs:
             if name:
                 sizes[name] = out_size
                 errors[name] = _sum([propagated, local])
-    constant, slope = errors[node.outputs[0]]
-    g = _gamma(1, unit)
-    return Rounding(
-        terms=1,
-        input_gain=numeric.up(slope / g) if slope else 0.0,
-        offset=numeric.up(constant / g) if constant else 0.0,
-    )
+    return errors[node.outputs[0]]
 
 
 def _sum(parts: Iterable[tuple[float, float]]) -> tuple[float, float]:
@@ -201,26 +221,29 @@ def _scale(value: tuple[float, float], factor: float) -> tuple[float, float]:
     return mul_up(value[0], factor), mul_up(value[1], factor)
 
 
-def _zero_norms(node: Node, graph: Graph) -> dict[str, float]:
-    """||t(0)|| per sample (rounded up) for the entry and every tensor the body writes."""
-    names = [node.inputs[0], *(name for inner in node.body for name in inner.outputs if name)]
-    found: dict[str, float] = {}
-    missing = []
-    for name in names:
-        value = graph.zero_input_values.get(name)
-        if value is None:
-            missing.append(name)
-        else:
-            norm = float(np.linalg.norm(np.asarray(value, dtype=np.float64)[:1]))
-            found[name] = numeric.up(norm * (1 + _ZERO_INPUT_MARGIN))
+def _zero_norms(
+    node: Node, graph: Graph, bounds: list[tuple[Node, LayerBound]]
+) -> dict[str, float]:
+    """Per-sample sizes at the reference entry e0 (the entry's value at the zero input, as
+    the probe computed it: a known vector): ||e0|| for the entry and, for every tensor the
+    body writes, an upper bound of the EXACT ||t(e0)||: its float64 value plus that value's
+    rounding error (lipcert.bounds.zero_input)."""
+    entry = node.inputs[0]
+    at_zero = graph.zero_input_values.get(entry)
+    if at_zero is None:
+        raise RuntimeError(f"no zero-input value recorded for tensor {entry!r}")
+    # the whole probed batch (a block may read across it); sizes are the largest row's
+    start = np.asarray(at_zero, dtype=np.float64)
+    values = _run_body(node, graph, start, linear=False)
+    values.pop(entry, None)
+    norms = {name: row_norm_up(value) for name, value in values.items()}
+    norms[entry] = row_norm_up(start.reshape(start.shape[0], -1))
+    errors = computed_errors(bounds, graph, norms, {entry: 0.0})
+    found = sizes_at(values, errors)
+    found[entry] = norms[entry]
+    missing = [name for inner in node.body for name in inner.outputs[:1] if name not in found]
     if missing:
-        if node.inputs[0] in missing:
-            raise RuntimeError(f"no zero-input value recorded for tensor {node.inputs[0]!r}")
-        start = np.asarray(graph.zero_input_values[node.inputs[0]], dtype=np.float64)[:1]
-        values = _run_body(node, graph, start, linear=False)
-        for name in missing:
-            norm = float(np.linalg.norm(values[name]))
-            found[name] = numeric.up(norm * (1 + _ZERO_INPUT_MARGIN))
+        raise RuntimeError(f"no size at the reference input for tensor {missing[0]!r}")
     return found
 
 
@@ -390,8 +413,10 @@ def probe_bound(
     if not np.all(np.isfinite(matrix)):
         return None
     sigma = spectral.matrix_norm(matrix)
-    slope = block_rounding(node, graph, bounds, unit=FLOAT64_UNIT_ROUNDOFF).input_gain
-    error = mul_up(mul_up(slope, _gamma(1, FLOAT64_UNIT_ROUNDOFF)), numeric.sqrt_up(n))
+    rounding = block_rounding(node, graph, bounds, unit=FLOAT64_UNIT_ROUNDOFF)
+    error = mul_up(
+        mul_up(rounding.input_gain, rounding.gamma(FLOAT64_UNIT_ROUNDOFF)), numeric.sqrt_up(n)
+    )
     # Position b's computed matrix is within `error` of its exact one (the same rounding
     # bound) and within `spread` (Frobenius) of position 0's: both are added.
     return Candidate(
@@ -868,14 +893,14 @@ def _symbol_step(
                 signs = [-1.0]
         total = sum(sign * p[0] for sign, p in zip(signs, parts, strict=True))
         bound = sum(p[1] for p in parts)
-        error = max(p[2] for p in parts) + _gamma(len(parts) + 1, unit)
+        error = max(p[2] for p in parts) + gamma(len(parts) + 1, unit)
         return np.asarray(total), np.asarray(bound), error
     if op in ("Mul", "Div", "BatchNormalization") and same:
         scale = _channel_scale(graph, node, data[0])
         if scale is None:
             return None
         s, b, e = symbols[data[0]]
-        return scale[None, :, None] * s, np.abs(scale)[:, None] * b, e + _gamma(4, unit)
+        return scale[None, :, None] * s, np.abs(scale)[:, None] * b, e + gamma(4, unit)
     if op in ("Conv", "CircularConv"):
         kernel = _circular_kernel_symbol(graph, node, grid)
         if kernel is None:
@@ -886,8 +911,8 @@ def _symbol_step(
             return None
         product = np.matmul(k_symbol, s)
         inner_size = k_symbol.shape[2]
-        k_error = _gamma(taps + 6, unit) + twiddle
-        error = e + k_error + _gamma(inner_size + 4, unit) + 2 * e * k_error
+        k_error = gamma(taps + 6, unit) + twiddle
+        error = e + k_error + gamma(inner_size + 4, unit) + 2 * e * k_error
         return product, k_bound @ b, error
     if op in ("Pad", "Slice") and len(data) == 1:
         selection = _channel_selection(graph, node, data[0])

@@ -16,10 +16,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.numeric import SQRT2_UP, add_up, div_up, mul_up, rss_up, singular_value_up
+from lipcert.bounds.numeric import (
+    FLOAT32_UNIT_ROUNDOFF,
+    SQRT2_UP,
+    add_up,
+    mul_up,
+    rss_up,
+    singular_value_up,
+)
+
+# The unit roundoffs and gamma live in numeric; this module has always exported them.
+from lipcert.bounds.numeric import FLOAT64_UNIT_ROUNDOFF as FLOAT64_UNIT_ROUNDOFF
+from lipcert.bounds.numeric import gamma as gamma
 from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node, refuse
 from lipcert.bounds.spec import CertificateSpec
-from lipcert.errors import ModelLoadError, UnsupportedOpError
+from lipcert.bounds.zero_input import zero_input_sizes
+from lipcert.errors import LipcertError, ModelLoadError, UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.patterns import fuse_patterns
 
@@ -52,11 +64,13 @@ class Analysis:
     node_bounds: list[tuple[Node, LayerBound]]
     notes: list[str] = field(default_factory=list)
     tensor_bounds: dict[str, float] = field(default_factory=dict)
+    # upper bounds of every tensor's exact per-sample ||t(0)|| (lipcert.bounds.zero_input)
+    zero_sizes: dict[str, float] = field(default_factory=dict)
 
     def spec_for_precision(self, unit_roundoff: float) -> CertificateSpec:
         """The spec with the rounding allowance of a run at this unit roundoff."""
         constant, slope = float_error_bound(
-            self.graph, self.node_bounds, self.tensor_bounds, unit_roundoff
+            self.graph, self.node_bounds, self.tensor_bounds, self.zero_sizes, unit_roundoff
         )
         return dataclasses.replace(self.spec, fp_error_constant=constant, fp_error_slope=slope)
 
@@ -99,13 +113,25 @@ def _analyse(graph: Graph) -> Analysis:
         raise UnsupportedOpError(
             f"the output {graph.output_name!r} is not reached by any bounded path"
         )
+    notes = list(graph.notes)
+    try:
+        zero_sizes = zero_input_sizes(graph, node_bounds)
+    except (LipcertError, RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        # no sizes: every allowance that needs one is infinite (nothing is certified)
+        zero_sizes = {}
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        notes.append(
+            "no rounding allowance: lipcert's float64 executor cannot run the graph at the "
+            f"zero input ({first_line}), so no sample can be certified"
+        )
     analysis = Analysis(
         graph=graph,
         layers=layers,
         spec=_certificate_spec(graph, bounds),
         node_bounds=node_bounds,
-        notes=list(graph.notes),
+        notes=notes,
         tensor_bounds=bounds,
+        zero_sizes=zero_sizes,
     )
     analysis.spec = analysis.spec_for_precision(FLOAT32_UNIT_ROUNDOFF)
     return analysis
@@ -259,31 +285,20 @@ def _head_rows(node: Node, graph: Graph) -> np.ndarray | None:
 
 # --- the floating-point allowance ----------------------------------------------------------
 
-FLOAT32_UNIT_ROUNDOFF = 2.0**-24
-FLOAT64_UNIT_ROUNDOFF = 2.0**-53
-# ||t(0)|| is read from a float32 run; its own rounding error is far below this margin.
-_ZERO_INPUT_MARGIN = 1e-3
-
-
-def gamma(terms: int, unit: float = FLOAT32_UNIT_ROUNDOFF) -> float:
-    """gamma_n = n u / (1 - n u): the relative error bound of n rounded operations."""
-    if terms <= 0:
-        return 0.0
-    product = terms * unit
-    return math.inf if product >= 1 else div_up(product, 1 - product)
-
 
 def float_error_bound(
     graph: Graph,
     node_bounds: list[tuple[Node, LayerBound]],
     bounds: dict[str, float],
+    zero_sizes: dict[str, float],
     unit: float = FLOAT32_UNIT_ROUNDOFF,
 ) -> tuple[float, float]:
     """(c, d) with ||f computed in floating point (x) - f(x)||_2 <= c + d ||x||_2, worst case.
 
     `unit` is the unit roundoff of the arithmetic: 2^-24 for float32, 2^-53 for float64.
 
-    Forward over the graph, for every tensor t: ||t(x)|| <= N_t = ||t(0)|| + L_t ||x||, and
+    Forward over the graph, for every tensor t: ||t(x)|| <= N_t = ||t(0)|| + L_t ||x||
+    (||t(0)|| bounded by `zero_sizes`, lipcert.bounds.zero_input), and
     the error of the computed t is at most e_t = c_t + d_t ||x||. A node passes on its input
     error times its Lipschitz bound and adds its own rounding, which may grow with the
     (computed, so perturbed) sizes of its input and output: all terms are affine in ||x||.
@@ -296,7 +311,7 @@ def float_error_bound(
         incoming = _affine_sum(errors[name] for name in sources)
         propagated = _affine_scale(incoming, layer.factor)
         local = _rounding_error(
-            graph, node, layer.rounding, sources, incoming, propagated, bounds, unit
+            graph, node, layer.rounding, sources, incoming, propagated, bounds, zero_sizes, unit
         )
         total = _affine_sum([propagated, local])
         outputs = node.outputs[:1] if node.op in _INDEX_OUTPUTS else node.outputs
@@ -314,31 +329,22 @@ def _rounding_error(
     incoming: tuple[float, float],
     propagated: tuple[float, float],
     bounds: dict[str, float],
+    zero_sizes: dict[str, float],
     unit: float,
 ) -> tuple[float, float]:
-    if rounding.terms == 0:
+    if not rounding.rounds:
         return (0.0, 0.0)
-    g = gamma(rounding.terms, unit)
-    size_in = _affine_sum([*(_norm_bound(graph, name, bounds) for name in sources), incoming])
-    size_out = _affine_sum([_norm_bound(graph, node.outputs[0], bounds), propagated])
-    terms = _affine_sum(
-        [
-            _affine_scale(size_in, rounding.input_gain),
-            _affine_scale(size_out, rounding.output_gain),
-            (rounding.offset, 0.0),
-        ]
-    )
+    g = rounding.gamma(unit)
+    parts = [(rounding.offset, 0.0)]
+    if rounding.input_gain > 0:
+        sizes_in = ((zero_sizes.get(name, math.inf), bounds[name]) for name in sources)
+        parts.append(_affine_scale(_affine_sum([*sizes_in, incoming]), rounding.input_gain))
+    if rounding.output_gain > 0:
+        out = node.outputs[0]
+        size_out = _affine_sum([(zero_sizes.get(out, math.inf), bounds[out]), propagated])
+        parts.append(_affine_scale(size_out, rounding.output_gain))
+    terms = _affine_sum(parts)
     return _affine_scale(terms, g)
-
-
-def _norm_bound(graph: Graph, name: str, bounds: dict[str, float]) -> tuple[float, float]:
-    """N_t = ||t(0)|| + L_t ||x||, per sample."""
-    at_zero = graph.zero_input_values.get(name)
-    if at_zero is None:
-        raise RuntimeError(f"no zero-input value recorded for tensor {name!r}")
-    per_sample = np.asarray(at_zero, dtype=np.float64)[:1]
-    norm = float(np.linalg.norm(per_sample)) * (1 + _ZERO_INPUT_MARGIN)
-    return (norm, bounds[name])
 
 
 def _affine_sum(parts: Iterable[tuple[float, float]]) -> tuple[float, float]:

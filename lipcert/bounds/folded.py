@@ -11,8 +11,9 @@ rounding, an output that differs by:
 So one more rounded operation (gamma(n + 1) >= gamma(n) + u), an output gain of at least 1
 and ||c|| (broadcast) in the offset cover it, whatever the op. The float64 value itself is
 within rho |c| of the exact one (a forward error analysis of the recomputation, rho <= 2^-30,
-lipcert.frontends.onnx_exact.float64_errors): one more rounding, and rho / u64 more for the
-float64 executor that uses it as it is.
+lipcert.frontends.onnx_exact.float64_errors): a relative error rho that does not scale with
+the unit roundoff (`Rounding.relative`), whether the float32 runtime or the float64 executor
+computes (counting it as rho / u64 roundings made the float32 allowance 2^29 rho too large).
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         offset = add_up(
             offset, mul_up(float(np.linalg.norm(value)), math.sqrt(copies) * (1 + 1e-12))
         )
-    # c' (the runtime's) is within u32 |c64| of c64, and c64 within rho |c| of the exact c:
-    # with rho <= 2^-30, two float32 roundings cover |c' - c| when the runtime is float32;
-    # the float64 executor computes with c64, where rho / u64 more roundings cover rho.
+    # c' (the runtime's float32 copy) is within u32 |c64| of c64, and c64 within rho |c| of
+    # the exact c: one more rounding covers the first and a unit-free relative error rho
+    # the second, at the float32 unit; the float64 executor computes with c64 itself, where
+    # the relative error alone is needed. Two more roundings are taken, with rho rounded up.
     rho = max(graph.folded_error.get(name, 0.0) for name in names)
     if not rho <= _MAX_RHO:
         # a sine or cosine near 0 (onnx_exact): known to an absolute error only
@@ -62,12 +64,12 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
             f"only to {rho:.3g} of itself (a sine or cosine near 0), and its rounding "
             f"allowance for such constants needs 2^-30 relative; fold it into the weights",
         )
-    extra = 2 + math.ceil(rho / _U64)
     rounding = Rounding(
-        terms=bound.rounding.terms + extra,
+        terms=bound.rounding.terms + 2,
         input_gain=bound.rounding.input_gain,
         output_gain=max(bound.rounding.output_gain, 1.0),
         offset=offset,
+        relative=add_up(bound.rounding.relative, mul_up(rho, 1 + 1e-12)),
     )
     return dataclasses.replace(bound, rounding=rounding)
 

@@ -489,11 +489,8 @@ def middle_matrices(
     Also returned: the frequency grid, C_in, C_out, and a bound
     of ||computed M_k - M_k||_2 for every k (see fourier_bound).
     """
-    from lipcert.bounds.affine_operator import (
-        FLOAT64_UNIT_ROUNDOFF,
-        _gamma,
-        block_rounding,
-    )
+    from lipcert.bounds.affine_operator import block_rounding
+    from lipcert.bounds.numeric import FLOAT64_UNIT_ROUNDOFF
 
     start, stop = block.forward[-1].outputs[0], block.inverse[0].inputs[0]
     in_shape, out_shape = graph.shape(start), graph.shape(stop)
@@ -544,7 +541,7 @@ def middle_matrices(
     in_middle = {id(inner) for inner in block.middle}
     middle_bounds = [(inner, layer) for inner, layer in bounds if id(inner) in in_middle]
     rounding = block_rounding(fake, graph, middle_bounds, unit=FLOAT64_UNIT_ROUNDOFF)
-    g = _gamma(1, FLOAT64_UNIT_ROUNDOFF)
+    g = rounding.gamma(FLOAT64_UNIT_ROUNDOFF)
     per_column = mul_up(
         g,
         add_up(mul_up(rounding.input_gain, numeric.sqrt_up(frequencies)), rounding.offset),

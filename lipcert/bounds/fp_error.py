@@ -21,15 +21,13 @@ each node's `gamma` uses the unit roundoff of the arithmetic that computed it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, Analysis, gamma
+from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, Analysis
 from lipcert.graph import Node
 
-# ||t(0)|| is read from a float32 run at a zero input; the margin covers its own rounding.
-_ZERO_INPUT_MARGIN = 1e-3
 # Index outputs (TopK, MaxPool) carry no error that propagates.
 _INDEX_OUTPUTS = frozenset({"TopK", "MaxPool"})
 
@@ -42,14 +40,13 @@ class ErrorPlan:
 
     analysis: Analysis
     needed: tuple[str, ...]
-    zero_norms: dict[str, float] = field(default_factory=dict)  # cache of ||t(0)||
 
     @classmethod
     def of(cls, analysis: Analysis) -> ErrorPlan:
         needed: list[str] = []
         for node, layer in analysis.node_bounds:
             rounding = layer.rounding
-            if rounding.terms == 0:
+            if not rounding.rounds:
                 continue
             if rounding.input_gain > 0:
                 needed.extend(analysis.graph.data_inputs(node))
@@ -133,9 +130,9 @@ class ErrorPlan:
         units: Mapping[str, float],
     ) -> np.ndarray:
         rounding = layer.rounding  # type: ignore[attr-defined]
-        if rounding.terms == 0:
+        if not rounding.rounds:
             return np.zeros_like(x_norm)
-        g = gamma(rounding.terms, units.get(node.name, FLOAT32_UNIT_ROUNDOFF))
+        g = rounding.gamma(units.get(node.name, FLOAT32_UNIT_ROUNDOFF))
         size_in = np.zeros_like(x_norm)
         if rounding.input_gain > 0:
             measured = [norms.get(name) for name in sources]
@@ -163,16 +160,9 @@ class ErrorPlan:
         return _up(g * terms / denominator)
 
     def _a_priori(self, name: str, x_norm: np.ndarray) -> np.ndarray:
-        """||t(0)|| + L_t ||x||: the size of t for any input of norm ||x||."""
-        zero = self.zero_norms.get(name)
-        if zero is None:
-            at_zero = self.analysis.graph.zero_input_values.get(name)
-            if at_zero is None:
-                zero = np.inf
-            else:
-                per_sample = np.asarray(at_zero, dtype=np.float64)[:1]
-                zero = float(np.linalg.norm(per_sample)) * (1 + _ZERO_INPUT_MARGIN)
-            self.zero_norms[name] = zero
+        """||t(0)|| + L_t ||x||: the size of t for any input of norm ||x|| (||t(0)|| bounded
+        with the rounding of its computation, lipcert.bounds.zero_input)."""
+        zero = self.analysis.zero_sizes.get(name, np.inf)
         return _up(zero + self.analysis.tensor_bounds[name] * x_norm)
 
 

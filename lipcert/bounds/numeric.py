@@ -12,6 +12,9 @@ import math
 import numpy as np
 
 FLOAT64_EPS = float(np.finfo(np.float64).eps)
+# Unit roundoffs of the arithmetic a model runs in.
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+FLOAT64_UNIT_ROUNDOFF = 2.0**-53
 
 # LAPACK's SVD and eigenvalue routines are backward stable: a computed singular value of a
 # matrix with largest dimension n is off by at most p(n) * eps * ||A|| with p a modest
@@ -120,3 +123,12 @@ def max_abs_up(values: np.ndarray) -> float:
     """
     largest = float(np.max(np.abs(values))) if np.size(values) else 0.0
     return up(largest * (1.0 + 8.0 * FLOAT64_EPS))
+
+
+def gamma(terms: int, unit: float = FLOAT32_UNIT_ROUNDOFF) -> float:
+    """gamma_n = n u / (1 - n u): the relative error bound of n rounded operations (Higham,
+    Lemma 3.1), rounded up."""
+    if terms <= 0:
+        return 0.0
+    product = terms * unit
+    return math.inf if product >= 1 else div_up(product, 1 - product)

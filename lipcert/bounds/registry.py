@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lipcert.bounds.numeric import add_up, gamma
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.ir import refuse as refuse  # rules raise it; it lives with the graph
@@ -38,6 +39,9 @@ class Rounding:
     of summation. For a dot-product layer, terms is the length of the sums and input_gain the
     norm of the operator with absolute weights, since |fl(w.x) - w.x| <= gamma_n |w|.|x|.
     terms = 0 means the op is exact in floating point (max, sort, copies, ReLU).
+    `relative` is a relative error that does not scale with the unit roundoff (a constant the
+    model computes, known in float64 to rho of itself, lipcert.bounds.folded): the bound is
+    then (gamma(terms) + relative) * (...), see `gamma`.
 
     Sizes are L2 norms of the whole tensor of one sample. Where a node has several data
     inputs, ||input|| is the sum of their norms: a sum of n tensors rounds its partial sums,
@@ -49,11 +53,23 @@ class Rounding:
     input_gain: float = 0.0
     output_gain: float = 0.0
     offset: float = 0.0
+    relative: float = 0.0
 
     def __post_init__(self) -> None:
-        values = (self.terms, self.input_gain, self.output_gain, self.offset)
+        values = (self.terms, self.input_gain, self.output_gain, self.offset, self.relative)
         if self.terms < 0 or not all(math.isfinite(v) and v >= 0 for v in values):
             raise ValueError(f"expected finite non-negative rounding terms but got {self!r}")
+
+    @property
+    def rounds(self) -> bool:
+        """Whether the op adds any rounding error at all."""
+        return self.terms > 0 or self.relative > 0
+
+    def gamma(self, unit: float) -> float:
+        """The relative error factor at this unit roundoff: gamma(terms, unit) + relative."""
+        if not self.rounds:
+            return 0.0
+        return add_up(gamma(self.terms, unit), self.relative)
 
 
 EXACT = Rounding()

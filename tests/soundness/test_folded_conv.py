@@ -214,3 +214,44 @@ def test_cancelling_entry_read_directly_is_refused() -> None:
     )
     with pytest.raises(LipcertError, match=r"not bounded"):
         load(model)
+
+
+def test_folded_constant_allowance_scales_with_the_unit() -> None:
+    """The float64 value's own error rho is a relative error at every unit: counting it as
+    rho / u64 roundings (lipcert did) made the float32 allowance about 2^29 rho too large.
+    Ground truth: the float32 runtime's and the float64 executor's errors against the exact
+    rational products, within their allowances; and the float32 allowance close to the
+    closed form 2u L (input) + (gamma(3) + rho) L (the Mul's rounding, its copy of c, rho)."""
+    import torch
+
+    from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF, analyse, gamma
+    from lipcert.graph.execute import GraphExecutor
+    from lipcert.runtime import OnnxRuntimeEvaluator
+
+    rng = np.random.default_rng(11)
+    k = rng.standard_normal((2, 2, 2, 2)).astype(np.float32)
+    model, size = _conv_scaled_model(k, k, None, [1, 1, 1, 1], 1)
+    loaded = load(model)
+    rho = loaded.graph.folded_error["c"]
+    assert rho > 16 * FLOAT64_UNIT_ROUNDOFF  # where the old count was far too large
+    analysis = analyse(loaded.graph)
+    exact_c = [value for _, value in sorted(_exact_conv(k, k, None, [1, 1, 1, 1], 1).items())]
+    lipschitz = float(max(abs(value) for value in exact_c))
+    u = FLOAT32_UNIT_ROUNDOFF
+    spec32 = analysis.spec
+    assert spec32.fp_error_slope <= (2 * u + gamma(3, u) + rho) * lipschitz * (1 + 1e-6)
+    assert spec32.fp_error_slope < (gamma(3 + int(rho / FLOAT64_UNIT_ROUNDOFF), u)) * lipschitz
+    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+    evaluator = OnnxRuntimeEvaluator(loaded, threads=1, spec=spec32)
+    executor = GraphExecutor(analysis.graph, dtype=torch.float64)
+    for _ in range(5):
+        x = (rng.standard_normal((1, size)) * 10).astype(np.float32)
+        exact = [Fraction(float(x[0, i])) * exact_c[i] for i in range(size)]
+        norm = float(np.linalg.norm(x.astype(np.float64)))
+        got32 = evaluator.logits(x).astype(np.float64)[0]
+        with torch.no_grad():
+            got64 = executor(torch.as_tensor(x, dtype=torch.float64)).numpy()[0]
+        for got, spec in ((got32, spec32), (got64, spec64)):
+            square = sum((Fraction(float(g)) - e) ** 2 for g, e in zip(got, exact, strict=True))
+            allowance = spec.fp_error_constant + spec.fp_error_slope * norm
+            assert float(square) ** 0.5 <= allowance
