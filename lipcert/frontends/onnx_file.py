@@ -57,7 +57,7 @@ _PROBE_SIZES = (32, 28, 64, 16, 224)
 def load_model(path: str | Path, options: LoadOptions) -> LoadedModel:
     """Read an ONNX file into a LoadedModel (graph for bounds, bytes for the runtime)."""
     if options.arch is not None:
-        raise UsageError("--arch applies to PyTorch checkpoints, not to ONNX files")
+        raise UsageError("arch= (--arch) applies to PyTorch checkpoints, not to ONNX files")
     path = Path(path)
     model = _read_protobuf(path)
     _load_external_data(model, path)
@@ -79,7 +79,7 @@ def load_from_proto(
     if not size_known:
         graph.notes.append(
             "the model does not fix its input size and none was given: bounds use methods that "
-            "hold for every input size (looser); pass --input-shape for tight bounds"
+            "hold for every input size (looser); pass input_shape= (--input-shape) for tight bounds"
         )
     return LoadedModel(
         graph=graph,
@@ -287,13 +287,15 @@ def _choose_input_shape(
             )
         return given, True, batch
     if not sample:
-        raise UsageError(f"{source!r} declares no input shape: pass --input-shape C,H,W")
+        raise UsageError(
+            f"{source!r} declares no input shape: pass input_shape= (--input-shape C,H,W)"
+        )
     if all(d is not None for d in sample):
         return tuple(int(d) for d in sample if d is not None), True, batch
     if sample[0] is None:
         raise UsageError(
             f"{source!r} leaves its channel count open ({_format_dims(sample)}): "
-            "pass --input-shape C,H,W"
+            "pass input_shape= (--input-shape C,H,W)"
         )
     return None, False, batch
 
@@ -544,7 +546,7 @@ def _probe(
         )
     raise UsageError(
         f"{source!r} does not fix its input size and runs at none of the sizes tried "
-        f"({'; '.join(errors)}): pass --input-shape C,H,W"
+        f"({'; '.join(errors)}): pass input_shape= (--input-shape C,H,W)"
     )
 
 

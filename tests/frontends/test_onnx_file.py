@@ -573,7 +573,7 @@ def test_arch_is_refused_for_onnx(tmp_path: Path) -> None:
         path,
         LoadOptions(arch="archs:small_net"),
         UsageError,
-        "--arch applies to PyTorch checkpoints",
+        r"arch= \(--arch\) applies to PyTorch checkpoints",
     )
 
 
