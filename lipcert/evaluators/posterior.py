@@ -440,9 +440,11 @@ def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[st
     (the float64 tail), and the names of their float64 tensors by original name; None when
     a node is not one of _FLOAT64_OPS, or a tensor's type is unknown.
 
-    The cut is cast to float64 (exactly), and so is every float32 tensor those nodes read
-    from elsewhere (their weights: onnxruntime folds these casts once); casts to float32
-    among them cast to float64 instead. Integer tensors (shapes) are computed as before."""
+    The cut is cast to float64 (exactly), and so is every float32 constant those nodes read
+    (initializers and Constant outputs: their weights; onnxruntime folds these casts once);
+    casts to float32 among them cast to float64 instead. Integer tensors (shapes) are
+    computed as before. A float32 tensor computed elsewhere (weights computed in the graph,
+    say) is not read: None."""
     import onnx
     from onnx import helper
 
@@ -451,6 +453,9 @@ def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[st
     except Exception:
         return None
     types = {init.name: init.data_type for init in inferred.graph.initializer}
+    constants = set(types) | {
+        name for node in inferred.graph.node if node.op_type == "Constant" for name in node.output
+    }
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         types[info.name] = info.type.tensor_type.elem_type
     downstream = {cut}
@@ -479,6 +484,8 @@ def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[st
             if name and name not in renamed and name not in types:
                 return None
             if name and name not in renamed and types[name] == float32:
+                if name not in constants:
+                    return None
                 renamed[name] = f"{name}{_FLOAT64_SUFFIX}"
                 nodes.append(helper.make_node("Cast", [name], [renamed[name]], to=float64))
             inputs.append(renamed.get(name, name))

@@ -40,17 +40,29 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def _model(path: Path, weights: dict[str, np.ndarray], activation: str = "Relu") -> Path:
+def _model(
+    path: Path,
+    weights: dict[str, np.ndarray],
+    activation: str = "Relu",
+    computed_weight: bool = False,
+) -> Path:
     """conv -> relu -> flatten -> dense -> `activation` -> dense, on 1x8x8 inputs: the
-    float64 tail is dense -> activation -> dense."""
+    float64 tail is dense -> activation -> dense. `computed_weight`: the first dense
+    layer's weight is the output of a node (an Identity of the initializer)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    weight = ["W2"]
+    if computed_weight:
+        weight = [helper.make_node("Identity", ["W2"], ["W2_computed"])]
     nodes = [
+        *(weight if computed_weight else []),
         helper.make_node("Conv", ["x", "W1", "B1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Flatten", ["r1"], ["f"]),
-        helper.make_node("Gemm", ["f", "W2", "B2"], ["d"], transB=1),
+        helper.make_node(
+            "Gemm", ["f", "W2_computed" if computed_weight else "W2", "B2"], ["d"], transB=1
+        ),
         helper.make_node(activation, ["d"], ["a"]),
         helper.make_node("Gemm", ["a", "W3", "B3"], ["logits"], transB=1),
     ]
@@ -145,17 +157,22 @@ def _torch_tail_evaluator(loaded, analysis) -> PosteriorEvaluator:  # type: igno
     return evaluator
 
 
-def test_a_tail_with_another_op_runs_in_lipcerts_executor(tmp_path: Path) -> None:
-    """The look-alike: LeakyRelu is not in _FLOAT64_OPS, so the tail stays in torch; its
+@pytest.mark.parametrize(("activation", "computed_weight"), [("LeakyRelu", False), ("Relu", True)])
+def test_a_tail_with_another_op_or_a_computed_weight_runs_in_lipcerts_executor(
+    tmp_path: Path, activation: str, computed_weight: bool
+) -> None:
+    """The look-alikes: LeakyRelu is not in _FLOAT64_OPS, and a weight computed by a node
+    (not a constant) is not read by the float64 copy, so the tail stays in torch; its
     allowance still bounds the real error."""
     torch.set_num_threads(1)
     weights = _weights(2)
-    loaded = load_model(_model(tmp_path / "m.onnx", weights, "LeakyRelu"))
+    path = _model(tmp_path / "m.onnx", weights, activation, computed_weight)
+    loaded = load_model(path)
     evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
     assert not evaluator.tail_in_onnxruntime and evaluator.tail is not None
     inputs = _inputs(2)
     evaluation = evaluator.evaluate(inputs)
-    error = np.linalg.norm(evaluation.logits - _exact(inputs, weights, "LeakyRelu"), axis=1)
+    error = np.linalg.norm(evaluation.logits - _exact(inputs, weights, activation), axis=1)
     assert np.all(error <= evaluation.allowance)
 
 
