@@ -15,12 +15,17 @@ them instead. The bound stays a guarantee, for any summation order:
 - a size that was not measured falls back to the a-priori ||t(0)|| + L_t ||x|| + e_t.
 
 Nodes may run in different precisions (float32 onnxruntime up to a cut, float64 after it):
-each node's `gamma` uses the unit roundoff of the arithmetic that computed it.
+each node's `gamma` uses the unit roundoff of the arithmetic that computed it, except for a
+node reading a constant the model computes (lipcert.bounds.folded): a float64 run of the
+runtime's model (onnxruntime's float64 copy of the tail) reads the runtime's float32 copy
+c' = fl32(c64) of it, off the exact constant by u32 |c|, which the float64 unit does not
+cover; such a node gets its float32 allowance (gamma(n + 2, u32) + rho >= gamma(n, u64)
+(1 + u32) + u32 (1 + rho) + rho, the error of a float64 run with c').
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,10 +45,18 @@ class ErrorPlan:
 
     analysis: Analysis
     needed: tuple[str, ...]
+    # nodes reading a constant the model computes: never below the float32 unit (above)
+    reads_folded: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, analysis: Analysis) -> ErrorPlan:
         needed: list[str] = []
+        folded = analysis.graph.inexact_constants
+        reads_folded = frozenset(
+            node.name
+            for node, _ in analysis.node_bounds
+            if folded and any(name in folded for inner in _flatten(node) for name in inner.inputs)
+        )
         for node, layer in analysis.node_bounds:
             rounding = layer.rounding
             if not rounding.rounds:
@@ -52,7 +65,7 @@ class ErrorPlan:
                 needed.extend(analysis.graph.data_inputs(node))
             if rounding.output_gain > 0:
                 needed.append(node.outputs[0])
-        return cls(analysis, tuple(dict.fromkeys(needed)))
+        return cls(analysis, tuple(dict.fromkeys(needed)), reads_folded)
 
     def error(
         self,
@@ -132,7 +145,10 @@ class ErrorPlan:
         rounding = layer.rounding  # type: ignore[attr-defined]
         if not rounding.rounds:
             return np.zeros_like(x_norm)
-        g = rounding.gamma(units.get(node.name, FLOAT32_UNIT_ROUNDOFF))
+        unit = units.get(node.name, FLOAT32_UNIT_ROUNDOFF)
+        if node.name in self.reads_folded:
+            unit = max(unit, FLOAT32_UNIT_ROUNDOFF)  # its float32 copy c' (module docstring)
+        g = rounding.gamma(unit)
         size_in = np.zeros_like(x_norm)
         if rounding.input_gain > 0:
             measured = [norms.get(name) for name in sources]
@@ -164,6 +180,12 @@ class ErrorPlan:
         with the rounding of its computation, lipcert.bounds.zero_input)."""
         zero = self.analysis.zero_sizes.get(name, np.inf)
         return _up(zero + self.analysis.tensor_bounds[name] * x_norm)
+
+
+def _flatten(node: Node) -> Iterator[Node]:
+    yield node
+    for inner in node.body:
+        yield from _flatten(inner)
 
 
 def _sum(parts: list[np.ndarray], n: int) -> np.ndarray:

@@ -1,0 +1,166 @@
+"""Red team of the zero-input sizes (lipcert.bounds.zero_input) and of the unit-free relative
+error of folded constants (Rounding.relative, lipcert.bounds.folded).
+
+Ground truth: exact rational arithmetic (fractions.Fraction) on the file's float32 weights.
+
+Found hole: the default evaluator's float64 tail (a float64 copy of the ONNX nodes after the
+cut, run by onnxruntime) reads the runtime's FLOAT32 copy of a constant the model computes
+(c' = fl32(c64), lipcert.frontends.onnx_file._fold_in_float64), not the float64 value c64
+of lipcert's graph. c' is off the exact constant by u32 |c|, which an allowance at the
+float64 unit (gamma(n + 2, u64) + rho) does not cover: with a weight whose float32 roundings
+all go the same way, the tail's logits were 3.6 times further from the exact ones than
+their allowance.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, analyse
+from lipcert.evaluators.posterior import PosteriorEvaluator
+from lipcert.frontends import load_model
+
+_N = 64
+
+
+def _hadamard(n: int) -> np.ndarray:
+    h = np.array([[1.0]])
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def _factors(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 A, B whose exact products are +-0.125 (1 + 1e-4) (a Hadamard sign pattern,
+    so ||A * B||_2 ~ 1) and whose float32 products all round UP by more than 0.8 of half an
+    ulp: a dot product of the rounded weights with a non-negative vector errs in one
+    direction, n times u32 |c| per output instead of sqrt(n)."""
+    rng = np.random.default_rng(seed)
+    signs = _hadamard(_N)
+    a = np.zeros((_N, _N), np.float32)
+    b = np.zeros((_N, _N), np.float32)
+    half_ulp = 2.0**-27  # of numbers in [0.125, 0.25)
+    for j in range(_N):
+        for c in range(_N):
+            target = signs[j, c] * 0.125 * (1 + 1e-4)
+            while True:
+                left = np.float32(rng.uniform(1.0, 2.0))
+                right = np.float32(target / float(left))
+                exact = float(left) * float(right)  # exact: 24 + 24 bits
+                if float(np.float32(exact)) - exact > 0.8 * half_ulp:
+                    break
+            a[j, c], b[j, c] = left, right
+    return a, b
+
+
+def _model(path: Path, a: np.ndarray, b: np.ndarray, computed: bool) -> Path:
+    """logits = Relu(x) @ W, with W = A * B computed by the model (`computed`), or the
+    float32 products given as a plain initializer (the look-alike)."""
+    inits = [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")]
+    nodes = [helper.make_node("Relu", ["x"], ["h"])]
+    if computed:
+        nodes.insert(0, helper.make_node("Mul", ["A", "B"], ["W"]))
+    else:
+        inits = [numpy_helper.from_array((a * b).astype(np.float32), "W")]
+    nodes.append(helper.make_node("MatMul", ["h", "W"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", _N])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", _N])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _exact_errors(x: np.ndarray, logits: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[float]:
+    """Per sample, a float no larger than ||logits - Relu(x) @ (A * B)||_2, all exact."""
+    fa = [[Fraction(float(v)) for v in row] for row in a]
+    fb = [[Fraction(float(v)) for v in row] for row in b]
+    weight = [[fa[j][c] * fb[j][c] for c in range(_N)] for j in range(_N)]
+    found = []
+    for sample in range(len(x)):
+        h = [Fraction(max(float(v), 0.0)) for v in x[sample]]
+        square = Fraction(0)
+        for c in range(_N):
+            exact = sum(h[j] * weight[j][c] for j in range(_N))
+            square += (Fraction(float(logits[sample, c])) - exact) ** 2
+        root = float(square) ** 0.5
+        while Fraction(root) ** 2 > square:
+            root = float(np.nextafter(root, 0.0))
+        found.append(root)
+    return found
+
+
+def test_float64_tail_reading_a_folded_constant_is_within_its_allowance(tmp_path: Path) -> None:
+    a, b = _factors(0)
+    loaded = load_model(_model(tmp_path / "m.onnx", a, b, computed=True))
+    assert "W" in loaded.graph.inexact_constants
+    evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
+    # the hole needs the MatMul in the float64 tail, run by onnxruntime on its float32 copy
+    assert evaluator.tail_in_onnxruntime and evaluator.cut == "h"
+    x = np.zeros((4, _N), np.float32)
+    x[0] = -1.0  # the first sample (cross-checked against the float64 graph) sees no error
+    x[1] = 1.0
+    x[2] = 3.0
+    x[3] = np.linspace(0.5, 2.0, _N)
+    evaluation = evaluator.evaluate(x)
+    errors = _exact_errors(x, evaluation.logits, a, b)
+    # the test can fail: the tail's error is of the float32 scale, u32 ||x|| and more
+    assert errors[1] > 2 * FLOAT32_UNIT_ROUNDOFF * float(np.linalg.norm(x[1]))
+    for sample in range(len(x)):
+        assert errors[sample] <= evaluation.allowance[sample]
+
+
+def test_look_alike_plain_weight_keeps_the_float64_tail_allowance(tmp_path: Path) -> None:
+    """The same products given as a weight (no constant the model computes): the tail reads
+    exactly the graph's weight, its float64 allowance stays far below the error above."""
+    a, b = _factors(0)
+    loaded = load_model(_model(tmp_path / "m.onnx", a, b, computed=False))
+    assert not loaded.graph.inexact_constants
+    evaluator = PosteriorEvaluator(loaded, analyse(loaded.graph), threads=1)
+    assert evaluator.tail_in_onnxruntime
+    x = np.ones((2, _N), np.float32)
+    x[0] = -1.0
+    evaluation = evaluator.evaluate(x)
+    weight = (a * b).astype(np.float32)
+    exact = x[1].astype(np.float64) @ weight.astype(np.float64)
+    assert float(np.max(np.abs(evaluation.logits[1] - exact))) <= 1e-12
+    # only the input's float32 rounding (2 u ||x|| ||W||) and float64 roundings
+    norm = float(np.linalg.norm(weight.astype(np.float64), 2))
+    bound = 2 * FLOAT32_UNIT_ROUNDOFF * float(np.linalg.norm(x[1])) * norm * (1 + 1e-5)
+    assert evaluation.allowance[1] <= bound
+
+
+@pytest.mark.parametrize("seed", [1])
+def test_folded_allowance_tail_error_is_not_covered_by_float64_unit_alone(
+    tmp_path: Path, seed: int
+) -> None:
+    """The hole as it was, stated on the allowance alone: the tail node's local rounding at
+    the float64 unit is below the error its float32 copy of W causes (so the fix must
+    account for the copy, not for the float64 arithmetic)."""
+    from lipcert.bounds.numeric import FLOAT64_UNIT_ROUNDOFF
+
+    a, b = _factors(seed)
+    loaded = load_model(_model(tmp_path / "m.onnx", a, b, computed=True))
+    analysis = analyse(loaded.graph)
+    (node, layer) = next((n, lb) for n, lb in analysis.node_bounds if n.op == "MatMul")
+    h = np.ones(_N)
+    # the node's own rounding bound at the float64 unit, generously sized
+    float64_local = layer.rounding.gamma(FLOAT64_UNIT_ROUNDOFF) * (
+        layer.rounding.input_gain * np.linalg.norm(h)
+        + layer.rounding.output_gain * 10 * np.linalg.norm(h)
+        + layer.rounding.offset
+    )
+    copy = (a * b).astype(np.float64)  # fl32(c64), what onnxruntime's copy holds
+    exact_w = a.astype(np.float64) * b.astype(np.float64)  # exact (48 bits)
+    copy_error = float(np.linalg.norm(h @ (copy - exact_w)))
+    assert copy_error > 10 * float64_local
+    assert node.name
