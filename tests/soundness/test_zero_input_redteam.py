@@ -164,3 +164,61 @@ def test_folded_allowance_tail_error_is_not_covered_by_float64_unit_alone(
     copy_error = float(np.linalg.norm(h @ (copy - exact_w)))
     assert copy_error > 10 * float64_local
     assert node.name
+
+
+def _softplus_model(shift: float) -> onnx.ModelProto:
+    """y = W (Softplus(x + shift) - shift), W = 1e6 I: at x = 0 the exact t = log(1 + e^-shift)
+    per element is small, what a computed t that drops it misses entirely."""
+    shift_c = np.full(4, shift, np.float32)
+    weight = (np.eye(2, 4) * 1e6).astype(np.float32)
+    nodes = [
+        helper.make_node("Add", ["x", "c"], ["a"]),
+        helper.make_node("Softplus", ["a"], ["s"]),
+        helper.make_node("Sub", ["s", "c"], ["t"]),
+        helper.make_node("Gemm", ["t", "W"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "softplus",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(shift_c, "c"), numpy_helper.from_array(weight, "W")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.mark.parametrize("shift", [21.0, 25.0, 5.0])
+def test_softplus_above_20_zero_size_and_float64_graph(shift: float) -> None:
+    """torch's F.softplus returns x itself above x = 20 (off by e^-x): lipcert's float64
+    executor used it, so the zero-input size of t was ~1e-13 where the exact one is 1.5e-9,
+    and the float64 graph (--margins float64, certify's float64 recomputation) erred by 1e-3
+    against an allowance of 3e-7. Ground truth: log1p(exp(-shift)) in float64 (accurate to
+    a few ulps of itself; the error missed was the whole value). shift = 5: the look-alike
+    below the threshold, which was right before too."""
+    import math
+
+    import torch
+
+    from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.graph.execute import GraphExecutor
+    from lipcert.model import LoadOptions
+
+    loaded = load_from_proto(_softplus_model(shift), LoadOptions(), source="t", fmt="onnx")
+    analysis = analyse(loaded.graph)
+    exact_t = math.log1p(math.exp(-shift)) * (1 - 1e-12)  # a little below the exact value
+    assert analysis.zero_sizes["t"] >= math.sqrt(4) * exact_t
+    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+    executor = GraphExecutor(analysis.graph, dtype=torch.float64)
+    for scale in (0.0, 1e-3, 1.0):
+        x = np.full((1, 4), scale, np.float32)
+        with torch.no_grad():
+            got = executor(torch.as_tensor(x, dtype=torch.float64)).numpy()[0]
+        s = float(x[0, 0]) + float(np.float32(shift))
+        softplus = max(s, 0.0) + math.log1p(math.exp(-abs(s)))
+        exact_y = (softplus - float(np.float32(shift))) * 1e6
+        error = float(np.linalg.norm(got - exact_y))
+        allowance = spec64.fp_error_constant + spec64.fp_error_slope * float(np.linalg.norm(x))
+        # the ground truth's own float64 rounding: ~4 ulps of s, times the weight 1e6
+        slack = 8 * FLOAT64_UNIT_ROUNDOFF * abs(s) * 1e6 * math.sqrt(2)
+        assert error <= allowance + slack
