@@ -582,14 +582,14 @@ def _node_error(
     if op in _CHECKED_OPS and all(np.asarray(values[n]).dtype.kind == "f" for n in node.input):
         u = 0.0 if _checked(op, floats, out) else _U64
     if op == "Mul":
-        return (1 + errors[0]) * (1 + errors[1]) * (1 + u) - 1
+        return _compose(errors[0], errors[1], u)
     if op == "Div":
-        return (1 + errors[0]) * (1 + u) / (1 - errors[1]) - 1
+        return _compose(errors[0], u, _inverse(errors[1]))
     if op == "Reciprocal":
-        return (1 + u) / (1 - errors[0]) - 1
+        return _compose(u, _inverse(errors[0]))
     if op == "Sqrt":
-        # |sqrt(1 + d) - 1| <= 1 - sqrt(1 - e) for |d| <= e
-        return (1 - float(np.sqrt(1 - errors[0]))) * (1 + u) + u
+        # |sqrt(1 + d) - 1| <= 1 - sqrt(1 - e) = e / (1 + sqrt(1 - e)) for |d| <= e
+        return _compose(errors[0] / (1 + float(np.sqrt(1 - errors[0]))), u)
     if op in ("Add", "Sub"):
         magnitude = np.abs(floats[0]) + np.abs(floats[1])
         return _amplified(magnitude, out) * worst * (1 + u) + u if worst else u
@@ -609,6 +609,23 @@ def _node_error(
     raise ValueError("no float64 error bound for this op")
 
 
+def _compose(*errors: float) -> float:
+    """An upper bound of prod(1 + e) - 1 for relative errors e >= 0. Not (1 + a)(1 + b) - 1
+    in float64: 1 + 2^-53 rounds to 1, and a float64 division's own rounding was lost (rho 0
+    for a / b, so a cancellation after it was charged nothing)."""
+    if not all(e >= 0 for e in errors):
+        raise ValueError("a negative relative error")
+    total = float(np.expm1(sum(float(np.log1p(e)) for e in errors)))
+    return total * (1 + 1e-12) if total < np.inf else total
+
+
+def _inverse(error: float) -> float:
+    """d with 1 / (1 - e) = 1 + d, rounded up: e / (1 - e)."""
+    if not 0 <= error < 1:
+        raise ValueError("a relative error of 1 or more")
+    return error / (1 - error) * (1 + 1e-12)
+
+
 def _dot_error(
     node: onnx.NodeProto, inputs: list[np.ndarray], errors: list[float], out: np.ndarray
 ) -> np.ndarray:
@@ -623,7 +640,7 @@ def _dot_error(
     """
     op = node.op_type
     attributes = _conv_attributes(node)
-    product = (1 + errors[0]) * (1 + errors[1]) - 1
+    product = _compose(errors[0], errors[1])
     t = max([product, *errors[2:3]])
     if op == "Gemm":
         a, b = inputs[0], inputs[1]
@@ -710,7 +727,7 @@ def _matmul_error(inputs: list[np.ndarray], errors: list[float], out: np.ndarray
     if np.any((magnitude > 0) & (magnitude < _TINY)):
         raise ValueError("sums of products near underflow")
     k = a.shape[-1] if a.ndim else 1
-    t = (1 + errors[0]) * (1 + errors[1]) - 1
+    t = _compose(errors[0], errors[1])
     return magnitude * ((t + _gamma(k) * (1 + t)) * (1 + t) * (1 + 2.0**-20))
 
 

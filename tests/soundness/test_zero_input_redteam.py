@@ -222,3 +222,99 @@ def test_softplus_above_20_zero_size_and_float64_graph(shift: float) -> None:
         # the ground truth's own float64 rounding: ~4 ulps of s, times the weight 1e6
         slack = 8 * FLOAT64_UNIT_ROUNDOFF * abs(s) * 1e6 * math.sqrt(2)
         assert error <= allowance + slack
+
+
+def _quotient_weight(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 A, B, D with W = A / B - D computed by the model: row 0 positive, row 1
+    negative, |W| ~ 2^-21 |A / B|, and the float64 quotient rounded towards zero by more than
+    0.4 ulp everywhere, so the float64 W is smaller than the exact one in every entry by about
+    2^-31 of itself (the Sub amplifies the Div's rounding 2^21 times)."""
+    rng = np.random.default_rng(seed)
+    a = np.ones((2, n), np.float32)
+    b = np.ones((2, n), np.float32)
+    d = np.ones((2, n), np.float32)
+    for row, sign in ((0, 1), (1, -1)):
+        for j in range(n):
+            while True:
+                left, right = np.float32(rng.uniform(1, 2)), np.float32(rng.uniform(1, 2))
+                exact = Fraction(float(left)) / Fraction(float(right))
+                q64 = float(left) / float(right)
+                if sign * (exact - Fraction(q64)) > Fraction(0.4 * float(np.spacing(q64))):
+                    shift = np.float32(q64 * (1 - sign * 2.0**-21))
+                    if sign * (Fraction(q64) - Fraction(float(shift))) > 0:
+                        break
+            a[row, j], b[row, j], d[row, j] = left, right, shift
+    return a, b, d
+
+
+def _quotient_model(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> onnx.ModelProto:
+    n = a.shape[1]
+    nodes = [
+        helper.make_node("Div", ["A", "B"], ["q"]),
+        helper.make_node("Sub", ["q", "D"], ["W"]),
+        helper.make_node("Gemm", ["x", "W", "bias"], ["logits"], transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(a, "A"),
+        numpy_helper.from_array(b, "B"),
+        numpy_helper.from_array(d, "D"),
+        numpy_helper.from_array(np.array([1.0, 0.0], np.float32), "bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quotient",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", n])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_folded_rho_counts_the_float64_division() -> None:
+    """rho of a constant the model computes bounds |c64 - c| / |c| (exact rationals). It was
+    0 for A / B - D: the Div's float64 rounding was composed as (1 + e)(1 + u) - 1, which is
+    0 in float64, and the Sub's cancellation then charged 2^21 times nothing; the float64
+    graph's certified radius at x = 0 exceeded the exact distance to the decision boundary
+    by 3e-10 of itself."""
+    import torch
+
+    from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
+    from lipcert.certify.radii import certify_logits, choose_method
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.graph.execute import GraphExecutor
+    from lipcert.model import LoadOptions
+
+    n = 16
+    a, b, d = _quotient_weight(0, n)
+    loaded = load_from_proto(_quotient_model(a, b, d), LoadOptions(), source="t", fmt="onnx")
+    exact = [
+        [
+            Fraction(float(a[i, j])) / Fraction(float(b[i, j])) - Fraction(float(d[i, j]))
+            for j in range(n)
+        ]
+        for i in range(2)
+    ]
+    c64 = np.asarray(loaded.graph.constant("W"), dtype=np.float64)
+    worst = max(
+        abs(Fraction(float(c64[i, j])) - exact[i][j]) / abs(exact[i][j])
+        for i in range(2)
+        for j in range(n)
+    )
+    assert worst > 2.0**-33  # the float64 W is really off: rho = 0 is wrong here
+    assert loaded.graph.folded_error["W"] >= float(worst)
+    # the float64 graph's certificate at x = 0 (the margin is the bias) against the exact
+    # distance 1 / ||w_0 - w_1|| (squares compared exactly)
+    analysis = analyse(loaded.graph)
+    spec64 = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+    executor = GraphExecutor(analysis.graph, dtype=torch.float64)
+    x = np.zeros((1, n))
+    with torch.no_grad():
+        logits = executor(torch.as_tensor(x)).numpy()
+    certificates = certify_logits(
+        logits, spec64, choose_method(spec64, "auto"), spec64.fp_allowance(np.zeros(1))
+    )
+    assert certificates.prediction[0] == 0
+    radius = float(certificates.radius[0])
+    assert radius > 0
+    square = sum((p - q) ** 2 for p, q in zip(exact[0], exact[1], strict=True))
+    assert Fraction(radius) ** 2 * square <= 1
