@@ -204,7 +204,7 @@ def test_a_nan_only_in_the_executor_fails(monkeypatch: pytest.MonkeyPatch) -> No
 
     def with_nan(self, batch):
         values = np.array(run(self, batch), dtype=np.float64).reshape(len(batch), -1)
-        values[2, 4] = np.nan
+        values[np.all(batch.reshape(len(batch), -1) == 0, axis=1), 4] = np.nan
         return values
 
     monkeypatch.setattr(TorchDeviceEvaluator, "run", with_nan)
@@ -268,9 +268,7 @@ def _fixed_batch_onnx(path: Path, batch: int, mix: float) -> Path:
     return path
 
 
-def test_a_fixed_batch_model_runs_in_chunks_of_its_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _recorded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     run = TorchDeviceEvaluator.run
 
@@ -279,13 +277,38 @@ def test_a_fixed_batch_model_runs_in_chunks_of_its_batch(
         return run(self, batch)
 
     monkeypatch.setattr(TorchDeviceEvaluator, "run", recorded)
+    return sizes
+
+
+def test_the_executor_runs_the_graphs_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _recorded_sizes(monkeypatch)
+    lipcert.load(TAU32)
+    assert sizes == [1, 1, 1]  # the graph is read at batch 1: one probe at a time
+
+
+def test_a_fixed_batch_model_runs_in_chunks_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = _recorded_sizes(monkeypatch)
     path = _fixed_batch_onnx(tmp_path / "fixed2.onnx", 2, 0.0)
     model = lipcert.load(path)
     assert model.loaded.fixed_batch == 2
-    assert sizes[-2:] == [2, 2]  # three probes: two chunks of 2, the last padded
+    assert sizes == [2, 2]  # three probes: two chunks of 2, the last padded
 
 
-def test_a_fixed_batch_model_that_mixes_samples_is_refused_at_load(tmp_path: Path) -> None:
+def test_a_fixed_batch_model_that_mixes_samples_loads_and_certify_refuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _fixed_batch_onnx(tmp_path / "mixing4.onnx", 4, 2.0)
+    model = lipcert.load(path)  # the same batches in both: they agree
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     with pytest.raises(ModelLoadError, match="depend on the other samples of its batch"):
+        model.certify(x)
+    matmul = execute._OPS["MatMul"]  # a misread MatMul still fails on such a model
+
+    def misread(node, args, ex):
+        return [matmul(node, args, ex)[0] * 1.05]
+
+    monkeypatch.setitem(execute._OPS, "MatMul", misread)
+    with pytest.raises(ModelLoadError, match=DIFFERS):
         lipcert.load(path)

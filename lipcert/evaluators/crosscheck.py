@@ -12,9 +12,9 @@ shows on generic inputs, not one confined to a region those inputs miss.
 
 The inputs, always the same (seeded): a standard normal vector scaled to the norm of a
 mid-grey image (every entry 0.5), an image-like input uniform in [0, 1), and zero, rounded to
-float32 so that both runtimes see the same values. One onnxruntime run and one float64
-forward of a batch of three (for a model that fixes its batch B, in chunks of B; one that
-mixes the samples of its batch is refused by onnxruntime's evaluator first).
+float32 so that both runtimes see the same values, one at a time (the graph's batch size;
+for a model that fixes its batch B, in zero-padded chunks of B): three onnxruntime runs and
+three float64 forwards of one sample.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lipcert.errors import ModelLoadError, UnsupportedOpError
-from lipcert.evaluators.base import Evaluation, agreement_gaps
+from lipcert.evaluators.base import Evaluation, agreement_gaps, input_norms
 
 if TYPE_CHECKING:
     from lipcert.bounds.compose import Analysis
@@ -71,30 +71,31 @@ def cross_check(loaded: LoadedModel, analysis: Analysis) -> str | None:
             "same reason"
         )
     # One thread each (torch's restored after): on a busy 2-core machine the default thread
-    # pools cost more than the work, 0.8 s against 2.1-2.8 s for the ImageNet-sized LipNet
-    # (benchmarks/imagenet_lipnet_model.py; its analysis takes 30 s), 25-30 ms of CPU
-    # against 140-230 ms for the sample models.
+    # pools cost more than the work (a batch of three: 0.8 s against 2.1-2.8 s on the
+    # ImageNet-sized LipNet of benchmarks/imagenet_lipnet_model.py, 25-30 ms of CPU against
+    # 140-230 ms on the sample models).
     runtime = OnnxRuntimeEvaluator(loaded, threads=1, spec=analysis.spec)
+    # Whether a batch's samples stay apart is certify's question (it refuses a model whose
+    # fixed batch mixes them); here both run the same batches: of the graph's own batch size
+    # (1, or the B a model fixes), zero-padded, which is also what the executor's folded
+    # shapes are for (a Reshape that merges the batch axis).
+    runtime.batch_checked = True
+    size = max(graph.batch_size, 1)
     batch = probe_inputs(tuple(graph.input_shape))
-    expected = runtime.evaluate(batch)
+    chunks = []
+    for start in range(0, len(batch), size):
+        chunk = np.zeros((size, *batch.shape[1:]), dtype=batch.dtype)
+        chunk[: min(size, len(batch) - start)] = batch[start : start + size]
+        chunks.append(chunk)
+    theirs = [runtime.logits(chunk) for chunk in chunks]
+    # with B > 1 a row may depend on the others: the allowance at the chunk's norm
+    norms = [input_norms(chunk) for chunk in chunks]
+    if size > 1:
+        norms = [np.full(size, np.linalg.norm(n)) for n in norms]
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    # The graph of a model that fixes its batch B has B on every batch axis: chunks of B,
-    # zero-padded. A model onnxruntime found to mix a batch's samples: one at a time.
-    size = 1 if runtime.one_at_a_time else len(batch)
-    if graph.batch_size > 1:
-        size = graph.batch_size
     try:
-        parts = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            padded = np.zeros((size, *batch.shape[1:]), dtype=batch.dtype)
-            padded[: len(chunk)] = chunk
-            parts.append(executor.evaluate_unchecked(padded).take(np.arange(len(chunk))))
-        computed = Evaluation(
-            np.concatenate([p.logits for p in parts]),
-            np.concatenate([p.allowance for p in parts]),
-        )
+        ours = [executor.run(chunk.astype(np.float64)).reshape(size, -1) for chunk in chunks]
     except Exception as exc:  # the executor fails on the graph lipcert read: a misreading
         detail = (str(exc).splitlines() or [""])[0]
         raise ModelLoadError(
@@ -103,6 +104,14 @@ def cross_check(loaded: LoadedModel, analysis: Analysis) -> str | None:
         ) from exc
     finally:
         torch.set_num_threads(saved_threads)
+    rows = np.arange(len(batch))
+    x_norms = np.concatenate(norms)[rows]
+    computed = Evaluation(
+        np.concatenate(ours)[rows].astype(np.float64), executor.spec.fp_allowance(x_norms)
+    )
+    expected = Evaluation(
+        np.concatenate(theirs)[rows].astype(np.float64), analysis.spec.fp_allowance(x_norms)
+    )
     _refuse_disagreement(computed, expected, loaded.path)
     return None
 
