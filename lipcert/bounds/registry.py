@@ -9,12 +9,13 @@ never look certified.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lipcert.bounds.numeric import add_up, gamma
+from lipcert.bounds.numeric import add_up, gamma, mul_up, sqrt_up
 from lipcert.errors import UnsupportedOpError
 from lipcert.graph import Graph, Node
 from lipcert.graph.ir import refuse as refuse  # rules raise it; it lives with the graph
@@ -118,6 +119,29 @@ def supported_ops() -> list[str]:
     return sorted(_RULES)
 
 
+# gamma(n, u) >= n u: an offset of sqrt(m) 2^-124 gives n sqrt(m) 2^-148 at the float32 unit
+# (n sqrt(m) 2^-177 at the float64 one), twice n roundings of 2^-150 in each of m elements.
+_UNDERFLOW_OFFSET = 2.0**-124
+
+
+def with_underflow(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
+    """`bound` with the gradual underflow of its roundings: gamma(n) bounds relative errors
+    only while results stay normal; a product or quotient that lands among the subnormals
+    errs by up to half their spacing (2^-150 in float32, 2^-1075 in float64), absolute, and
+    a later scaling can make that large (x * 1e-41 * 1e41 errs by 1e-4). Sums add no such
+    error (Higham, section 2.1). So every op that rounds also rounds up to its n operations
+    per output element in absolute terms: sqrt(m) 2^-124 more offset, m the output's size."""
+    rounding = bound.rounding
+    if rounding.terms == 0:
+        return bound
+    shape = graph.shapes.get(node.outputs[0]) if node.outputs else None
+    size = math.prod(shape[1:]) if shape else 1
+    extra = mul_up(sqrt_up(max(size, 1)), _UNDERFLOW_OFFSET)
+    return dataclasses.replace(
+        bound, rounding=dataclasses.replace(rounding, offset=add_up(rounding.offset, extra))
+    )
+
+
 def bound_node(node: Node, graph: Graph) -> LayerBound:
     """The rule's bound for `node`, or UnsupportedOpError naming it.
 
@@ -131,7 +155,7 @@ def bound_node(node: Node, graph: Graph) -> LayerBound:
             f"supported ops: {', '.join(supported_ops())}"
         )
     check_node(node, graph)
-    bound = function(node, graph)
+    bound = with_underflow(node, graph, function(node, graph))
     if graph.inexact_constants:
         from lipcert.bounds.folded import with_folded_rounding
 

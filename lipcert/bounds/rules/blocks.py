@@ -306,12 +306,20 @@ def _two_layer_rounding(
     second's by gamma_n2 G2 ||h||; the multipliers, bias additions and the activation add a
     few relative roundings of the hidden values, carried by G2 too (8 more operations in the
     count). Constants (biases) enter like x with their norm.
+    Gradual underflow: a rounding that lands among the subnormals errs by up to 2^-150
+    absolute instead; with terms N >= n1, n2, 8, an absolute sqrt(m) 2^-126 per hidden
+    stage, entering like a bias (m the largest tensor of the body), gives gamma_N times it
+    >= N sqrt(m) 2^-150: the z stage reaches y through `to_output`, the hidden stage through
+    G2 max|D|; y's own (lipcert.bounds.registry.with_underflow) is added for every node.
     """
     first, second = node.attr("first"), node.attr("second")
     gain1, n1 = _abs_gain(first, graph)
     gain2, n2 = _abs_gain(second, graph)
     input_gain = add_up(mul_up(to_output, gain1), mul_up(gain2, hidden_gain))
-    biases = _bias_norm(node, graph)
+    shapes = [graph.shapes.get(inner.outputs[0]) for inner in node.body if inner.outputs]
+    largest = max((math.prod(shape[1:]) for shape in shapes if shape), default=1)
+    underflow = mul_up(sqrt_up(max(largest, 1)), 2.0**-126)
+    biases = add_up(_bias_norm(node, graph), underflow)
     offset = mul_up(add_up(to_output, mul_up(gain2, max(max_diagonal, 1.0))), biases)
     return Rounding(terms=max(n1, n2) + 8, input_gain=input_gain, output_gain=1.0, offset=offset)
 
