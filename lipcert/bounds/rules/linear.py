@@ -53,10 +53,18 @@ def gemm(node: Node, graph: Graph) -> LayerBound:
     norm = spectral.matrix_norm(weight)
     bias = _optional(node, graph, 2)
     beta = abs(float(node.attr("beta", 1.0)))
+    # Gradual underflow: the runtime scales the finished sums by alpha, so a product among
+    # the subnormals, off by 2^-150 absolute, reaches y times |alpha|. The generic offset
+    # sqrt(m) 2^-124 (lipcert.bounds.registry.with_underflow) covers n + 2 such errors per
+    # output at gamma_(n+2) >= (n + 2) u; |alpha| times it covers |alpha| n + 2.
+    offset = _broadcast_norm(bias, graph.shape(node.outputs[0]), beta)
+    if alpha > 1.0:
+        outputs = math.prod(graph.shape(node.outputs[0])[1:])
+        offset = add_up(offset, mul_up(alpha - 1.0, sqrt_up(outputs), 2.0**-124, 1.0 + 1e-12))
     rounding = Rounding(
         terms=weight.shape[0 if not node.attr("transB", 0) else 1] + 2,
         input_gain=mul_up(alpha, spectral.matrix_norm(np.abs(weight))),
-        offset=_broadcast_norm(bias, graph.shape(node.outputs[0]), beta),
+        offset=offset,
     )
     rounding = with_folded_batchnorm(node, graph, rounding)
     return LayerBound(mul_up(alpha, norm), "SVD of the weight", exact=True, rounding=rounding)
@@ -277,12 +285,29 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
     out_shape = graph.shape(node.outputs[0])
     shift_norm = _broadcast_norm(shift.reshape(-1, *([1] * (len(out_shape) - 2))), out_shape)
     max_scale = max_abs_up(scale)
-    return Rounding(
-        terms=folded.terms + 4,
-        input_gain=max(folded.input_gain, mul_up(max_scale, gain)),
-        output_gain=1.0,
-        offset=add_up(max(folded.offset, mul_up(max_scale, folded.offset)), shift_norm),
-    )
+    input_gain = max(folded.input_gain, mul_up(max_scale, gain))
+    offset = add_up(max(folded.offset, mul_up(max_scale, folded.offset)), shift_norm)
+    if float(np.min(np.abs(scale))) < 2.0**-120:
+        # The runtime's scale s' may land among the subnormals, off by up to h = 2^-150
+        # absolute. Folded by the runtime, each non-zero weight w s' is off by
+        # h (1 + |w|) and the bias (b - mean) s' + beta by h (|b| + |mean| + 1); run as the
+        # layer then the BatchNorm, y moves by h (|t| + |mean|), |t| <= |W| |x| + |b|. With
+        # gamma >= 4u: 2^-128 times the gains of |W| and of its support, and of the sizes.
+        tiny = 2.0**-128 * (1.0 + 2.0**-20)
+        support = (original != 0).astype(np.float64)
+        if layer.op == "Conv":
+            ones = _layer_abs_gain(layer, graph, support, int(layer.attr("group", 1)))
+        else:
+            ones = spectral.matrix_norm(support)
+        input_gain = add_up(input_gain, mul_up(tiny, add_up(gain, ones)))
+        channels = np.abs(constant_input(bn, graph, 3, "mean")).reshape(-1) + 1.0
+        layer_bias = _optional(layer, graph, 2)
+        if layer_bias is not None:
+            beta = abs(float(layer.attr("beta", 1.0))) if layer.op == "Gemm" else 1.0
+            channels = channels + beta * max_abs_up(np.asarray(layer_bias))
+        sizes = channels.reshape(-1, *([1] * (len(out_shape) - 2)))
+        offset = add_up(offset, mul_up(tiny, _broadcast_norm(sizes, out_shape)))
+    return Rounding(terms=folded.terms + 4, input_gain=input_gain, output_gain=1.0, offset=offset)
 
 
 def _optional(node: Node, graph: Graph, index: int) -> np.ndarray | None:
@@ -379,5 +404,16 @@ def batch_normalization(node: Node, graph: Graph) -> LayerBound:
     shift = np.abs(gains * mean) + np.abs(constant_input(node, graph, 2, "bias"))
     shape = graph.shape(node.outputs[0])
     per_channel = shift.reshape(-1, *([1] * (len(shape) - 2)))
-    rounding = Rounding(terms=4, input_gain=factor, offset=_broadcast_norm(per_channel, shape))
+    offset = _broadcast_norm(per_channel, shape)
+    input_gain = factor
+    if float(np.min(gains)) < 2.0**-120:
+        # The runtime's gain g' (onnxruntime: scale / sqrt(var + eps), then x g' + (bias -
+        # mean g')) may land among the subnormals: off by up to h = 2^-150 absolute, not
+        # u of itself, which moves y by h (|x| + |mean|); gamma(4) >= 4u: 2^-128 of each
+        # (2^-1024 in float64).
+        tiny = 2.0**-128 * (1.0 + 2.0**-20)
+        input_gain = add_up(factor, tiny)
+        mean_norm = _broadcast_norm(np.abs(mean).reshape(per_channel.shape), shape)
+        offset = add_up(offset, mul_up(tiny, mean_norm))
+    rounding = Rounding(terms=4, input_gain=input_gain, offset=offset)
     return LayerBound(factor, "max |gamma / sqrt(var + eps)|", exact=True, rounding=rounding)

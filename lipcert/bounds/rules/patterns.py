@@ -6,7 +6,7 @@ import math
 
 from lipcert.bounds.numeric import mul_up, sqrt_up, up
 from lipcert.bounds.registry import EXACT, LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
-from lipcert.bounds.rules.pooling import overlap
+from lipcert.bounds.rules.pooling import overlap, root_underflow_offset
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import check_window_output, window
 
@@ -53,7 +53,15 @@ def l2_norm_pool(node: Node, graph: Graph) -> LayerBound:
     # squares and a square root (Pow, a library function each), a sum of the window, a
     # division and the scaling
     window_size = divisor if node.attr("pool_op") == "GlobalAveragePool" else math.prod(kernel)
-    rounding = Rounding(terms=window_size + 8 + 2 * LIBRARY_ULPS, input_gain=factor)
+    terms = window_size + 8 + 2 * LIBRARY_ULPS
+    # Underflow under the root: the k squares (library calls, 2 LIBRARY_ULPS half spacings h
+    # each among the subnormals) err by k 2 LIBRARY_ULPS h, divided by the divisor; the
+    # division and the scaling err by h each; the scaling multiplies what comes before it:
+    # delta <= (c (2 LIBRARY_ULPS k / divisor + 1) + 1) h.
+    multiple = scale * (2 * LIBRARY_ULPS * window_size / divisor + 1.0) + 1.0
+    outputs = math.prod(graph.shape(node.outputs[0])[1:])
+    underflow = root_underflow_offset(terms, outputs, 2.0, math.log2(multiple))
+    rounding = Rounding(terms=terms, input_gain=factor, offset=underflow)
     # Exact when every window has the same divisor; else the smallest possible divisor (1)
     # gives an upper bound.
     return LayerBound(factor, method, exact=graph.size_known and full, rounding=rounding)

@@ -22,6 +22,31 @@ from lipcert.graph.geometry import Window, check_window_output, max_overlap, win
 # function twice per output: LIBRARY_ULPS each, on top of the sum.
 _TWO_LIBRARY_CALLS = 2 * LIBRARY_ULPS
 
+# Gradual underflow, per format: (unit roundoff u, log2 of the half spacing of the
+# subnormals, the most a result among them errs by): float32, float64.
+_UNDERFLOW = ((2.0**-24, -150.0), (2.0**-53, -1075.0))
+
+
+def root_underflow_offset(terms: int, outputs: int, p: float, log2_sum_error: float) -> float:
+    """The offset X with gamma(terms, u) X >= sqrt(outputs) (delta)^(1/p) at both units: the
+    error of a p-th root (p >= 1) of a sum of powers whose powers underflowed.
+
+    Proof. The sum computed is s (1 + theta) + delta: the relative roundings theta are
+    counted in the rule's gamma, delta gathers the subnormal powers' absolute errors (sums
+    add none): |delta| <= h 2^log2_sum_error, h the format's half spacing of the subnormals
+    (2^-150, 2^-1075; a 1 % slack covers delta's own relative roundings).
+    t -> t^(1/p) is concave and 0 at 0, hence subadditive: |(a + delta)^(1/p) - a^(1/p)|
+    <= |delta|^(1/p) for a, a + delta >= 0, per output element (what follows the root only
+    rounds relatively, or within the generic allowance); in L2 over the outputs,
+    sqrt(outputs) times that; gamma(terms, u) >= terms u. In float32, p = 2, k squares:
+    sqrt(k) 2^-75 per output, where the generic allowance covers k 2^-148.
+    """
+    needed = max(
+        2.0 ** ((log2_sum_error + log2_half + math.log2(1.01)) / p - math.log2(terms * unit))
+        for unit, log2_half in _UNDERFLOW
+    )
+    return mul_up(sqrt_up(max(outputs, 1)), needed, 1.0 + 1e-9)
+
 
 def _pool_window(node: Node, graph: Graph) -> tuple[Window, tuple[int, ...]]:
     sources = graph.data_inputs(node)
@@ -69,13 +94,23 @@ def lp_pool(node: Node, graph: Graph) -> LayerBound:
     window_size = math.prod(win.kernel)
     gain = _p_norm_gain(p, window_size)
     factor = mul_up(sqrt_up(m), gain)
-    rounding = Rounding(terms=window_size + _TWO_LIBRARY_CALLS, input_gain=factor)
+    terms = window_size + _TWO_LIBRARY_CALLS
+    rounding = Rounding(
+        terms=terms, input_gain=factor, offset=_power_underflow(node, graph, terms, window_size, p)
+    )
     return LayerBound(
         factor,
         f"p-norm of windows, sqrt(m), m = {m} ({how})",
         exact=p >= 2.0 and graph.size_known,
         rounding=rounding,
     )
+
+
+def _power_underflow(node: Node, graph: Graph, terms: int, size: int, p: float) -> float:
+    """The underflow of a p-norm of `size` elements: each |v|^p (a library call, LIBRARY_ULPS
+    ulps) errs by up to 2 LIBRARY_ULPS half spacings of the subnormals when it lands there."""
+    outputs = math.prod(graph.shape(node.outputs[0])[1:])
+    return root_underflow_offset(terms, outputs, p, math.log2(size * 2 * LIBRARY_ULPS))
 
 
 def _norm_order(node: Node) -> float:
@@ -144,13 +179,15 @@ def global_lp_pool(node: Node, graph: Graph) -> LayerBound:
     source = graph.data_inputs(node)[0]
     p = _norm_order(node)
     size = math.prod(graph.shape(source)[2:])
+    terms = size + _TWO_LIBRARY_CALLS
+    underflow = _power_underflow(node, graph, terms, size, p)
     if p >= 2.0:
-        rounding = Rounding(terms=size + _TWO_LIBRARY_CALLS, input_gain=1.0)
+        rounding = Rounding(terms=terms, input_gain=1.0, offset=underflow)
         return LayerBound(1.0, "p-norm over one window, p >= 2", exact=True, rounding=rounding)
     if not graph.size_known:
         raise refuse(node, "a p < 2 norm over the whole map needs a known input size")
     factor = _p_norm_gain(p, size)
-    rounding = Rounding(terms=size + _TWO_LIBRARY_CALLS, input_gain=factor)
+    rounding = Rounding(terms=terms, input_gain=factor, offset=underflow)
     return LayerBound(factor, "p-norm over one window", exact=True, rounding=rounding)
 
 
@@ -192,8 +229,12 @@ def reduce_max(node: Node, graph: Graph) -> LayerBound:
 
 @rule("ReduceL2")
 def reduce_l2(node: Node, graph: Graph) -> LayerBound:
+    """sqrt(sum v^2) per group; squares among the subnormals err by a half spacing each
+    (root_underflow_offset)."""
     size = _group_size(node, graph)
-    rounding = Rounding(terms=size + 2, input_gain=1.0)
+    outputs = math.prod(graph.shape(node.outputs[0])[1:])
+    underflow = root_underflow_offset(size + 2, outputs, 2.0, math.log2(size))
+    rounding = Rounding(terms=size + 2, input_gain=1.0, offset=underflow)
     return LayerBound(1.0, "L2 norm over disjoint groups", exact=True, rounding=rounding)
 
 
