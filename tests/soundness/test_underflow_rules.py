@@ -373,3 +373,35 @@ def test_conv_with_a_folded_batchnorm_of_subnormal_gain(gain: float) -> None:
 
     inputs = [(rng.standard_normal((1, c, 2, 2)) * s).astype(np.float32) for s in (1e30, 1e20, 1.0)]
     assert _worst_ratio(model, exact, inputs, "Conv") <= 1.0
+
+
+# --- float64: lipcert's executor ---------------------------------------------------------------
+
+
+def test_float64_executor_lp_pooling_of_order_8() -> None:
+    """GlobalLpPool, p = 8, of x ~ 1e-44 in lipcert's float64 executor (the allowance at
+    u = 2^-53, spec_for_precision): |x|^8 ~ 1e-352 is below float64's subnormals too, and
+    the root of the sum errs by about |x| (it was 1e7 times the float64 allowance, 235 times
+    the float32 one with onnxruntime)."""
+    import torch
+
+    from lipcert.graph.execute import GraphExecutor
+
+    p = 8
+    nodes = [helper.make_node("GlobalLpPool", ["x"], ["y"], p=p)]
+    model = _model(nodes, [], [1, 1, 2, 2], [1, 1, 1, 1])
+    rng = np.random.default_rng(12)
+    inputs = [
+        (rng.standard_normal((1, 1, 2, 2)) * s).astype(np.float32) for s in (1e-44, 1e-40, 1.0)
+    ]
+    loaded = load_from_proto(model, LoadOptions(input_shape=(1, 2, 2)), source="m", fmt="onnx")
+    analysis = analyse(loaded.graph)
+    spec = analysis.spec_for_precision(2.0**-53)
+    executor = GraphExecutor(analysis.graph, torch.float64)
+    for x in inputs:
+        with torch.no_grad():
+            (y,) = executor(torch.as_tensor(x.astype(np.float64))).numpy().reshape(-1)
+        (truth,) = _pool_exact(x, p, 2, global_=True)
+        norm = float(np.linalg.norm(x.astype(np.float64))) * (1 + 1e-12)
+        assert abs(float(Fraction(float(y)) - truth)) <= spec.fp_allowance(np.array([norm]))[0]
+    assert _worst_ratio(model, lambda x: _pool_exact(x, p, 2, True), inputs) <= 1.0
