@@ -318,3 +318,73 @@ def test_folded_rho_counts_the_float64_division() -> None:
     assert radius > 0
     square = sum((p - q) ** 2 for p, q in zip(exact[0], exact[1], strict=True))
     assert Fraction(radius) ** 2 * square <= 1
+
+
+def test_pinned_batch_sizes_cover_every_slot() -> None:
+    """A batch pinned to 2 with per-slot constants that cancel: (x + b) * s - fl32(b * s),
+    slot 1's values 1000 times slot 0's. Every size is at least the largest slot's exact
+    norm; the first slot alone (what the probe's first row gave) is 1000 times too small."""
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.model import LoadOptions
+
+    rng = np.random.default_rng(0)
+    bias = rng.normal(size=(2, 4)).astype(np.float32) * np.array([[1], [1000]], np.float32)
+    scale = rng.uniform(0.3, 0.9, size=(2, 4)).astype(np.float32)
+    cancel = (bias * scale).astype(np.float32)
+    weight = rng.normal(size=(3, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["t1"]),
+        helper.make_node("Mul", ["t1", "s"], ["t2"]),
+        helper.make_node("Sub", ["t2", "c"], ["t3"]),
+        helper.make_node("Gemm", ["t3", "W"], ["y"], transB=1),
+    ]
+    constants = {"b": bias, "s": scale, "c": cancel, "W": weight}
+    graph = helper.make_graph(
+        nodes,
+        "pinned",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(v, n) for n, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    assert loaded.graph.batch_size == 2
+    analysis = analyse(loaded.graph)
+
+    def f(v: object) -> Fraction:
+        return Fraction(float(v))  # type: ignore[arg-type]
+
+    for name in ("t1", "t2", "t3", "y"):
+        norms = []
+        for row in range(2):
+            t1 = [f(bias[row, i]) for i in range(4)]
+            t2 = [t1[i] * f(scale[row, i]) for i in range(4)]
+            t3 = [t2[i] - f(cancel[row, i]) for i in range(4)]
+            y = [sum(f(weight[k, i]) * t3[i] for i in range(4)) for k in range(3)]
+            values = {"t1": t1, "t2": t2, "t3": t3, "y": y}[name]
+            norms.append(float(sum(v * v for v in values)) ** 0.5 * (1 - 1e-12))
+        assert analysis.zero_sizes[name] >= max(norms)
+        assert norms[0] * 100 < max(norms)  # the look-alike: the first slot alone is far below
+
+
+def test_no_executor_run_means_no_finite_allowance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where lipcert's executor cannot run the graph at the zero input, zero_sizes is empty
+    and every size it should give is infinite: the a-priori allowance (float32 and float64)
+    and the a-posteriori one without measured sizes are infinite, never 0."""
+    import lipcert.bounds.compose as compose
+    from lipcert.bounds.fp_error import ErrorPlan
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.model import LoadOptions
+
+    def broken(*args: object, **kwargs: object) -> dict[str, float]:
+        raise RuntimeError("no kernel for this op")
+
+    monkeypatch.setattr(compose, "zero_input_sizes", broken)
+    loaded = load_from_proto(_softplus_model(5.0), LoadOptions(), source="t", fmt="onnx")
+    analysis = analyse(loaded.graph)
+    assert analysis.zero_sizes == {}
+    assert any("cannot run the graph" in note for note in analysis.notes)
+    for spec in (analysis.spec, analysis.spec_for_precision(2.0**-53)):
+        assert np.all(np.isinf(spec.fp_allowance(np.array([0.0, 1.0]))))
+    plan = ErrorPlan.of(analysis)
+    assert np.all(np.isinf(plan.error(np.array([0.0, 1.0]), {})))
