@@ -351,8 +351,8 @@ def test_pinned_batch_sizes_cover_every_slot() -> None:
     assert loaded.graph.batch_size == 2
     analysis = analyse(loaded.graph)
 
-    def f(v: object) -> Fraction:
-        return Fraction(float(v))  # type: ignore[arg-type]
+    def f(v: np.floating) -> Fraction:
+        return Fraction(float(v))
 
     for name in ("t1", "t2", "t3", "y"):
         norms = []
@@ -360,8 +360,8 @@ def test_pinned_batch_sizes_cover_every_slot() -> None:
             t1 = [f(bias[row, i]) for i in range(4)]
             t2 = [t1[i] * f(scale[row, i]) for i in range(4)]
             t3 = [t2[i] - f(cancel[row, i]) for i in range(4)]
-            y = [sum(f(weight[k, i]) * t3[i] for i in range(4)) for k in range(3)]
-            values = {"t1": t1, "t2": t2, "t3": t3, "y": y}[name]
+            y = [sum((f(weight[k, i]) * t3[i] for i in range(4)), Fraction(0)) for k in range(3)]
+            values: list[Fraction] = {"t1": t1, "t2": t2, "t3": t3, "y": y}[name]
             norms.append(float(sum(v * v for v in values)) ** 0.5 * (1 - 1e-12))
         assert analysis.zero_sizes[name] >= max(norms)
         assert norms[0] * 100 < max(norms)  # the look-alike: the first slot alone is far below
