@@ -405,3 +405,66 @@ def test_float64_executor_lp_pooling_of_order_8() -> None:
         norm = float(np.linalg.norm(x.astype(np.float64))) * (1 + 1e-12)
         assert abs(float(Fraction(float(y)) - truth)) <= spec.fp_allowance(np.array([norm]))[0]
     assert _worst_ratio(model, lambda x: _pool_exact(x, p, 2, True), inputs) <= 1.0
+
+
+# --- onnxruntime's fusions that fold a scale ---------------------------------------------------
+
+
+@pytest.mark.parametrize("scale_first", [True, False])
+def test_scalar_scale_moved_after_a_matmul(scale_first: bool) -> None:
+    """Mul(x, 2^40) then MatMul(W = 2^-40 Q), x ~ 1e-30: onnxruntime's MatMulScaleFusion
+    computes 2^40 (x W), whose products ~1e-42 are subnormal (it was 1.1e3 times the
+    allowance). The scale after the MatMul is the same computation as written (passes as
+    before)."""
+    n = 6
+    rng = np.random.default_rng(13)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    weight = (q * 2.0**-40).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.array(2.0**40, np.float32), "s"),
+    ]
+    if scale_first:
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["h"]),
+            helper.make_node("MatMul", ["h", "w"], ["y"]),
+        ]
+    else:
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Mul", ["h", "s"], ["y"]),
+        ]
+    model = _model(nodes, inits, [1, n], [1, n])
+    wf = [[Fraction(float(weight[i, j])) for j in range(n)] for i in range(n)]
+
+    def exact(x: np.ndarray) -> list[Fraction]:
+        xs = _fractions(x)
+        return [2**40 * sum((xs[i] * wf[i][j] for i in range(n)), Fraction(0)) for j in range(n)]
+
+    assert _worst_ratio(model, exact, _tiny_and_normal((n,), 1e-30, 14)) <= 1.0
+
+
+@pytest.mark.parametrize("multiplier", [1.3 * 2.0**-140, 0.3])
+def test_conv_times_a_constant_folded_by_onnxruntime(multiplier: float) -> None:
+    """Conv then Mul by s = 1.3 2^-140 per channel: onnxruntime's ConvMulFusion folds w s
+    into the weights in float32, subnormal and up to 2^-10 off (it was 750 times the
+    allowance at x ~ 1e30); s = 0.3 passes as before."""
+    c = 3
+    rng = np.random.default_rng(15)
+    weight = rng.standard_normal((c, c, 1, 1)).astype(np.float32)
+    scale = np.full((c, 1, 1), multiplier, np.float32)
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(scale, "s")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["t"]),
+        helper.make_node("Mul", ["t", "s"], ["y"]),
+    ]
+    model = _model(nodes, inits, [1, c, 2, 2], [1, c, 2, 2])
+    sf = Fraction(float(scale.reshape(-1)[0]))
+    wf = [[Fraction(float(weight[o, i, 0, 0])) for i in range(c)] for o in range(c)]
+
+    def exact(x: np.ndarray) -> list[Fraction]:
+        xs = [_fractions(x[i]) for i in range(c)]
+        return [sf * sum(wf[o][i] * xs[i][k] for i in range(c)) for o in range(c) for k in range(4)]
+
+    inputs = [(rng.standard_normal((1, c, 2, 2)) * s).astype(np.float32) for s in (1e30, 1e20, 1.0)]
+    assert _worst_ratio(model, exact, inputs) <= 1.0

@@ -7,12 +7,13 @@ the method string, when the model leaves its input size open.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from lipcert.bounds import spectral
-from lipcert.bounds.numeric import add_up, max_abs_up, mul_up, norm_up, sqrt_up
+from lipcert.bounds.numeric import add_up, div_up, max_abs_up, mul_up, norm_up, sqrt_up
 from lipcert.bounds.registry import LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
 from lipcert.graph.geometry import check_window_output, transpose_window, window
@@ -99,8 +100,54 @@ def matmul(node: Node, graph: Graph) -> LayerBound:
         abs_norm = max(spectral.matrix_norm(np.abs(m)) for m in matrices)
         method = "SVD of the weight"
     terms = weight.shape[-2] if weight_index == 1 else weight.shape[-1]
-    rounding = Rounding(terms=int(terms), input_gain=abs_norm)
+    # onnxruntime's MatMulScaleFusion moves scalar Mul/Div factors of x (a chain of them)
+    # into an alpha applied to the finished sums: a product among the subnormals (off by
+    # 2^-150) then reaches y times their product s, which the Mul nodes' own rules never
+    # see. As for Gemm's alpha, s - 1 more of the generic offset covers it.
+    offset = 0.0
+    scale = _scalar_factors_before(graph, node.inputs[1 - weight_index])
+    if scale > 1.0:
+        outputs = math.prod(graph.shape(node.outputs[0])[1:])
+        offset = mul_up(scale - 1.0, sqrt_up(outputs), 2.0**-124, 1.0 + 1e-12)
+    rounding = Rounding(terms=int(terms), input_gain=abs_norm, offset=offset)
     return LayerBound(norm, method, exact=True, rounding=rounding)
+
+
+def _every_node(graph: Graph) -> list[Node]:
+    """The graph's nodes and those of every fused body."""
+    found: list[Node] = []
+    pending = list(graph.nodes)
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        pending.extend(node.body)
+    return found
+
+
+def _scalar_factors_before(graph: Graph, name: str) -> float:
+    """The product of |c| (|1 / c| for a Div) over the chain of Mul / Div nodes by a
+    one-element constant c that produces `name`."""
+    producers = {out: node for node in _every_node(graph) for out in node.outputs}
+    scale = 1.0
+    for _ in range(64):
+        node = producers.get(name)
+        if node is None or node.op not in ("Mul", "Div"):
+            break
+        data = [i for i in node.inputs if i and not graph.is_constant(i)]
+        constants = [i for i in node.inputs if i and graph.is_constant(i)]
+        if len(data) != 1 or len(constants) != 1:
+            break
+        value = np.asarray(graph.constant(constants[0]), dtype=np.float64)
+        if value.size != 1 or not np.isfinite(value).all():
+            break
+        factor = abs(float(value.reshape(-1)[0]))
+        if node.op == "Div":
+            if data[0] != node.inputs[0] or factor == 0:
+                break
+            factor = 1.0 / factor
+        scale = mul_up(scale, factor)
+        name = data[0]
+    return scale
 
 
 def _broadcast_over_stack(data_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> bool:
@@ -129,7 +176,9 @@ def conv(node: Node, graph: Graph) -> LayerBound:
     weight, spatial, groups = _conv_parts(node, graph)
     win = window(node, spatial, tuple(weight.shape[2:]))
     check_window_output(node, win, spatial, graph.shape(node.outputs[0])[2:])
-    rounding = conv_rounding(node, graph, weight, groups)
+    rounding = _with_fused_multiplier(
+        node, graph, weight, groups, conv_rounding(node, graph, weight, groups)
+    )
     if not graph.size_known:
         factor = spectral.conv_norm_size_free(weight, win.strides, win.dilations, groups)
         return LayerBound(factor, SIZE_FREE, exact=False, rounding=rounding)
@@ -143,6 +192,35 @@ def conv(node: Node, graph: Graph) -> LayerBound:
 
 
 SIZE_FREE = "reshaped kernel norm x sqrt(overlap), any input size"
+
+
+def _with_fused_multiplier(
+    node: Node, graph: Graph, weight: np.ndarray, groups: int, rounding: Rounding
+) -> Rounding:
+    """onnxruntime's ConvMulFusion folds a Mul by a constant s after the Conv into its
+    weights, in float32: a folded weight w s among the subnormals is off by up to h = 2^-150
+    absolute, not u of itself, which moves the Mul's output by up to h |S| |x| (S the
+    weight's support, |S| the gain of its 0/1 pattern). The Conv's error reaches there
+    times the Mul's bound max |s|, and its gamma is at least u: h |S| / (u max |s|) =
+    2^-126 |S| / max |s| more input gain covers it. Counted only when some |w| |s| falls
+    below 2^-120 (the folded bias's rounding is the Mul's own, in its generic allowance)."""
+    users = [n for n in _every_node(graph) if node.outputs[0] in n.inputs]
+    if len(users) != 1 or users[0].op != "Mul":
+        return rounding
+    constants = [i for i in users[0].inputs if i and graph.is_constant(i)]
+    if len(constants) != 1:
+        return rounding
+    scale = np.abs(np.asarray(graph.constant(constants[0]), dtype=np.float64))
+    weights = np.abs(weight[weight != 0])
+    scales = scale[scale > 0]
+    if not weights.size or not scales.size:
+        return rounding
+    if float(weights.min()) * float(scales.min()) >= 2.0**-120:
+        return rounding
+    support = (weight != 0).astype(np.float64)
+    ones = _layer_abs_gain(node, graph, support, groups)
+    extra = mul_up(2.0**-126 * (1.0 + 2.0**-20), div_up(ones, float(scales.max())))
+    return dataclasses.replace(rounding, input_gain=add_up(rounding.input_gain, extra))
 
 
 def abs_conv_gain(
@@ -328,7 +406,10 @@ def circular_conv(node: Node, graph: Graph) -> LayerBound:
     """Pad(wrap) + Conv fused: the circular convolution on the input grid, exact."""
     weight, spatial, groups = _conv_parts(node, graph)
     win = window(node, spatial, tuple(weight.shape[2:]))
-    rounding = conv_rounding(node, graph, weight, groups)
+    # onnxruntime runs the Pad and the Conv: its ConvMulFusion applies as to a Conv
+    rounding = _with_fused_multiplier(
+        node, graph, weight, groups, conv_rounding(node, graph, weight, groups)
+    )
     if not graph.size_known:
         # A circular grid smaller than the kernel wraps several taps onto one input, so the
         # zero-padding overlap count does not hold; each tap still reads an input at most
