@@ -175,6 +175,15 @@ def build_network(graph: Graph, lipschitz: dict[str, float] | None = None) -> Ne
     """
     if graph.batch_size != 1:
         raise LocalUnsupported(f"the model fixes batch size {graph.batch_size}")
+    inexact = sorted(n for n in graph.inexact_constants if graph.folded_error.get(n, 0.0) > 0)
+    if inexact:
+        # the steps take the graph's float64 value c64 as the constant, which is only within
+        # rho |c| of the exact one (lipcert.bounds.folded): a tight bound of the c64 network
+        # proved a ball 1e-10 beyond the exact model's decision boundary
+        raise LocalUnsupported(
+            f"the constant {inexact[0]!r}, computed inside the model, is known in float64 "
+            f"only to {graph.folded_error[inexact[0]]:.3g} of itself"
+        )
     return _Builder(graph, lipschitz or {}).build()
 
 

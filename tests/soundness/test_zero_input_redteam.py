@@ -14,6 +14,7 @@ their allowance.
 
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -388,3 +389,44 @@ def test_no_executor_run_means_no_finite_allowance(monkeypatch: pytest.MonkeyPat
         assert np.all(np.isinf(spec.fp_allowance(np.array([0.0, 1.0]))))
     plan = ErrorPlan.of(analysis)
     assert np.all(np.isinf(plan.error(np.array([0.0, 1.0]), {})))
+
+
+def test_local_certificate_of_a_model_with_inexact_constants() -> None:
+    """Local bounds (lipcert.local) took the graph's float64 W as the model's exact weight:
+    on A / B - D (W 5e-10 of itself off in float64, every entry the same way) they proved the
+    ball of radius 1 + 1e-10 times the exact distance from x = 0 to the decision boundary
+    (exact rationals). Such a model is now left to its global certificate; the look-alike
+    with an exactly recomputed constant (A * B: rho = 0) still gets local bounds."""
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.local.network import LocalUnsupported
+    from lipcert.local.refine import LocalCertifier
+    from lipcert.model import LoadOptions
+
+    n = 16
+    a, b, d = _quotient_weight(0, n)
+    exact = [
+        [
+            Fraction(float(a[i, j])) / Fraction(float(b[i, j])) - Fraction(float(d[i, j]))
+            for j in range(n)
+        ]
+        for i in range(2)
+    ]
+    square = sum((p - q) ** 2 for p, q in zip(exact[0], exact[1], strict=True))
+    beyond = float(1 / square) ** 0.5 * (1 + 1e-10)
+    assert Fraction(beyond) ** 2 * square > 1  # really beyond the boundary
+    loaded = load_from_proto(_quotient_model(a, b, d), LoadOptions(), source="t", fmt="onnx")
+    assert loaded.graph.folded_error["W"] > 0
+    analysis = analyse(loaded.graph)
+    proven = False
+    with contextlib.suppress(LocalUnsupported):
+        proven, _, _ = LocalCertifier(analysis).certify(np.zeros((1, n)), 0, beyond)
+    assert not proven
+    # the look-alike: W = A * B is exact in float64 (rho = 0), local bounds still apply
+    model = _quotient_model(a, b, d)
+    model.graph.node[0].op_type = "Mul"
+    model.graph.node[1].op_type = "Add"
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    assert loaded.graph.inexact_constants and loaded.graph.folded_error["W"] == 0
+    certifier = LocalCertifier(analyse(loaded.graph))
+    proven, _, _ = certifier.certify(np.zeros((1, n)), 0, 1e-3)
+    assert proven
