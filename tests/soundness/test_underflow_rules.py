@@ -1,16 +1,19 @@
 """Gradual underflow amplified inside one node: square roots, p-th roots, a scaled product.
 
 The generic allowance of lipcert.bounds.registry.with_underflow covers n absolute errors of
-2^-150 per output element (float32). Some rules compute more than that before their output:
+2^-150 per output element (float32). Some nodes compute more than that before their output:
 the root of an underflowed sum of squares (sqrt(x^2 rounded to 0) = 0 instead of |x|, an
 error of |x| itself, not 2^-150), a Householder selector whose products round to zero
 (the wrong branch, by 2 |v . z| <= 2^-149 / ||w||), a Gemm's alpha applied after its
 underflowed products, a BatchNormalization whose gain scale / sqrt(var + eps) is subnormal
-(relative error up to 1 on every output). Ground truth: onnxruntime's float32 output
+(relative error up to 1 on every output), and onnxruntime's own rewrites: ConvMulFusion
+(a Mul's constant folded into the Conv's weights, subnormal) and MatMulScaleFusion (a
+scalar Mul before a MatMul applied to its sums). Ground truth: onnxruntime's float32 output
 (the session certify runs, default options) against the exact function in rationals (roots
 from integer roots, to 2^-400); the allowance is lipcert's certify allowance
-(spec.fp_allowance at input_norms(x)). Each case fails without its rule's underflow term
-(measured ratios in the docstrings), and a look-alike at normal magnitudes passes too.
+(spec.fp_allowance at input_norms(x)); one case runs lipcert's float64 executor against the
+float64 allowance. Each case failed without its rule's underflow term (the old ratios are
+in the docstrings), and a look-alike at normal magnitudes passes too.
 """
 
 from __future__ import annotations
