@@ -219,7 +219,7 @@ def _with_fused_multiplier(
         return rounding
     support = (weight != 0).astype(np.float64)
     ones = _layer_abs_gain(node, graph, support, groups)
-    extra = mul_up(2.0**-126 * (1.0 + 2.0**-20), div_up(ones, float(scales.max())))
+    extra = mul_up(2.0**-126, 1.0 + 2.0**-20, div_up(ones, float(scales.max())))
     return dataclasses.replace(rounding, input_gain=add_up(rounding.input_gain, extra))
 
 
@@ -371,7 +371,7 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
         # h (1 + |w|) and the bias (b - mean) s' + beta by h (|b| + |mean| + 1); run as the
         # layer then the BatchNorm, y moves by h (|t| + |mean|), |t| <= |W| |x| + |b|. With
         # gamma >= 4u: 2^-128 times the gains of |W| and of its support, and of the sizes.
-        tiny = 2.0**-128 * (1.0 + 2.0**-20)
+        tiny = mul_up(2.0**-128, 1.0 + 2.0**-20)
         support = (original != 0).astype(np.float64)
         if layer.op == "Conv":
             ones = _layer_abs_gain(layer, graph, support, int(layer.attr("group", 1)))
@@ -492,7 +492,7 @@ def batch_normalization(node: Node, graph: Graph) -> LayerBound:
         # mean g')) may land among the subnormals: off by up to h = 2^-150 absolute, not
         # u of itself, which moves y by h (|x| + |mean|); gamma(4) >= 4u: 2^-128 of each
         # (2^-1024 in float64).
-        tiny = 2.0**-128 * (1.0 + 2.0**-20)
+        tiny = mul_up(2.0**-128, 1.0 + 2.0**-20)
         input_gain = add_up(factor, tiny)
         mean_norm = _broadcast_norm(np.abs(mean).reshape(per_channel.shape), shape)
         offset = add_up(offset, mul_up(tiny, mean_norm))
