@@ -202,16 +202,26 @@ def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec
     body = bounds[head.body_input]
     rows = head.rows
     dimension = rows.shape[1]
+    # rows built from constants the model computes are within `spread` of the exact rows,
+    # elementwise relative (lipcert.bounds.folded): norms move by at most spread times the
+    # norms of the rows' absolute values
+    spread = _head_spread(graph, head)
+    norms = np.linalg.norm(rows, axis=1)
     logit = tuple(
-        mul_up(singular_value_up(float(np.linalg.norm(r)), dimension), body) for r in rows
+        mul_up(singular_value_up(add_up(float(r), mul_up(spread, float(r))), dimension), body)
+        for r in norms
     )
     pairwise = np.zeros((num_logits, num_logits))
     for i in range(num_logits):
         differences = np.linalg.norm(rows[i] - rows, axis=1)
         for j in range(num_logits):
             if i != j:
-                pairwise[i, j] = mul_up(singular_value_up(float(differences[j]), dimension), body)
+                moved = mul_up(spread, add_up(float(norms[i]), float(norms[j])))
+                difference = add_up(float(differences[j]), moved)
+                pairwise[i, j] = mul_up(singular_value_up(difference, dimension), body)
     head_norm = spectral.matrix_norm(rows)
+    if spread:
+        head_norm = add_up(head_norm, mul_up(spread, float(np.linalg.norm(rows)) * (1 + 1e-12)))
     vector = min(total, mul_up(head_norm, body))
     pairs = np.minimum(pairwise, mul_up(SQRT2_UP, vector))
     return CertificateSpec(
@@ -224,6 +234,28 @@ def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec
         body_bound=body,
         head=head.node.name,
     )
+
+
+def _head_spread(graph: Graph, head: _Head) -> float:
+    """A bound of |exact rows - head.rows| / |head.rows| elementwise: 0 unless the head or
+    a scaling after it reads a constant the model computes, known to rho of itself."""
+    if not graph.inexact_constants:
+        return 0.0
+    producers = graph.producers()
+    total, name = 0.0, graph.output_name
+    while True:
+        node = producers.get(name)
+        if node is None:
+            break
+        read = [n for n in node.inputs if n in graph.inexact_constants]
+        total += max((graph.folded_error.get(n, 0.0) for n in read), default=0.0)
+        if node is head.node:
+            break
+        name = graph.data_inputs(node)[0]
+    if not total:
+        return 0.0
+    # a product of (1 + rho_k), and |c - c64| <= rho |c| <= rho / (1 - rho) |c64|
+    return mul_up(float(np.expm1(2 * total)) / (1 - total), 1 + 1e-9)
 
 
 def _find_head(graph: Graph) -> _Head | None:

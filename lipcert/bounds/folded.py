@@ -64,6 +64,18 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
             f"only to {rho:.3g} of itself (a sine or cosine near 0), and its rounding "
             f"allowance for such constants needs 2^-30 relative; fold it into the weights",
         )
+    factor = bound.factor
+    if rho > 0:
+        # The rule's factor is a bound for the graph's constants c64, the exact constants are
+        # within rho |c| of them: an operator built from c (a weight, a scale, BatchNorm's
+        # scale / sqrt(var + eps)) moves by at most 2 rho / (1 - rho) times its absolute
+        # values' norm, which the rule's input gain (|W| for sums of products) or, for
+        # element-wise products, the factor itself bounds. Proved for a node linear in its
+        # data input; a fused nonlinear block whose bound is a formula of c (SLL's T, LipSDP
+        # certificates) gets the same margin, not a proof. Without it a float64 radius
+        # exceeded the exact distance to the boundary by 3e-10 of itself (the test).
+        spread = mul_up(2 * rho / (1 - rho), 1 + 1e-9)
+        factor = add_up(factor, mul_up(spread, max(bound.rounding.input_gain, factor)))
     rounding = Rounding(
         terms=bound.rounding.terms + 2,
         input_gain=bound.rounding.input_gain,
@@ -71,7 +83,7 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         offset=offset,
         relative=add_up(bound.rounding.relative, mul_up(rho, 1 + 1e-12)),
     )
-    return dataclasses.replace(bound, rounding=rounding)
+    return dataclasses.replace(bound, factor=factor, rounding=rounding)
 
 
 def _flatten(node: Node) -> Iterator[Node]:

@@ -248,12 +248,23 @@ def _quotient_weight(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return a, b, d
 
 
-def _quotient_model(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> onnx.ModelProto:
+def _quotient_model(
+    a: np.ndarray, b: np.ndarray, d: np.ndarray, separate_bias: bool = False
+) -> onnx.ModelProto:
+    """logits = x W^T + (1, 0), W = A / B - D; `separate_bias`: the bias in an Add of its
+    own (so that no rounding term of the Gemm carries it)."""
     n = a.shape[1]
+    if separate_bias:
+        head = [
+            helper.make_node("Gemm", ["x", "W"], ["g"], transB=1),
+            helper.make_node("Add", ["g", "bias"], ["logits"]),
+        ]
+    else:
+        head = [helper.make_node("Gemm", ["x", "W", "bias"], ["logits"], transB=1)]
     nodes = [
         helper.make_node("Div", ["A", "B"], ["q"]),
         helper.make_node("Sub", ["q", "D"], ["W"]),
-        helper.make_node("Gemm", ["x", "W", "bias"], ["logits"], transB=1),
+        *head,
     ]
     inits = [
         numpy_helper.from_array(a, "A"),
@@ -430,3 +441,108 @@ def test_local_certificate_of_a_model_with_inexact_constants() -> None:
     certifier = LocalCertifier(analyse(loaded.graph))
     proven, _, _ = certifier.certify(np.zeros((1, n)), 0, 1e-3)
     assert proven
+
+
+@pytest.mark.parametrize("separate_bias", [False, True])
+def test_float64_radius_with_a_head_computed_by_the_model(separate_bias: bool) -> None:
+    """The Lipschitz bounds were those of the graph's float64 constants (the head's rows),
+    not of the exact ones: with W = A / B - D off by 5e-10 of itself and the bias in an Add
+    of its own (no rounding term carries rho times it), the float64 graph's radius at x = 0
+    exceeded the exact distance to the boundary by 3.1e-10 of itself (exact rationals)."""
+    import torch
+
+    from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
+    from lipcert.certify.radii import certify_logits, choose_method
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.graph.execute import GraphExecutor
+    from lipcert.model import LoadOptions
+
+    n = 16
+    a, b, d = _quotient_weight(0, n)
+    model = _quotient_model(a, b, d, separate_bias=separate_bias)
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    assert loaded.graph.folded_error["W"] > 2.0**-32
+    analysis = analyse(loaded.graph)
+    executor = GraphExecutor(analysis.graph, dtype=torch.float64)
+    with torch.no_grad():
+        logits = executor(torch.zeros((1, n), dtype=torch.float64)).numpy()
+    exact = [
+        [
+            Fraction(float(a[i, j])) / Fraction(float(b[i, j])) - Fraction(float(d[i, j]))
+            for j in range(n)
+        ]
+        for i in range(2)
+    ]
+    square = sum((p - q) ** 2 for p, q in zip(exact[0], exact[1], strict=True))
+    for unit in (FLOAT64_UNIT_ROUNDOFF, FLOAT32_UNIT_ROUNDOFF):
+        spec = analysis.spec_for_precision(unit)
+        certificates = certify_logits(
+            logits, spec, choose_method(spec, "auto"), spec.fp_allowance(np.zeros(1))
+        )
+        radius = float(certificates.radius[0])
+        assert radius > 0
+        assert Fraction(radius) ** 2 * square <= 1
+        # not far below it either: the exact distance less the allowance (float32: 3e-6)
+        assert Fraction(radius) ** 2 * square >= 1 - (1e-4 if unit > 1e-10 else 1e-8)
+
+
+def test_float64_radius_with_a_hidden_layer_computed_by_the_model() -> None:
+    """The same for a hidden layer: w = A / B - D (one row, 5e-10 of itself off in float64),
+    then an exact head [1, -1] and a bias: the Lipschitz bound of the hidden layer must be
+    that of the exact w, or the float64 radius at x = 0 passes the exact boundary."""
+    import torch
+
+    from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF
+    from lipcert.certify.radii import certify_logits, choose_method
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.graph.execute import GraphExecutor
+    from lipcert.model import LoadOptions
+
+    n = 16
+    a, b, d = _quotient_weight(0, n)
+    a, b, d = a[:1], b[:1], d[:1]
+    head = np.array([[1.0], [-1.0]], np.float32)
+    nodes = [
+        helper.make_node("Div", ["A", "B"], ["q"]),
+        helper.make_node("Sub", ["q", "D"], ["W"]),
+        helper.make_node("Gemm", ["x", "W"], ["h"], transB=1),
+        helper.make_node("Gemm", ["h", "H"], ["g"], transB=1),
+        helper.make_node("Add", ["g", "bias"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(value, name)
+        for name, value in {
+            "A": a,
+            "B": b,
+            "D": d,
+            "H": head,
+            "bias": np.array([1.0, 0.0], np.float32),
+        }.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hidden",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", n])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    loaded = load_from_proto(model, LoadOptions(), source="t", fmt="onnx")
+    assert loaded.graph.folded_error["W"] > 2.0**-32
+    analysis = analyse(loaded.graph)
+    spec = analysis.spec_for_precision(FLOAT64_UNIT_ROUNDOFF)
+    executor = GraphExecutor(analysis.graph, dtype=torch.float64)
+    with torch.no_grad():
+        logits = executor(torch.zeros((1, n), dtype=torch.float64)).numpy()
+    certificates = certify_logits(
+        logits, spec, choose_method(spec, "auto"), spec.fp_allowance(np.zeros(1))
+    )
+    radius = float(certificates.radius[0])
+    exact = [
+        Fraction(float(a[0, j])) / Fraction(float(b[0, j])) - Fraction(float(d[0, j]))
+        for j in range(n)
+    ]
+    # the margin 2 w.x + 1 reaches 0 at distance 1 / (2 ||w||)
+    square = 4 * sum(v * v for v in exact)
+    assert radius > 0
+    assert Fraction(radius) ** 2 * square <= 1
