@@ -102,11 +102,11 @@ def test_executor_that_disagrees_with_onnxruntime_is_refused(linear_case, monkey
 
     monkeypatch.setitem(execute._OPS, "Gemm", wrong_gemm)
     result = runner.invoke(app, ["attack", str(model), "--dataset", str(data), "--quiet"])
-    assert result.exit_code == 1
-    # Caught by the first evaluator that runs the torch graph: the float64 tail of certify's
-    # default evaluator, else the attack's own check of its float32 executor.
-    assert "and onnxruntime differ" in result.stderr
-    assert "UnsoundCertificateError:" in result.stderr
+    # Caught when the model loads: lipcert's float64 executor must agree with onnxruntime
+    # (lipcert.evaluators.crosscheck) before any bound is used.
+    assert result.exit_code == 2
+    assert "differs from onnxruntime's" in result.stderr
+    assert "ModelLoadError:" in result.stderr
 
 
 def test_float32_executor_that_disagrees_is_refused_by_the_attack(linear_case, monkeypatch) -> None:

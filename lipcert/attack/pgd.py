@@ -97,9 +97,10 @@ class Attacker:
         return (x - mean) / std
 
     def fast(self, x: torch.Tensor) -> torch.Tensor:
-        """The float32 logits of `x` (on the attack's device), with gradients."""
+        """The float32 logits of `x` (on the attack's device), with gradients, one row per
+        sample (a head may end in (N, K, 1, 1))."""
         with placed(self.device):
-            return self.graph_fast(self._preprocess(x))
+            return self.graph_fast(self._preprocess(x)).reshape(len(x), -1)
 
     def attack(
         self,

@@ -76,6 +76,7 @@ def load_from_proto(
     output_name = _first_output(model, source)
     graph, runnable = _build_graph(model, input_info.name, output_name, input_shape, batch, source)
     graph.size_known = size_known
+    graph.batch_fixed = _declares_static_batch(input_info)
     if not size_known:
         graph.notes.append(
             "the model does not fix its input size and none was given: bounds use methods that "

@@ -58,6 +58,19 @@ class GraphExecutor(torch.nn.Module):
             _check_semantics(node, graph)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The logits of the batch `x`. A model that fixes its batch B runs in zero-padded
+        chunks of B: its shape constants may hold B (a Reshape merging the batch axis)."""
+        size = max(self.graph.batch_size, 1)
+        if not self.graph.batch_fixed or x.shape[0] == size:
+            return self._forward(x)
+        outputs = []
+        for start in range(0, x.shape[0], size):
+            part = x[start : start + size]
+            pad = part.new_zeros((size - part.shape[0], *part.shape[1:]))
+            outputs.append(self._forward(torch.cat([part, pad]))[: part.shape[0]])
+        return torch.cat(outputs)
+
+    def _forward(self, x: Tensor) -> Tensor:
         values: dict[str, Any] = dict(self.constants)
         values[self.graph.input_name] = x.to(self.dtype)
         self._batch = int(x.shape[0])

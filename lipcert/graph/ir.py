@@ -55,6 +55,9 @@ class Graph:
     shapes: dict[str, tuple[int, ...]]
     size_known: bool = True
     batch_size: int = 1
+    # The model fixes its batch at batch_size (a static batch axis, even of 1): its shape
+    # constants may hold it (a Reshape merging the batch axis), so it runs in chunks of it.
+    batch_fixed: bool = False
     source: str = ""
     notes: list[str] = field(default_factory=list)
     # Values of the data tensors at a zero input (float64), when the front-end computed them.
