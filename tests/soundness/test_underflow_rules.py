@@ -447,27 +447,38 @@ def test_scalar_scale_moved_after_a_matmul(scale_first: bool) -> None:
     assert _worst_ratio(model, exact, _tiny_and_normal((n,), 1e-30, 14)) <= 1.0
 
 
+@pytest.mark.parametrize("with_add", [False, True])
 @pytest.mark.parametrize("multiplier", [1.3 * 2.0**-140, 0.3])
-def test_conv_times_a_constant_folded_by_onnxruntime(multiplier: float) -> None:
-    """Conv then Mul by s = 1.3 2^-140 per channel: onnxruntime's ConvMulFusion folds w s
-    into the weights in float32, subnormal and up to 2^-10 off (it was 750 times the
-    allowance at x ~ 1e30); s = 0.3 passes as before."""
+def test_conv_times_a_constant_folded_by_onnxruntime(multiplier: float, with_add: bool) -> None:
+    """Conv then Mul by s = 1.3 2^-140 per channel (or Conv, Add of 0.5, Mul: ConvAddFusion
+    first): onnxruntime's ConvMulFusion folds w s into the weights in float32, subnormal and
+    up to 2^-10 off (it was 750 and 670 times the allowance at x ~ 1e30); s = 0.3 passes as
+    before."""
     c = 3
     rng = np.random.default_rng(15)
     weight = rng.standard_normal((c, c, 1, 1)).astype(np.float32)
     scale = np.full((c, 1, 1), multiplier, np.float32)
-    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(scale, "s")]
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["t"]),
-        helper.make_node("Mul", ["t", "s"], ["y"]),
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(scale, "s"),
+        numpy_helper.from_array(np.full((c, 1, 1), 0.5, np.float32), "a"),
     ]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["t"])]
+    if with_add:
+        nodes.append(helper.make_node("Add", ["t", "a"], ["t1"]))
+    nodes.append(helper.make_node("Mul", ["t1" if with_add else "t", "s"], ["y"]))
     model = _model(nodes, inits, [1, c, 2, 2], [1, c, 2, 2])
     sf = Fraction(float(scale.reshape(-1)[0]))
+    shift = Fraction(1, 2) if with_add else Fraction(0)
     wf = [[Fraction(float(weight[o, i, 0, 0])) for i in range(c)] for o in range(c)]
 
     def exact(x: np.ndarray) -> list[Fraction]:
         xs = [_fractions(x[i]) for i in range(c)]
-        return [sf * sum(wf[o][i] * xs[i][k] for i in range(c)) for o in range(c) for k in range(4)]
+        return [
+            sf * (sum((wf[o][i] * xs[i][k] for i in range(c)), Fraction(0)) + shift)
+            for o in range(c)
+            for k in range(4)
+        ]
 
     inputs = [(rng.standard_normal((1, c, 2, 2)) * s).astype(np.float32) for s in (1e30, 1e20, 1.0)]
     assert _worst_ratio(model, exact, inputs) <= 1.0

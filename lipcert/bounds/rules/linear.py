@@ -198,28 +198,48 @@ def _with_fused_multiplier(
     node: Node, graph: Graph, weight: np.ndarray, groups: int, rounding: Rounding
 ) -> Rounding:
     """onnxruntime's ConvMulFusion folds a Mul by a constant s after the Conv into its
-    weights, in float32: a folded weight w s among the subnormals is off by up to h = 2^-150
-    absolute, not u of itself, which moves the Mul's output by up to h |S| |x| (S the
-    weight's support, |S| the gain of its 0/1 pattern). The Conv's error reaches there
-    times the Mul's bound max |s|, and its gamma is at least u: h |S| / (u max |s|) =
-    2^-126 |S| / max |s| more input gain covers it. Counted only when some |w| |s| falls
-    below 2^-120 (the folded bias's rounding is the Mul's own, in its generic allowance)."""
-    users = [n for n in _every_node(graph) if node.outputs[0] in n.inputs]
-    if len(users) != 1 or users[0].op != "Mul":
-        return rounding
-    constants = [i for i in users[0].inputs if i and graph.is_constant(i)]
-    if len(constants) != 1:
-        return rounding
-    scale = np.abs(np.asarray(graph.constant(constants[0]), dtype=np.float64))
+    weights, in float32 (after ConvAddFusion has folded an Add by a constant into the bias,
+    and again for a further Mul): a folded weight among the subnormals is off by up to
+    h = 2^-150 absolute, not u of itself. Folding s_1 .. s_k in turn, the error at the
+    k-th Mul's output is at most sum_j h |S| |x| max|s_(j+1)| .. max|s_k| (S the weight's
+    support, |S| the gain of its 0/1 pattern); the Conv's own error reaches there times
+    P_k = max|s_1| .. max|s_k| (the Muls' bounds), and its gamma is at least u: so
+    2^-126 |S| sum_j 1 / P_j more input gain here covers it. Counted only when some folded
+    |w| |s_1 .. s_j| can fall below 2^-120 (the folded bias's roundings are the Add's and
+    Mul's own, in their generic allowances)."""
+    users_of: dict[str, list[Node]] = {}
+    for other in _every_node(graph):
+        for name in other.inputs:
+            users_of.setdefault(name, []).append(other)
     weights = np.abs(weight[weight != 0])
-    scales = scale[scale > 0]
-    if not weights.size or not scales.size:
+    if not weights.size:
         return rounding
-    if float(weights.min()) * float(scales.min()) >= 2.0**-120:
+    smallest, largest, inverse_sum, tiny = float(weights.min()), 1.0, 0.0, False
+    name = node.outputs[0]
+    for _ in range(64):
+        users = users_of.get(name, [])
+        if len(users) != 1 or users[0].op not in ("Add", "Sub", "Mul"):
+            break
+        user = users[0]
+        constants = [i for i in user.inputs if i and graph.is_constant(i)]
+        if len(constants) != 1 or len(user.inputs) != 2:
+            break
+        name = user.outputs[0]
+        if user.op != "Mul":
+            continue
+        scale = np.abs(np.asarray(graph.constant(constants[0]), dtype=np.float64))
+        scales = scale[scale > 0]
+        if not scales.size:
+            break
+        smallest *= float(scales.min())
+        largest = mul_up(largest, float(scales.max()))
+        inverse_sum = add_up(inverse_sum, div_up(1.0, largest))
+        tiny = tiny or smallest < 2.0**-120
+    if not tiny:
         return rounding
     support = (weight != 0).astype(np.float64)
     ones = _layer_abs_gain(node, graph, support, groups)
-    extra = mul_up(2.0**-126, 1.0 + 2.0**-20, div_up(ones, float(scales.max())))
+    extra = mul_up(2.0**-126, 1.0 + 2.0**-20, ones, inverse_sum)
     return dataclasses.replace(rounding, input_gain=add_up(rounding.input_gain, extra))
 
 
