@@ -482,3 +482,40 @@ def test_conv_times_a_constant_folded_by_onnxruntime(multiplier: float, with_add
 
     inputs = [(rng.standard_normal((1, c, 2, 2)) * s).astype(np.float32) for s in (1e30, 1e20, 1.0)]
     assert _worst_ratio(model, exact, inputs) <= 1.0
+
+
+@pytest.mark.parametrize("alpha,gain", [(2.0**40, 1.0), (1.0, 2.0**40), (1.0, 0.5)])
+def test_gemm_then_batchnorm_scaling_underflowed_products(alpha: float, gain: float) -> None:
+    """Gemm (alpha) then BatchNormalization of gain g, folded into one Gemm by lipcert,
+    which onnxruntime runs as written: with W = 2^-40 Q and x ~ 1e-30 the products are
+    subnormal and alpha g = 2^40 carries their error to y (it was 360 times the allowance,
+    either way); alpha g = 0.5 passes as before."""
+    n = 6
+    rng = np.random.default_rng(16)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    weight = (q * 2.0**-40).astype(np.float32)
+    values = {
+        "scale": np.full(n, gain),
+        "bias": np.zeros(n),
+        "mean": np.zeros(n),
+        "var": np.full(n, 1.0),
+    }
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        *(numpy_helper.from_array(v.astype(np.float32), k) for k, v in values.items()),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["t"], alpha=alpha),
+        helper.make_node(
+            "BatchNormalization", ["t", "scale", "bias", "mean", "var"], ["y"], epsilon=0.0
+        ),
+    ]
+    model = _model(nodes, inits, [1, n], [1, n])
+    wf = [[Fraction(float(weight[i, j])) for j in range(n)] for i in range(n)]
+    factor = Fraction(alpha) * Fraction(gain)
+
+    def exact(x: np.ndarray) -> list[Fraction]:
+        xs = _fractions(x)
+        return [factor * sum((xs[i] * wf[i][j] for i in range(n)), Fraction(0)) for j in range(n)]
+
+    assert _worst_ratio(model, exact, _tiny_and_normal((n,), 1e-30, 17), "Gemm") <= 1.0

@@ -385,6 +385,14 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
     max_scale = max_abs_up(scale)
     input_gain = max(folded.input_gain, mul_up(max_scale, gain))
     offset = add_up(max(folded.offset, mul_up(max_scale, folded.offset)), shift_norm)
+    # Run unfolded, the layer's products among the subnormals (2^-150 each, n of them per
+    # output) reach y times |alpha| max|s|; the generic offset sqrt(m) 2^-124 covers n + 2
+    # such errors at gamma >= (n + 2) u, |alpha| max|s| times it all of them.
+    amplification = mul_up(abs(float(layer.attr("alpha", 1.0))), max_scale)
+    if amplification > 1.0:
+        outputs = math.prod(out_shape[1:])
+        underflow = mul_up(amplification - 1.0, sqrt_up(outputs), 2.0**-124, 1.0 + 1e-12)
+        offset = add_up(offset, underflow)
     if float(np.min(np.abs(scale))) < 2.0**-120:
         # The runtime's scale s' may land among the subnormals, off by up to h = 2^-150
         # absolute. Folded by the runtime, each non-zero weight w s' is off by
