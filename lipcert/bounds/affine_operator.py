@@ -87,8 +87,18 @@ def body_bounds(node: Node, graph: Graph) -> list[tuple[Node, LayerBound]]:
 
 
 def _rule_key(node: Node, graph: Graph) -> tuple[object, ...] | None:
+    """The key of a Conv's rule, or None when it is not shared: the rule also reads what
+    consumes the output (a Mul by a constant that onnxruntime folds into the weights,
+    rules/linear.py), so a Conv read by an Add, Sub or Mul keeps its own."""
     if node.op not in ("Conv", "CircularConv") or (node.body and node.op == "Conv"):
         return None
+    output = node.outputs[0]
+    pending = list(graph.nodes)
+    while pending:
+        other = pending.pop()
+        pending.extend(other.body)
+        if other.op in ("Add", "Sub", "Mul") and output in other.inputs:
+            return None
     constants = []
     for name in node.inputs[1:]:
         if not name or not graph.is_constant(name):

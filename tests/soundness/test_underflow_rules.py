@@ -519,3 +519,43 @@ def test_gemm_then_batchnorm_scaling_underflowed_products(alpha: float, gain: fl
         return [factor * sum((xs[i] * wf[i][j] for i in range(n)), Fraction(0)) for j in range(n)]
 
     assert _worst_ratio(model, exact, _tiny_and_normal((n,), 1e-30, 17), "Gemm") <= 1.0
+
+
+def test_identical_convs_keep_their_own_fused_multiplier_inside_an_affine_block() -> None:
+    """Conv(W) -> Conv(W) -> Mul(s ~ 2^-140), fused into one AffineBlock: the block shares
+    one rule computation between Convs with the same weights, but only the second one's
+    output is scaled by s (onnxruntime folds s into its weights, among the subnormals). The
+    shared rule was the first Conv's, without that term: 607 times the allowance."""
+    c = 3
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((c, c, 1, 1)).astype(np.float32)
+    s = np.full((c, 1, 1), 1.3 * 2.0**-140, np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(s, "s")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["t0"]),
+        helper.make_node("Conv", ["t0", "w"], ["t"]),
+        helper.make_node("Mul", ["t", "s"], ["y"]),
+    ]
+    model = _model(nodes, inits, [1, c, 2, 2], [1, c, 2, 2])
+    loaded = load_from_proto(model, LoadOptions(input_shape=(c, 2, 2)), source="m", fmt="onnx")
+    fused = [node for node, _ in analyse(loaded.graph).node_bounds]
+    assert [node.op for node in fused] == ["AffineBlock"]
+    scale = Fraction(float(s.reshape(-1)[0]))
+    weights = [[Fraction(float(w[o, i, 0, 0])) for i in range(c)] for o in range(c)]
+
+    def exact(x: np.ndarray) -> list[Fraction]:
+        xs = [_fractions(x[i]) for i in range(c)]
+        h = [
+            [sum((weights[o][i] * xs[i][k] for i in range(c)), Fraction(0)) for k in range(4)]
+            for o in range(c)
+        ]
+        return [
+            scale * sum((weights[o][i] * h[i][k] for i in range(c)), Fraction(0))
+            for o in range(c)
+            for k in range(4)
+        ]
+
+    inputs = [
+        (rng.standard_normal((1, c, 2, 2)) * sc).astype(np.float32) for sc in (1e30, 1e25, 1.0)
+    ]
+    assert _worst_ratio(model, exact, inputs) <= 1.0
