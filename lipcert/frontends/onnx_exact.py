@@ -802,14 +802,14 @@ def _reduce_error(
     axis = tuple(a % data.ndim for a in axes)
     n = int(np.prod([data.shape[a] for a in axis])) if axis else 1
     if op in ("ReduceSumSquare", "ReduceL2"):
-        squares = (1 + worst) ** 2 * (1 + _U64) * (1 + _gamma(n)) - 1
+        squares = _compose(worst, worst, _U64, _gamma(n))
         if op == "ReduceSumSquare":
             return squares
-        return (1 - float(np.sqrt(1 - squares))) * (1 + _U64) + _U64
+        return _compose(squares / (1 + float(np.sqrt(1 - squares))), _U64)
     magnitude = np.sum(np.abs(data), axis=axis, keepdims=bool(keep))
     total = np.sum(data, axis=axis, keepdims=bool(keep))
     if op == "ReduceL1":
-        return (1 + worst) * (1 + _gamma(n)) - 1
+        return _compose(worst, _gamma(n))
     rel = _amplified(magnitude, np.asarray(total)) * (worst + _gamma(n))
     return rel + (_U64 if op == "ReduceMean" else 0.0)
 

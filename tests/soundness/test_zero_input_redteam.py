@@ -546,3 +546,33 @@ def test_float64_radius_with_a_hidden_layer_computed_by_the_model() -> None:
     square = 4 * sum(v * v for v in exact)
     assert radius > 0
     assert Fraction(radius) ** 2 * square <= 1
+
+
+@pytest.mark.parametrize("op", ["ReduceSumSquare", "ReduceL1", "Mul", "Div", "Reciprocal"])
+def test_folded_error_composition_keeps_tiny_terms(op: str) -> None:
+    """rho of an op on inputs known to w = 2^-54 of themselves: (1 + w)^2 (1 + u) ... - 1 in
+    float64 lost w (1 + 2^-54 is 1); the bound must be at least the exact composition
+    (Fractions)."""
+    from lipcert.frontends.onnx_exact import _U64, _gamma, _node_error, _reduce_error
+
+    w = 2.0**-54
+    u, g1 = Fraction(_U64), Fraction(_gamma(1))
+    one = np.array([3.0])
+    if op.startswith("Reduce"):
+        node = helper.make_node(op, ["a"], ["b"], keepdims=0)
+        got = _reduce_error(node, [np.ones((1, 1))], w, np.ones(1))
+        squares = (1 + Fraction(w)) ** 2 * (1 + u) * (1 + g1) - 1
+        need = squares if op == "ReduceSumSquare" else (1 + Fraction(w)) * (1 + g1) - 1
+    else:
+        inputs = ["a", "b"] if op != "Reciprocal" else ["a"]
+        node = helper.make_node(op, inputs, ["c"])
+        values = {"a": one, "b": np.array([7.0]), "c": np.array([0.123456789])}
+        errors = [w] * len(inputs)
+        got = _node_error(node, values, errors, w, values["c"])
+        e = Fraction(w)
+        need = {
+            "Mul": (1 + e) ** 2 * (1 + u) - 1,
+            "Div": (1 + e) * (1 + u) / (1 - e) - 1,
+            "Reciprocal": (1 + u) / (1 - e) - 1,
+        }[op]
+    assert Fraction(got) >= need
