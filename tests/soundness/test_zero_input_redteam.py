@@ -1,15 +1,25 @@
 """Red team of the zero-input sizes (lipcert.bounds.zero_input) and of the unit-free relative
 error of folded constants (Rounding.relative, lipcert.bounds.folded).
 
-Ground truth: exact rational arithmetic (fractions.Fraction) on the file's float32 weights.
-
-Found hole: the default evaluator's float64 tail (a float64 copy of the ONNX nodes after the
-cut, run by onnxruntime) reads the runtime's FLOAT32 copy of a constant the model computes
-(c' = fl32(c64), lipcert.frontends.onnx_file._fold_in_float64), not the float64 value c64
-of lipcert's graph. c' is off the exact constant by u32 |c|, which an allowance at the
-float64 unit (gamma(n + 2, u64) + rho) does not cover: with a weight whose float32 roundings
-all go the same way, the tail's logits were 3.6 times further from the exact ones than
-their allowance.
+Ground truth: exact rational arithmetic (fractions.Fraction) on the file's float32 weights,
+or float64 recomputations accurate far beyond the errors at stake. Holes found (each test
+failed before its fix):
+- the default evaluator's float64 tail (onnxruntime's float64 copy of the nodes after the
+  cut) reads the runtime's FLOAT32 copy c' = fl32(c64) of a constant the model computes, off
+  the exact constant by u32 |c|: a Hadamard-signed computed weight erred 3.6 times its
+  float64 allowance (fix: lipcert.bounds.fp_error keeps such a node's float32 allowance);
+- lipcert's float64 executor ran Softplus as torch's F.softplus, which returns x itself
+  above 20: the zero-input size of Softplus(x + 21) - 21 was 1e-13 for an exact 1.5e-9, and
+  the float64 graph erred 1e-3 against a 3e-7 allowance (fix: logaddexp);
+- rho of a folded constant composed (1 + e)(1 + u) - 1 in float64, which drops u = 2^-53:
+  rho of A / B - D was 0 while its float64 value was 2.3e-10 off (fix: onnx_exact._compose);
+- the Lipschitz bounds (a hidden layer's, a linear head's rows) were those of the float64
+  constants, not the exact ones: a float64 radius passed the exact decision boundary by
+  3.1e-10 of itself (fix: folded raises the bound, compose._head_spread the head's);
+- the local certificates took the float64 constants as exact and proved a ball 1e-10 beyond
+  the exact boundary (fix: such models keep their global certificates).
+Regression tests without a hole: sizes of a batch pinned to 2 cover the largest slot; no
+executor run means infinite allowances.
 """
 
 from __future__ import annotations
