@@ -524,5 +524,9 @@ def batch_normalization(node: Node, graph: Graph) -> LayerBound:
         input_gain = add_up(factor, tiny)
         mean_norm = _broadcast_norm(np.abs(mean).reshape(per_channel.shape), shape)
         offset = add_up(offset, mul_up(tiny, mean_norm))
-    rounding = Rounding(terms=4, input_gain=input_gain, offset=offset)
+    # The runtime's g' = scale / sqrt(var + eps) takes 3 roundings; x g' one more and
+    # (x - mean) g' or x g' - mean g' one or two, + bias one: each of |x g|, |mean g| and
+    # |bias| carries at most 7 relative roundings (Higham, Lemma 3.3: gamma_j gamma_k sums
+    # within gamma_(j+k)), whichever order the kernel uses.
+    rounding = Rounding(terms=7, input_gain=input_gain, offset=offset)
     return LayerBound(factor, "max |gamma / sqrt(var + eps)|", exact=True, rounding=rounding)
