@@ -586,3 +586,31 @@ def test_folded_error_composition_keeps_tiny_terms(op: str) -> None:
             "Reciprocal": (1 + u) / (1 - e) - 1,
         }[op]
     assert Fraction(got) >= need
+
+
+def test_posterior_head_differences_bound_the_exact_rows() -> None:
+    """The default evaluator's head term (PosteriorEvaluator's `_head_differences`, the
+    ||w_i - w_j|| that carry the body's error into a margin) must bound the EXACT rows'
+    differences: from float64 rows of W = A / B - D (5e-10 off) with a 1e-10 slack only,
+    it fell short (exact rationals); the rows' spread (compose._head_spread) now widens it."""
+    from lipcert.evaluators.posterior import _head_differences
+    from lipcert.frontends.onnx_file import load_from_proto
+    from lipcert.model import LoadOptions
+
+    n = 16
+    a, b, d = _quotient_weight(0, n)
+    loaded = load_from_proto(_quotient_model(a, b, d), LoadOptions(), source="t", fmt="onnx")
+    analysis = analyse(loaded.graph)
+    found = _head_differences(analysis.graph)
+    assert found is not None
+    _, differences = found
+    exact = [
+        [
+            Fraction(float(a[i, j])) / Fraction(float(b[i, j])) - Fraction(float(d[i, j]))
+            for j in range(n)
+        ]
+        for i in range(2)
+    ]
+    square = sum((p - q) ** 2 for p, q in zip(exact[0], exact[1], strict=True))
+    assert Fraction(float(differences[0, 1])) ** 2 >= square
+    assert Fraction(float(differences[1, 0])) ** 2 >= square
