@@ -299,21 +299,14 @@ def _share(
 def _head_differences(graph: Graph) -> tuple[str, np.ndarray] | None:
     """(the head's input tensor, upper bounds of ||w_i - w_j||) for a linear head whose
     rows lipcert's head detection reads (scalings after it included), else None."""
-    from lipcert.bounds.compose import _find_head, _head_spread
+    from lipcert.bounds.compose import _find_head, _head_spread, head_row_differences
 
     head = _find_head(graph)
     if head is None or head.rows.shape[0] < 2:
         return None
-    rows = np.asarray(head.rows, dtype=np.float64)
-    differences = np.linalg.norm(rows[:, None, :] - rows[None, :, :], axis=2)
-    # rows built from constants the model computes are within `spread` of the exact rows,
-    # elementwise relative: a difference moves by at most spread (||w_i|| + ||w_j||)
-    spread = _head_spread(graph, head)
-    if spread:
-        norms = np.linalg.norm(rows, axis=1)
-        differences = differences + spread * (norms[:, None] + norms[None, :])
-    # float64 differences and norms of a few thousand terms: a relative 1e-10 covers them.
-    return head.body_input, differences * (1 + 1e-10) + 1e-300
+    # rows built from constants the model computes are within `spread` of the exact rows
+    differences = head_row_differences(head.rows, _head_spread(graph, head))
+    return head.body_input, differences + 1e-300
 
 
 def _norm_from_float32_squares(squares: np.ndarray, size: int) -> np.ndarray:
