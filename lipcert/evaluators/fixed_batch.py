@@ -5,7 +5,8 @@ B > 1 is run on batches padded to B; if its logits mix the samples (a MatMul or 
 across the batch axis), the same image would get different certificates in different slots
 or beside different companions. Before the first logits are used, one sample is placed in
 the first and in the last slot, beside zeros and beside the batch's other samples (or their
-negations): its logits must agree within both rounding allowances, or the model is refused.
+negations), and copied into every slot (a per-slot constant of a middle slot): its logits
+must agree within both rounding allowances, or the model is refused.
 """
 
 from __future__ import annotations
@@ -42,20 +43,24 @@ def refuse_fixed_batch_mixing(
         "last slot, zeros beside": (np.concatenate([zeros, sample]), fixed_batch - 1),
         "first slot, other samples beside": (np.concatenate([sample, companions]), 0),
         "last slot, other samples beside": (np.concatenate([companions[::-1], sample]), -1),
+        # a per-slot constant of a middle slot escapes the first and last slots: every row
+        "every slot, copies beside": (np.concatenate([sample] * fixed_batch), None),
     }
     allowance = spec.fp_allowance(input_norms(sample))
     reference: Evaluation | None = None
     for where, (inputs, slot) in placements.items():
-        logits = np.asarray(run(inputs), dtype=np.float64)[slot : slot + 1 or None]
-        evaluation = Evaluation(logits.reshape(1, -1), allowance)
+        logits = np.asarray(run(inputs), dtype=np.float64).reshape(fixed_batch, -1)
+        rows = logits if slot is None else logits[slot : slot + 1 or None]
+        evaluation = Evaluation(rows, np.repeat(allowance, len(rows)))
         if reference is None:
             reference = evaluation
             continue
-        gap, limit = agreement_gaps(reference, evaluation)
-        if gap[0] > limit[0]:
+        ours = Evaluation(np.repeat(reference.logits, len(rows), axis=0), evaluation.allowance)
+        gap, limit = agreement_gaps(ours, evaluation)
+        if np.any(gap > limit):
             raise ModelLoadError(
                 f"the model's logits for a sample depend on the other samples of its batch "
                 f"(fixed at {fixed_batch}): placed {where}, a sample's logits move by "
-                f"{gap[0]:.3g}, more than rounding allows ({limit[0]:.3g}); lipcert certifies "
-                "functions of one sample"
+                f"{gap.max():.3g}, more than rounding allows ({limit.max():.3g}); lipcert "
+                "certifies functions of one sample"
             )

@@ -1,0 +1,51 @@
+"""Final review of the executor and its neighbours (fixed-batch chunking, unary ops).
+
+Ground truth: onnxruntime on the file, one placement at a time; exact values by mpmath.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hostile_models import certify, make, tensor
+from onnx import helper
+
+from lipcert.errors import LipcertError
+
+
+def _per_slot_bias_model(batch: int, slot: int) -> object:
+    """logits = x + bias, the batch fixed at `batch`, the bias 5 on class 1 in one slot only:
+    the same image is classified 0 in every slot but `slot`, where it is classified 1."""
+    bias = np.zeros((batch, 2), np.float32)
+    bias[slot, 1] = 5.0
+    nodes = [helper.make_node("Add", ["x", "bias"], ["logits"], name="add")]
+    return make(nodes, [tensor("bias", bias)], [batch, 2], [batch, 2])
+
+
+@pytest.mark.parametrize(("batch", "slot"), [(3, 1), (4, 2)])
+def test_a_constant_of_a_middle_slot_is_refused(batch: int, slot: int) -> None:
+    model = _per_slot_bias_model(batch, slot)
+    image = np.array([0.5, 0.2], np.float32)
+    x = np.stack([image] * batch)
+    x[slot] = [0.9, -0.3]
+    # ground truth: onnxruntime gives the image two decisions, by slot
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    (logits,) = session.run(None, {"x": np.stack([image] * batch)})
+    assert np.argmax(logits[0]) == 0 and np.argmax(logits[slot]) == 1
+    with pytest.raises(LipcertError, match=r"depend on the other samples of its batch"):
+        certify(model, x)  # type: ignore[arg-type]
+
+
+def test_the_same_constant_in_every_slot_is_certified_alike() -> None:
+    batch = 3
+    bias = np.tile(np.array([[0.0, 0.25]], np.float32), (batch, 1))
+    nodes = [helper.make_node("Add", ["x", "bias"], ["logits"], name="add")]
+    model = make(nodes, [tensor("bias", bias)], [batch, 2], [batch, 2])
+    image = np.array([0.5, 0.2], np.float32)
+    other = np.array([0.9, -0.3], np.float32)
+    predictions, radii = certify(model, np.stack([other, image, other, image]))  # type: ignore[arg-type]
+    # exact: margin 0.5 - 0.45 = 0.05, Lipschitz sqrt(2) for the margin: radius 0.05 / sqrt 2
+    assert predictions[1] == predictions[3] == 0
+    assert radii[1] == pytest.approx(radii[3], rel=1e-12)
+    assert radii[1] <= 0.05 / np.sqrt(2) and radii[1] == pytest.approx(0.05 / np.sqrt(2), rel=1e-4)
