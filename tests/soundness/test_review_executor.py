@@ -6,6 +6,7 @@ Ground truth: onnxruntime on the file, one placement at a time; exact values by 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from hostile_models import certify, make, tensor
@@ -14,7 +15,7 @@ from onnx import helper
 from lipcert.errors import LipcertError
 
 
-def _per_slot_bias_model(batch: int, slot: int) -> object:
+def _per_slot_bias_model(batch: int, slot: int) -> onnx.ModelProto:
     """logits = x + bias, the batch fixed at `batch`, the bias 5 on class 1 in one slot only:
     the same image is classified 0 in every slot but `slot`, where it is classified 1."""
     bias = np.zeros((batch, 2), np.float32)
@@ -30,11 +31,11 @@ def test_a_constant_of_a_middle_slot_is_refused(batch: int, slot: int) -> None:
     x = np.stack([image] * batch)
     x[slot] = [0.9, -0.3]
     # ground truth: onnxruntime gives the image two decisions, by slot
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"x": np.stack([image] * batch)})
     assert np.argmax(logits[0]) == 0 and np.argmax(logits[slot]) == 1
     with pytest.raises(LipcertError, match=r"depend on the other samples of its batch"):
-        certify(model, x)  # type: ignore[arg-type]
+        certify(model, x)
 
 
 def test_the_same_constant_in_every_slot_is_certified_alike() -> None:
@@ -44,7 +45,7 @@ def test_the_same_constant_in_every_slot_is_certified_alike() -> None:
     model = make(nodes, [tensor("bias", bias)], [batch, 2], [batch, 2])
     image = np.array([0.5, 0.2], np.float32)
     other = np.array([0.9, -0.3], np.float32)
-    predictions, radii = certify(model, np.stack([other, image, other, image]))  # type: ignore[arg-type]
+    predictions, radii = certify(model, np.stack([other, image, other, image]))
     # exact: margin 0.5 - 0.45 = 0.05, Lipschitz sqrt(2) for the margin: radius 0.05 / sqrt 2
     assert predictions[1] == predictions[3] == 0
     assert radii[1] == pytest.approx(radii[3], rel=1e-12)
