@@ -393,12 +393,17 @@ def with_folded_batchnorm(node: Node, graph: Graph, folded: Rounding) -> Roundin
         outputs = math.prod(out_shape[1:])
         underflow = mul_up(amplification - 1.0, sqrt_up(outputs), 2.0**-124, 1.0 + 1e-12)
         offset = add_up(offset, underflow)
-    if float(np.min(np.abs(scale))) < 2.0**-120:
+    nonzero = np.abs(original[original != 0])
+    smallest_weight = float(nonzero.min()) if nonzero.size else 1.0
+    smallest_scale = float(np.min(np.abs(scale)))
+    if smallest_scale < 2.0**-120 or smallest_weight * smallest_scale < 2.0**-120:
         # The runtime's scale s' may land among the subnormals, off by up to h = 2^-150
-        # absolute. Folded by the runtime, each non-zero weight w s' is off by
-        # h (1 + |w|) and the bias (b - mean) s' + beta by h (|b| + |mean| + 1); run as the
-        # layer then the BatchNorm, y moves by h (|t| + |mean|), |t| <= |W| |x| + |b|. With
-        # gamma >= 4u: 2^-128 times the gains of |W| and of its support, and of the sizes.
+        # absolute, and so may a folded weight w s' with s' normal (onnxruntime's
+        # ConvBNFusion multiplies in float32). Folded by the runtime, each non-zero weight
+        # w s' is off by h (1 + |w|) and the bias (b - mean) s' + beta by h (|b| + |mean|
+        # + 1); run as the layer then the BatchNorm, y moves by h (|t| + |mean|), |t| <=
+        # |W| |x| + |b|. With gamma >= 4u: 2^-128 times the gains of |W| and of its
+        # support, and of the sizes.
         tiny = mul_up(2.0**-128, 1.0 + 2.0**-20)
         support = (original != 0).astype(np.float64)
         if layer.op == "Conv":
