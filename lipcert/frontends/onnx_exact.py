@@ -576,7 +576,8 @@ def _node_error(
         rounds = to == onnx.TensorProto.FLOAT or (
             op == "CastLike" and inputs[1].dtype == np.float32
         )
-        return worst + (_U32 if rounds else 0.0)
+        # composed: worst + u32 alone drops worst * u32 (nothing else here has slack for it)
+        return _compose(worst, _U32) if rounds else worst
     # an operation whose float64 result is checked to be exact adds no rounding
     u = _U64
     if op in _CHECKED_OPS and all(np.asarray(values[n]).dtype.kind == "f" for n in node.input):

@@ -5,6 +5,8 @@ Ground truth: onnxruntime on the file, one placement at a time; exact values by 
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -50,3 +52,18 @@ def test_the_same_constant_in_every_slot_is_certified_alike() -> None:
     assert predictions[1] == predictions[3] == 0
     assert radii[1] == pytest.approx(radii[3], rel=1e-12)
     assert radii[1] <= 0.05 / np.sqrt(2) and radii[1] == pytest.approx(0.05 / np.sqrt(2), rel=1e-4)
+
+
+@pytest.mark.parametrize("to", [onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE])
+def test_a_rounding_cast_composes_its_input_error(to: int) -> None:
+    """rho of Cast to float32 of a value known to w of itself: (1 + w)(1 + 2^-24) - 1 exactly
+    (Fractions); w + 2^-24 in float64 dropped w 2^-24. A cast to float64 adds nothing."""
+    from lipcert.frontends.onnx_exact import _U32, _node_error
+
+    w = 2.0**-30
+    node = helper.make_node("Cast", ["a"], ["c"], to=to)
+    a = np.array([0.1])
+    values = {"a": a, "c": a.astype(np.float32 if to == onnx.TensorProto.FLOAT else np.float64)}
+    got = _node_error(node, values, [w], w, values["c"])
+    rounding = Fraction(_U32) if to == onnx.TensorProto.FLOAT else Fraction(0)
+    assert Fraction(got) >= (1 + Fraction(w)) * (1 + rounding) - 1
