@@ -240,20 +240,24 @@ def head_row_differences(rows: np.ndarray, spread: float) -> np.ndarray:
     (2 gamma_d + 5u)(n_i + n_j) <= 4 gamma_(d+4) (n_i + n_j) =: E_ij of the exact one
     (|G_ij| <= (n_i + n_j) / 2), so d_ij <= sqrt(d_ij^2 + E_ij). Where that would add more
     than 1e-10 of d_ij (rows that nearly coincide), the difference itself is taken: its
-    float64 norm, within (d + 4) eps of itself. Both are covered by a margin of 64 d eps."""
+    float64 norm, within (d + 4) eps of itself. Both are covered by a margin of 64 d eps.
+    Products below float64's normal range lose up to 2^-1074 each, which no relative bound
+    covers (rows of 1e-170: every square is 0): every sum of squares gets (8 d + 16) 2^-1074."""
     rows = np.asarray(rows, dtype=np.float64)
     dimension = rows.shape[1]
+    underflow = (8.0 * dimension + 16.0) * 2.0**-1074
     squares = np.einsum("ij,ij->i", rows, rows)
     total = squares[:, None] + squares[None, :]
     gram_squares = total - 2.0 * (rows @ rows.T)
-    allowance = 4.0 * gamma(dimension + 4, FLOAT64_UNIT_ROUNDOFF) * total
+    allowance = 4.0 * gamma(dimension + 4, FLOAT64_UNIT_ROUNDOFF) * total + underflow
     differences = np.sqrt(np.maximum(gram_squares, 0.0) + allowance)
     near = np.argwhere(gram_squares <= 1e10 * allowance)
     for i in np.unique(near[:, 0]):
         columns = near[near[:, 0] == i, 1]
-        differences[i, columns] = np.linalg.norm(rows[i] - rows[columns], axis=1)
+        difference = rows[i] - rows[columns]
+        differences[i, columns] = np.sqrt(np.einsum("ij,ij->i", difference, difference) + underflow)
     if spread:
-        norms = np.nextafter(np.linalg.norm(rows, axis=1), np.inf)
+        norms = np.nextafter(np.sqrt(squares + underflow), np.inf)
         moved = np.nextafter(spread * np.nextafter(norms[:, None] + norms[None, :], np.inf), np.inf)
         differences = np.nextafter(differences + moved, np.inf)
     margin = 64.0 * max(dimension, 1) * float(np.finfo(np.float64).eps)
