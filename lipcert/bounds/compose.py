@@ -265,25 +265,32 @@ def head_row_differences(rows: np.ndarray, spread: float) -> np.ndarray:
 
 
 def _head_spread(graph: Graph, head: _Head) -> float:
-    """A bound of |exact rows - head.rows| / |head.rows| elementwise: 0 unless the head or
-    a scaling after it reads a constant the model computes, known to rho of itself."""
-    if not graph.inexact_constants:
-        return 0.0
+    """A bound of |exact rows - head.rows| / |head.rows| elementwise: the float64 rounding of
+    the rows' product (_find_head: alpha times the weight times each scaling after it, 1 /
+    factor for a Div) and the error of the constants the model computes (known to rho of
+    themselves) the head or a scaling after it reads; 0 for a head with alpha 1 and no Mul
+    or Div after it that reads only exact constants."""
     producers = graph.producers()
-    total, name = 0.0, graph.output_name
+    total, name, scalings = 0.0, graph.output_name, 0
     while True:
         node = producers.get(name)
         if node is None:
             break
+        scalings += node is not head.node and node.op in ("Mul", "Div")
         read = [n for n in node.inputs if n in graph.inexact_constants]
         total += max((graph.folded_error.get(n, 0.0) for n in read), default=0.0)
         if node is head.node:
             break
         name = graph.data_inputs(node)[0]
+    # float64 products of the rows: two roundings per scaling (1 / factor, the product), one
+    # for alpha, one for the rows times the scale; |v - fl(v)| <= gamma / (1 - gamma) |fl(v)|
+    exact_product = not scalings and float(head.node.attr("alpha", 1.0)) == 1.0
+    rounding = 0.0 if exact_product else 2 * gamma(2 * scalings + 2, FLOAT64_UNIT_ROUNDOFF)
     if not total:
-        return 0.0
+        return mul_up(rounding, 1 + 1e-9) if rounding else 0.0
     # a product of (1 + rho_k), and |c - c64| <= rho |c| <= rho / (1 - rho) |c64|
-    return mul_up(float(np.expm1(2 * total)) / (1 - total), 1 + 1e-9)
+    folded = float(np.expm1(2 * total)) / (1 - total)
+    return mul_up(folded + rounding + folded * rounding, 1 + 1e-9)
 
 
 def _find_head(graph: Graph) -> _Head | None:
