@@ -31,6 +31,13 @@ from lipcert.graph import Graph, Node
 _U64 = 2.0**-53
 # onnx_exact.MAX_FOLDED_ERROR: larger errors (sines and cosines near 0) are refused here
 _MAX_RHO = 2.0**-30
+# Nodes whose rules bound the block with the exact constants themselves (exact_spread).
+_BOUNDED_BY_RULE = frozenset({"SLLBlock", "SandwichBlock", "FourierSandwich"})
+# Nonlinear nodes whose bound is proved for the float64 constants only, refused when they
+# read an inexact constant: a select tree continuous with c64 may jump with the exact c.
+_UNPROVED = {
+    "PiecewiseLinear": "select tree checked continuous with that value, not the exact one",
+}
 
 
 def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
@@ -65,14 +72,25 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
             f"allowance for such constants needs 2^-30 relative; fold it into the weights",
         )
     factor = bound.factor
-    if rho > 0:
+    if rho > 0 and node.op in _UNPROVED:
+        raise refuse(
+            node,
+            f"it reads {names[0]!r}, computed inside the model (known to {rho:.3g} of "
+            f"itself), and its bound holds for the float64 value only (a {_UNPROVED[node.op]})"
+            "; fold it into the weights",
+        )
+    if rho > 0 and node.op not in _BOUNDED_BY_RULE:
         # The rule's factor is a bound for the graph's constants c64, the exact constants are
         # within rho |c| of them: an operator built from c (a weight, a scale, BatchNorm's
         # scale / sqrt(var + eps)) moves by at most 2 rho / (1 - rho) times its absolute
         # values' norm, which the rule's input gain (|W| for sums of products) or, for
         # element-wise products, the factor itself bounds. Proved for a node linear in its
-        # data input; a fused nonlinear block whose bound is a formula of c (SLL's T, LipSDP
-        # certificates) gets the same margin, not a proof. Without it a float64 radius
+        # data input (a fused affine block included: its input gain counts every layer's
+        # |W| along its paths) and for nonlinear ones whose bound is |c| times a constant
+        # (PRelu, L2NormPool's sqrt(c)); SLL and Sandwich blocks, whose bounds are formulas
+        # of several constants, bound the exact constants' block themselves
+        # (`exact_spread`), as does a FourierSandwich from its blocks' moves, and a select
+        # tree is refused above. Without it a float64 radius
         # exceeded the exact distance to the boundary by 3e-10 of itself (the test).
         spread = mul_up(2 * rho / (1 - rho), 1 + 1e-9)
         factor = add_up(factor, mul_up(spread, max(bound.rounding.input_gain, factor)))
@@ -84,6 +102,19 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         relative=add_up(bound.rounding.relative, mul_up(rho, 1 + 1e-12)),
     )
     return dataclasses.replace(bound, factor=factor, rounding=rounding)
+
+
+def exact_spread(node: Node, graph: Graph, factors: int) -> float:
+    """eta with |c_1 .. c_k - c64_1 .. c64_k| <= eta |c64_1 .. c64_k| for a product (or
+    quotient, square root) of up to `factors` constants the node reads, each either exact
+    or within rho of its float64 value: ((1 + rho) / (1 - rho))^factors - 1, rounded up;
+    0 when the node reads no inexact constant, or one refused by `with_folded_rounding`."""
+    names = {name for inner in _flatten(node) for name in inner.inputs} & graph.inexact_constants
+    rho = max((graph.folded_error.get(name, 0.0) for name in names), default=0.0)
+    if not 0 < rho <= _MAX_RHO:
+        return 0.0
+    growth = factors * (math.log1p(rho) - math.log1p(-rho))
+    return mul_up(math.expm1(growth), 1 + 1e-6)
 
 
 def _flatten(node: Node) -> Iterator[Node]:

@@ -16,8 +16,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lipcert.bounds.compose import analyse
+from lipcert.errors import UnsupportedOpError
 from lipcert.evaluators import input_norms
 from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.graph import Graph
 from lipcert.model import LoadOptions
 
 
@@ -68,3 +70,123 @@ def test_conv_batchnorm_folded_weight_among_the_subnormals(weight_exponent: int)
     gain = Fraction(float(w)) * Fraction(float(g)) * Fraction(float(k))
     exact = [Fraction(float(v)) * gain for v in x.reshape(-1)]
     assert _ratio(model, x, exact) <= 1.0
+
+
+# --- blocks reading constants the model computes (lipcert.bounds.folded) ---------------------
+
+
+def _const(values: object, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+
+def _loaded(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], width: int) -> Graph:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return load_from_proto(model, LoadOptions(input_shape=(width,)), source="m", fmt="onnx").graph
+
+
+# The analysis accepts constants known to rho <= 2^-30 of themselves; the exact constants may
+# lie anywhere within rho of the float64 ones. The bound must hold at the worst such corner.
+_RHO = 2.0**-31
+
+
+def _at_rho(graph: Graph) -> Graph:
+    graph.folded_error = {name: _RHO for name in graph.folded_error}
+    return graph
+
+
+def _value(graph: Graph, name: str) -> Fraction:
+    return Fraction(float(np.asarray(graph.constant(name)).reshape(-1)[0]))
+
+
+def test_sll_block_with_computed_weight_and_multipliers_bounds_the_exact_block() -> None:
+    """y = x - W q1 q2 q1 ReLU(W^T x), W = 7/3 I, q1 = 1/3, q2 = (972/49) / 3, all computed
+    by the model: ||W D^1/2||^2 = 4, the bound 3. With each constant 2^-31 above its float64
+    value (D carries three of them) the exact block is 4 (1 + 2^-31)^5 - 1 Lipschitz; the
+    generic margin 2 rho / (1 - rho) max(input gain, bound) gave 9e-10 less."""
+    inits = [
+        _const(np.eye(2) * 7.0, "w0"),
+        _const(3.0, "three"),
+        _const(1.0, "one"),
+        _const(4 * 243 / 49, "d0"),
+        _const(np.zeros(2), "b"),
+    ]
+    nodes = [
+        helper.make_node("Div", ["w0", "three"], ["W"]),
+        helper.make_node("Div", ["one", "three"], ["q1"]),
+        helper.make_node("Div", ["d0", "three"], ["q2"]),
+        helper.make_node("Transpose", ["W"], ["Wt"]),
+        helper.make_node("Gemm", ["x", "W", "b"], ["z"], transB=1),
+        helper.make_node("Relu", ["z"], ["r"]),
+        helper.make_node("Mul", ["r", "q1"], ["r1"]),
+        helper.make_node("Mul", ["r1", "q2"], ["r2"]),
+        helper.make_node("Mul", ["r2", "q1"], ["r3"]),
+        helper.make_node("MatMul", ["r3", "Wt"], ["v"]),
+        helper.make_node("Sub", ["x", "v"], ["y"]),
+    ]
+    graph = _at_rho(_loaded(nodes, inits, 2))
+    assert {"W", "q1", "q2"} <= graph.inexact_constants
+    bounds = analyse(graph).node_bounds
+    assert [node.op for node, _ in bounds] == ["SLLBlock"]
+    up = 1 + Fraction(_RHO)
+    w, q1, q2 = (_value(graph, name) * up for name in ("W", "q1", "q2"))
+    squared = w * w * q1 * q2 * q1  # ||W_e D_e^1/2||^2, W_e = w I
+    assert squared > 2
+    assert Fraction(bounds[0][1].factor) >= squared - 1
+
+
+def test_sandwich_block_with_computed_weights_and_multipliers_bounds_the_exact_block() -> None:
+    """y = B p p p ReLU(A x), A = 7/3, B = 5/3, p = 1/3 computed by the model: Lipschitz
+    |A B| p^3, and (1 + 2^-31)^5 times that at the worst exact constants; the generic margin
+    gave 7e-11 less."""
+    inits = [_const([[7.0]], "a0"), _const([[5.0]], "b0"), _const(3.0, "three")]
+    inits += [_const(1.0, "one"), _const([0.0], "bias")]
+    nodes = [
+        helper.make_node("Div", ["a0", "three"], ["A"]),
+        helper.make_node("Div", ["b0", "three"], ["B"]),
+        helper.make_node("Div", ["one", "three"], ["p"]),
+        helper.make_node("Gemm", ["x", "A", "bias"], ["z"]),
+        helper.make_node("Relu", ["z"], ["r"]),
+        helper.make_node("Mul", ["r", "p"], ["r1"]),
+        helper.make_node("Mul", ["r1", "p"], ["r2"]),
+        helper.make_node("Mul", ["r2", "p"], ["r3"]),
+        helper.make_node("MatMul", ["r3", "B"], ["y"]),
+    ]
+    graph = _at_rho(_loaded(nodes, inits, 1))
+    bounds = analyse(graph).node_bounds
+    assert [node.op for node, _ in bounds] == ["SandwichBlock"]
+    up = 1 + Fraction(_RHO)
+    exact = _value(graph, "A") * _value(graph, "B") * _value(graph, "p") ** 3 * up**5
+    assert Fraction(bounds[0][1].factor) >= exact
+
+
+@pytest.mark.parametrize("numerator", [1.0, 3.0])
+def test_select_tree_on_a_computed_threshold_is_refused(numerator: float) -> None:
+    """Where(x < t, x - t, 2 (x - t)): continuity is checked with t's float64 value, which
+    for a computed t (1/3) is not the exact one (a tree whose pieces read two such constants
+    may jump): refused in one line naming the node and the constant. Its look-alike with
+    t = 3/3, exact, is fused and bounded by 2."""
+    inits = [_const(numerator, "one"), _const(3.0, "three"), _const(2.0, "two")]
+    nodes = [
+        helper.make_node("Div", ["one", "three"], ["t"]),
+        helper.make_node("Less", ["x", "t"], ["c"]),
+        helper.make_node("Sub", ["x", "t"], ["d"]),
+        helper.make_node("Mul", ["d", "two"], ["e"]),
+        helper.make_node("Where", ["c", "d", "e"], ["y"]),
+    ]
+    graph = _loaded(nodes, inits, 3)
+    if numerator == 1.0:
+        with pytest.raises(UnsupportedOpError, match=r"PiecewiseLinear.*'t', computed inside"):
+            analyse(graph)
+    else:
+        bounds = analyse(graph).node_bounds
+        assert [node.op for node, _ in bounds] == ["PiecewiseLinear"]
+        assert bounds[0][1].factor >= 2.0

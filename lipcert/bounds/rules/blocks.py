@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from lipcert.bounds import spectral
+from lipcert.bounds.folded import exact_spread
 from lipcert.bounds.numeric import (
     FLOAT64_EPS,
     add_up,
@@ -366,6 +367,18 @@ def sll_block(node: Node, graph: Graph) -> LayerBound:
     factor = max(1.0, up(squared - 1.0))
     method = f"max(1, ||W D^1/2||^2 - 1), ||W D^1/2||^2 <= {squared:.6g} ({how})"
     max_d = max_abs_up(diagonal)
+    eta = exact_spread(node, graph, _multipliers(node) + 1)
+    if eta > 0:
+        # Constants the model computes (lipcert.bounds.folded): the exact W and D are within
+        # eta of the float64 ones entrywise (D a product of the multipliers, W one more), so
+        # M_e = W_e D_e^1/2 and M_e' (the second op's, its transpose in float64) are within
+        # a = eta || |W| || sqrt(max d) of M. The exact Jacobian I - M_e' L M_e^T is within
+        # ||(M_e' - M_e) L M_e^T|| <= 2 a (||M|| + a) of I - M_e L M_e^T, whose norm is at
+        # most max(1, (||M|| + a)^2 - 1) (the proof above).
+        spread = mul_up(eta, _abs_gain(first, graph)[0], sqrt_up(max_d))
+        moved = add_up(norm, spread)
+        factor = add_up(max(1.0, up(mul_up(moved, moved) - 1.0)), mul_up(2.0, spread, moved))
+        method += f", with the exact constants computed in the model (within {eta:.3g})"
     # ||W D|| <= ||W D^1/2|| sqrt(max d), and the same for ||D W^T||
     gain = mul_up(norm, sqrt_up(max_d))
     rounding = _two_layer_rounding(node, graph, gain, gain, max_d)
@@ -376,6 +389,11 @@ def sll_block(node: Node, graph: Graph) -> LayerBound:
         offset=rounding.offset,
     )
     return LayerBound(factor, method, exact=False, rounding=rounding)
+
+
+def _multipliers(node: Node) -> int:
+    """The Mul and Div nodes of a block's body: each may bring one constant factor."""
+    return sum(1 for inner in node.body if inner.op in ("Mul", "Div"))
 
 
 # --- Sandwich ---------------------------------------------------------------------------------
@@ -543,6 +561,17 @@ def sandwich_block(node: Node, graph: Graph) -> LayerBound:
             method = f"one-layer LipSDP certificate ({certified[1]}), verified in float64"
     max_pre = max_abs_up(pre) if pre.size else 1.0
     max_post = max_abs_up(post) if post.size else 1.0
+    eta = exact_spread(node, graph, _multipliers(node) + 1)
+    if eta > 0:
+        # Constants the model computes (lipcert.bounds.folded): the exact T1 = pre A1 and
+        # T2 = A2 post are within eta of the float64 ones entrywise, so for every L in [0, 1]
+        # ||T2e L T1e - T2 L T1|| <= ||T2e - T2|| ||T1e|| + ||T2|| ||T1e - T1||, with
+        # ||Ti e - Ti|| <= eta || |Ti| || <= eta max|multipliers| || |Ai| ||.
+        abs1 = mul_up(max_pre, _abs_gain(first, graph)[0])
+        abs2 = mul_up(max_post, _abs_gain(second, graph)[0])
+        move1, move2 = mul_up(eta, abs1), mul_up(eta, abs2)
+        factor = add_up(factor, mul_up(move2, add_up(norm1, move1)), mul_up(norm2, move1))
+        method += f", with the exact constants computed in the model (within {eta:.3g})"
     # ||A2 pre post|| <= ||A2 post|| max|pre|; ||pre post A1|| <= max|post| ||pre A1||
     rounding = _two_layer_rounding(
         node,
