@@ -190,3 +190,30 @@ def test_select_tree_on_a_computed_threshold_is_refused(numerator: float) -> Non
         bounds = analyse(graph).node_bounds
         assert [node.op for node, _ in bounds] == ["PiecewiseLinear"]
         assert bounds[0][1].factor >= 2.0
+
+
+def test_matmul_batchnorm_folded_weight_among_the_subnormals() -> None:
+    """MatMul(2^-60 I) -> BatchNormalization(g = 1.5 2^-89) -> Mul(2^120): lipcert keeps the
+    BatchNorm apart, onnxruntime's MatMulBNFusion folds w g in float32 (1.5 2^-149 rounds to
+    2^-148). It erred 32 times the allowance, now within."""
+    w, g, k = np.float32(2.0**-60), np.float32(1.5 * 2.0**-89), np.float32(2.0**120)
+    inits = [_const(np.eye(2) * w, "w"), _const([g, g], "s"), _const([0, 0], "b")]
+    inits += [_const([0, 0], "m"), _const([1, 1], "v"), _const(k, "k")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["c"]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"], epsilon=0.0),
+        helper.make_node("Mul", ["bn", "k"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    x = np.array([[1e3, 7.5e2]], np.float32)
+    gain = Fraction(float(w)) * Fraction(float(g)) * Fraction(float(k))
+    assert _ratio(model, x, [Fraction(float(v)) * gain for v in x[0]]) <= 1.0
