@@ -367,7 +367,7 @@ def sll_block(node: Node, graph: Graph) -> LayerBound:
     factor = max(1.0, up(squared - 1.0))
     method = f"max(1, ||W D^1/2||^2 - 1), ||W D^1/2||^2 <= {squared:.6g} ({how})"
     max_d = max_abs_up(diagonal)
-    eta = exact_spread(node, graph, _multipliers(node) + 1)
+    eta = exact_spread(node, graph, _multipliers(node, graph) + 1)
     if eta > 0:
         # Constants the model computes (lipcert.bounds.folded): the exact W and D are within
         # eta of the float64 ones entrywise (D a product of the multipliers, W one more), so
@@ -391,9 +391,16 @@ def sll_block(node: Node, graph: Graph) -> LayerBound:
     return LayerBound(factor, method, exact=False, rounding=rounding)
 
 
-def _multipliers(node: Node) -> int:
-    """The Mul and Div nodes of a block's body: each may bring one constant factor."""
-    return sum(1 for inner in node.body if inner.op in ("Mul", "Div"))
+def _multipliers(node: Node, graph: Graph) -> int:
+    """The nodes of a block's body, less its two linear ops, that read a constant: each may
+    bring one constant factor (a Mul or Div multiplier; a computed activation slope, within
+    [0, 1] in float64, moves L by as much), shifts counted too, which only adds margin."""
+    linear = (id(node.attr("first")), id(node.attr("second")))
+    return sum(
+        1
+        for inner in node.body
+        if id(inner) not in linear and any(n and graph.is_constant(n) for n in inner.inputs)
+    )
 
 
 # --- Sandwich ---------------------------------------------------------------------------------
@@ -561,7 +568,7 @@ def sandwich_block(node: Node, graph: Graph) -> LayerBound:
             method = f"one-layer LipSDP certificate ({certified[1]}), verified in float64"
     max_pre = max_abs_up(pre) if pre.size else 1.0
     max_post = max_abs_up(post) if post.size else 1.0
-    eta = exact_spread(node, graph, _multipliers(node) + 1)
+    eta = exact_spread(node, graph, _multipliers(node, graph) + 1)
     if eta > 0:
         # Constants the model computes (lipcert.bounds.folded): the exact T1 = pre A1 and
         # T2 = A2 post are within eta of the float64 ones entrywise, so for every L in [0, 1]
