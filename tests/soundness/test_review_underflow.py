@@ -217,3 +217,32 @@ def test_matmul_batchnorm_folded_weight_among_the_subnormals() -> None:
     x = np.array([[1e3, 7.5e2]], np.float32)
     gain = Fraction(float(w)) * Fraction(float(g)) * Fraction(float(k))
     assert _ratio(model, x, [Fraction(float(v)) * gain for v in x[0]]) <= 1.0
+
+
+def test_conv_mul_batchnorm_folded_weight_among_the_subnormals() -> None:
+    """Conv(2^-60) -> Mul(0.5) -> BatchNormalization(1.5 2^-88) -> Mul(2^120): lipcert
+    folds no BatchNorm after a Mul, onnxruntime folds the Mul (ConvMulFusion), then the
+    BatchNorm (ConvBNFusion), w s g = 1.5 2^-149 in float32. It erred 24 times the
+    allowance, now within."""
+    w, s, g, k = (np.float32(v) for v in (2.0**-60, 0.5, 1.5 * 2.0**-88, 2.0**120))
+    inits = [_const(np.full((1, 1, 1, 1), w), "w"), _const(s, "s0"), _const([g], "s")]
+    inits += [_const([0], "b"), _const([0], "m"), _const([1], "v"), _const(k, "k")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Mul", ["c", "s0"], ["c2"]),
+        helper.make_node("BatchNormalization", ["c2", "s", "b", "m", "v"], ["bn"], epsilon=0.0),
+        helper.make_node("Mul", ["bn", "k"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    x = np.array([[[[0.5, 0.25], [1.0, 0.75]]]], np.float32) * np.float32(1e3)
+    gain = Fraction(float(w)) * Fraction(float(s)) * Fraction(float(g)) * Fraction(float(k))
+    assert _ratio(model, x, [Fraction(float(v)) * gain for v in x.reshape(-1)]) <= 1.0

@@ -114,6 +114,12 @@ def matmul(node: Node, graph: Graph) -> LayerBound:
     return LayerBound(norm, method, exact=True, rounding=rounding)
 
 
+def _bn_gains(bn: Node, graph: Graph) -> np.ndarray:
+    """A BatchNormalization's multipliers scale / sqrt(var + eps), in float64."""
+    variance = constant_input(bn, graph, 4, "variance") + float(bn.attr("epsilon", 1e-5))
+    return constant_input(bn, graph, 1, "scale") / np.sqrt(variance)
+
+
 def _bn_fusion_gain(node: Node, graph: Graph, weight: np.ndarray, abs_norm: float) -> float:
     """onnxruntime's MatMulBNFusion folds a BatchNormalization reading the MatMul (through
     Reshape / Flatten) into the weights, w g' in float32 (g' = scale / sqrt(var + eps)): a
@@ -135,10 +141,7 @@ def _bn_fusion_gain(node: Node, graph: Graph, weight: np.ndarray, abs_norm: floa
     bn = users[0]
     if bn.inputs[0] != name or not all(graph.is_constant(i) for i in bn.inputs[1:5]):
         return 0.0
-    gains = np.abs(
-        constant_input(bn, graph, 1, "scale")
-        / np.sqrt(constant_input(bn, graph, 4, "variance") + float(bn.attr("epsilon", 1e-5)))
-    )
+    gains = np.abs(_bn_gains(bn, graph))
     nonzero = np.abs(weight[weight != 0])
     if not nonzero.size or not np.all(np.isfinite(gains)) or float(np.max(gains)) == 0:
         return 0.0
@@ -245,7 +248,9 @@ def _with_fused_multiplier(
     P_k = max|s_1| .. max|s_k| (the Muls' bounds), and its gamma is at least u: so
     2^-126 |S| sum_j 1 / P_j more input gain here covers it. Counted only when some folded
     |w| |s_1 .. s_j| can fall below 2^-120 (the folded bias's roundings are the Add's and
-    Mul's own, in their generic allowances)."""
+    Mul's own, in their generic allowances). A BatchNormalization in the chain (lipcert
+    folds only one right after the layer) is folded the same way by ConvBNFusion: a
+    multiplier g = scale / sqrt(var + eps), bounded by max|g|."""
     users_of: dict[str, list[Node]] = {}
     for other in _every_node(graph):
         for name in other.inputs:
@@ -257,16 +262,23 @@ def _with_fused_multiplier(
     name = node.outputs[0]
     for _ in range(64):
         users = users_of.get(name, [])
-        if len(users) != 1 or users[0].op not in ("Add", "Sub", "Mul"):
+        if len(users) != 1 or users[0].op not in ("Add", "Sub", "Mul", "BatchNormalization"):
             break
         user = users[0]
         constants = [i for i in user.inputs if i and graph.is_constant(i)]
-        if len(constants) != 1 or len(user.inputs) != 2:
-            break
+        if user.op == "BatchNormalization":
+            # ConvBNFusion folds it the same way, as a multiplier g = scale / sqrt(var + eps)
+            if user.inputs[0] != name or len(constants) != 4 or len(user.inputs) != 5:
+                break
+            scale = np.abs(_bn_gains(user, graph))
+        else:
+            if len(constants) != 1 or len(user.inputs) != 2:
+                break
+            if user.op != "Mul":
+                name = user.outputs[0]
+                continue
+            scale = np.abs(np.asarray(graph.constant(constants[0]), dtype=np.float64))
         name = user.outputs[0]
-        if user.op != "Mul":
-            continue
-        scale = np.abs(np.asarray(graph.constant(constants[0]), dtype=np.float64))
         scales = scale[scale > 0]
         if not scales.size:
             break
