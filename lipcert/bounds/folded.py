@@ -81,8 +81,9 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         )
     if rho > 0 and node.op not in _BOUNDED_BY_RULE:
         # The rule's factor is a bound for the graph's constants c64, the exact constants are
-        # within rho |c| of them: an operator built from c (a weight, a scale, BatchNorm's
-        # scale / sqrt(var + eps)) moves by at most 2 rho / (1 - rho) times its absolute
+        # within rho |c| of them: an operator built from k such constants (a weight, a scale,
+        # BatchNorm's scale / sqrt(var + eps) folded into a weight: k = 3) moves by at most
+        # ((1 + rho) / (1 - rho))^k - 1 (2 rho / (1 - rho) for one) times its absolute
         # values' norm, which the rule's input gain (|W| for sums of products) or, for
         # element-wise products, the factor itself bounds. Proved for a node linear in its
         # data input (a fused affine block included: its input gain counts every layer's
@@ -90,9 +91,9 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         # (PRelu, L2NormPool's sqrt(c)); SLL and Sandwich blocks, whose bounds are formulas
         # of several constants, bound the exact constants' block themselves
         # (`exact_spread`), as does a FourierSandwich from its blocks' moves, and a select
-        # tree is refused above. Without it a float64 radius
-        # exceeded the exact distance to the boundary by 3e-10 of itself (the test).
-        spread = mul_up(2 * rho / (1 - rho), 1 + 1e-9)
+        # tree is refused above. Without it a float64 radius exceeded the exact distance to
+        # the boundary by 3e-10 of itself (the test).
+        spread = exact_spread(node, graph, len(names))
         factor = add_up(factor, mul_up(spread, max(bound.rounding.input_gain, factor)))
     rounding = Rounding(
         terms=bound.rounding.terms + 2,
@@ -102,6 +103,12 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
         relative=add_up(bound.rounding.relative, mul_up(rho, 1 + 1e-12)),
     )
     return dataclasses.replace(bound, factor=factor, rounding=rounding)
+
+
+def inexact_count(node: Node, graph: Graph) -> int:
+    """How many constants computed inside the model the node (or its body) reads."""
+    names = {name for inner in _flatten(node) for name in inner.inputs}
+    return len(names & graph.inexact_constants)
 
 
 def exact_spread(node: Node, graph: Graph, factors: int) -> float:

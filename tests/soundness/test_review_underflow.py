@@ -246,3 +246,32 @@ def test_conv_mul_batchnorm_folded_weight_among_the_subnormals() -> None:
     x = np.array([[[[0.5, 0.25], [1.0, 0.75]]]], np.float32) * np.float32(1e3)
     gain = Fraction(float(w)) * Fraction(float(s)) * Fraction(float(g)) * Fraction(float(k))
     assert _ratio(model, x, [Fraction(float(v)) * gain for v in x.reshape(-1)]) <= 1.0
+
+
+def test_layer_with_folded_batchnorm_of_three_computed_constants() -> None:
+    """Gemm(W) -> BatchNormalization(scale, var), W, scale and var computed by the model
+    (7/3, 5/3, 11/3), folded by lipcert into one weight w scale / sqrt(var): at the corner
+    W, scale 2^-31 above and var 2^-31 below their float64 values the exact layer is
+    (1 + rho)^2 / (1 - rho)^(1/2) times the float64 one, more than the one-constant margin
+    2 rho / (1 - rho) covers."""
+    inits = [_const([[7.0]], "w0"), _const([5.0], "s0"), _const([11.0], "v0")]
+    inits += [_const(3.0, "three"), _const([0.0], "zero")]
+    nodes = [
+        helper.make_node("Div", ["w0", "three"], ["W"]),
+        helper.make_node("Div", ["s0", "three"], ["scale"]),
+        helper.make_node("Div", ["v0", "three"], ["var"]),
+        helper.make_node("Gemm", ["x", "W"], ["z"]),
+        helper.make_node(
+            "BatchNormalization", ["z", "scale", "zero", "zero", "var"], ["y"], epsilon=0.0
+        ),
+    ]
+    graph = _at_rho(_loaded(nodes, inits, 1))
+    assert {"W", "scale", "var"} <= graph.inexact_constants
+    bounds = analyse(graph).node_bounds
+    assert [node.op for node, _ in bounds] == ["Gemm"]
+    r = Fraction(_RHO)
+    w, scale, var = (_value(graph, name) for name in ("W", "scale", "var"))
+    # |w_e scale_e| / sqrt(var_e) >= exact when its square is: compare squares
+    squared = (w * (1 + r) * scale * (1 + r)) ** 2 / (var * (1 - r))
+    factor = Fraction(bounds[0][1].factor)
+    assert factor * factor >= squared

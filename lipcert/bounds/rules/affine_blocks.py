@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from lipcert.bounds import affine_operator as ops
-from lipcert.bounds.folded import exact_spread
+from lipcert.bounds.folded import exact_spread, inexact_count
 from lipcert.bounds.fourier_operator import FourierAnalysis, fourier_analysis, fourier_bound
 from lipcert.bounds.fourier_sandwich import sandwich_bound
 from lipcert.bounds.numeric import add_up, inverse_sqrt_up, mul_up, sqrt_up, up
@@ -90,13 +90,14 @@ def fourier_sandwich(node: Node, graph: Graph) -> LayerBound:
     certified = sandwich_bound(node, graph, analyses[0], analyses[1], [*inner[0], *inner[1]])
     if certified is not None and certified[0] < factor:
         factor, method = certified
-    spread = exact_spread(node, graph, 1)
+    spread = exact_spread(node, graph, inexact_count(node, graph))
     if spread > 0:
-        # Constants the model computes (lipcert.bounds.folded): each block's operator T_i
-        # moves by at most d_i = spread max(input gain, bound) (folded's proof for affine
-        # nodes), so for every activation slope pattern L (||L|| <= a, the activation's
-        # bound), ||T2e L T1e|| <= ||T2 L T1|| + a (d2 (f1 + d1) + f2 d1), f_i >= ||T_i||
-        # the blocks' bounds: the certificate and the product alike.
+        # Constants the model computes (lipcert.bounds.folded): each block's operator T_i,
+        # built from at most all k of them, moves by at most d_i = spread(k) max(input gain,
+        # bound) (folded's proof for affine nodes), so for every activation slope pattern L
+        # (||L|| <= a, the activation's bound), ||T2e L T1e|| <= ||T2 L T1|| + a (d2 (f1 +
+        # d1) + f2 d1), f_i >= ||T_i|| the blocks' bounds: the certificate and the product
+        # alike.
         (_, one), (_, act), (_, two) = bounds
         d1 = mul_up(spread, max(one.rounding.input_gain, one.factor))
         d2 = mul_up(spread, max(two.rounding.input_gain, two.factor))
