@@ -277,8 +277,11 @@ def _head_spread(graph: Graph, head: _Head) -> float:
         if node is None:
             break
         scalings += node is not head.node and node.op in ("Mul", "Div")
-        read = [n for n in node.inputs if n in graph.inexact_constants]
-        total += max((graph.folded_error.get(n, 0.0) for n in read), default=0.0)
+        # the node's and its body's (a folded BatchNorm's scale and variance): k of them
+        # move the rows by a product of k factors (1 + rho)
+        inner = [node, *node.body]
+        read = {n for part in inner for n in part.inputs if n in graph.inexact_constants}
+        total += len(read) * max((graph.folded_error.get(n, 0.0) for n in read), default=0.0)
         if node is head.node:
             break
         name = graph.data_inputs(node)[0]

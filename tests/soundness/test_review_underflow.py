@@ -275,3 +275,31 @@ def test_layer_with_folded_batchnorm_of_three_computed_constants() -> None:
     squared = (w * (1 + r) * scale * (1 + r)) ** 2 / (var * (1 - r))
     factor = Fraction(bounds[0][1].factor)
     assert factor * factor >= squared
+
+
+def test_head_with_folded_batchnorm_of_computed_constants() -> None:
+    """A head Gemm(W) -> BatchNormalization(scale, var), all three computed by the model: the
+    fused head's weight (lipcert's fold, a new constant) read none of them by name, and the
+    rows' spread was 0. At the corner W, scale 2^-31 above and var 2^-31 below their float64
+    values each logit's bound must cover the exact row's norm."""
+    inits = [_const([[7.0, 1.0], [2.0, 5.0]], "w0"), _const([5.0, 4.0], "s0")]
+    inits += [_const([11.0, 13.0], "v0"), _const(3.0, "three"), _const([0.0, 0.0], "zero")]
+    nodes = [
+        helper.make_node("Div", ["w0", "three"], ["W"]),
+        helper.make_node("Div", ["s0", "three"], ["scale"]),
+        helper.make_node("Div", ["v0", "three"], ["var"]),
+        helper.make_node("Gemm", ["x", "W"], ["z"]),
+        helper.make_node(
+            "BatchNormalization", ["z", "scale", "zero", "zero", "var"], ["y"], epsilon=0.0
+        ),
+    ]
+    graph = _at_rho(_loaded(nodes, inits, 2))
+    spec = analyse(graph).spec
+    r = Fraction(_RHO)
+    weight = np.asarray(graph.constant("W"), dtype=np.float64)
+    scale = np.asarray(graph.constant("scale"), dtype=np.float64)
+    var = np.asarray(graph.constant("var"), dtype=np.float64)
+    for i, bound in enumerate(spec.logit_bounds):
+        gain2 = (Fraction(float(scale[i])) * (1 + r)) ** 2 / (Fraction(float(var[i])) * (1 - r))
+        row2 = sum(((Fraction(float(w)) * (1 + r)) ** 2 for w in weight[:, i]), Fraction(0))
+        assert Fraction(bound) ** 2 >= row2 * gain2
