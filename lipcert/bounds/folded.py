@@ -31,6 +31,8 @@ from lipcert.graph import Graph, Node
 _U64 = 2.0**-53
 # onnx_exact.MAX_FOLDED_ERROR: larger errors (sines and cosines near 0) are refused here
 _MAX_RHO = 2.0**-30
+# float32 copies of constants below this may be subnormal (2^-126), with a margin
+_SMALLEST_COPIED = 2.0**-120
 # Nodes whose rules bound the block with the exact constants themselves (exact_spread).
 _BOUNDED_BY_RULE = frozenset({"SLLBlock", "SandwichBlock", "FourierSandwich"})
 # Nonlinear nodes whose bound is proved for the float64 constants only, refused when they
@@ -61,6 +63,19 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
     # the exact c: one more rounding covers the first and a unit-free relative error rho
     # the second, at the float32 unit; the float64 executor computes with c64 itself, where
     # the relative error alone is needed. Two more roundings are taken, with rho rounded up.
+    if node.op != "Householder":  # its rule counts a selector's subnormal copy itself
+        for name in names:
+            value = np.abs(np.asarray(graph.constant(name), dtype=np.float64))
+            if np.any((value > 0) & (value < _SMALLEST_COPIED)):
+                # fl32(c64) among float32's subnormals is off by up to 2^-150 absolute, not
+                # u |c64|: a product with a large input then errs beyond every relative term
+                # (x 1e20 times W = 2^-126 / (3 2^22), then 2^100: 7.6e5 times the allowance)
+                raise refuse(
+                    node,
+                    f"it reads {name!r}, computed inside the model, with values below 2^-120 "
+                    "whose float32 copy the runtime rounds among the subnormals (off by "
+                    "2^-150, not relatively); fold it into the weights",
+                )
     rho = max(graph.folded_error.get(name, 0.0) for name in names)
     if not rho <= _MAX_RHO:
         # a sine or cosine near 0 (onnx_exact): known to an absolute error only

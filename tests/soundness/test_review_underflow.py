@@ -303,3 +303,37 @@ def test_head_with_folded_batchnorm_of_computed_constants() -> None:
         gain2 = (Fraction(float(scale[i])) * (1 + r)) ** 2 / (Fraction(float(var[i])) * (1 - r))
         row2 = sum(((Fraction(float(w)) * (1 + r)) ** 2 for w in weight[:, i]), Fraction(0))
         assert Fraction(bound) ** 2 >= row2 * gain2
+
+
+@pytest.mark.parametrize(("exponent", "divisor"), [(-126, 3.0 * 2**22), (-100, 3.0)])
+def test_computed_weight_with_a_subnormal_float32_copy_is_refused(
+    exponent: int, divisor: float
+) -> None:
+    """x -> MatMul(W = 2^-126 I / (3 2^22)) -> Mul(2^100): the runtime's float32 copy of the
+    computed W is 2^-149 for 1.33 2^-150 (off by a third, not by u); at ||x|| ~ 1e20 onnxruntime
+    erred 7.6e5 times the allowance. Refused in one line naming the node and the constant;
+    the look-alike W = 2^-100 / 3 (normal in float32) is bounded, within its allowance."""
+    inits = [_const(np.eye(2) * 2.0**exponent, "w0"), _const(divisor, "d")]
+    inits.append(_const(2.0**100, "k"))
+    nodes = [
+        helper.make_node("Div", ["w0", "d"], ["W"]),
+        helper.make_node("MatMul", ["x", "W"], ["c"]),
+        helper.make_node("Mul", ["c", "k"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = np.array([[1e20, 7.5e19]], np.float32)
+    weight = Fraction(2) ** exponent / Fraction(divisor) * Fraction(2) ** 100
+    exact = [Fraction(float(v)) * weight for v in x[0]]
+    if exponent == -100:
+        assert _ratio(model, x, exact) <= 1.0
+    else:
+        with pytest.raises(UnsupportedOpError, match=r"MatMul.*'W', computed inside.*2\^-120"):
+            _ratio(model, x, exact)
