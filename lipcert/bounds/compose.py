@@ -23,6 +23,7 @@ from lipcert.bounds.numeric import (
     mul_up,
     rss_up,
     singular_value_up,
+    sqrt_up,
 )
 
 # The unit roundoffs and gamma live in numeric; this module has always exported them.
@@ -206,16 +207,27 @@ def _certificate_spec(graph: Graph, bounds: dict[str, float]) -> CertificateSpec
     # elementwise relative (lipcert.bounds.folded): norms move by at most spread times the
     # norms of the rows' absolute values
     spread = _head_spread(graph, head)
-    norms = np.linalg.norm(rows, axis=1)
+    # as in head_row_differences: squares below float64's normal range lose up to 2^-1074
+    # each (rows of 1e-170: every square is 0), which no relative margin covers
+    squares = np.einsum("ij,ij->i", rows, rows)
+    underflow = _underflow_allowance(dimension)
+    norms = np.nextafter(np.sqrt(squares + underflow), np.inf)
     logit = tuple(
         mul_up(singular_value_up(add_up(float(r), mul_up(spread, float(r))), dimension), body)
         for r in norms
     )
     pairwise = np.nextafter(head_row_differences(rows, spread) * body, np.inf)
     np.fill_diagonal(pairwise, 0.0)
+    # an upper bound for tiny rows too: matrix_norm scales them by a power of two to a largest
+    # entry in [0.5, 1) first (spectral._scale_to_unit), so no square underflows
     head_norm = spectral.matrix_norm(rows)
     if spread:
-        head_norm = add_up(head_norm, mul_up(spread, float(np.linalg.norm(rows)) * (1 + 1e-12)))
+        # ||rows||_F^2 = sum of the K row sums: each off by gamma_d and the underflow term,
+        # their sum by gamma_K more
+        frobenius_squared = add_up(float(np.sum(squares)), mul_up(float(len(squares)), underflow))
+        widen = 1 + 2 * gamma(dimension + len(squares) + 2, FLOAT64_UNIT_ROUNDOFF)
+        frobenius = sqrt_up(mul_up(frobenius_squared, widen))
+        head_norm = add_up(head_norm, mul_up(spread, frobenius))
     vector = min(total, mul_up(head_norm, body))
     pairs = np.minimum(pairwise, mul_up(SQRT2_UP, vector))
     return CertificateSpec(
@@ -245,7 +257,7 @@ def head_row_differences(rows: np.ndarray, spread: float) -> np.ndarray:
     covers (rows of 1e-170: every square is 0): every sum of squares gets (8 d + 16) 2^-1074."""
     rows = np.asarray(rows, dtype=np.float64)
     dimension = rows.shape[1]
-    underflow = (8.0 * dimension + 16.0) * 2.0**-1074
+    underflow = _underflow_allowance(dimension)
     squares = np.einsum("ij,ij->i", rows, rows)
     total = squares[:, None] + squares[None, :]
     gram_squares = total - 2.0 * (rows @ rows.T)
@@ -262,6 +274,12 @@ def head_row_differences(rows: np.ndarray, spread: float) -> np.ndarray:
         differences = np.nextafter(differences + moved, np.inf)
     margin = 64.0 * max(dimension, 1) * float(np.finfo(np.float64).eps)
     return np.nextafter(differences * (1.0 + margin), np.inf)
+
+
+def _underflow_allowance(dimension: int) -> float:
+    """(8 d + 16) 2^-1074: added to each float64 sum of d squares, it covers the squares
+    below float64's normal range (each loses up to 2^-1074, no relative bound covers it)."""
+    return (8.0 * dimension + 16.0) * 2.0**-1074
 
 
 def _head_spread(graph: Graph, head: _Head) -> float:

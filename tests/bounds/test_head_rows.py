@@ -11,14 +11,22 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from lipcert.bounds.compose import head_row_differences
+from lipcert.bounds.compose import analyse, head_row_differences
+from lipcert.bounds.spec import CertificateSpec
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.model import LoadOptions
 
 
 def _exact_squares(rows: np.ndarray, i: int, j: int) -> Fraction:
     return sum(
-        (Fraction(float(a)) - Fraction(float(b))) ** 2
-        for a, b in zip(rows[i], rows[j], strict=True)
+        (
+            (Fraction(float(a)) - Fraction(float(b))) ** 2
+            for a, b in zip(rows[i], rows[j], strict=True)
+        ),
+        Fraction(0),
     )
 
 
@@ -67,3 +75,72 @@ def test_spread_widens_by_the_rows_norms() -> None:
     widened = head_row_differences(rows, spread)
     plain = head_row_differences(rows, 0.0)
     assert np.all(widened >= plain + spread * (norms[:, None] + norms[None, :]) * (1 - 1e-12))
+
+
+# --- the spec's per-logit and vector bounds (compose._certificate_spec) ---------------------
+
+
+def _head_spec(weight: np.ndarray, divisor: float | None = None) -> CertificateSpec:
+    """A float64 model x -> Gemm(weight^T) [-> Div(divisor)] -> logits, analysed."""
+    count, dimension = weight.shape
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], transB=1)]
+    inits = [numpy_helper.from_array(weight, "W")]
+    if divisor is not None:
+        nodes.append(helper.make_node("Div", ["h", "c"], ["logits"]))
+        inits.append(numpy_helper.from_array(np.array(divisor, np.float64), "c"))
+    else:
+        nodes.append(helper.make_node("Identity", ["h"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["n", dimension])],
+        [helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["n", count])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = LoadOptions(input_shape=(dimension,))
+    return analyse(load_from_proto(model, options, source="m", fmt="onnx").graph).spec
+
+
+def _exact_rows(weight: np.ndarray, divisor: float | None) -> list[list[Fraction]]:
+    scale = Fraction(1) / Fraction(divisor) if divisor is not None else Fraction(1)
+    return [[Fraction(float(v)) * scale for v in row] for row in weight]
+
+
+def _covers_largest_singular_value(bound: float, rows: list[list[Fraction]]) -> bool:
+    """bound^2 >= the largest eigenvalue of the 2 x 2 Gram matrix [[a, b], [b, c]] of the
+    exact rows: t >= (a + c) / 2 and (t - a)(t - c) >= b^2, with t = bound^2."""
+    a, c = (sum((v * v for v in row), Fraction(0)) for row in rows)
+    b = sum((u * v for u, v in zip(rows[0], rows[1], strict=True)), Fraction(0))
+    t = Fraction(bound) ** 2
+    return 2 * t >= a + c and (t - a) * (t - c) >= b * b
+
+
+@pytest.mark.parametrize("divisor", [None, 3.0])
+def test_logit_and_vector_bounds_of_rows_below_the_normal_range(divisor: float | None) -> None:
+    """Rows of 1e-170: every square underflows to 0, and the per-logit bounds were 3e-323
+    (np.linalg.norm of the rows), 1e-153 of the exact norms. Each must cover its exact row's
+    norm; the vector bound the exact largest singular value (the body is the identity)."""
+    weight = np.array([[3e-170, 1e-170, 0.0], [1e-170, -2e-170, 5e-171]])
+    spec = _head_spec(weight, divisor)
+    rows = _exact_rows(weight, divisor)
+    assert len(spec.logit_bounds) == 2
+    for bound, row in zip(spec.logit_bounds, rows, strict=True):
+        assert Fraction(bound) ** 2 >= sum((v * v for v in row), Fraction(0))
+    assert _covers_largest_singular_value(spec.lipschitz_bound, rows)
+    single = _head_spec(weight[:1], divisor)
+    assert Fraction(single.logit_bounds[0]) ** 2 >= sum((v * v for v in rows[0]), Fraction(0))
+
+
+@pytest.mark.parametrize("divisor", [None, 3.0])
+def test_logit_and_vector_bounds_of_ordinary_rows_stay_tight(divisor: float | None) -> None:
+    """The look-alike: rows of ordinary size keep their bounds within 1e-9 of the exact norms
+    (the underflow term is 1e-300 of them)."""
+    weight = np.random.default_rng(5).normal(size=(2, 9))
+    spec = _head_spec(weight, divisor)
+    rows = _exact_rows(weight, divisor)
+    for bound, row in zip(spec.logit_bounds, rows, strict=True):
+        exact = sum((v * v for v in row), Fraction(0))
+        assert exact <= Fraction(bound) ** 2 <= exact * Fraction(1 + 1e-9) ** 2
+    assert _covers_largest_singular_value(spec.lipschitz_bound, rows)
+    assert not _covers_largest_singular_value(spec.lipschitz_bound * (1 - 1e-9), rows)
