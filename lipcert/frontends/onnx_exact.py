@@ -589,6 +589,11 @@ def _node_error(
     if op == "Reciprocal":
         return _compose(u, _inverse(errors[0]))
     if op == "Sqrt":
+        if not errors[0] <= 1:
+            raise ValueError(
+                "its input's relative error exceeds 1 (the exact input may be negative), so "
+                "its square root is not bounded relative to itself"
+            )
         # |sqrt(1 + d) - 1| <= 1 - sqrt(1 - e) = e / (1 + sqrt(1 - e)) for |d| <= e
         return _compose(errors[0] / (1 + float(np.sqrt(1 - errors[0]))), u)
     if op in ("Add", "Sub"):
