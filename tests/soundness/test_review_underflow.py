@@ -23,6 +23,21 @@ from lipcert.graph import Graph
 from lipcert.model import LoadOptions
 
 
+def _conv_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A checked model from x (1, 1, 2, 2) to y (1, 1, 2, 2)."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def _ratio(model: onnx.ModelProto, x: np.ndarray, exact: list[Fraction]) -> float:
     loaded = load_from_proto(model, LoadOptions(input_shape=x.shape[1:]), source="m", fmt="onnx")
     spec = analyse(loaded.graph).spec
@@ -56,16 +71,7 @@ def test_conv_batchnorm_folded_weight_among_the_subnormals(weight_exponent: int)
         helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"], epsilon=0.0),
         helper.make_node("Mul", ["bn", "k"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = _conv_model(nodes, inits)
     x = np.array([[[[0.5, 0.25], [1.0, 0.75]]]], np.float32) * np.float32(1e3)
     gain = Fraction(float(w)) * Fraction(float(g)) * Fraction(float(k))
     exact = [Fraction(float(v)) * gain for v in x.reshape(-1)]
@@ -233,16 +239,7 @@ def test_conv_mul_batchnorm_folded_weight_among_the_subnormals() -> None:
         helper.make_node("BatchNormalization", ["c2", "s", "b", "m", "v"], ["bn"], epsilon=0.0),
         helper.make_node("Mul", ["bn", "k"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = _conv_model(nodes, inits)
     x = np.array([[[[0.5, 0.25], [1.0, 0.75]]]], np.float32) * np.float32(1e3)
     gain = Fraction(float(w)) * Fraction(float(s)) * Fraction(float(g)) * Fraction(float(k))
     assert _ratio(model, x, [Fraction(float(v)) * gain for v in x.reshape(-1)]) <= 1.0
