@@ -41,6 +41,7 @@ from test_householder import (
     boundary_points,
     distance,
     export,
+    grid_radius_ratios,
     ideal,
     load,
     run_onnxruntime,
@@ -315,19 +316,7 @@ def test_certified_radii_never_reach_a_point_of_another_class(
     model = lipcert.load(path)
     assert [layer.op for layer in model.layers].count("Householder") == 2
     samples = lipcert.certify_dataset(model, (x, labels), eps=(0.01,), threads=1).samples
-    step = 2e-3
-    axis = np.arange(-0.6, 0.6 + step, step)
-    offsets = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
-    reached = []
-    for point, prediction, radius in zip(x, samples.prediction, samples.radius, strict=True):
-        grid = point.astype(np.float64) + offsets
-        with torch.no_grad():
-            decisions = double(torch.from_numpy(grid)).argmax(1).numpy()
-        other = np.linalg.norm(offsets[decisions != prediction], axis=1)
-        nearest = float(other.min()) if other.size else math.inf
-        assert radius <= nearest, (radius, nearest)
-        if math.isfinite(nearest):
-            reached.append(radius / nearest)
+    reached = grid_radius_ratios(x, samples, double)
     assert reached and max(reached) > 0.2, reached
 
 
