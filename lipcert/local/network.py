@@ -651,8 +651,11 @@ class _Builder:
             if key in self.pairs:
                 a, b, r = self.pairs[key]
             elif (second, first) in self.pairs:
-                # relu(b - a) for the swapped pair: max(a, b) = a + r', min(a, b) = b - r'.
-                b, a, r = self.pairs[(second, first)]
+                # The pair was met as (second, first), r = relu(second - first): max and min
+                # are symmetric, so max(first, second) = first + r and min = second - r, as
+                # _select gives for a = second, b = first. (Reading r as relu(first - second)
+                # made Max(b, a) into a + relu(a - b): a local radius 1.41 for a true 1.)
+                a, b, r = self.pairs[(second, first)]
             else:
                 d = self._fresh(node.outputs[0], "diff")
                 self._add_affine(
