@@ -15,8 +15,9 @@ from lipcert.errors import DatasetError, UsageError
 class Dataset:
     """Labelled images or feature vectors, checked on construction.
 
-    kind "images": images is (N, C, H, W), either uint8 in 0..255 or float32 in [0, 1], and
-    batches() yields pixels in [0, 1] (uint8 / 255). kind "features": images is (N, d)
+    kind "images": images is (N, C, H, W), either uint8 in 0..255 or float32 or float64 in
+    [0, 1], and batches() yields pixels in [0, 1] (uint8 / 255; float pixels as they are,
+    rounded to the batch's dtype). kind "features": images is (N, d)
     float64, any finite values, yielded as they are (no scaling: radii are in the units of
     the features). labels is (N,) int64 in 0..num_classes-1; N >= 1.
     """
@@ -44,9 +45,9 @@ class Dataset:
                 f"{source}: expected images of shape (N, C, H, W) but found shape "
                 f"{self.images.shape!r}"
             )
-        if self.kind == "images" and self.images.dtype not in (np.uint8, np.float32):
+        if self.kind == "images" and self.images.dtype not in (np.uint8, np.float32, np.float64):
             raise DatasetError(
-                f"{source}: expected uint8 or float32 images but found dtype "
+                f"{source}: expected uint8, float32 or float64 images but found dtype "
                 f"{str(self.images.dtype)!r}"
             )
         if self.labels.ndim != 1 or self.labels.dtype != np.int64:
@@ -65,7 +66,7 @@ class Dataset:
                 f"{source}: expected at least 2 classes but found num_classes={self.num_classes!r}"
             )
         check_label_range(self.labels, self.num_classes, source=source, what="labels")
-        if self.kind == "images" and self.images.dtype == np.float32:
+        if self.kind == "images" and self.images.dtype != np.uint8:
             check_unit_interval(self.images, source=source, what="images")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise DatasetError(

@@ -48,7 +48,8 @@ def read_npz(path: Path, *, limit: int | None) -> Dataset:
     """A dataset from a .npz file holding x (images or feature vectors) and y (labels).
 
     x is (N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3, 4} (taken as such only when
-    the array is not plausible as NCHW): uint8 is kept, floats must lie in [0, 1]. x of shape
+    the array is not plausible as NCHW): uint8 is kept, floats must lie in [0, 1] and are kept
+    exactly (float64 as float64: the certificate is about the stored pixels). x of shape
     (N, d) is a table of features: any finite numbers, used as they are (radii are then in the
     units of the features). y is (N,) integers (floats of integral value accepted) or (N, K)
     one-hot; labels that are all -1 or +1 (the sign convention of binary classifiers) become
@@ -211,7 +212,8 @@ def _count(y: np.ndarray, *, source: str, key: str) -> int:
 
 
 def _images(x: np.ndarray, *, source: str, key: str) -> np.ndarray:
-    """x (N, H, W), (N, C, H, W) or (N, H, W, C) as contiguous NCHW uint8 or float32."""
+    """x (N, H, W), (N, C, H, W) or (N, H, W, C) as contiguous NCHW uint8, float32 (from
+    float16 or float32) or float64, each pixel exactly as stored."""
     if x.ndim == 3:
         x = x[:, np.newaxis]
     elif x.shape[1] not in _CHANNELS and x.shape[3] in _CHANNELS:
@@ -223,8 +225,17 @@ def _images(x: np.ndarray, *, source: str, key: str) -> np.ndarray:
             f"{source}: expected {key!r} of dtype uint8 (0..255) or float (0..1) but found "
             f"{str(x.dtype)!r}; convert it with x.astype(np.uint8) or scale it to [0, 1]"
         )
+    if x.dtype.itemsize > 8:
+        raise DatasetError(
+            f"{source}: expected {key!r} of dtype uint8 or float16/32/64 but found "
+            f"{str(x.dtype)!r}; convert it with x.astype(np.float64)"
+        )
     check_unit_interval(x, source=source, what=repr(key))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    # float64 pixels are the samples the radii are about: kept as they are, since a float32
+    # copy is up to 2^-24 |x| away from them, which no allowance counts where the inputs
+    # reach a float64 evaluator or the --mean/--std normalisation (computed in float64).
+    kept = np.float64 if x.dtype == np.float64 else np.float32  # float16 -> float32: exact
+    return np.ascontiguousarray(x, dtype=kept)
 
 
 def _features(x: np.ndarray, *, source: str, key: str) -> np.ndarray:

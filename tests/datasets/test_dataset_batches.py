@@ -72,9 +72,9 @@ def test_len() -> None:
             id="3d_images",
         ),
         pytest.param(
-            {"images": images(5, (1, 2, 2)).astype(np.float64)},
-            r"expected uint8 or float32 images but found dtype 'float64'",
-            id="float64_images",
+            {"images": images(5, (1, 2, 2)).astype(np.float16)},
+            r"expected uint8, float32 or float64 images but found dtype 'float16'",
+            id="float16_images",
         ),
         pytest.param(
             {"labels": labels(5, 3).astype(np.int32)},

@@ -45,12 +45,14 @@ def test_image_layouts(tmp_path: Path, shape: tuple[int, ...], nchw: object) -> 
     assert (data.name, data.split, data.class_names) == ("data.npz", "file", None)
 
 
-def test_float_pixels_become_float32(tmp_path: Path) -> None:
+def test_float_pixels_are_kept_exactly(tmp_path: Path) -> None:
     x = np.linspace(0, 1, 2 * 16).reshape(2, 4, 4)
     data = load_dataset(str(_npz(tmp_path, x=x, y=np.array([0, 1]))))
-    assert data.images.dtype == np.float32
+    assert data.images.dtype == np.float64  # the stored pixels, not a float32 copy
     _, pixels, _ = next(data.batches(2))
     np.testing.assert_array_equal(pixels[:, 0], x.astype(np.float32))
+    data = load_dataset(str(_npz(tmp_path, x=x.astype(np.float32), y=np.array([0, 1]))))
+    assert data.images.dtype == np.float32
 
 
 @pytest.mark.parametrize(
