@@ -21,11 +21,8 @@ vanish on the line) are refused, naming a node.
 from __future__ import annotations
 
 import functools
-import io
 import itertools
-import logging
 import math
-import warnings
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +32,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
+from user_export import export_like_users
 
 from lipcert.bounds.compose import FLOAT64_UNIT_ROUNDOFF, Analysis, analyse, gamma
 from lipcert.errors import UnsupportedOpError
@@ -103,30 +101,7 @@ class HouseHolder(nn.Module):
 
 def export(module: nn.Module, dynamo: bool, shape: tuple[int, ...]) -> onnx.ModelProto:
     example = torch.rand(BATCH, *shape, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            logging.disable(logging.WARNING)
-            try:
-                program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=18, verbose=False
-                )
-            finally:
-                logging.disable(logging.NOTSET)
-            assert program is not None
-            return program.model_proto
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,  # type: ignore[arg-type]  # a file object is accepted
-            dynamo=False,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        return onnx.load_from_string(buffer.getvalue())
+    return export_like_users(module, example, dynamo)
 
 
 def load(module: nn.Module, dynamo: bool, shape: tuple[int, ...]) -> LoadedModel:

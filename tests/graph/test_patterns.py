@@ -12,11 +12,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import io
-import logging
 import math
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +23,7 @@ import onnx
 import pytest
 import torch
 from onnx import helper
+from user_export import export_like_users
 
 from lipcert.bounds.compose import Analysis, analyse
 from lipcert.errors import UnsupportedOpError
@@ -145,32 +143,8 @@ def float64_module(name: str) -> torch.nn.Module:
 
 @functools.cache
 def deel_export(name: str, vanilla: bool, dynamo: bool) -> onnx.ModelProto:
-    module = deel_module(name, vanilla)
     example = torch.rand(FIXED_BATCH, *INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            logging.disable(logging.WARNING)
-            try:
-                program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=18, verbose=False
-                )
-            finally:
-                logging.disable(logging.NOTSET)
-            assert program is not None
-            return program.model_proto
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        return onnx.load_from_string(buffer.getvalue())
+    return export_like_users(deel_module(name, vanilla), example, dynamo)
 
 
 @functools.cache
@@ -493,31 +467,7 @@ def _circular_torch_conv() -> torch.nn.Module:
 def _export_torch(
     module: torch.nn.Module, shape: tuple[int, ...], *, dynamo: bool, **options: object
 ) -> onnx.ModelProto:
-    example = torch.rand(1, *shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            logging.disable(logging.WARNING)
-            try:
-                program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=18, verbose=False
-                )
-            finally:
-                logging.disable(logging.NOTSET)
-            assert program is not None
-            return program.model_proto
-        buffer = io.BytesIO()
-        options.setdefault("opset_version", 18)
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "batch"}},
-            **options,
-        )
-        return onnx.load_from_string(buffer.getvalue())
+    return export_like_users(module, torch.rand(1, *shape), dynamo, None, **options)
 
 
 def _module_norm(module: torch.nn.Module, shape: tuple[int, ...]) -> float:

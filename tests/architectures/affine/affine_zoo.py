@@ -18,15 +18,12 @@ Weights are random (seeded); what the tests check is how lipcert bounds them as 
 
 from __future__ import annotations
 
-import io
-import logging
-import warnings
-
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
+from user_export import export_like_users
 
 DTYPE = torch.float32
 
@@ -291,32 +288,8 @@ class LiResBlock(nn.Module):
 
 def export(module: nn.Module, input_shape: tuple[int, ...], dynamo: bool) -> onnx.ModelProto:
     """torch.onnx.export as users call it: TorchScript with a dynamic batch, or dynamo."""
-    module = module.eval()
     example = torch.rand(1, *input_shape, generator=_generator(123))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            logging.disable(logging.WARNING)
-            try:
-                program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=18, verbose=False
-                )
-            finally:
-                logging.disable(logging.NOTSET)
-            assert program is not None
-            return program.model_proto
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        return onnx.load_from_string(buffer.getvalue())
+    return export_like_users(module.eval(), example, dynamo)
 
 
 def dense_matrix(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarray:

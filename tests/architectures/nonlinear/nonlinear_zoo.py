@@ -19,16 +19,14 @@ largest Jacobian norm of the float64 module at random points (a lower bound).
 
 from __future__ import annotations
 
-import io
-import logging
 import math
-import warnings
 
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
+from user_export import export_like_users
 
 # --- layers -----------------------------------------------------------------------------------
 
@@ -351,30 +349,7 @@ def n_activation_net(seed: int = 0, conv: bool = False) -> nn.Module:
 def export(module: nn.Module, dynamo: bool, shape: tuple[int, ...] = IMAGE) -> onnx.ModelProto:
     """The module exported as users export it: TorchScript with a dynamic batch, or dynamo."""
     example = torch.rand(FIXED_BATCH, *shape, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            logging.disable(logging.WARNING)
-            try:
-                program = torch.onnx.export(
-                    module, (example,), dynamo=True, opset_version=18, verbose=False
-                )
-            finally:
-                logging.disable(logging.NOTSET)
-            assert program is not None
-            return program.model_proto
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=18,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        return onnx.load_from_string(buffer.getvalue())
+    return export_like_users(module, example, dynamo)
 
 
 # --- ground truth -----------------------------------------------------------------------------
