@@ -11,15 +11,13 @@ scales the bound stays the exact per-frequency norm.
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
+from user_export import export_like_users
 
 from lipcert.bounds.compose import analyse
 from lipcert.frontends.onnx_file import load_from_proto
@@ -54,17 +52,7 @@ class PerPositionSpectrum(nn.Module):
 def exported(scales: tuple[float, float]) -> onnx.ModelProto:
     module = PerPositionSpectrum(scales, seed=5).eval()
     example = torch.rand(BATCH, C, N, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            program = torch.onnx.export(
-                module, (example,), dynamo=True, opset_version=18, verbose=False
-            )
-        finally:
-            logging.disable(logging.NOTSET)
-    assert program is not None
-    return program.model_proto
+    return export_like_users(module, example, dynamo=True)
 
 
 def norm_at(session: ort.InferenceSession, position: int) -> float:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from lbdn_conv_zoo import SandwichConv, all_active_norm, jacobian_norm
 from torch import nn
+from user_export import export_like_users
 
 from lipcert.bounds.compose import Analysis, analyse
 from lipcert.frontends.onnx_file import load_from_proto
@@ -31,19 +32,8 @@ SOUND = 1 - 1e-6
 
 
 def _export(module: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
-    import logging
-    import warnings
-
     example = torch.rand(1, *shape, generator=torch.Generator().manual_seed(5))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            program = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=18)
-        finally:
-            logging.disable(logging.NOTSET)
-    assert program is not None
-    return program.model_proto
+    return export_like_users(module.eval(), example, dynamo=True)
 
 
 LAYERS = {
