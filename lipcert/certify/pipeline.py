@@ -35,6 +35,19 @@ class Preprocessing:
     mean: np.ndarray
     std: np.ndarray
 
+    def __post_init__(self) -> None:
+        # lipschitz is max 1 / std: a negative std would be left out of that maximum.
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        if mean.ndim != 1 or std.ndim != 1 or mean.shape != std.shape or std.size == 0:
+            raise UsageError(
+                f"expected mean and std as one value per channel, as many of each, but got "
+                f"shapes {mean.shape!r} and {std.shape!r}"
+            )
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            raise UsageError(f"expected finite mean and std but got {mean!r} and {std!r}")
+        if np.any(std <= 0):
+            raise UsageError(f"expected std > 0 but got {std!r}")
+
     @property
     def lipschitz(self) -> float:
         """Bound of the preprocessing map: max 1 / std (exact: it is diagonal)."""
