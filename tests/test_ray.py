@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shard_support import MODEL, one_process_and_job, synthetic_images
 from typer.testing import CliRunner
 
 from lipcert.bounds.compose import analyse
 from lipcert.certify.command import parse_eps_list
 from lipcert.certify.distributed import ShardJob, certify_on_ray, shard_bounds
-from lipcert.certify.pipeline import Preprocessing, certify_dataset, choose_evaluators
 from lipcert.certify.radii import choose_method
 from lipcert.cli import app
 from lipcert.datasets import Dataset
@@ -26,7 +26,6 @@ from lipcert.model import LoadOptions
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'lipcert[ray]')")
 
-MODEL = Path(__file__).resolve().parents[1] / "sample_models" / "fmnist_ce_tau8.onnx"
 SAMPLES = 64
 BATCH = 8
 
@@ -39,10 +38,7 @@ def cluster():
 
 
 def _images(n: int) -> np.ndarray:
-    rng = np.random.default_rng(7)
-    noise = rng.integers(0, 256, size=(n, 1, 28, 28)).astype(np.float64)
-    mix = rng.random((n, 1, 1, 1))
-    return np.round(mix * noise + (1 - mix) * 128).astype(np.uint8)
+    return synthetic_images(n, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -71,35 +67,7 @@ def test_shards_start_on_batch_boundaries() -> None:
 def test_sharded_equals_one_process(
     cluster: None, dataset: Dataset, margins: str, normalised: bool
 ) -> None:
-    loaded = load_model(MODEL, LoadOptions(input_shape=(1, 28, 28)))
-    analysis = analyse(loaded.graph)
-    chosen = choose_evaluators(loaded, analysis, margins, None)
-    method = choose_method(analysis.spec, "auto")
-    eps = parse_eps_list("36/255,72/255,1")
-    preprocessing = Preprocessing(np.array([0.3]), np.array([0.45])) if normalised else None
-    alone = certify_dataset(
-        chosen.evaluator,
-        chosen.spec,
-        method,
-        dataset,
-        eps,
-        batch_size=BATCH,
-        preprocessing=preprocessing,
-        exact=chosen.exact,
-    )
-    job = ShardJob(
-        loaded=loaded,
-        analysis=analysis,
-        margins=margins,
-        threads=None,
-        device=None,
-        spec=chosen.spec,
-        method=method,
-        preprocessing=preprocessing,
-        eps_values=np.array([e.value for e in eps]),
-        batch_size=BATCH,
-        has_exact=chosen.exact is not None,
-    )
+    alone, job, eps = one_process_and_job(dataset, margins, normalised, BATCH)
     sharded = certify_on_ray(job, dataset, eps, workers=2)
     for name in ("radius", "margin", "prediction", "runner_up", "status"):
         np.testing.assert_array_equal(

@@ -7,21 +7,13 @@ boundaries, concatenated, must give the one-process certificates, allowances and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from shard_support import one_process_and_job, synthetic_images
 
-from lipcert.bounds.compose import analyse
-from lipcert.certify.command import parse_eps_list
-from lipcert.certify.distributed import ShardJob, ShardWorker, shard_bounds
-from lipcert.certify.pipeline import Preprocessing, certify_dataset, choose_evaluators
-from lipcert.certify.radii import choose_method
+from lipcert.certify.distributed import ShardWorker, shard_bounds
 from lipcert.datasets import Dataset
-from lipcert.frontends import load_model
-from lipcert.model import LoadOptions
 
-MODEL = Path(__file__).resolve().parents[2] / "sample_models" / "fmnist_ce_tau8.onnx"
 BATCH = 7
 
 
@@ -33,41 +25,10 @@ BATCH = 7
     ],
 )
 def test_worker_shards_equal_one_process(margins: str, normalised: bool) -> None:
-    rng = np.random.default_rng(3)
-    noise = rng.integers(0, 256, size=(30, 1, 28, 28)).astype(np.float64)
-    mix = rng.random((30, 1, 1, 1))
-    images = np.round(mix * noise + (1 - mix) * 128).astype(np.uint8)
+    images = synthetic_images(30, seed=3)
     labels = np.arange(30, dtype=np.int64) % 10
     dataset = Dataset("synthetic", "test", images, labels, 10, None, "synthetic")
-    loaded = load_model(MODEL, LoadOptions(input_shape=(1, 28, 28)))
-    analysis = analyse(loaded.graph)
-    chosen = choose_evaluators(loaded, analysis, margins, None)
-    method = choose_method(analysis.spec, "auto")
-    eps = parse_eps_list("36/255,72/255,1")
-    preprocessing = Preprocessing(np.array([0.3]), np.array([0.45])) if normalised else None
-    alone = certify_dataset(
-        chosen.evaluator,
-        chosen.spec,
-        method,
-        dataset,
-        eps,
-        batch_size=BATCH,
-        preprocessing=preprocessing,
-        exact=chosen.exact,
-    )
-    job = ShardJob(
-        loaded=loaded,
-        analysis=analysis,
-        margins=margins,
-        threads=None,
-        device=None,
-        spec=chosen.spec,
-        method=method,
-        preprocessing=preprocessing,
-        eps_values=np.array([e.value for e in eps]),
-        batch_size=BATCH,
-        has_exact=chosen.exact is not None,
-    )
+    alone, job, _ = one_process_and_job(dataset, margins, normalised, BATCH)
     worker = ShardWorker(job)
     batches = []
     for start, stop in shard_bounds(len(dataset), BATCH, 3):
