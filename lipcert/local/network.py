@@ -261,14 +261,20 @@ class _Builder:
     ) -> None:
         input_shapes = tuple(self.shapes[i] for i in inputs)
         zeros = [torch.zeros((1, *s), dtype=torch.float64) for s in input_shapes]
-        with torch.no_grad():
-            constant = full(*zeros).detach().clone()
-            probe = linear(*zeros)
+        try:
+            with torch.no_grad():
+                constant = full(*zeros).detach().clone()
+                probe = linear(*zeros)
+        except RuntimeError as exc:
+            raise LocalUnsupported(
+                f"node {name!r}: it does not run on one sample alone ({exc})".split("\n")[0]
+            ) from exc
         if tuple(constant.shape[1:]) != shape or tuple(probe.shape[1:]) != shape:
             raise LocalUnsupported(
                 f"node {name!r}: expected output shape {shape!r} but computed "
                 f"{tuple(constant.shape[1:])!r}"
             )
+        _check_batch_axis(name, linear, input_shapes, shape, constant)
         error = constant_error if constant_error is not None else torch.zeros_like(constant)
         step = AffineStep(
             name=name,
@@ -734,6 +740,43 @@ class _Builder:
         if name == self.graph.output_name:
             return True
         return any(name in n.inputs for n in _flatten(self.graph.nodes))
+
+
+def _check_batch_axis(
+    name: str,
+    linear: Linear,
+    input_shapes: tuple[tuple[int, ...], ...],
+    shape: tuple[int, ...],
+    constant: Tensor,
+) -> None:
+    """Refuse a step that does not treat axis 0 as independent samples.
+
+    The bounds run steps on batches of rows (the first-layer Jacobian, a chunk of basis
+    vectors at once): a fixed-batch-1 file may act on axis 0 (Pad or Tile along it, then a
+    Slice; Flatten(axis=0)), the identity at batch 1 but not a per-row map. Two random
+    samples at once must give the two samples' outputs, and the constant one sample.
+    """
+    why = None
+    if constant.shape[0] != 1:
+        why = f"its output has {constant.shape[0]} rows for one sample"
+    else:
+        generator = torch.Generator().manual_seed(0)
+        xs = [torch.randn((2, *s), generator=generator, dtype=torch.float64) for s in input_shapes]
+        try:
+            with torch.no_grad():
+                both = linear(*xs)
+                apart = [linear(*(x[i : i + 1] for x in xs)) for i in (0, 1)]
+        except RuntimeError:
+            both, apart = None, []
+        if both is None or tuple(both.shape) != (2, *shape):
+            why = "two samples at once do not give two outputs"
+        else:
+            alone = torch.cat(apart)
+            scale = float(alone.abs().max()) + float(both.abs().max())
+            if not bool(((both - alone).abs() <= 1e-9 * scale).all()):
+                why = "two samples at once do not give each sample's output"
+    if why is not None:
+        raise LocalUnsupported(f"node {name!r}: it acts on the batch axis ({why})")
 
 
 def _difference_transpose(rows: Tensor) -> tuple[Tensor, ...]:
