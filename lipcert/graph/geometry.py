@@ -52,6 +52,8 @@ def window(node: Node, spatial_input: tuple[int, ...], kernel: tuple[int, ...]) 
             total = max((math.ceil(n / s) - 1) * s + extent - n, 0)
             small, large = total // 2, total - total // 2
             first, last = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            if node.op in _POOLING:
+                _check_onnxruntime_same_pads(node, n, k, s, d, (first, last))
             begin_list.append(first)
             end_list.append(last)
         begin, end = tuple(begin_list), tuple(end_list)
@@ -65,6 +67,38 @@ def window(node: Node, spatial_input: tuple[int, ...], kernel: tuple[int, ...]) 
         pads_end=end,
         ceil_mode=bool(node.attr("ceil_mode", 0)),
     )
+
+
+_POOLING = ("MaxPool", "AveragePool", "LpPool")
+
+
+def _check_onnxruntime_same_pads(
+    node: Node, n: int, k: int, s: int, d: int, specified: tuple[int, int]
+) -> None:
+    """Refuse a pooling node whose auto_pad SAME windows onnxruntime places elsewhere.
+
+    onnxruntime's pooling kernels (PoolAttributes::ComputeSizePadDilations) pad as if the
+    kernel were not dilated, do not clamp the total at 0 (a kernel shorter than the stride
+    pads by a negative amount) and split it with C's division, which truncates towards
+    zero. Its windows start at o s - begin, clipped to the input: where its begin differs
+    from the specification's, they are not the windows the bound and the executor read (a
+    dilated MaxPool window may read an input element where the specification's reads only
+    padding: a bound of 0 for a 1-Lipschitz output). The end padding moves only the output
+    size (checked by `check_window_output`) and, with count_include_pad, the divisor of
+    average pooling.
+    """
+    auto_pad = node.attr("auto_pad")
+    total = (math.ceil(n / s) - 1) * s + k - n
+    numerator = total if auto_pad == "SAME_UPPER" else total + 1
+    head = abs(numerator) // 2 * (1 if numerator >= 0 else -1)
+    theirs = (head, total - head)
+    divisor_reads_end = node.op == "AveragePool" and bool(node.attr("count_include_pad", 0))
+    if theirs[0] != specified[0] or (divisor_reads_end and theirs[1] != specified[1]):
+        raise refuse(
+            node,
+            f"onnxruntime computes pads {theirs} for auto_pad {auto_pad} where the "
+            f"specification gives {specified} (dilation {d}, input {n}): windows unknown",
+        )
 
 
 def max_overlap(win: Window) -> int:

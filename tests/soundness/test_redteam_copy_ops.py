@@ -1,0 +1,260 @@
+"""Red team of the rules for ops that copy, overlap or re-index values (pooling windows,
+padding modes, gathers, expands, concatenations of one tensor, slices).
+
+Ground truth is onnxruntime itself, never lipcert's code: the model of one op is run on
+every unit vector (and zero), in float32, which is exact for copies and maxima; for a
+linear op (average pooling, copies) the largest singular value of that dense Jacobian is
+the Lipschitz constant, for MaxPool and LpPool the largest column norm ||f(e_i) - f(0)||
+is a lower bound of it (one input element moved by 1 moves every window holding it).
+lipcert must refuse the model with one line naming the node, or bound it at least as high,
+and then its float64 executor must compute what onnxruntime computes.
+
+Found: onnxruntime pads pooling with auto_pad SAME as if the kernel were not dilated and
+does not clamp a negative total (a kernel shorter than the stride), so its windows start
+elsewhere than the specification's even where the output sizes agree (the one thing
+checked before). A dilated MaxPool whose specification window reads only padding got a
+bound of 1.5e-323 where onnxruntime's window reads x[0] (a 1-Lipschitz output); in a model
+that hides it behind Neg, Relu and a Concat with x[0], `lipcert certify` passed the load-time
+cross-check (its probes keep x[0] >= 0) and certified a radius of 0.141 at a point whose
+class onnxruntime flips at distance 0.101.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcert.bounds.compose import analyse
+from lipcert.errors import UnsupportedOpError
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.graph import Graph
+from lipcert.graph.execute import GraphExecutor
+from lipcert.model import LoadOptions
+
+# onnxruntime's averages are float32 quotients (1/9 rounded): its Jacobian is the exact one
+# within float32's rounding, which lipcert's allowance (not its bound) covers.
+SOUND = 1.0 - 1e-6
+TIGHT = 1e-6
+REFUSED = r"node 'pool' \({op}\): onnxruntime computes pads"
+
+
+def make_model(
+    nodes: Sequence[onnx.NodeProto],
+    sample_shape: Sequence[int],
+    constants: dict[str, np.ndarray] | None = None,
+    *,
+    opset: int = 18,
+) -> onnx.ModelProto:
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *sample_shape])]
+    tensors = [numpy_helper.from_array(np.asarray(v), k) for k, v in (constants or {}).items()]
+    graph = helper.make_graph(
+        list(nodes), "redteam", inputs, [onnx.ValueInfoProto(name="y")], tensors
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
+    return model
+
+
+def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x.astype(np.float32)})[0], dtype=np.float64)
+
+
+def unit_responses(model: onnx.ModelProto, sample_shape: Sequence[int]) -> np.ndarray:
+    """f(e_i) - f(0) for every unit vector e_i, one row each, from onnxruntime."""
+    size = int(np.prod(sample_shape))
+    basis = np.eye(size, dtype=np.float32).reshape(size, *sample_shape)
+    zero = run_onnxruntime(model, np.zeros((1, *sample_shape), dtype=np.float32))
+    return (run_onnxruntime(model, basis) - zero).reshape(size, -1)
+
+
+def load(model: onnx.ModelProto) -> Graph:
+    return load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx").graph
+
+
+def bound_of(graph: Graph) -> float:
+    return float(analyse(graph).tensor_bounds[graph.output_name])
+
+
+def assert_executor_matches(model: onnx.ModelProto, graph: Graph, shape: Sequence[int]) -> None:
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    with torch.no_grad():
+        ours = GraphExecutor(graph)(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(ours, run_onnxruntime(model, x), rtol=1e-6, atol=1e-6)
+
+
+def pool(op: str, shape: Sequence[int], opset: int = 18, **attrs: object) -> onnx.ModelProto:
+    node = helper.make_node(op, ["x"], ["y"], name="pool", **attrs)  # type: ignore[arg-type]
+    return make_model([node], shape, opset=opset)
+
+
+def lower_bound(op: str, model: onnx.ModelProto, shape: Sequence[int]) -> float:
+    """The Lipschitz constant onnxruntime's op has (AveragePool: exact; else a lower bound)."""
+    responses = unit_responses(model, shape)
+    if op == "AveragePool":
+        return float(np.linalg.svd(responses, compute_uv=False)[0])
+    return float(np.sqrt(np.max(np.sum(responses**2, axis=1))))
+
+
+# (op, sample shape, attributes, opset): onnxruntime's SAME windows start elsewhere than the
+# specification's while the output sizes agree.
+_SHIFTED = [
+    pytest.param(
+        "MaxPool",
+        (1, 2),
+        {"kernel_shape": [2], "strides": [3], "dilations": [3], "auto_pad": "SAME_LOWER"},
+        18,
+        id="maxpool_dilated_window_in_padding",  # bound 1.5e-323, onnxruntime reads x[0]
+    ),
+    pytest.param(
+        "MaxPool",
+        (1, 2),
+        {"kernel_shape": [3], "strides": [3], "dilations": [2], "auto_pad": "SAME_LOWER"},
+        22,
+        id="maxpool_dilated_reads_another_element",
+    ),
+    pytest.param(
+        "LpPool",
+        (1, 2),
+        {"kernel_shape": [2], "strides": [3], "dilations": [3], "auto_pad": "SAME_UPPER", "p": 2},
+        18,
+        id="lppool_dilated_window_in_padding",
+    ),
+    pytest.param(
+        "MaxPool",
+        (1, 3, 2),
+        {"kernel_shape": [1, 2], "strides": [1, 3], "dilations": [1, 3], "auto_pad": "SAME_LOWER"},
+        18,
+        id="maxpool_2d_dilated_window_in_padding",
+    ),
+    pytest.param(
+        "AveragePool",
+        (1, 6),
+        {"kernel_shape": [1], "strides": [3], "auto_pad": "SAME_UPPER", "ceil_mode": 1},
+        19,
+        id="avgpool_negative_same_padding",  # onnxruntime reads x[1], x[4]; spec x[0], x[3]
+    ),
+]
+
+
+@pytest.mark.parametrize(("op", "shape", "attrs", "opset"), _SHIFTED)
+def test_pooling_whose_onnxruntime_windows_are_shifted_is_refused(
+    op: str, shape: tuple[int, ...], attrs: dict[str, object], opset: int
+) -> None:
+    model = pool(op, shape, opset, **attrs)
+    truth = lower_bound(op, model, shape)
+    assert truth > 0.5  # onnxruntime's windows read the input
+    with pytest.raises(UnsupportedOpError, match=REFUSED.format(op=op)):
+        bound_of(load(model))
+
+
+# Look-alikes: the same ops where onnxruntime's windows are the specification's; they keep
+# their exact bound and the executor computes what onnxruntime does.
+_SAME_WINDOWS = [
+    pytest.param(
+        "MaxPool",
+        (1, 7),
+        {"kernel_shape": [3], "strides": [1], "auto_pad": "SAME_LOWER"},
+        18,
+        id="maxpool_same_lower_undilated",
+    ),
+    pytest.param(
+        "MaxPool",
+        (1, 6, 5),
+        {"kernel_shape": [3, 2], "strides": [2, 1], "auto_pad": "SAME_UPPER"},
+        22,
+        id="maxpool_2d_same_upper_undilated",
+    ),
+    pytest.param(
+        "LpPool",
+        (1, 5),
+        {"kernel_shape": [2], "strides": [1], "auto_pad": "SAME_UPPER", "p": 2},
+        18,
+        id="lppool_same_upper_undilated",
+    ),
+    pytest.param(
+        "MaxPool",
+        (1, 7),
+        {"kernel_shape": [2], "strides": [1], "dilations": [2], "pads": [1, 1]},
+        18,
+        id="maxpool_dilated_explicit_pads",
+    ),
+    pytest.param(
+        "AveragePool",
+        (1, 6),
+        {"kernel_shape": [1], "strides": [2], "auto_pad": "SAME_UPPER"},
+        19,
+        id="avgpool_negative_same_padding_at_the_end_only",  # (0, -1): the same windows
+    ),
+    pytest.param(
+        "AveragePool",
+        (1, 5, 5),
+        {"kernel_shape": [3, 3], "strides": [1, 1], "auto_pad": "SAME_LOWER"},
+        19,
+        id="avgpool_same_lower_overlapping",
+    ),
+]
+
+
+@pytest.mark.parametrize(("op", "shape", "attrs", "opset"), _SAME_WINDOWS)
+def test_pooling_with_the_specified_windows_keeps_its_exact_bound(
+    op: str, shape: tuple[int, ...], attrs: dict[str, object], opset: int
+) -> None:
+    model = pool(op, shape, opset, **attrs)
+    graph = load(model)
+    bound = bound_of(graph)
+    truth = lower_bound(op, model, shape)
+    assert bound >= truth * SOUND
+    assert bound <= truth * (1 + TIGHT)  # sqrt(m) is attained; the average pool's SVD exact
+    assert_executor_matches(model, graph, shape)
+
+
+def _hidden_shift_model() -> onnx.ModelProto:
+    """logit 0 - logit 1 = x0 - relu(-x0) + 0.2 as onnxruntime runs it, slope 2 for x0 < 0;
+    the specification's (and lipcert's) MaxPool window reads only padding, so lipcert read
+    x0 + 0.2, slope 1, and agreed with onnxruntime on its probes (x0 >= 0 in each)."""
+    nodes = [
+        helper.make_node("Neg", ["x"], ["n"]),
+        helper.make_node(
+            "MaxPool",
+            ["n"],
+            ["p"],
+            name="pool",
+            kernel_shape=[1, 2],
+            strides=[1, 3],
+            dilations=[1, 3],
+            auto_pad="SAME_LOWER",
+        ),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("Slice", ["x", "start", "end", "axis"], ["x0"]),
+        helper.make_node("Concat", ["r", "x0"], ["c"], axis=3),
+        helper.make_node("Flatten", ["c"], ["f"]),
+        helper.make_node("Gemm", ["f", "w", "b"], ["y"]),
+    ]
+    constants: dict[str, np.ndarray] = {
+        "w": np.array([[-1.0, 0.0], [1.0, 0.0]], np.float32),
+        "b": np.array([0.2, 0.0], np.float32),
+        "start": np.array([0], np.int64),
+        "end": np.array([1], np.int64),
+        "axis": np.array([3], np.int64),
+    }
+    return make_model(nodes, (1, 1, 2), constants)
+
+
+def test_shifted_pooling_hidden_from_the_cross_check_is_refused() -> None:
+    model = _hidden_shift_model()
+    # onnxruntime: class 0 with margin 0.2 at x = 0, class 1 at distance 0.101
+    at_zero = run_onnxruntime(model, np.zeros((1, 1, 1, 2)))[0]
+    moved = run_onnxruntime(model, np.array([[[[-0.101, 0.0]]]]))[0]
+    assert at_zero[0] - at_zero[1] == pytest.approx(0.2, abs=1e-6)
+    assert moved[0] < moved[1]
+    # a certified radius of margin / K must stay below 0.101: K >= 0.2 / 0.101 = 1.98
+    with pytest.raises(UnsupportedOpError, match=REFUSED.format(op="MaxPool")):
+        bound_of(load(model))
