@@ -256,11 +256,15 @@ def refine_result(
     scale = offset = None
     if preprocessing is not None:
         shape = analysis.graph.input_shape
-        per_channel = 1.0 / preprocessing.std
+        # in float64 whatever the arrays' type: 1 / std in float32 was up to 3.6e-8 below the
+        # exact scale, and the local bounds proved a ball that much larger than asked
+        per_channel = 1.0 / np.asarray(preprocessing.std, dtype=np.float64)
         scale = np.broadcast_to(per_channel.reshape(-1, *([1] * (len(shape) - 1))), shape).astype(
             np.float64
         )
-        means = preprocessing.mean.reshape(-1, *([1] * (len(shape) - 1)))
+        means = np.asarray(preprocessing.mean, dtype=np.float64).reshape(
+            -1, *([1] * (len(shape) - 1))
+        )
         offset = np.broadcast_to(means, shape).astype(np.float64)
 
     def sample(i: int) -> np.ndarray:
