@@ -258,3 +258,47 @@ def test_shifted_pooling_hidden_from_the_cross_check_is_refused() -> None:
     # a certified radius of margin / K must stay below 0.101: K >= 0.2 / 0.101 = 1.98
     with pytest.raises(UnsupportedOpError, match=REFUSED.format(op="MaxPool")):
         bound_of(load(model))
+
+
+def _prelu_lipschitz(model: onnx.ModelProto, shape: Sequence[int]) -> float:
+    """PRelu is linear where every element keeps its sign: the largest singular value of
+    onnxruntime's Jacobian at all-positive and at all-negative points (each input element
+    feeds its own outputs, so no mixed sign pattern does better)."""
+    size = int(np.prod(shape))
+    basis = np.eye(size, dtype=np.float32).reshape(size, *shape)
+    best = 0.0
+    for sign in (1.0, -1.0):
+        base = np.full((1, *shape), 10.0 * sign, dtype=np.float32)
+        at_base = run_onnxruntime(model, base)
+        columns = run_onnxruntime(model, base + basis) - at_base
+        jacobian = columns.reshape(size, -1).T
+        best = max(best, float(np.linalg.svd(jacobian, compute_uv=False)[0]))
+    return best
+
+
+_PRELU = [
+    # onnxruntime broadcasts x (1, 4) to the slope's (3, 4): 3 copies of each element, all of
+    # slope 1 where positive; the rule said max(1, max |slope|) = 1.30 for sqrt(3) = 1.73
+    pytest.param((1, 4), (3, 4), 0.5, id="x_broadcast_to_small_slopes"),
+    pytest.param((1, 4), (3, 4), 3.0, id="x_broadcast_to_large_slopes"),
+    pytest.param((2, 1, 4), (3, 1), 0.1, id="x_broadcast_on_a_middle_axis"),
+    # look-alikes: the slope broadcasts to x (the specification's case): max(1, max |slope|)
+    pytest.param((3, 4), (3, 1), 2.0, id="slope_per_channel"),
+    pytest.param((3, 4), (3, 4), 2.0, id="slope_per_element"),
+    pytest.param((3, 4), (), 0.3, id="scalar_slope"),
+]
+
+
+@pytest.mark.parametrize(("shape", "slope_shape", "scale"), _PRELU)
+def test_prelu_bound_counts_the_copies_onnxruntime_broadcasts_x_to(
+    shape: tuple[int, ...], slope_shape: tuple[int, ...], scale: float
+) -> None:
+    slope = (np.random.default_rng(5).normal(size=slope_shape) * scale).astype(np.float32)
+    node = helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")
+    model = make_model([node], shape, {"slope": slope})
+    graph = load(model)
+    bound = bound_of(graph)
+    truth = _prelu_lipschitz(model, shape)
+    assert bound >= truth * SOUND
+    assert bound <= truth * (1 + TIGHT)
+    assert_executor_matches(model, graph, shape)

@@ -107,11 +107,16 @@ def leaky_relu(node: Node, graph: Graph) -> LayerBound:
 
 @rule("PRelu")
 def prelu(node: Node, graph: Graph) -> LayerBound:
-    _single_data_input(node, graph)
+    """x where x >= 0, else slope * x. onnxruntime also broadcasts x to a larger slope (the
+    specification broadcasts the slope only): each element of x then has copies, all of
+    slope 1 where it is positive, of its slopes where negative, so the norm is the larger
+    of sqrt(copies) and the largest root of the sum of the copies' squared slopes."""
+    source = _single_data_input(node, graph)
     slope = constant_input(node, graph, 1, "slope")
-    return LayerBound(
-        max(1.0, max_abs_up(slope)), "max(1, max |slope|)", exact=True, rounding=ONE_ROUNDING
+    gain = max(
+        _broadcast_gain(node, graph, source, None), _broadcast_gain(node, graph, source, slope)
     )
+    return LayerBound(gain, "max(1, max |slope|), over copies", exact=True, rounding=ONE_ROUNDING)
 
 
 @rule("Elu")
