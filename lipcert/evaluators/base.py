@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from lipcert.errors import UnsoundCertificateError
+from lipcert.evaluators.norms import input_norms as input_norms
 
 
 @dataclass(frozen=True)
@@ -77,22 +78,6 @@ class Evaluator(Protocol):
     def evaluate(self, batch: np.ndarray) -> Evaluation:
         """Logits (N, K) of a batch (N, *input_shape) and their allowance (N,)."""
         ...
-
-
-def input_norms(inputs: np.ndarray) -> np.ndarray:
-    """Upper bounds of the L2 norms of the exact inputs, from their rounded values.
-
-    The inputs given may be the exact values rounded to float32 (relative error 2^-24 per
-    element, so their norm is within a factor 1 + 2^-23 of the exact one), and the sum of
-    squares is accumulated in float64: a factor 1 + 2^-20 covers both. Gradual underflow adds
-    up to 2^-150 per element that is not relative (a value below 2^-149 may round to 0):
-    sqrt(d) 2^-126 more, so that the allowances' input term 2 u ||x|| (u = 2^-24) covers
-    sqrt(d) 2^-149.
-    """
-    flat = np.asarray(inputs).reshape(len(inputs), -1)
-    squares = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-    underflow = np.sqrt(float(flat.shape[1])) * 2.0**-126
-    return np.sqrt(squares) * (1.0 + 2.0**-20) + underflow
 
 
 def agreement_gaps(first: Evaluation, second: Evaluation) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ A sum of squares of n terms (each square rounded at most once, then summed in an
 at most (1 + 2 gamma_(n+1)) times too small, all terms being non-negative; underflowed
 squares lose at most n times the smallest normal number: the norms used are increased by
 both. The float32 tensors are summed in groups of up to 64 values (n is then 64, not the
-tensor's size), the groups' sums added in float64 (`_norm_from_group_sums`). The tail's
+tensor's size), the groups' sums added in float64 (`lipcert.evaluators.norms`). The tail's
 tensors (the cut's included) are measured in float64; tensors not measured get their
 a-priori size.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF, Analysis, gamma
+from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF, Analysis
 from lipcert.bounds.fp_error import ErrorPlan
 from lipcert.bounds.registry import Rounding
 from lipcert.errors import ModelLoadError
@@ -45,6 +45,7 @@ from lipcert.evaluators.base import (
     check_agreement,
     input_norms,
 )
+from lipcert.evaluators.norms import group_size, norm_from_group_sums, norm_from_squares
 from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator, make_session
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel
@@ -53,11 +54,6 @@ from lipcert.model import LoadedModel
 # for them): the float64 tail stops before the last of them.
 _HEAVY = frozenset({"Conv", "ConvTranspose", "AveragePool", "MaxPool", "LpPool"})
 _SUM_PREFIX = "lipcert_sum_of_squares_"
-# A measured float32 tensor is summed in groups of up to this many values (`_group_size`), the
-# groups' sums added in float64: the rounding bound of a float32 sum of n squares grows with
-# n, and short sums make it ~100 times smaller on the sample models (6,272 values per
-# tensor), for the same onnxruntime time or less.
-_GROUP = 64
 _FLOAT64_SUFFIX = "__lipcert_float64"
 # Ops whose float64 onnxruntime kernels are what the rounding analysis assumes of float64
 # arithmetic: sums of products in any order, one correctly rounded operation per element
@@ -233,14 +229,14 @@ class PosteriorEvaluator:
         norms: dict[str, np.ndarray] = {}
         for name, squares in zip(self.measured, sums[: len(self.measured)], strict=True):
             size = self.sizes[name]
-            norms[name] = _norm_from_group_sums(
-                np.asarray(squares), size, _group_size(size), FLOAT32_UNIT_ROUNDOFF
+            norms[name] = norm_from_group_sums(
+                np.asarray(squares), size, group_size(size), FLOAT32_UNIT_ROUNDOFF
             )
         if self.tail_in_onnxruntime:  # the cut's value is the float64 logits
             logits = cut_value.reshape(len(batch), -1).astype(np.float64)
             tail_sums = sums[len(self.measured) :]
             for name, squares in zip(self.tail_measured, tail_sums, strict=True):
-                norms[name] = _norm_from_squares(
+                norms[name] = norm_from_squares(
                     np.asarray(squares), self.tail_sizes[name], FLOAT64_UNIT_ROUNDOFF
                 )
         elif self.tail is None:
@@ -307,50 +303,6 @@ def _head_differences(graph: Graph) -> tuple[str, np.ndarray] | None:
     # rows built from constants the model computes are within `spread` of the exact rows
     differences = head_row_differences(head.rows, _head_spread(graph, head))
     return head.body_input, differences + 1e-300
-
-
-def _norm_from_float32_squares(squares: np.ndarray, size: int) -> np.ndarray:
-    """An upper bound of the L2 norm from a float32 sum of `size` squares (any order)."""
-    return _norm_from_squares(squares, size, FLOAT32_UNIT_ROUNDOFF)
-
-
-def _norm_from_squares(squares: np.ndarray, size: int, unit: float) -> np.ndarray:
-    """An upper bound of the L2 norm from a sum of `size` squares (any order) computed with
-    unit roundoff `unit` (float32 or float64): at most (1 + 2 gamma_(size+1)) times too
-    small, plus what underflowed squares lost, below the smallest normal number each."""
-    squares = np.asarray(squares).reshape(-1, 1)
-    return _norm_from_group_sums(squares, size, size, unit)
-
-
-def _norm_from_group_sums(sums: np.ndarray, size: int, group: int, unit: float) -> np.ndarray:
-    """Per sample, an upper bound of the L2 norm of `size` values from `sums` (N, size /
-    group): the sums of squares of consecutive groups of `group` values, each computed with
-    unit roundoff `unit` in any order.
-
-    A group's exact sum of squares is at most (1 + 2 gamma_(group+1)) times its computed one
-    (each square rounded at most once, all terms non-negative) plus `group` times the
-    smallest normal number (underflowed squares); the groups' sums are added here in float64,
-    at most (1 + 2 gamma_(groups-1)) times too small. Short groups make the first factor
-    small: 1 + 7.8e-6 for 64 float32 values, against 1 + 7.5e-4 for 6,272 in one sum."""
-    sums = np.asarray(sums, dtype=np.float64).reshape(len(sums), -1)
-    g = gamma(group + 1, unit)
-    if not g < 0.5:
-        return np.full(len(sums), np.inf)
-    total = sums[:, 0] if sums.shape[1] == 1 else np.sum(sums, axis=1)
-    total = total * (1 + 2 * gamma(sums.shape[1] - 1, FLOAT64_UNIT_ROUNDOFF))
-    tiny = 2.0**-126 if unit >= FLOAT32_UNIT_ROUNDOFF else 2.0**-1022
-    bound = total * (1 + 2 * g) + size * tiny
-    return np.sqrt(bound) * (1 + 1e-15)
-
-
-def _group_size(size: int) -> int:
-    """How many values of a float32 tensor of `size` values per sample each sum of squares
-    takes: the largest divisor of `size` up to _GROUP, unless it is below _GROUP / 4 (then
-    the whole tensor in one sum, as a tensor of at most _GROUP values)."""
-    for group in range(min(size, _GROUP), _GROUP // 4 - 1, -1):
-        if size % group == 0:
-            return group
-    return size
 
 
 def _float_tensors(proto: Any) -> set[str]:
@@ -452,10 +404,10 @@ def _prefix_model(
     # ReduceSumSquare over the flattened sample (one axis), or over its last axis in groups:
     # on an ImageNet-sized LipNet it took 2/3 of the time of x * x followed by a product with
     # a column of ones, itself twice as fast as a reduction over several axes.
-    # The float32 tensors in groups of _group_size values (one sum of squares per group, shape
+    # The float32 tensors in groups of group_size values (one sum of squares per group, shape
     # (N, groups)); the float64 ones (already accurate) in one sum, shape (N, 1).
     summed: list[tuple[str, int, int | None]] = [
-        (name, onnx.TensorProto.FLOAT, _group_size(int(np.prod(graph.shape(name)[1:]))))
+        (name, onnx.TensorProto.FLOAT, group_size(int(np.prod(graph.shape(name)[1:]))))
         for name in measured
     ]
     summed += [(renamed[name], onnx.TensorProto.DOUBLE, None) for name in float64_tail or ()]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import lipcert.evaluators.norms as norms
 import lipcert.evaluators.posterior as posterior
 from lipcert.bounds.compose import analyse
 from lipcert.errors import UnsoundCertificateError
@@ -224,7 +225,7 @@ def test_a_float64_sum_of_squares_gives_a_norm_bound(size: int) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     squares = session.run(None, {"x": values})[0]
-    bound = posterior._norm_from_squares(squares, size, 2.0**-53)
+    bound = norms.norm_from_squares(squares, size, 2.0**-53)
     for row, upper in zip(values, bound, strict=True):
         exact = sum((Fraction(float(v)) ** 2 for v in row), Fraction(0))
         assert Fraction(float(upper)) ** 2 >= exact
@@ -240,7 +241,7 @@ def test_float32_sums_of_squares_in_groups_give_a_tighter_norm_bound() -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     size = 6272  # a GroupSort activation of the sample models: 32 x 14 x 14
-    group = posterior._group_size(size)
+    group = norms.group_size(size)
     assert group == 64
     rng = np.random.default_rng(7)
     scales = np.array([1e-30, 1e-20, 1e-3, 1.0, 1e10, 3e17])[:, None]
@@ -267,8 +268,8 @@ def test_float32_sums_of_squares_in_groups_give_a_tighter_norm_bound() -> None:
 
     grouped = sums([0, -1, group], 2)
     assert grouped.shape == (6, size // group)
-    bound = posterior._norm_from_group_sums(grouped, size, group, 2.0**-24)
-    flat = posterior._norm_from_float32_squares(sums([0, -1], 1), size)
+    bound = norms.norm_from_group_sums(grouped, size, group, 2.0**-24)
+    flat = norms.norm_from_squares(sums([0, -1], 1), size, 2.0**-24)
     underflow = (size * 2.0**-126) ** 0.5
     for row, upper, loose in zip(values, bound, flat, strict=True):
         exact = sum((Fraction(float(v)) ** 2 for v in row), Fraction(0))

@@ -124,11 +124,11 @@ def test_a_measured_norm_is_an_upper_bound_of_the_computed_tensor(tmp_path: Path
     )
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     tensors = session.run(None, {"x": inputs})
-    from lipcert.evaluators.posterior import _group_size, _norm_from_group_sums
+    from lipcert.evaluators.norms import group_size, norm_from_group_sums
 
     for name, squares, tensor in zip(evaluator.measured, sums, tensors, strict=True):
-        size, group = evaluator.sizes[name], _group_size(evaluator.sizes[name])
-        bound = _norm_from_group_sums(np.asarray(squares), size, group, 2.0**-24)
+        size, group = evaluator.sizes[name], group_size(evaluator.sizes[name])
+        bound = norm_from_group_sums(np.asarray(squares), size, group, 2.0**-24)
         truth = np.linalg.norm(np.asarray(tensor, dtype=np.float64).reshape(16, -1), axis=1)
         # r1 (1,568 values) in sums of 56: within 1e-5 (one float32 sum of all 1,568 would
         # allow 1.9e-4)
