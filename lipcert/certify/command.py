@@ -324,10 +324,11 @@ def parse_mean_std(
         if text is None:
             values.append(np.full(channels, default))
             continue
-        try:
-            parsed = np.array([float(v) for v in text.split(",") if v.strip()], dtype=np.float64)
-        except ValueError:
-            raise UsageError(f"expected {name} like 0.5,0.5,0.5 but got {text!r}") from None
+        # plain decimal numbers only: Python's float() reads "0_5" as 5.0
+        numbers = [parse_number(v) for v in text.split(",") if v.strip()]
+        if any(v is None for v in numbers):
+            raise UsageError(f"expected {name} like 0.5,0.5,0.5 but got {text!r}")
+        parsed = np.array(numbers, dtype=np.float64)
         if parsed.size == 1:
             parsed = np.full(channels, parsed[0])
         if parsed.size != channels:

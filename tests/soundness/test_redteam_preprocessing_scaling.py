@@ -212,3 +212,18 @@ def test_preprocessing_refuses_what_it_cannot_certify(mean, std, message) -> Non
 
     with pytest.raises(UsageError, match=message):
         Preprocessing(np.array(mean, dtype=np.float64), np.array(std, dtype=np.float64))
+
+
+@pytest.mark.parametrize("text", ["0_5", "1_0,2", "0x1p-2"])
+def test_mean_std_text_that_is_not_a_plain_number_is_refused(tmp_path: Path, text: str) -> None:
+    """--std 0_5 was read as Python reads it, 5.0: radii ten times those of the intended
+    std 0.5, silently. Only plain decimal numbers are taken (as --eps takes them)."""
+    images = np.zeros((2, 3, 2, 2), dtype=np.uint8)
+    model = linear_onnx(tmp_path / "m.onnx", np.ones((2, 12)), np.zeros(2), (3, 2, 2))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=images, y=np.zeros(2, dtype=np.int64))
+    for option in ("--std", "--mean"):
+        args = ["certify", str(model), "--dataset", str(data), option, text, "--no-config"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"expected {option} like 0.5,0.5,0.5 but got {text!r}" in result.output
