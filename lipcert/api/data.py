@@ -218,9 +218,10 @@ def preprocessing_of(
         return None
     values = []
     for name, given, default in (("mean", mean, 0.0), ("std", std, 1.0)):
-        array = np.atleast_1d(
-            np.asarray(default if given is None else _as_array(given), dtype=np.float64)
-        )
+        raw = np.asarray(default if given is None else _as_array(given))
+        if raw.dtype.kind not in "iuf":  # numpy reads the text "0_5" as 5.0, True as 1.0
+            raise UsageError(f"expected {name} as numbers but got {given!r}")
+        array = np.atleast_1d(raw.astype(np.float64))
         if array.ndim != 1 or array.size not in (1, channels):
             raise UsageError(
                 f"expected {name} as one value or {channels} (one per channel) but got {given!r}"

@@ -227,3 +227,18 @@ def test_mean_std_text_that_is_not_a_plain_number_is_refused(tmp_path: Path, tex
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert f"expected {option} like 0.5,0.5,0.5 but got {text!r}" in result.output
+
+
+@pytest.mark.parametrize("value", ["0_5", ["0.5"], True], ids=["text", "texts", "bool"])
+def test_api_mean_std_that_are_not_numbers_are_refused(value) -> None:
+    """numpy reads the text "0_5" as 5.0 and True as 1.0: the API takes numbers only."""
+    from lipcert.api.data import preprocessing_of
+    from lipcert.errors import UsageError
+
+    for name in ("mean", "std"):
+        given = {name: value}
+        with pytest.raises(UsageError, match=rf"expected {name} as numbers"):
+            preprocessing_of(given.get("mean"), given.get("std"), 1)
+    numbers = preprocessing_of(np.float32(0.5), [2], 1)  # the look-alike: numbers pass
+    assert numbers is not None
+    assert (numbers.mean.tolist(), numbers.std.tolist()) == ([0.5], [2.0])
