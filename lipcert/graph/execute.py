@@ -649,7 +649,7 @@ def _reduce_dims(node: Node, args: list[Any], x: Tensor) -> list[int] | None:
     axes = _axes(node, args)
     if not axes:
         return [] if node.attr("noop_with_empty_axes", 0) else list(range(x.dim()))
-    return [a % x.dim() for a in axes]
+    return sorted({a % x.dim() for a in axes})  # onnxruntime reduces a repeated axis once
 
 
 @_op("ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceL1", "ReduceLogSumExp")
