@@ -52,7 +52,7 @@ def window(node: Node, spatial_input: tuple[int, ...], kernel: tuple[int, ...]) 
             total = max((math.ceil(n / s) - 1) * s + extent - n, 0)
             small, large = total // 2, total - total // 2
             first, last = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
-            if node.op in _POOLING:
+            if node.op in _POOLING or node.attr("pool_op") in _POOLING:  # or a fused pool
                 _check_onnxruntime_same_pads(node, n, k, s, d, (first, last))
             begin_list.append(first)
             end_list.append(last)
@@ -92,7 +92,8 @@ def _check_onnxruntime_same_pads(
     numerator = total if auto_pad == "SAME_UPPER" else total + 1
     head = abs(numerator) // 2 * (1 if numerator >= 0 else -1)
     theirs = (head, total - head)
-    divisor_reads_end = node.op == "AveragePool" and bool(node.attr("count_include_pad", 0))
+    average = "AveragePool" in (node.op, node.attr("pool_op"))
+    divisor_reads_end = average and bool(node.attr("count_include_pad", 0))
     if theirs[0] != specified[0] or (divisor_reads_end and theirs[1] != specified[1]):
         raise refuse(
             node,

@@ -155,6 +155,59 @@ def test_pooling_whose_onnxruntime_windows_are_shifted_is_refused(
         bound_of(load(model))
 
 
+def _l2_pool(shape: Sequence[int], opset: int, **attrs: object) -> onnx.ModelProto:
+    """Pow 2 -> AveragePool -> Mul 2 -> Sqrt: lipcert fuses it into one L2NormPool node
+    that carries the pool's attributes (and its own op name)."""
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["square"]),
+        helper.make_node("AveragePool", ["square"], ["mean"], name="pool", **attrs),  # type: ignore[arg-type]
+        helper.make_node("Mul", ["mean", "scale"], ["scaled"]),
+        helper.make_node("Sqrt", ["scaled"], ["y"], name="root"),
+    ]
+    constants = {"two": np.float32(2.0), "scale": np.float32(2.0)}
+    return make_model(nodes, shape, {k: np.asarray(v) for k, v in constants.items()}, opset=opset)
+
+
+@pytest.mark.parametrize(
+    ("shape", "attrs", "refused"),
+    [
+        # bound 2e-323: the specification's window reads only padding, onnxruntime's x[0]
+        pytest.param(
+            (1, 2),
+            {"kernel_shape": [2], "strides": [3], "dilations": [3], "auto_pad": "SAME_LOWER"},
+            True,
+            id="dilated_window_in_padding",
+        ),
+        pytest.param(
+            (1, 6),
+            {"kernel_shape": [1], "strides": [3], "auto_pad": "SAME_UPPER", "ceil_mode": 1},
+            True,
+            id="negative_same_padding",
+        ),
+        pytest.param(
+            (1, 5),
+            {"kernel_shape": [2], "strides": [1], "auto_pad": "SAME_UPPER"},
+            False,
+            id="look_alike_undilated",
+        ),
+    ],
+)
+def test_fused_l2_pooling_is_checked_like_its_average_pool(
+    shape: tuple[int, ...], attrs: dict[str, object], refused: bool
+) -> None:
+    model = _l2_pool(shape, 19, **attrs)
+    graph = load(model)
+    responses = unit_responses(model, shape)
+    truth = float(np.sqrt(np.max(np.sum(responses**2, axis=1))))  # a lower bound
+    assert truth > 1.0
+    if refused:
+        with pytest.raises(UnsupportedOpError, match=r"\(L2NormPool\): onnxruntime computes pads"):
+            bound_of(graph)
+        return
+    assert bound_of(graph) >= truth * SOUND
+    assert_executor_matches(model, graph, shape)
+
+
 # Look-alikes: the same ops where onnxruntime's windows are the specification's; they keep
 # their exact bound and the executor computes what onnxruntime does.
 _SAME_WINDOWS = [
