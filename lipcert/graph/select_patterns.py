@@ -319,6 +319,8 @@ def _piecewise_slope(
 ) -> float | None:
     """Largest |slope| of the region, element by element, or None if it may jump."""
     compares = [n for n in order if n.op in _COMPARE]
+    if not compares:
+        return None  # a Where on a constant condition: no select on x (left to the rules)
     largest = Fraction(0)
     for index in np.ndindex(*reduced):
         constant = {name: Fraction(float(v[index])) for name, v in values.items()}

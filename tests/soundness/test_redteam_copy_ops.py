@@ -379,3 +379,44 @@ def test_reduction_over_a_repeated_axis_runs_as_onnxruntime_reduces_it_once(
         bound = bound_of(graph)
         truth = float(np.linalg.svd(unit_responses(model, shape), compute_uv=False)[0])
         assert truth * SOUND <= bound <= truth * (1 + TIGHT)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "constants", "refused"),
+    [
+        pytest.param(
+            [helper.make_node("Where", ["mask", "x", "zero"], ["y"], name="where")],
+            {"mask": np.array([True, False, True, True]), "zero": np.zeros(4, np.float32)},
+            True,
+            id="constant_mask",  # IndexError in the select matcher before
+        ),
+        pytest.param(
+            [helper.make_node("Where", ["mask", "x", "x"], ["y"], name="where")],
+            {"mask": np.array([True, False, True, True])},
+            True,
+            id="constant_mask_same_tensor_twice",
+        ),
+        pytest.param(
+            [
+                helper.make_node("Greater", ["x", "zero"], ["positive"]),
+                helper.make_node("Where", ["positive", "x", "zero"], ["y"], name="where"),
+            ],
+            {"zero": np.zeros(1, np.float32)},
+            False,
+            id="look_alike_relu_select",
+        ),
+    ],
+)
+def test_where_on_a_constant_condition_is_refused_in_one_line(
+    nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray], refused: bool
+) -> None:
+    model = make_model(nodes, (4,), constants)
+    graph = load(model)
+    if refused:
+        with pytest.raises(UnsupportedOpError, match=r"node 'where' has op 'Where'"):
+            bound_of(graph)
+        return
+    truth = float(np.sqrt(np.max(np.sum(unit_responses(model, (4,)) ** 2, axis=1))))
+    assert truth == 1.0
+    assert bound_of(graph) == pytest.approx(1.0, rel=TIGHT)
+    assert_executor_matches(model, graph, (4,))
