@@ -924,6 +924,8 @@ def compare(
 def _render_comparison(console: Console, comparison: Any, data: str) -> None:
     from rich.table import Table
 
+    from lipcert.reports.format import bound_text, lower_text
+
     table = Table(title=f"{len(comparison.names)} models on {data}")
     table.add_column("model", no_wrap=True)
     for column in ("accuracy", "MCR", *(f"cert@{e.label}" for e in comparison.eps)):
@@ -934,10 +936,11 @@ def _render_comparison(console: Console, comparison: Any, data: str) -> None:
     for row, report in zip(comparison.rows(), comparison.reports, strict=True):
         table.add_row(
             row["model"],
-            f"{row['accuracy']:.3f}",
-            f"{row['mcr']:.3f}",
-            *(f"{value:.3f}" for _, value in report.summary.certified_accuracy),
-            f"{row['lipschitz_bound']:.3f}",
+            # measures rounded down, the bound up: no cell claims more than was computed
+            lower_text(row["accuracy"], 3),
+            lower_text(row["mcr"], 3),
+            *(lower_text(value, 3) for _, value in report.summary.certified_accuracy),
+            bound_text(row["lipschitz_bound"]),
             f"{row['load_seconds'] + row['certify_seconds']:.1f}",
             "*" if row["pareto"] else "",
         )

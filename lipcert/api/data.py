@@ -358,7 +358,9 @@ def eps_thresholds(eps: Sequence[float | Fraction | Eps] | float | Fraction) -> 
         else:
             if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.number)):
                 raise UsageError(f"expected eps as numbers > 0 but got {value!r}")
-            threshold = Eps(f"{float(value):.6g}", float(value))
+            # every digit: a label rounded up (2/3 as "0.666667") would claim radii above
+            # the value the radii were compared with
+            threshold = Eps(repr(float(value)), float(value))
         if not math.isfinite(threshold.value) or threshold.value <= 0:
             raise UsageError(f"expected eps > 0 but got {threshold.value!r}")
         if any(t.value == threshold.value for t in thresholds):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass
 
@@ -40,8 +41,29 @@ class Gate:
         return self.value >= self.threshold
 
     def message(self) -> str:
+        """The value rounded down (never shown above what was measured: 0.69999996 is
+        0.699999, not 0.7), the threshold as given (every digit)."""
         relation = ">=" if self.passed else "<"
-        return f"{self.name} is {self.value:.6g} {relation} {self.threshold:.6g} required"
+        value = _down(self.value)
+        if self.passed and float(value) < self.threshold:  # 0.70000004 >= 0.70000001
+            value = repr(self.value)
+        return f"{self.name} is {value} {relation} {self.threshold_text} required"
+
+    @property
+    def threshold_text(self) -> str:
+        """The threshold with every digit it has (0.9999995 is not "1")."""
+        short = f"{self.threshold:g}"
+        return short if float(short) == self.threshold else repr(self.threshold)
+
+
+def _down(value: float) -> str:
+    """Six significant digits, rounded toward -inf; a value within 1e-12 relative below a
+    six-digit number (0.7 is the float 0.69999999999999996) reads as that number."""
+    if not math.isfinite(value):
+        return repr(value)
+    exact = decimal.Decimal(value)
+    context = decimal.Context(prec=6, rounding=decimal.ROUND_FLOOR)
+    return format(context.plus(exact + abs(exact) * decimal.Decimal("1e-12")).normalize(), "g")
 
 
 def evaluate_gates(

@@ -17,7 +17,7 @@ from lipcert.certify.pipeline import STATUS_NAMES, CertifyResult, Preprocessing
 from lipcert.certify.radii import Certificates, Method, Status
 from lipcert.datasets import Dataset
 from lipcert.local.refine import RefineResult
-from lipcert.reports.format import bound_text
+from lipcert.reports.format import bound_text, lower_text, significant_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,21 +86,24 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     head.add_row("certificate", _METHOD_TEXT[result.certificates.method])
     head.add_row("Lipschitz bound", f"{bound_text(spec.lipschitz_bound)} (logit vector, L2)")
     head.add_row("radii in", input_space(context))
+    median = float(np.median(result.allowance)) if len(result.allowance) else 0.0
     head.add_row(
         "margins",
         f"{context.precision}; rounding allowance up to "
-        f"{np.max(result.allowance, initial=0):.3g} on the logits (median "
-        f"{np.median(result.allowance) if len(result.allowance) else 0:.3g}; a guaranteed "
-        "bound, taken off every margin)",
+        f"{_up(float(np.max(result.allowance, initial=0)))} on the logits (median "
+        f"{_up(median)}; a guaranteed bound, taken off every margin)",
     )
     if result.exact is not None:
         head.add_row("recomputed in float64", f"{result.exact_samples} of {len(result.exact)}")
-    head.add_row("clean accuracy", f"{summary.accuracy:.4f}")
-    mcr_text = f"{summary.mcr:.4f} (mean signed radius)"
+    head.add_row("clean accuracy", lower_text(summary.accuracy, 4))
+    mcr_text = f"{lower_text(summary.mcr, 4)} (mean signed radius)"
     if result.mcr_gap_bound is not None:
-        mcr_text += f"; the exact function's is at most {result.mcr_gap_bound:.3g} above"
+        mcr_text += f"; the exact function's is at most {_up(result.mcr_gap_bound)} above"
     head.add_row("MCR", mcr_text)
-    head.add_row("radius", f"mean {summary.mean_radius:.4f}, median {summary.median_radius:.4f}")
+    head.add_row(
+        "radius",
+        f"mean {lower_text(summary.mean_radius, 4)}, median {lower_text(summary.median_radius, 4)}",
+    )
     if summary.ties or summary.non_finite or summary.within_allowance:
         head.add_row(
             "not certified",
@@ -124,7 +127,10 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("certified accuracy", justify="right", no_wrap=True)
     for eps, value in summary.certified_accuracy:
-        table.add_row(escape(eps.label), f"{eps.value:.5g}", f"{value:.4f}")
+        # eps rounded up would claim more than "radius > eps" proved: shown rounded down
+        table.add_row(
+            escape(eps.label), significant_text(eps.value, 5, up=False), lower_text(value, 4)
+        )
     console.print(table)
 
     title, *lines = _class_tables(summary, console.width)
@@ -150,11 +156,11 @@ def _class_tables(summary: Summary, width: int) -> list[str]:
     names = [f"{row.label} {row.name}" if row.name else str(row.label) for row in summary.per_class]
     first = [
         ("n", [str(row.n) for row in summary.per_class]),
-        ("acc", [f"{row.accuracy:.3f}" for row in summary.per_class]),
+        ("acc", [lower_text(row.accuracy, 3) for row in summary.per_class]),
     ]
-    last = [("MCR", [f"{row.mcr:.3f}" for row in summary.per_class])]
+    last = [("MCR", [lower_text(row.mcr, 3) for row in summary.per_class])]
     eps_columns = [
-        (eps.label, [f"{row.certified_accuracy[i]:.3f}" for row in summary.per_class])
+        (eps.label, [lower_text(row.certified_accuracy[i], 3) for row in summary.per_class])
         for i, (eps, _) in enumerate(summary.certified_accuracy)
     ]
 
@@ -341,18 +347,25 @@ def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| clean accuracy | {summary.accuracy:.4f} |",
-        f"| MCR | {summary.mcr:.4f} |",
+        f"| clean accuracy | {lower_text(summary.accuracy, 4)} |",
+        f"| MCR | {lower_text(summary.mcr, 4)} |",
         f"| Lipschitz bound | {bound_text(result.spec.lipschitz_bound)} |",
         f"| certificate | {result.certificates.method.value} |",
         f"| config | {f'`{context.config}`' if context.config else 'none'} |",
     ]
     for eps, value in summary.certified_accuracy:
-        lines.append(f"| certified accuracy at eps={eps.label} | {value:.4f} |")
+        lines.append(f"| certified accuracy at eps={eps.label} | {lower_text(value, 4)} |")
     for gate in gates:
         mark = "passed" if gate.passed else "**FAILED**"
-        lines.append(f"| gate: {gate.name} >= {gate.threshold:g} | {gate.value:.4f} ({mark}) |")
+        lines.append(
+            f"| gate: {gate.name} >= {gate.threshold_text} | {lower_text(gate.value, 4)} ({mark}) |"
+        )
     return "\n".join(lines) + "\n\n"
+
+
+def _up(value: float) -> str:
+    """A bound (an allowance, the MCR gap) for display: three digits, rounded up."""
+    return significant_text(value, 3, up=True)
 
 
 def _finite_or_none(value: float | None) -> float | None:

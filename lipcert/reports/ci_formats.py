@@ -35,9 +35,8 @@ def junit_xml(gates: list[Gate], *, model: str, seconds: float) -> str:
         time=f"{seconds:.3f}",
     )
     for gate in gates:
-        case = ElementTree.SubElement(
-            suite, "testcase", classname="lipcert.gates", name=f"{gate.name} >= {gate.threshold:g}"
-        )
+        name = f"{gate.name} >= {gate.threshold_text}"
+        case = ElementTree.SubElement(suite, "testcase", classname="lipcert.gates", name=name)
         if not gate.passed:
             failure = ElementTree.SubElement(case, "failure", message=gate.message())
             failure.text = gate.message()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -37,3 +38,52 @@ def bound_text(value: float) -> str:
     if -4 <= exponent < 6:
         return f"{rounded:.{decimals}f}"
     return f"{rounded:.{digits - 1}e}"
+
+
+# Measures (accuracies, radii, the MCR) are shown rounded DOWN and bounds of an error (the
+# rounding allowance, the MCR gap) rounded UP, so that no shown number claims more than was
+# computed: 29,999 of 30,000 certified is 0.9999, not 1.0000. A value within 1e-12 relative
+# of a shown number on the wrong side (29 / 100 is the float 0.28999999999999998) reads as
+# that number: the floats these come from carry such rounding. Exact rational arithmetic.
+_SLACK = Fraction(1, 10**12)
+
+
+def lower_text(value: float, decimals: int) -> str:
+    """`value` rounded down (toward -inf) to `decimals` decimals."""
+    if not math.isfinite(value):
+        return str(value)
+    exact = Fraction(value)
+    units = math.floor((exact + abs(exact) * _SLACK) * 10**decimals)
+    return _decimal_text(units, decimals)
+
+
+def significant_text(value: float, digits: int, *, up: bool) -> str:
+    """`value` rounded to `digits` significant digits, up (toward +inf) or down."""
+    if not math.isfinite(value) or value == 0:
+        return str(value) if value != 0 else "0"
+    exact = Fraction(value)
+    exponent = math.floor(math.log10(abs(value)))
+    while Fraction(10) ** exponent > abs(exact):  # log10 of a float may be off by one
+        exponent -= 1
+    while Fraction(10) ** (exponent + 1) <= abs(exact):
+        exponent += 1
+    decimals = digits - 1 - exponent
+    shifted = exact * Fraction(10) ** decimals
+    slack = abs(shifted) * _SLACK
+    units = math.ceil(shifted - slack) if up else math.floor(shifted + slack)
+    if abs(units) >= 10**digits:  # 0.9999999 up: 1.00, not 1.000
+        units, decimals, exponent = units // 10, decimals - 1, exponent + 1
+    if -4 <= exponent < digits:
+        return _decimal_text(units, decimals)  # decimals >= 0 here
+    mantissa = str(abs(units))
+    sign = "-" if units < 0 else ""
+    fraction = f".{mantissa[1:]}" if len(mantissa) > 1 else ""
+    return f"{sign}{mantissa[0]}{fraction}e{exponent:+03d}"
+
+
+def _decimal_text(units: int, decimals: int) -> str:
+    """units / 10**decimals written exactly with `decimals` decimals."""
+    sign = "-" if units < 0 else ""
+    digits = str(abs(units)).rjust(decimals + 1, "0")
+    whole, fraction = digits[: len(digits) - decimals], digits[len(digits) - decimals :]
+    return f"{sign}{whole}.{fraction}" if decimals else f"{sign}{whole}"
