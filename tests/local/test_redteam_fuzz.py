@@ -1,0 +1,280 @@
+"""Red team: random graphs of the ops the local rewrite supports, against independent truth.
+
+A generator draws small graphs of MatMul, Gemm (alpha, beta), ReLU, LeakyReLU (slopes below
+0, in (0, 1) and above 1), PRelu, Abs, Max / Min of two data tensors (often in both orders)
+or of a data tensor and a constant on either side, GroupSort2 pairs (ReduceMax / ReduceMin
+over an axis of size 2), TopK of a pair (k = 1 or 2, largest or not), Concat, Sub, Neg, Div,
+BatchNormalization, Sum (residual), Mean and Pad + Slice; every tensor feeds the head.
+
+- The rewrite must compute the graph: lipcert's float64 executor at random points (1e-9).
+  Reading Max(b, a) after Max(a, b) with the pair's ReLU the wrong way round (fixed in
+  e2e764d) computes 10 of the 60 graphs run here wrongly (12 hold a pair in both orders).
+- On 2-D inputs the radius proven locally (bisection) must stay within the true distance to
+  the decision boundary (dense grid and bisection along rays, tests/soundness); a ReLU upper
+  line without its offset (too low) must make that check fail.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from local_support import run_network
+from onnx import TensorProto, helper, numpy_helper
+from soundness_support import REL, Decision, grid_truth
+
+from lipcert.bounds.compose import Analysis, analyse
+from lipcert.errors import LipcertError
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.graph.execute import GraphExecutor
+from lipcert.local import crown
+from lipcert.local.network import build_network
+from lipcert.local.refine import LocalCertifier
+from lipcert.model import LoadOptions
+
+KINDS = (
+    "matmul",
+    "matmul",
+    "gemm",
+    "relu",
+    "leaky",
+    "prelu",
+    "abs",
+    "max_data",
+    "max_data",
+    "max_const",
+    "pair_reduce",
+    "topk",
+    "concat",
+    "sub",
+    "neg",
+    "div",
+    "batchnorm",
+    "sum",
+    "mean",
+    "pad_slice",
+)
+
+
+class _Graph:
+    def __init__(self, seed: int, dim: int) -> None:
+        self.choose = random.Random(seed)
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[onnx.TensorProto] = []
+        self.width = {"x": dim}
+        self.count = 0
+
+    def const(self, value: object, dtype: type = np.float32) -> str:
+        self.count += 1
+        name = f"c{self.count}"
+        self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def ints(self, values: list[int]) -> str:
+        return self.const(values, np.int64)
+
+    def fresh(self) -> str:
+        self.count += 1
+        return f"t{self.count}"
+
+    def add(self, op: str, inputs: list[str], width: int | None, **attrs: Any) -> str:
+        """A node; its output joins the pool of (n, width) tensors unless width is None."""
+        out = self.fresh()
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        if width is not None:
+            self.width[out] = width
+        return out
+
+    def same_width(self, width: int) -> str:
+        return self.choose.choice([n for n, w in self.width.items() if w == width])
+
+    def layer(self, kind: str) -> None:
+        choose, rng = self.choose, self.rng
+        src = choose.choice(list(self.width))
+        w = self.width[src]
+        if kind == "matmul":
+            h = choose.choice([2, 4, 6])
+            self.add("MatMul", [src, self.const(rng.normal(size=(w, h)) / np.sqrt(w))], h)
+        elif kind == "gemm":
+            h = choose.choice([2, 4])
+            weight, bias = self.const(rng.normal(size=(h, w))), self.const(rng.normal(size=h))
+            alpha, beta = choose.choice([1.0, -0.5, 2.0]), choose.choice([1.0, 0.3])
+            self.add("Gemm", [src, weight, bias], h, transB=1, alpha=alpha, beta=beta)
+        elif kind == "relu":
+            self.add("Relu", [src], w)
+        elif kind == "leaky":
+            self.add("LeakyRelu", [src], w, alpha=choose.choice([0.1, -0.3, 1.5]))
+        elif kind == "prelu":
+            self.add("PRelu", [src, self.const(rng.normal(size=w))], w)
+        elif kind == "abs":
+            self.add("Abs", [src], w)
+        elif kind == "max_data":
+            other = self.same_width(w)
+            op = choose.choice(["Max", "Min"])
+            order = [src, other] if choose.random() < 0.5 else [other, src]
+            self.add(op, order, w)
+            if choose.random() < 0.6:
+                again = order[::-1] if choose.random() < 0.7 else order
+                self.add(choose.choice(["Max", "Min"]), again, w)
+        elif kind == "max_const":
+            value = self.const(rng.normal(size=choose.choice([(w,), (1,), ()])))
+            order = [src, value] if choose.random() < 0.5 else [value, src]
+            self.add(choose.choice(["Max", "Min"]), order, w)
+        elif kind in ("pair_reduce", "topk") and w % 2 == 0:
+            pairs = self.add("Reshape", [src, self.ints([0, w // 2, 2])], None)
+            if kind == "pair_reduce":
+                ops = choose.sample(["ReduceMax", "ReduceMin"], choose.choice([1, 2]))
+                parts = [self.add(op, [pairs, self.ints([2])], None, keepdims=1) for op in ops]
+                joined = self.add("Concat", parts, None, axis=2)
+                self.add("Reshape", [joined, self.ints([0, -1])], (w // 2) * len(ops))
+            else:
+                k = choose.choice([1, 2])
+                values, indices = self.fresh(), self.fresh()
+                largest = choose.choice([0, 1])
+                self.nodes.append(
+                    helper.make_node(
+                        "TopK",
+                        [pairs, self.ints([k])],
+                        [values, indices],
+                        axis=2,
+                        largest=largest,
+                        sorted=1,
+                    )
+                )
+                self.add("Reshape", [values, self.ints([0, -1])], (w // 2) * k)
+        elif kind == "concat":
+            other = choose.choice(list(self.width))
+            self.add("Concat", [src, other], w + self.width[other], axis=1)
+        elif kind == "sub":
+            order = [src, self.const(rng.normal(size=w))]
+            self.add("Sub", order if choose.random() < 0.5 else order[::-1], w)
+        elif kind == "neg":
+            self.add("Neg", [src], w)
+        elif kind == "div":
+            sign = choose.choice([1.0, -1.0])
+            self.add("Div", [src, self.const(sign * rng.uniform(0.5, 2.0, size=w))], w)
+        elif kind == "batchnorm":
+            column = self.add("Unsqueeze", [src, self.ints([2])], None)
+            stats = [self.const(rng.normal(size=w)) for _ in range(3)]
+            var = self.const(rng.uniform(0.5, 2.0, size=w))
+            normed = self.add("BatchNormalization", [column, *stats, var], None, epsilon=1e-3)
+            self.add("Squeeze", [normed, self.ints([2])], w)
+        elif kind == "sum":
+            self.add("Sum", [src, self.same_width(w), self.const(rng.normal(size=w))], w)
+        elif kind == "mean":
+            self.add("Mean", [src, self.same_width(w)], w)
+        elif kind == "pad_slice":
+            mode = choose.choice(["constant", "edge"])
+            pads = [self.ints([0, 1, 0, 2]), self.const(np.float32(0.7))]
+            padded = self.add("Pad", [src, *pads], None, mode=mode)
+            ends = [self.ints([0]), self.ints([w + 1]), self.ints([1])]
+            self.add("Slice", [padded, *ends], w + 1)
+
+    def model(self, logits: int) -> onnx.ModelProto:
+        used = [n for n in self.width if n != "x"] or ["x"]
+        last = self.add("Concat", used, sum(self.width[n] for n in used), axis=1)
+        width = self.width[last]
+        head = self.const(self.rng.normal(size=(width, logits)) / np.sqrt(width))
+        self.nodes.append(helper.make_node("MatMul", [last, head], ["y"]))
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", self.width["x"]])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", logits])
+        graph = helper.make_graph(self.nodes, "fuzz", [x], [y], self.constants)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def random_model(seed: int, dim: int) -> onnx.ModelProto:
+    graph = _Graph(seed, dim)
+    for _ in range(graph.choose.randint(3, 9)):
+        graph.layer(graph.choose.choice(KINDS))
+    return graph.model(graph.choose.choice([1, 2, 3, 4]))
+
+
+def _analysis(seed: int, dim: int) -> Analysis | None:
+    """The analysis of the random model, None where lipcert's global checks refuse it."""
+    try:
+        loaded = load_from_proto(
+            random_model(seed, dim), LoadOptions(input_shape=(dim,)), source="memory", fmt="onnx"
+        )
+        return analyse(loaded.graph)
+    except LipcertError:
+        return None
+
+
+def _swapped_pairs(model: onnx.ModelProto) -> bool:
+    pairs = {tuple(n.input) for n in model.graph.node if n.op_type in ("Max", "Min")}
+    return any(a != b and (b, a) in pairs for a, b in pairs)
+
+
+def test_random_graphs_are_rewritten_exactly() -> None:
+    accepted = swapped = 0
+    for seed in range(60):
+        analysis = _analysis(seed, 4)
+        if analysis is None:
+            continue
+        accepted += 1
+        swapped += _swapped_pairs(random_model(seed, 4))
+        network = build_network(analysis.graph, analysis.tensor_bounds)
+        points = np.random.default_rng(seed).normal(size=(32, 4)) * 2
+        with torch.no_grad():
+            executed = GraphExecutor(analysis.graph)(torch.as_tensor(points)).numpy()
+        executed = executed.reshape(32, -1)
+        scale = 1.0 + float(np.abs(executed).max())
+        got = run_network(network, points)
+        np.testing.assert_allclose(got, executed, rtol=0, atol=1e-9 * scale, err_msg=f"{seed}")
+    assert accepted >= 50 and swapped >= 8, (accepted, swapped)
+
+
+def _violations(seeds: range, points: int = 4) -> tuple[list[str], int]:
+    found, proven = [], 0
+    for seed in seeds:
+        analysis = _analysis(seed, 2)
+        if analysis is None:
+            continue
+        decision = Decision(GraphExecutor(analysis.graph))
+        x = np.random.default_rng(seed + 7).uniform(-1.5, 1.5, size=(points, 2))
+        logits = decision.logits(x)
+        if logits.shape[1] > 1:
+            classes = np.argmax(logits, axis=1)
+        else:  # one logit f is read as the pair (0, f)
+            classes = (logits[:, 0] > 0).astype(np.int64)
+        truth = grid_truth(decision, x, classes, 4.0)
+        certifier = LocalCertifier(analysis)
+        for i in range(points):
+            low, high = 0.0, 4.0
+            for _ in range(12):
+                middle = 0.5 * (low + high)
+                if certifier.certify(x[i], int(classes[i]), middle)[0]:
+                    low = middle
+                else:
+                    high = middle
+            proven += low > 0
+            if low > truth.distance[i] * (1 + REL):
+                found.append(f"seed {seed} point {i}: local {low!r} > true {truth.distance[i]!r}")
+    return found, proven
+
+
+def test_random_graphs_radii_stay_within_the_true_distance() -> None:
+    found, proven = _violations(range(8))
+    assert not found, found
+    assert proven >= 16, proven
+
+
+def test_a_too_low_relu_upper_line_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    right = crown.relax_relu
+
+    def too_low(lower: torch.Tensor, upper: torch.Tensor) -> crown.Relaxation:
+        good = right(lower, upper)
+        return crown.Relaxation(good.alpha, good.slope, good.offset * 0.0, good.size)
+
+    monkeypatch.setattr(crown, "relax_relu", too_low)
+    found: list[str] = []
+    try:
+        found, _ = _violations(range(8))
+    except RuntimeError as exc:  # the bounds' own emptiness check may see it first
+        found = [str(exc)]
+    assert found
