@@ -9,6 +9,7 @@ import numpy as np
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.errors import ModelLoadError
 from lipcert.evaluators.base import Evaluation, agree, input_norms
+from lipcert.evaluators.batch_axis import batch_axis_stays_leading
 from lipcert.evaluators.fixed_batch import refuse_fixed_batch_mixing
 from lipcert.model import LoadedModel
 
@@ -52,6 +53,7 @@ class OnnxRuntimeEvaluator:
         self, model: LoadedModel, threads: int | None = None, spec: CertificateSpec | None = None
     ) -> None:
         self.session = make_session(model.onnx_bytes, model.path, threads)
+        self.onnx_bytes = model.onnx_bytes
         self.input_name = model.input_name
         self.output_name = model.output_name
         self.fixed_batch = model.fixed_batch
@@ -106,6 +108,13 @@ class OnnxRuntimeEvaluator:
     def batches_like_single_samples(self, batch: np.ndarray) -> bool:
         """Whether a batch gives the logits its samples give one at a time (within rounding)."""
         probe = batch[: min(len(batch), 4)]
+        # the values of a few samples show a mixing only where they happen to: the shapes of
+        # every tensor at batch 1 and 2 show where the batch axis goes (batch_axis)
+        moved = batch_axis_stays_leading(
+            self.onnx_bytes, self.input_name, tuple(batch.shape[1:]), self.input_dtype
+        )
+        if moved is not None:
+            return False
         try:
             together = self._run(probe).astype(np.float64)
         except Exception:  # the model does not run on a batch: one sample at a time

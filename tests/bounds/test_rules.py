@@ -410,7 +410,9 @@ _MIXING = [
     _mixing("Flatten", [node("Flatten", ["x"], axis=0)], {}, "flatten_axis0"),
     _mixing("Flatten", [node("Flatten", ["x"], axis=2)], {}, "flatten_axis2_into_batch"),
     _mixing("Reshape", [node("Reshape", ["x", "s"])], {"s": i64([-1, 4])}, "reshape_into_batch"),
-    _mixing("Tile", [node("Tile", ["x", "r"])], {"r": i64([2, 1, 1])}, "tile_axis0"),
+    _mixing(
+        "Tile", [node("Tile", ["x", "r"])], {"r": i64([2, 1, 1])}, "tile_axis0", refused=True
+    ),
     _mixing(
         "Slice",
         [node("Slice", ["x", "s", "e", "a"])],

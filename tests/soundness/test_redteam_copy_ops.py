@@ -420,3 +420,119 @@ def test_where_on_a_constant_condition_is_refused_in_one_line(
     assert truth == 1.0
     assert bound_of(graph) == pytest.approx(1.0, rel=TIGHT)
     assert_executor_matches(model, graph, (4,))
+
+
+# --- samples of a batch: the check of the first batch looked at values, not at the batch axis
+
+
+def _straddling_model() -> onnx.ModelProto:
+    """Reshape (N, 1, 1, 4) -> (1, 1, 4 N) (a constant target), MaxPool k 3 pads 1, back to
+    (N, 4), logits (p_0, p_3): at batch 1 each sample's own windows, in a batch p_3 of a
+    sample also reads the next sample's first value."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["f"]),
+        helper.make_node("MaxPool", ["f"], ["p"], kernel_shape=[3], pads=[1, 1]),
+        helper.make_node("Reshape", ["p", "rows"], ["r"]),
+        helper.make_node("Gemm", ["r", "w"], ["y"]),
+    ]
+    constants: dict[str, np.ndarray] = {
+        "flat": np.array([1, 1, -1], np.int64),
+        "rows": np.array([-1, 4], np.int64),
+        "w": np.eye(4, dtype=np.float32)[:, [0, 3]],
+    }
+    return make_model(nodes, (1, 1, 4), constants)
+
+
+def test_samples_mixed_beyond_the_first_ones_are_run_one_at_a_time() -> None:
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    model = _straddling_model()
+    loaded = load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx")
+    spec = analyse(loaded.graph).spec
+    # the first four samples do not show the mixing; the fifth gets the sixth's 0.9 in a
+    # batch (class 1, its label in the test that found it) and is class 0 on its own
+    rows = [[0.2, 0.6, 0.3, 0.1]] * 4 + [[0.5, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]]
+    batch = np.array(rows, np.float32).reshape(6, 1, 1, 4)
+    alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in range(6)])
+    assert np.argmax(alone[4]) == 0
+    assert np.argmax(run_onnxruntime(model, batch)[4]) == 1  # onnxruntime's batch mixes
+    logits = OnnxRuntimeEvaluator(loaded, spec=spec).logits(batch)
+    np.testing.assert_allclose(logits, alone, rtol=1e-6, atol=1e-6)
+
+
+def test_samples_merged_into_the_leading_axis_still_run_as_a_batch() -> None:
+    """Look-alike: (N, 4) -> (2 N, 2) -> Relu -> (N, 4), as Fourier layers merge the batch
+    with channels: every sample keeps its own rows, so batches stay batches."""
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "pairs"], ["f"]),
+        helper.make_node("Relu", ["f"], ["r"]),
+        helper.make_node("Reshape", ["r", "rows"], ["g"]),
+        helper.make_node("Gemm", ["g", "w"], ["y"]),
+    ]
+    constants: dict[str, np.ndarray] = {
+        "pairs": np.array([-1, 2], np.int64),
+        "rows": np.array([-1, 4], np.int64),
+        "w": np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32),
+    }
+    model = make_model(nodes, (4,), constants)
+    loaded = load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx")
+    evaluator = OnnxRuntimeEvaluator(loaded, spec=analyse(loaded.graph).spec)
+    batch = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
+    alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in range(6)])
+    np.testing.assert_allclose(evaluator.logits(batch), alone, rtol=1e-6, atol=1e-6)
+    assert not evaluator.one_at_a_time
+
+
+@pytest.mark.parametrize(
+    ("nodes", "constants", "message"),
+    [
+        pytest.param(
+            # rows i of (2 N, 4) hold samples i mod N: a Reshape to (N, 8) pairs samples 2j
+            # and 2j + 1, at a size that scales with the batch
+            [
+                helper.make_node("Tile", ["x", "twice"], ["t"], name="tile"),
+                helper.make_node("Reshape", ["t", "rows"], ["y"]),
+            ],
+            {"twice": np.array([2, 1], np.int64), "rows": np.array([-1, 8], np.int64)},
+            r"node 'tile' \(Tile\): tiling along the batch axis",
+            id="tile_then_merge",
+        ),
+        pytest.param(
+            # the halves of (2 N, 2) at batch N are whole samples, not halves of each
+            [
+                helper.make_node("Reshape", ["x", "pairs"], ["f"]),
+                helper.make_node("Split", ["f"], ["a", "b"], name="split", axis=0, num_outputs=2),
+                helper.make_node("Concat", ["a", "b"], ["y"], axis=1),
+            ],
+            {"pairs": np.array([-1, 2], np.int64)},
+            r"node 'split' \(Split\): splitting the batch axis",
+            id="split_merged_batch_axis",
+        ),
+        pytest.param(
+            [
+                helper.make_node(
+                    "Slice", ["x", "last", "first", "zero", "back"], ["y"], name="slice"
+                )
+            ],
+            {
+                "last": np.array([-1], np.int64),
+                "first": np.array([-(2**62)], np.int64),
+                "zero": np.array([0], np.int64),
+                "back": np.array([-1], np.int64),
+            },
+            r"node 'slice' \(Slice\): slicing the batch axis with a step",
+            id="reversed_batch",
+        ),
+    ],
+)
+def test_ops_that_reorder_a_scaled_batch_axis_are_refused(
+    nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray], message: str
+) -> None:
+    model = make_model(nodes, (4,), constants, opset=18)
+    batch = np.random.default_rng(3).normal(size=(4, 4)).astype(np.float32)
+    alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in range(4)])
+    assert not np.allclose(run_onnxruntime(model, batch).reshape(4, -1), alone.reshape(4, -1))
+    with pytest.raises(UnsupportedOpError, match=message):
+        bound_of(load(model))

@@ -59,13 +59,32 @@ def identity(node: Node, graph: Graph) -> LayerBound:
 
 @rule("Slice")
 def slice_(node: Node, graph: Graph) -> LayerBound:
-    _one_source(node, graph)
+    """A restriction (in any order). Along the batch axis, a step other than 1 picks rows
+    whose place in a sample depends on the batch size (a reversing Slice swaps samples), at
+    a size of the output that scales with the batch, which lipcert.evaluators.batch_axis
+    cannot tell from keeping the samples apart: refused."""
+    source = _one_source(node, graph)
+    if len(node.inputs) > 1:  # opset 10 on: starts, ends, axes, steps are inputs
+        rank = len(graph.shape(source))
+        starts = np.asarray(graph.constant(node.inputs[1])).reshape(-1)
+        axes = list(range(len(starts)))
+        if len(node.inputs) > 3 and node.inputs[3]:
+            axes = [int(a) for a in np.asarray(graph.constant(node.inputs[3])).reshape(-1)]
+        steps = [1] * len(axes)
+        if len(node.inputs) > 4 and node.inputs[4]:
+            steps = [int(t) for t in np.asarray(graph.constant(node.inputs[4])).reshape(-1)]
+        if any(a % rank == 0 and t != 1 for a, t in zip(axes, steps, strict=True)):
+            raise refuse(node, "slicing the batch axis with a step other than 1 mixes samples")
     return LayerBound(1.0, "restriction to a subset of elements", exact=True, rounding=EXACT)
 
 
 @rule("Split")
 def split(node: Node, graph: Graph) -> LayerBound:
-    _one_source(node, graph)
+    """Each part is a restriction. Along the batch axis, equal parts of a batch hold other
+    samples than equal parts of one sample (lipcert.evaluators.batch_axis): refused."""
+    source = _one_source(node, graph)
+    if int(node.attr("axis", 0)) % len(graph.shape(source)) == 0:
+        raise refuse(node, "splitting the batch axis mixes samples")
     return LayerBound(1.0, "each part is a restriction", exact=True, rounding=EXACT)
 
 
@@ -163,6 +182,9 @@ def gather(node: Node, graph: Graph) -> LayerBound:
 def expand(node: Node, graph: Graph) -> LayerBound:
     source = _one_source(node, graph)
     copies = int(np.prod(graph.shape(node.outputs[0]))) // max(int(np.prod(graph.shape(source))), 1)
+    if node.op == "Tile" and int(np.asarray(graph.constant(node.inputs[1])).reshape(-1)[0]) != 1:
+        # copies of the batch, which a Reshape then merges with the samples beside them
+        raise refuse(node, "tiling along the batch axis mixes samples")
     if node.op == "Expand":
         in_shape = graph.shape(source)
         out_shape = graph.shape(node.outputs[0])
