@@ -491,7 +491,7 @@ def certify(
                 precision=request.margins or "float32",  # type: ignore[arg-type]  # checked
                 certificate=options.certificate,  # type: ignore[arg-type]  # checked
                 batch_size=options.batch_size,
-                **_preprocessing(request, data),
+                **_preprocessing(request.mean, request.std, data),
                 threads=request.threads,
                 device=request.device,
                 ray=request.ray,
@@ -589,13 +589,13 @@ def _load_for(request: Any, data: Any) -> Any:
         raise DatasetError(f"the {what} of {data.name!r} do not fit the model: {exc}") from None
 
 
-def _preprocessing(request: Any, data: Any) -> dict[str, Any]:
+def _preprocessing(mean: str | None, std: str | None, data: Any) -> dict[str, Any]:
     """--mean and --std as the API's mean= and std= (parsed here, with their messages)."""
     from lipcert.certify.command import parse_mean_std
 
     parsed = parse_mean_std(
-        request.mean,
-        request.std,
+        mean,
+        std,
         int(data.images.shape[1]),
         per="feature" if data.is_features else "channel",
     )
@@ -763,7 +763,7 @@ def attack(
                 precision=request.margins or "float32",  # type: ignore[arg-type]  # checked
                 certificate=chosen_certificate,  # type: ignore[arg-type]  # checked
                 batch_size=batch_size,
-                **_preprocessing(request, data),
+                **_preprocessing(request.mean, request.std, data),
                 device=request.device,
                 on_batch=on_batch,
                 on_progress=on_progress,
@@ -846,6 +846,8 @@ def compare(
             "the certified accuracy at that radius."
         ),
     ] = "mcr",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     certificate: CertificateOpt = None,
     margins: Annotated[
         str, typer.Option(help="float32 (onnxruntime, default) or float64 (the graph).")
@@ -890,6 +892,7 @@ def compare(
             _check_plot(plot, inputs)
             _check_plot(_curves_path(plot), inputs)
         data = api.load_dataset(dataset, split=split, data_dir=data_dir, limit=limit)
+        normalisation = _preprocessing(mean, std, data)
         stems = [m.stem for m in models]
         comparison = compare_models(
             [str(m) for m in models],
@@ -902,6 +905,7 @@ def compare(
             input_shape=tuple(int(d) for d in data.images.shape[1:]),
             arch=arch,
             trust=trust_model,
+            **normalisation,
         )
         if csv_path is not None:
             comparison.to_csv(csv_path)

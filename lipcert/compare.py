@@ -116,12 +116,15 @@ def compare_models(
     input_shape: Sequence[int] | None = None,
     arch: str | None = None,
     trust: bool = False,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
 ) -> Comparison:
     """Certify every model on the same `data` (as `certify_dataset` takes it) and find the
     Pareto front of clean accuracy against `robustness`: "mcr", or an eps (a float, added to
     `eps` when missing) for the certified accuracy at that radius.
 
-    Paths are loaded with `lipcert.load` (`input_shape`, `arch` and `trust` as there).
+    Paths are loaded with `lipcert.load` (`input_shape`, `arch` and `trust` as there);
+    `mean` and `std` normalise the inputs of every model, as in `certify_dataset`.
     """
     if not models:
         raise UsageError("expected at least one model to compare")
@@ -157,6 +160,8 @@ def compare_models(
                 precision=precision,
                 certificate=certificate,
                 batch_size=batch_size,
+                mean=mean,
+                std=std,
             )
         )
     if len(set(labels)) != len(labels):

@@ -123,6 +123,35 @@ def test_compare_command(tmp_path: Path) -> None:
     assert np.all(np.diff(table["mcr"].to_numpy()) > 0)  # tau 128 -> 8 -> 2: more robust
 
 
+def test_compare_normalises_every_model_as_certify_does() -> None:
+    """--mean/--std: each model's row is what `certify` reports with the same options (the
+    radii of x -> model((x - mean) / std), in pixel space); a std per channel that does not
+    fit the images is refused."""
+    from lipcert.cli import app
+
+    models = [SAMPLES / f"fmnist_ce_tau{t}.onnx" for t in (8, 2)]
+    data = ("--dataset", str(NPZ), "--limit", "40", "--eps", "36/255,1")
+    normalised = ("--mean", "0.2", "--std", "0.5")
+    runs = {}
+    for name, extra in (("plain", ()), ("normalised", normalised)):
+        result = CliRunner().invoke(app, ["compare", *map(str, models), *data, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        runs[name] = {row["model"]: row for row in json.loads(result.stdout)["models"]}
+    for model in models:
+        alone = CliRunner().invoke(
+            app, ["certify", str(model), *data, *normalised, "--json", "--quiet", "--no-config"]
+        )
+        assert alone.exit_code == 0, alone.output
+        report = json.loads(alone.stdout)
+        row = runs["normalised"][model.stem]
+        assert row["mcr"] == report["mcr"] and row["accuracy"] == report["accuracy"]
+        assert row["mcr"] != runs["plain"][model.stem]["mcr"]
+    bad = CliRunner().invoke(
+        app, ["compare", *map(str, models), *data, "--mean", "0.2", "--std", "0.5,0.5"]
+    )
+    assert bad.exit_code == 2
+
+
 def test_compare_command_refuses_a_bad_plot_name(tmp_path: Path) -> None:
     from lipcert.cli import app
 
