@@ -449,6 +449,16 @@ class DatasetReport:
         return self.summary.mcr
 
     @property
+    def mcr_lower_bound(self) -> float:
+        """A guaranteed lower bound of the exact function's MCR (the `mcr` itself may lie
+        above it where predictions are wrong: their radii are lower bounds); -inf when a
+        logit is NaN or infinite. The `min_mcr` gate compares this."""
+        from lipcert.certify.mcr_gap import mcr_lower_bound
+
+        result = self.result
+        return mcr_lower_bound(result.certificates, result.labels, result.spec, result.allowance)
+
+    @property
     def certified_accuracy(self) -> dict[float, float]:
         """eps -> fraction of samples correct with a certified radius > eps."""
         return {e.value: v for e, v in self.summary.certified_accuracy}
@@ -500,6 +510,7 @@ class DatasetReport:
                 chosen = match[0]
         return evaluate_gates(
             self.summary,
+            mcr_lower=None if min_mcr is None else self.mcr_lower_bound,
             gate_eps=chosen,
             min_certified_accuracy=min_certified_accuracy,
             min_accuracy=min_accuracy,

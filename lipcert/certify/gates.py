@@ -73,7 +73,12 @@ def evaluate_gates(
     min_certified_accuracy: float | None,
     min_accuracy: float | None,
     min_mcr: float | None,
+    mcr_lower: float | None = None,
 ) -> list[Gate]:
+    """The gates asked for. With `mcr_lower`, a guaranteed lower bound of the exact
+    function's MCR (`lipcert.certify.mcr_gap.mcr_lower_bound`), the MCR gate compares that
+    (the reported MCR can lie above the exact function's where a prediction is wrong)."""
+
     gates = []
     if min_certified_accuracy is not None:
         if gate_eps is None:
@@ -85,5 +90,11 @@ def evaluate_gates(
     if min_accuracy is not None:
         gates.append(Gate("clean accuracy", summary.accuracy, min_accuracy))
     if min_mcr is not None:
-        gates.append(Gate("mean certifiable robustness (MCR)", summary.mcr, min_mcr))
+        if mcr_lower is None:
+            gates.append(Gate("mean certifiable robustness (MCR)", summary.mcr, min_mcr))
+        else:
+            # the smaller of the two; NaN (no samples) stays NaN and fails
+            value = summary.mcr if summary.mcr <= mcr_lower else mcr_lower
+            name = "mean certifiable robustness (MCR), guaranteed lower bound"
+            gates.append(Gate(name, value, min_mcr))
     return gates

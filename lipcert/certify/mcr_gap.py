@@ -186,3 +186,83 @@ class McrTracker:
         self.gaps.append(gap)
         self.gap_sum += float(np.sum(gap[np.isfinite(gap)]))
         self.signed_sum += float(np.sum(signed))
+
+
+def signed_lower(
+    certificates: Certificates,
+    labels: np.ndarray,
+    spec: CertificateSpec,
+    allowance: np.ndarray,
+) -> np.ndarray:
+    """Per sample, a LOWER bound of the exact function's signed radius (never above the
+    reported one): the other side of `signed_upper`, from the certificates alone.
+
+    The reported signed radius of a wrong prediction is minus a lower bound of its radius, so
+    it may lie above the exact function's (a wrong decision more robust than computed): the
+    MCR alone can exceed the exact function's. Per sample, with E the allowance, p the
+    computed prediction, m its margin over the runner-up r and A = sqrt(2) E (E for one logit):
+    - correct with a certified radius: the exact function predicts p = y too, and its radius
+      is at least the reported one: the bound is the reported radius;
+    - otherwise, if the exact function predicts p != y, its radius is at most
+      (f*_p - f*_r) / K_pr <= (m + A) / K_pr; if it predicts some j != p, at most
+      (f*_j - f*_p) / K_jp <= A / K_jp (f^_p is the largest computed logit); if it predicts y,
+      the signed radius is >= 0. So s* >= -max((m + A) / K_pr, max_j A / K_jp), where a
+      correct p drops its own term (the exact function predicting p = y is then >= 0).
+    NaN or infinite logits or allowance, or a pair bound of 0 on the way, give -inf.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    allowance = np.asarray(allowance, dtype=np.float64)
+    prediction = certificates.prediction
+    margin = np.asarray(certificates.margin, dtype=np.float64)
+    reported = signed_reported(certificates, labels)
+    n = len(labels)
+    correct = prediction == labels
+    kept = correct & (certificates.status == Status.CERTIFIED) & (certificates.radius > 0)
+    finite = (prediction >= 0) & np.isfinite(margin) & np.isfinite(allowance)
+    safe_prediction = np.where(finite, prediction, 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if certificates.method is Method.BINARY:
+            pair = allowance
+            own_bound = np.full(n, float(spec.logit_bounds[0]))
+            other = np.where(own_bound > 0, _round_up(pair * (1 + 4 * _EPS) / own_bound), np.inf)
+        else:
+            pair = math.sqrt(2.0) * (1.0 + 1e-15) * allowance
+            k = spec.num_logits
+            if certificates.method is Method.PAIRWISE:
+                assert spec.pairwise_bounds is not None
+                matrix = np.asarray(spec.pairwise_bounds, dtype=np.float64)
+                matrix = np.minimum(matrix, matrix.T)  # the smaller of K_jp and K_pj
+            else:
+                matrix = np.full((k, k), float(spec.global_pair_bound))
+            rows = matrix[safe_prediction]  # (N, K)
+            rows[np.arange(n), safe_prediction] = np.inf  # j != p
+            smallest = np.min(rows, axis=1) if k > 1 else np.full(n, np.inf)
+            smallest = np.where(np.isnan(smallest), 0.0, smallest)
+            other = np.where(smallest > 0, _round_up(pair * (1 + 4 * _EPS) / smallest), np.inf)
+            runner_up = np.where(certificates.runner_up >= 0, certificates.runner_up, 0)
+            own_bound = matrix[safe_prediction, runner_up]
+        own = np.where(
+            own_bound > 0, _round_up((margin + pair) * (1 + 4 * _EPS) / own_bound), np.inf
+        )
+        worst = np.where(correct, other, np.maximum(own, other))
+    lower = np.where(finite, -np.nan_to_num(worst, nan=np.inf), -np.inf)
+    lower = np.where(kept, certificates.radius, lower)
+    return np.minimum(lower, reported)
+
+
+def mcr_lower_bound(
+    certificates: Certificates,
+    labels: np.ndarray,
+    spec: CertificateSpec,
+    allowance: np.ndarray,
+) -> float:
+    """A guaranteed lower bound of the exact function's MCR (`signed_lower`, averaged and
+    rounded down); -inf when a sample's is unknown, NaN for no samples."""
+    lower = signed_lower(certificates, labels, spec, allowance)
+    if len(lower) == 0:
+        return float("nan")
+    if not np.all(np.isfinite(lower)):
+        return float("-inf")
+    # fsum is the exact sum rounded once: one step down bounds it, one more the division
+    total = float(np.nextafter(math.fsum(lower.tolist()), -np.inf))
+    return float(np.nextafter(total / len(lower), -np.inf))

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lipcert.certify.gates import Gate
+from lipcert.certify.mcr_gap import mcr_lower_bound
 from lipcert.certify.metrics import Summary
 from lipcert.certify.pipeline import STATUS_NAMES, CertifyResult, Preprocessing
 from lipcert.certify.radii import Certificates, Method, Status
@@ -97,8 +98,16 @@ def render(console: Console, context: Context, result: CertifyResult, gates: lis
         head.add_row("recomputed in float64", f"{result.exact_samples} of {len(result.exact)}")
     head.add_row("clean accuracy", lower_text(summary.accuracy, 4))
     mcr_text = f"{lower_text(summary.mcr, 4)} (mean signed radius)"
+    exact_text = []  # what is guaranteed of the exact function's MCR
     if result.mcr_gap_bound is not None:
-        mcr_text += f"; the exact function's is at most {_up(result.mcr_gap_bound)} above"
+        exact_text.append(f"at most {_up(result.mcr_gap_bound)} above")
+    lower = _mcr_lower(result)
+    if np.isfinite(lower):
+        exact_text.append(f"at least {lower_text(lower, 4)}")
+    elif summary.n:
+        exact_text.append("not bounded below (a NaN or infinite logit)")
+    if exact_text:
+        mcr_text += "; the exact function's is " + " and ".join(exact_text)
     head.add_row("MCR", mcr_text)
     head.add_row(
         "radius",
@@ -233,10 +242,17 @@ def to_json(context: Context, result: CertifyResult, gates: list[Gate]) -> dict[
             "exact_samples": result.exact_samples,
             # guaranteed: MCR of the exact function - reported MCR <= this (None: unknown)
             "mcr_gap_bound": _finite_or_none(result.mcr_gap_bound),
+            # guaranteed: MCR of the exact function >= this (None: unknown, a NaN logit)
+            "mcr_lower_bound": _finite_or_none(_mcr_lower(result)),
         },
         **breakdown_json(summary),
         "gates": [
-            {"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+            {
+                "name": g.name,
+                "value": _finite_or_none(g.value),  # -inf: a NaN logit, nothing guaranteed
+                "threshold": g.threshold,
+                "passed": g.passed,
+            }
             for g in gates
         ],
         "notes": list(context.notes),
@@ -361,6 +377,11 @@ def markdown(context: Context, result: CertifyResult, gates: list[Gate]) -> str:
             f"| gate: {gate.name} >= {gate.threshold_text} | {lower_text(gate.value, 4)} ({mark}) |"
         )
     return "\n".join(lines) + "\n\n"
+
+
+def _mcr_lower(result: CertifyResult) -> float:
+    """The guaranteed lower bound of the exact function's MCR (`mcr_gap.mcr_lower_bound`)."""
+    return mcr_lower_bound(result.certificates, result.labels, result.spec, result.allowance)
 
 
 def _up(value: float) -> str:

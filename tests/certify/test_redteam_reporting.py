@@ -210,3 +210,124 @@ def test_significant_text_rounds_the_right_way(value: float, digits: int, up: bo
 )
 def test_lower_text_cases(value: float, decimals: int, text: str) -> None:
     assert lower_text(value, decimals) == text
+
+
+# --- the MCR of misclassified samples ---------------------------------------------------
+#
+# f(x) = x - 10^6 (one logit) at x = 1000000.5: the exact score is 1/2, so the exact
+# function predicts class 1 with radius 1/2 / L. The float32 allowance (0.119) is taken off
+# the margin, so the reported radius is 0.381: for a label 0 (wrong) the signed radius is
+# -0.381, ABOVE the exact function's -0.5. A gate --min-mcr -0.45 passed on it.
+
+
+def _shifted_identity(tmp_path: Path) -> lipcert.Model:
+    path = linear_onnx(tmp_path / "shifted.onnx", np.array([[1.0]]), np.array([-1e6]), (1,))
+    return lipcert.load(path)
+
+
+def test_mcr_gate_does_not_pass_on_a_wrong_decision_less_robust_than_computed(
+    tmp_path: Path,
+) -> None:
+    model = _shifted_identity(tmp_path)
+    report = lipcert.certify_dataset(model, (np.array([[1000000.5]]), np.array([0])), [0.1])
+    bound = report.lipschitz_bound
+    exact_mcr = -Fraction(1, 2) / Fraction(bound)  # the exact function's signed radius
+    assert Fraction(report.mcr) > exact_mcr + Fraction(1, 10)  # the hole: 0.119 above
+    assert Fraction(report.mcr_lower_bound) <= exact_mcr
+    (gate,) = report.gates(min_mcr=-0.45)
+    assert not gate.passed, gate.message()
+    assert Fraction(gate.value) <= exact_mcr
+    # the look-alike: the same sample labelled 1 is right, and its reported radius is a
+    # lower bound of the exact one: the gate at that radius passes
+    right = lipcert.certify_dataset(model, (np.array([[1000000.5]]), np.array([1])), [0.1])
+    assert Fraction(right.mcr) <= -exact_mcr
+    assert right.mcr_lower_bound <= right.mcr <= right.mcr_lower_bound * (1 + 1e-15)
+    (gate,) = right.gates(min_mcr=right.mcr_lower_bound)
+    assert gate.passed and gate.value == right.mcr_lower_bound
+
+
+def test_cli_mcr_gate_fails_and_json_has_the_lower_bound(tmp_path: Path) -> None:
+    _shifted_identity(tmp_path)
+    data = tmp_path / "one.npz"
+    np.savez(data, x=np.array([[1000000.5]]), y=np.array([0]))
+    result = runner.invoke(
+        app,
+        [
+            "certify",
+            str(tmp_path / "shifted.onnx"),
+            *("--dataset", str(data), "--min-mcr", "-0.45", "--json", "--no-config"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    payload = json.loads(result.stdout)
+    assert payload["mcr"] > -0.45  # the reported MCR alone would have passed
+    assert payload["fp_allowance"]["mcr_lower_bound"] <= -0.5 / payload["lipschitz_bound"]
+    (gate,) = payload["gates"]
+    assert not gate["passed"] and gate["value"] <= payload["fp_allowance"]["mcr_lower_bound"]
+
+
+def _exact_signed(
+    weight: np.ndarray, bias: np.ndarray, x: np.ndarray, labels: np.ndarray, bounds: np.ndarray
+) -> list[Fraction]:
+    """The exact function's signed radii: exact rational logits of the float32 weights on
+    the float64 inputs, margins over the spec's own pair bounds (the MCR's definition)."""
+    w = [[Fraction(float(v)) for v in row] for row in weight.astype(np.float32)]
+    b = [Fraction(float(v)) for v in bias.astype(np.float32)]
+    signed = []
+    for sample, label in zip(x, labels, strict=True):
+        logits = [
+            sum((wi * Fraction(float(v)) for wi, v in zip(row, sample, strict=True)), bi)
+            for row, bi in zip(w, b, strict=True)
+        ]
+        top = max(logits)
+        p = logits.index(top)
+        if logits.count(top) > 1:
+            signed.append(Fraction(0))
+            continue
+        radius = min(
+            (top - logits[j]) / Fraction(float(bounds[p, j])) for j in range(len(logits)) if j != p
+        )
+        signed.append(radius if p == label else -radius)
+    return signed
+
+
+@pytest.mark.parametrize("margins", ["float32", "float64"])
+def test_signed_lower_is_below_the_exact_signed_radius_near_the_boundaries(
+    tmp_path: Path, margins: str
+) -> None:
+    """Three classes on inputs near (10^4, 10^4) (float32 rounds them by ~5e-4) and a bias
+    that cancels the centre: margins at the allowance's scale and far beyond it, right and
+    wrong, certified and within the allowance. Each per-sample bound is checked against the
+    exact rational signed radius, and must stay within a few allowances of it."""
+    from lipcert.certify.mcr_gap import signed_lower
+
+    rng = np.random.default_rng(7)
+    weight = rng.normal(size=(3, 2)).astype(np.float32)
+    bias = -(weight.astype(np.float64) @ np.array([1e4, 1e4])).astype(np.float32)
+    path = linear_onnx(tmp_path / "three.onnx", weight, bias, (2,))
+    model = lipcert.load(path)
+    # half at the allowance's scale (margins ~ 1e-3), half far beyond it (margins ~ 0.1)
+    offsets = rng.normal(size=(400, 2)) * np.where(np.arange(400) < 200, 1e-3, 1e-1)[:, None]
+    base = 1e4 + offsets
+    labels = rng.integers(0, 3, size=400)
+    report = lipcert.certify_dataset(model, (base, labels), [1e-4], precision=margins)
+    result = report.result
+    bounds = np.asarray(result.spec.pairwise_bounds)
+    exact = _exact_signed(weight, bias, base, labels, bounds)
+    lower = signed_lower(result.certificates, labels, result.spec, result.allowance)
+    reported = np.where(
+        result.certificates.prediction == labels,
+        result.certificates.radius,
+        -result.certificates.radius,
+    )
+    wrong = result.certificates.prediction != labels
+    assert np.sum(wrong & (result.certificates.radius > 0)) > 20  # certified wrong ones
+    above = [i for i in range(400) if Fraction(reported[i]) > exact[i]]
+    if margins == "float32":
+        assert len(above) > 20  # the reported signed radius exceeds the exact one there
+    for i in range(400):
+        assert Fraction(lower[i]) <= exact[i], (i, lower[i], float(exact[i]))
+        assert lower[i] <= reported[i]
+    width = 3 * np.sqrt(2) * result.allowance / np.min(bounds[bounds > 0]) + 1e-12
+    assert np.all(np.asarray([float(e) for e in exact]) - lower <= width + np.abs(reported) * 1e-9)
+    assert report.mcr_lower_bound <= float(sum(exact) / 400)
