@@ -536,3 +536,103 @@ def test_ops_that_reorder_a_scaled_batch_axis_are_refused(
     assert not np.allclose(run_onnxruntime(model, batch).reshape(4, -1), alone.reshape(4, -1))
     with pytest.raises(UnsupportedOpError, match=message):
         bound_of(load(model))
+
+
+# --- copies: the strongest attacks that found nothing, kept as regression tests ------------
+# Each model copies elements to several places; the bound must reach the largest singular
+# value of onnxruntime's dense Jacobian, and where lipcert says exact, equal it. Checked by
+# hand while writing them: each Pad / Gather / Tile / Expand case (and the Sum) fails with
+# the rule's copy count lowered by one (sqrt(max copies - 1)), the Concat case with the
+# Concat rule's factor at 0.9.
+
+_I = np.int64
+_COPIES = [
+    pytest.param(
+        [helper.make_node("Pad", ["x", "p"], ["y"], mode="edge")],
+        {"p": np.array([0, 0, 4, 0, 0, 3, 1, 5], _I)},
+        (2, 3, 3),
+        True,
+        id="edge_pad_corner_copied_5x7",
+    ),
+    pytest.param(
+        [helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect")],
+        {"p": np.array([0, 0, 2, 3, 0, 0, 2, 3], _I)},
+        (1, 3, 4),
+        True,
+        id="reflect_pad_both_axes",
+    ),
+    pytest.param(
+        [helper.make_node("Pad", ["x", "p"], ["y"], mode="wrap")],
+        {"p": np.array([0, 5, 0, 6], _I)},
+        (3,),
+        True,
+        id="wrap_pad_wrapping_four_times",
+    ),
+    pytest.param(
+        [helper.make_node("Gather", ["x", "i"], ["y"], axis=2)],
+        {"i": np.array([[0, -3, 2], [-1, 0, 0]], _I)},
+        (2, 3),
+        True,
+        id="gather_repeats_with_negative_indices",
+    ),
+    pytest.param(
+        [
+            helper.make_node("Tile", ["x", "r"], ["t"]),
+            helper.make_node("Expand", ["t", "s"], ["y"]),
+        ],
+        {"r": np.array([1, 1, 3], _I), "s": np.array([1, 2, 6], _I)},
+        (1, 2),
+        False,
+        id="tile_then_expand",
+    ),
+    pytest.param(
+        [
+            helper.make_node("Slice", ["x", "s0", "e0", "a"], ["left"]),
+            helper.make_node("Slice", ["x", "s1", "e1", "a"], ["right"]),
+            helper.make_node("Concat", ["left", "x", "right"], ["y"], axis=1),
+        ],
+        {
+            "s0": np.array([0], _I),
+            "e0": np.array([4], _I),
+            "s1": np.array([2], _I),
+            "e1": np.array([6], _I),
+            "a": np.array([1], _I),
+        },
+        (6,),
+        False,
+        id="concat_of_overlapping_slices_and_x",
+    ),
+    pytest.param(
+        [
+            helper.make_node("Pad", ["x", "p"], ["padded"], mode="edge"),
+            helper.make_node("Slice", ["padded", "s", "e", "a"], ["y0"]),
+            helper.make_node("Sum", ["y0", "x", "x"], ["y"]),
+        ],
+        {
+            "p": np.array([0, 2, 0, 0], _I),
+            "s": np.array([0], _I),
+            "e": np.array([5], _I),
+            "a": np.array([1], _I),
+        },
+        (5,),
+        False,
+        id="sum_of_x_twice_and_an_edge_padded_shift",
+    ),
+]
+
+
+@pytest.mark.parametrize(("nodes", "constants", "shape", "exact"), _COPIES)
+def test_copies_are_bounded_by_their_dense_norm(
+    nodes: list[onnx.NodeProto],
+    constants: dict[str, np.ndarray],
+    shape: tuple[int, ...],
+    exact: bool,
+) -> None:
+    model = make_model(nodes, shape, constants)
+    graph = load(model)
+    bound = bound_of(graph)
+    truth = float(np.linalg.svd(unit_responses(model, shape), compute_uv=False)[0])
+    assert bound >= truth * SOUND
+    if exact:
+        assert bound <= truth * (1 + TIGHT)
+    assert_executor_matches(model, graph, shape)
