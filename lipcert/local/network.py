@@ -457,6 +457,9 @@ class _Builder:
             raise self._refuse(node, "axes computed from data")
         if op == "Split" and len([o for o in node.outputs if o]) > 1:
             raise self._refuse(node, "Split with several outputs is not rewritten yet")
+        if op == "Split" and not (node.outputs and node.outputs[0]):
+            # the steps run the node's first output: ('', b) would make b the first piece
+            raise self._refuse(node, "only the first output of a Split is rewritten")
 
     def _weighted(self, node: Node, data: list[str]) -> None:
         op = node.op
