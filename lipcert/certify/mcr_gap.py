@@ -245,7 +245,7 @@ def signed_lower(
             own_bound > 0, _round_up((margin + pair) * (1 + 4 * _EPS) / own_bound), np.inf
         )
         worst = np.where(correct, other, np.maximum(own, other))
-    lower = np.where(finite, -np.nan_to_num(worst, nan=np.inf), -np.inf)
+    lower = np.where(finite & ~np.isnan(worst), -worst, -np.inf)
     lower = np.where(kept, certificates.radius, lower)
     return np.minimum(lower, reported)
 

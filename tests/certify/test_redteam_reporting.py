@@ -19,7 +19,11 @@ from linear_models import linear_onnx
 from typer.testing import CliRunner
 
 import lipcert
-from lipcert.certify.gates import Gate
+from lipcert.bounds.spec import CertificateSpec
+from lipcert.certify.gates import Gate, evaluate_gates
+from lipcert.certify.mcr_gap import mcr_lower_bound, signed_lower
+from lipcert.certify.metrics import summarise
+from lipcert.certify.radii import Method, certify_logits
 from lipcert.cli import app
 from lipcert.reports.format import lower_text, significant_text
 
@@ -331,3 +335,65 @@ def test_signed_lower_is_below_the_exact_signed_radius_near_the_boundaries(
     width = 3 * np.sqrt(2) * result.allowance / np.min(bounds[bounds > 0]) + 1e-12
     assert np.all(np.asarray([float(e) for e in exact]) - lower <= width + np.abs(reported) * 1e-9)
     assert report.mcr_lower_bound <= float(sum(exact) / 400)
+
+
+def _spec(pairwise: np.ndarray) -> CertificateSpec:
+    k = len(pairwise)
+    return CertificateSpec(
+        lipschitz_bound=1.0,
+        logit_bounds=(1.0,) * k,
+        pairwise_bounds=pairwise,
+        num_logits=k,
+        input_shape=(2,),
+        size_known=True,
+    )
+
+
+def test_a_nan_logit_leaves_the_mcr_unbounded_below_and_the_gate_failing() -> None:
+    """A NaN logit's sample counts 0 in the MCR; the exact function's is unknown there."""
+    spec = _spec(np.sqrt(2.0) * (1 - np.eye(3)))
+    logits = np.array([[3.0, 0.0, 0.0], [np.nan, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    labels = np.array([0, 0, 1])
+    allowance = np.full(3, 1e-3)
+    certificates = certify_logits(logits, spec, Method.PAIRWISE, allowance)
+    lower = signed_lower(certificates, labels, spec, allowance)
+    assert lower[1] == -np.inf and np.all(np.isfinite(lower[[0, 2]]))
+    assert mcr_lower_bound(certificates, labels, spec, allowance) == -np.inf
+    summary = summarise(certificates, labels, [])
+    assert summary.mcr > 0
+    (gate,) = evaluate_gates(
+        summary,
+        gate_eps=None,
+        min_certified_accuracy=None,
+        min_accuracy=None,
+        min_mcr=-1e300,
+        mcr_lower=mcr_lower_bound(certificates, labels, spec, allowance),
+    )
+    assert not gate.passed and "-inf < -1e+300 required" in gate.message()
+
+
+def test_zero_pair_bound_gives_no_lower_bound_from_that_pair() -> None:
+    """Identical head rows 1 and 2 (K_12 = 0): a sample predicted 1 within the allowance of
+    2 has a lower bound from the other pairs only if one exists; here none bounds class 2's
+    radius against 1, so the bound is -inf, never a finite number from a zero divisor."""
+    pairwise = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    spec = _spec(pairwise)
+    logits = np.array([[0.0, 1.0, 1.0 - 1e-9]])
+    allowance = np.array([1e-3])
+    certificates = certify_logits(logits, spec, Method.PAIRWISE, allowance)
+    assert certificates.radius[0] == 0
+    assert signed_lower(certificates, np.array([0]), spec, allowance)[0] == -np.inf
+
+
+def test_csv_radii_round_trip_bit_for_bit(tmp_path: Path) -> None:
+    model = _shifted_identity(tmp_path)
+    x = 1e6 + np.random.default_rng(1).normal(size=(50, 1)) * 3
+    y = (x[:, 0] > 1e6).astype(np.int64)
+    report = lipcert.certify_dataset(model, (x, y), [0.1])
+    out = tmp_path / "r.csv"
+    report.to_csv(out)
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    for row, radius, margin in zip(rows, report.samples.radius, report.samples.margin, strict=True):
+        assert float(row["radius"]) == radius and float(row["margin"]) == margin
