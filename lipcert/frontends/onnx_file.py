@@ -360,6 +360,7 @@ def _build_graph(
                     constants[name] = values[name]
             continue
         graph_nodes.append(_to_node(proto, position[id(proto)]))
+        _refuse_batch_squeeze(proto, values, constants)
         for name in proto.output:
             if name:
                 shapes[name] = tuple(values[name].shape)
@@ -480,6 +481,33 @@ def _refuse_value_dependence(nodes: list[onnx.NodeProto], flow: Flow) -> None:
                 f"on its shape{'' if origin is proto else f' (read by {label})'}; lipcert "
                 "bounds functions on tensors of fixed shapes"
             )
+
+
+def _refuse_batch_squeeze(
+    proto: onnx.NodeProto, values: dict[str, np.ndarray], constants: dict[str, np.ndarray]
+) -> None:
+    """A Squeeze of the batch axis: without axes (what torch exports for x.squeeze()) it
+    removes every axis of size 1, the batch axis too at the probe's batch of 1, and no other
+    batch axis; the graph's tensors would then lack the batch axis every rule and pattern
+    reads first (an IndexError, an internal error, on a Linear after x.squeeze())."""
+    if proto.op_type != "Squeeze" or not proto.input or proto.input[0] not in values:
+        return
+    shape = np.shape(values[proto.input[0]])
+    axes: list[int] | None = None
+    for attribute in proto.attribute:
+        if attribute.name == "axes":
+            axes = [int(a) for a in attribute.ints]
+    if len(proto.input) > 1 and proto.input[1]:
+        given = values.get(proto.input[1], constants.get(proto.input[1]))
+        axes = None if given is None else [int(a) for a in np.asarray(given).reshape(-1)]
+    if not shape:
+        return
+    if shape[0] == 1 if not axes else 0 in {a % len(shape) for a in axes}:
+        raise UnsupportedOpError(
+            f"{node_label(proto)} removes the batch axis (a Squeeze "
+            f"{'without axes removes every axis of size 1' if not axes else f'of axes {axes}'}"
+            "); squeeze the data axes only (x.squeeze(dim) in torch)"
+        )
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -636,3 +636,47 @@ def test_copies_are_bounded_by_their_dense_norm(
     if exact:
         assert bound <= truth * (1 + TIGHT)
     assert_executor_matches(model, graph, shape)
+
+
+# --- a Squeeze of the batch axis -------------------------------------------------------------
+
+
+class _SqueezedHead(torch.nn.Module):
+    """A Linear head after x.squeeze() (or x.squeeze((2, 3)), the look-alike)."""
+
+    def __init__(self, dims: tuple[int, ...] | None) -> None:
+        super().__init__()
+        self.dims = dims
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = (
+            x.squeeze() if self.dims is None else x.squeeze(self.dims[1]).squeeze(self.dims[0])
+        )
+        return self.linear(squeezed)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_squeeze_without_axes_is_refused_in_one_line(dynamo: bool) -> None:
+    """Both exporters write x.squeeze() as a Squeeze without axes, which removes the batch
+    axis at batch 1: the graph's tensors lost their batch axis and a pattern matcher raised
+    IndexError (an internal error) on this two-layer model."""
+    from user_export import export_like_users
+
+    torch.manual_seed(0)
+    example = torch.rand(1, 4, 1, 1)
+    model = export_like_users(_SqueezedHead(None).eval(), example, dynamo)
+    assert any(n.op_type == "Squeeze" for n in model.graph.node)
+    with pytest.raises(UnsupportedOpError, match=r"\(Squeeze\) removes the batch axis"):
+        load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx")
+
+
+def test_squeeze_of_the_data_axes_keeps_its_exact_bound() -> None:
+    from user_export import export_like_users
+
+    torch.manual_seed(0)
+    head = _SqueezedHead((2, 3)).eval()
+    model = export_like_users(head, torch.rand(1, 4, 1, 1), False)
+    bound = bound_of(load(model))
+    truth = float(np.linalg.svd(head.linear.weight.detach().double().numpy())[1][0])
+    assert truth * SOUND <= bound <= truth * (1 + 1e-5)  # float32 weights: exact SVD
