@@ -6,7 +6,8 @@ or of a data tensor and a constant on either side, GroupSort2 pairs (ReduceMax /
 over an axis of size 2), TopK of a pair (k = 1 or 2, largest or not), Concat, Sub, Neg, Div,
 BatchNormalization, Sum (residual), Mean and Pad + Slice; every tensor feeds the head.
 
-- The rewrite must compute the graph: lipcert's float64 executor at random points (1e-9).
+- The rewrite must compute the graph: lipcert's float64 executor at random points (1e-9);
+  every affine step's `magnitude` must bound |A| (the explicit matrix of its linear part).
   Reading Max(b, a) after Max(a, b) with the pair's ReLU the wrong way round (fixed in
   e2e764d) computes 10 of the 60 graphs run here wrongly (12 hold a pair in both orders).
 - On 2-D inputs the radius proven locally (bisection) must stay within the true distance to
@@ -32,7 +33,7 @@ from lipcert.errors import LipcertError
 from lipcert.frontends.onnx_file import load_from_proto
 from lipcert.graph.execute import GraphExecutor
 from lipcert.local import crown
-from lipcert.local.network import build_network
+from lipcert.local.network import AffineStep, Network, build_network
 from lipcert.local.refine import LocalCertifier
 from lipcert.model import LoadOptions
 
@@ -226,7 +227,31 @@ def test_random_graphs_are_rewritten_exactly() -> None:
         scale = 1.0 + float(np.abs(executed).max())
         got = run_network(network, points)
         np.testing.assert_allclose(got, executed, rtol=0, atol=1e-9 * scale, err_msg=f"{seed}")
+        for step in network.steps:
+            if isinstance(step, AffineStep):
+                _check_magnitude(network, step, np.random.default_rng(seed))
     assert accepted >= 50 and swapped >= 8, (accepted, swapped)
+
+
+def _check_magnitude(network: Network, step: AffineStep, rng: np.random.Generator) -> None:
+    """|A| v <= magnitude(v) for v >= 0, |A| from the explicit matrix of `linear` (basis
+    vectors): interval widths and rounding allowances are |A| times something."""
+    shapes = [network.shapes[n] for n in step.inputs]
+    values = [torch.as_tensor(rng.uniform(0.0, 1.0, size=(1, *s))) for s in shapes]
+    with torch.no_grad():
+        claimed = step.magnitude(*values).reshape(-1).numpy()
+        wanted = np.zeros_like(claimed)
+        for k, shape in enumerate(shapes):
+            n = int(np.prod(shape))
+            basis = [
+                torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+                if j == k
+                else torch.zeros((n, *other), dtype=torch.float64)
+                for j, other in enumerate(shapes)
+            ]
+            matrix = step.linear(*basis).reshape(n, -1).numpy().T
+            wanted += np.abs(matrix) @ values[k].reshape(-1).numpy()
+    assert np.all(claimed >= wanted * (1 - 1e-12)), (step.name, float((wanted - claimed).max()))
 
 
 def _violations(seeds: range, points: int = 4) -> tuple[list[str], int]:
