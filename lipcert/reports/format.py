@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 from fractions import Fraction
 
@@ -25,6 +26,11 @@ def bound_text(value: float) -> str:
     if value == 0:
         return "0"
     exponent = math.floor(math.log10(abs(value)))
+    if abs(exponent) > 290:  # 10 ** (digits - 1 - exponent) would overflow (1e-323: a bound
+        # of a model whose output reads only padding): six digits rounded up, exactly
+        with decimal.localcontext() as context:
+            context.prec, context.rounding = 6, decimal.ROUND_CEILING
+            return f"{+decimal.Decimal(value):.5e}"
     target = value * (1 - 1e-12)
     for digits in range(6, 16):
         scale = 10.0 ** (digits - 1 - exponent)

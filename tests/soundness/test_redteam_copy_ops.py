@@ -680,3 +680,18 @@ def test_squeeze_of_the_data_axes_keeps_its_exact_bound() -> None:
     bound = bound_of(load(model))
     truth = float(np.linalg.svd(head.linear.weight.detach().double().numpy())[1][0])
     assert truth * SOUND <= bound <= truth * (1 + 1e-5)  # float32 weights: exact SVD
+
+
+@pytest.mark.parametrize(
+    "value", [5e-324, 1.5e-323, 3.1e-300, 1.2345678e295, 1.7976931348623157e308]
+)
+def test_extreme_bounds_are_shown_rounded_up(value: float) -> None:
+    """A model whose output reads only padding, or x * 0, has a bound of a few 1e-324:
+    `lipcert verify` stopped with an internal OverflowError formatting it."""
+    from fractions import Fraction
+
+    from lipcert.reports.format import bound_text
+
+    text = bound_text(value)
+    assert Fraction(text) >= Fraction(value)
+    assert Fraction(text) <= Fraction(value) * Fraction(100001, 100000)  # six digits
