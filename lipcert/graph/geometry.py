@@ -54,6 +54,8 @@ def window(node: Node, spatial_input: tuple[int, ...], kernel: tuple[int, ...]) 
             first, last = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
             if node.op in _POOLING or node.attr("pool_op") in _POOLING:  # or a fused pool
                 _check_onnxruntime_same_pads(node, n, k, s, d, (first, last))
+            else:  # Conv (and blocks fused from it): the dilated kernel, the same split
+                _check_onnxruntime_same_pads(node, n, extent, s, d, (first, last))
             begin_list.append(first)
             end_list.append(last)
         begin, end = tuple(begin_list), tuple(end_list)
@@ -75,13 +77,16 @@ _POOLING = ("MaxPool", "AveragePool", "LpPool")
 def _check_onnxruntime_same_pads(
     node: Node, n: int, k: int, s: int, d: int, specified: tuple[int, int]
 ) -> None:
-    """Refuse a pooling node whose auto_pad SAME windows onnxruntime places elsewhere.
+    """Refuse a pooling node (or Conv) whose auto_pad SAME windows onnxruntime places
+    elsewhere.
 
     onnxruntime's pooling kernels (PoolAttributes::ComputeSizePadDilations) pad as if the
-    kernel were not dilated, do not clamp the total at 0 (a kernel shorter than the stride
-    pads by a negative amount) and split it with C's division, which truncates towards
-    zero. Its windows start at o s - begin, clipped to the input: where its begin differs
-    from the specification's, they are not the windows the bound and the executor read (a
+    kernel were not dilated (`k`), its Conv with the dilated extent (the caller passes that
+    as `k`); neither clamps the total at 0 (a kernel shorter than the stride pads by a
+    negative amount: a 1-tap Conv of stride 4 on 4 values read x[1], not x[0]) and both
+    split it with C's division, which truncates towards zero. Its windows start at
+    o s - begin, clipped to the input: where its begin differs from the specification's,
+    they are not the windows the bound and the executor read (a
     dilated MaxPool window may read an input element where the specification's reads only
     padding: a bound of 0 for a 1-Lipschitz output). The end padding moves only the output
     size (checked by `check_window_output`) and, with count_include_pad, the divisor of

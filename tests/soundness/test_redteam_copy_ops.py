@@ -695,3 +695,34 @@ def test_extreme_bounds_are_shown_rounded_up(value: float) -> None:
     text = bound_text(value)
     assert Fraction(text) >= Fraction(value)
     assert Fraction(text) <= Fraction(value) * Fraction(100001, 100000)  # six digits
+
+
+@pytest.mark.parametrize(
+    ("n", "kernel", "stride", "auto_pad", "refused"),
+    [
+        # total -3: onnxruntime's begin is -1 (its window reads x[1]); lipcert's executor
+        # read x[0] (the bound, one tap, is the same: the load-time cross-check caught it)
+        pytest.param(4, 1, 4, "SAME_UPPER", True, id="one_tap_stride4_shifted"),
+        pytest.param(9, 2, 5, "SAME_UPPER", True, id="two_taps_stride5_shifted"),
+        # total -1: begin 0 either way, the specification's windows
+        pytest.param(4, 1, 2, "SAME_UPPER", False, id="one_tap_stride2_same_windows"),
+        pytest.param(6, 2, 3, "SAME_LOWER", False, id="two_taps_stride3_same_windows"),
+    ],
+)
+def test_conv_whose_onnxruntime_same_windows_are_shifted_is_refused(
+    n: int, kernel: int, stride: int, auto_pad: str, refused: bool
+) -> None:
+    weight = np.random.default_rng(n).normal(size=(2, 1, kernel)).astype(np.float32)
+    node = helper.make_node(
+        "Conv", ["x", "w"], ["y"], name="conv", strides=[stride], auto_pad=auto_pad
+    )
+    model = make_model([node], (1, n), {"w": weight})
+    graph = load(model)
+    if refused:
+        with pytest.raises(UnsupportedOpError, match=r"node 'conv' \(Conv\): onnxruntime computes"):
+            bound_of(graph)
+        return
+    truth = float(np.linalg.svd(unit_responses(model, (1, n)), compute_uv=False)[0])
+    bound = bound_of(graph)
+    assert truth * SOUND <= bound <= truth * (1 + TIGHT)
+    assert_executor_matches(model, graph, (1, n))
