@@ -267,6 +267,9 @@ class LocalBounds:
         deadline: float | None = None,
         cuts: bool = True,
     ) -> None:
+        if not float(eps) >= 0:
+            # a negative radius would raise the bound (min over an empty "ball"), NaN says nothing
+            raise ValueError(f"expected a radius eps >= 0 but got {eps!r}")
         self.deadline = deadline
         self.cache = cache
         self.network = cache.network

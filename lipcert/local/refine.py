@@ -142,6 +142,7 @@ def refine_certificates(
         for i in range(len(radius))
         if status[i] in (Status.CERTIFIED, Status.WITHIN_ALLOWANCE)
         and certificates.prediction[i] >= 0
+        and radius[i] >= 0  # a negative or NaN radius breaks the Certificates contract
         and (
             any(radius[i] <= e for e in goals)
             or (options.upper is not None and radius[i] < options.upper)
