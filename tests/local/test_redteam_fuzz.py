@@ -303,3 +303,131 @@ def test_a_too_low_relu_upper_line_is_caught(monkeypatch: pytest.MonkeyPatch) ->
     except RuntimeError as exc:  # the bounds' own emptiness check may see it first
         found = [str(exc)]
     assert found
+
+
+CONV_KINDS = [
+    "conv",
+    "conv_t",
+    "avg",
+    "d2s",
+    "s2d",
+    "transpose",
+    "pad",
+    "prelu",
+    "bn",
+    "gs2",
+    "relu",
+    "resid",
+]
+
+
+def random_conv_model(seed: int) -> onnx.ModelProto:
+    """Input (2, 4, 4): Conv (stride, padding, groups, dilation), ConvTranspose, AveragePool
+    (padding counted or not), DepthToSpace (DCR, CRD), SpaceToDepth, Transpose, Pad (every
+    mode), PRelu per channel, BatchNormalization, GroupSort2 over channel pairs, residual
+    blocks; GlobalAveragePool or ReduceMean, Flatten, Gemm."""
+    graph = _Graph(seed, 0)
+    choose, rng = graph.choose, graph.rng
+    cur, (c, h, w) = "x", (2, 4, 4)
+    for _ in range(choose.randint(2, 6)):
+        kind = choose.choice(CONV_KINDS)
+        if kind == "conv":
+            out = choose.choice([2, 4])
+            groups = choose.choice([1, 2]) if c % 2 == 0 else 1
+            k, stride = choose.choice([1, 2, 3]), choose.choice([1, 2])
+            dilation, pad = (choose.choice([1, 2]) if k > 1 else 1), choose.choice([0, 1])
+            size_h = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+            size_w = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+            if min(size_h, size_w) < 1:
+                continue
+            weight = graph.const(rng.normal(size=(out, c // groups, k, k)))
+            bias = graph.const(rng.normal(size=out))
+            cur = graph.add(
+                "Conv",
+                [cur, weight, bias],
+                None,
+                strides=[stride] * 2,
+                pads=[pad] * 4,
+                dilations=[dilation] * 2,
+                group=groups,
+            )
+            c, h, w = out, size_h, size_w
+        elif kind == "conv_t" and h <= 5:
+            out, k, stride = choose.choice([2, 4]), choose.choice([1, 2, 3]), choose.choice([1, 2])
+            weight = graph.const(rng.normal(size=(c, out, k, k)))
+            cur = graph.add("ConvTranspose", [cur, weight], None, strides=[stride] * 2)
+            c, h, w = out, (h - 1) * stride + k, (w - 1) * stride + k
+        elif kind == "avg" and h >= 2:
+            cur = graph.add(
+                "AveragePool",
+                [cur],
+                None,
+                kernel_shape=[2, 2],
+                pads=[1, 1, 0, 0],
+                count_include_pad=choose.choice([0, 1]),
+            )
+        elif kind == "d2s" and c % 4 == 0:
+            mode = choose.choice(["DCR", "CRD"])
+            cur = graph.add("DepthToSpace", [cur], None, blocksize=2, mode=mode)
+            c, h, w = c // 4, 2 * h, 2 * w
+        elif kind == "s2d" and h % 2 == 0 and w % 2 == 0:
+            cur = graph.add("SpaceToDepth", [cur], None, blocksize=2)
+            c, h, w = 4 * c, h // 2, w // 2
+        elif kind == "transpose":
+            cur = graph.add("Transpose", [cur], None, perm=[0, 1, 3, 2])
+            h, w = w, h
+        elif kind == "pad" and min(h, w) >= 2:
+            pads = [graph.ints([0, 0, 1, 0, 0, 0, 0, 1]), graph.const(np.float32(0.3))]
+            mode = choose.choice(["constant", "reflect", "edge", "wrap"])
+            cur = graph.add("Pad", [cur, *pads], None, mode=mode)
+            h, w = h + 1, w + 1
+        elif kind == "prelu":
+            cur = graph.add("PRelu", [cur, graph.const(rng.normal(size=(c, 1, 1)))], None)
+        elif kind == "bn":
+            stats = [graph.const(rng.normal(size=c)) for _ in range(3)]
+            var = graph.const(rng.uniform(0.5, 2.0, size=c))
+            cur = graph.add("BatchNormalization", [cur, *stats, var], None)
+        elif kind == "gs2" and c % 2 == 0:
+            pairs = graph.add("Reshape", [cur, graph.ints([0, c // 2, 2, h, w])], None)
+            axis = graph.ints([2])
+            high = graph.add("ReduceMax", [pairs, axis], None, keepdims=1)
+            low = graph.add("ReduceMin", [pairs, axis], None, keepdims=1)
+            joined = graph.add("Concat", [high, low], None, axis=2)
+            cur = graph.add("Reshape", [joined, graph.ints([0, c, h, w])], None)
+        elif kind == "relu":
+            cur = graph.add("Relu", [cur], None)
+        elif kind == "resid":
+            kernel = graph.const(rng.normal(size=(c, c, 3, 3)) * 0.2)
+            inner = graph.add("Conv", [cur, kernel], None, pads=[1, 1, 1, 1])
+            cur = graph.add("Add", [cur, graph.add("Relu", [inner], None)], None)
+    if choose.random() < 0.5:
+        cur, n = graph.add("GlobalAveragePool", [cur], None), c
+    else:
+        cur, n = graph.add("ReduceMean", [cur, graph.ints([3])], None, keepdims=0), c * h
+    cur = graph.add("Flatten", [cur], None)
+    k = choose.choice([2, 3])
+    head = [graph.const(rng.normal(size=(k, n))), graph.const(rng.normal(size=k))]
+    graph.nodes.append(helper.make_node("Gemm", [cur, *head], ["y"], transB=1))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", k])
+    onnx_graph = helper.make_graph(graph.nodes, "conv_fuzz", [x], [y], graph.constants)
+    return helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_random_conv_graphs_are_rewritten_exactly() -> None:
+    for seed in range(20):
+        loaded = load_from_proto(
+            random_conv_model(seed), LoadOptions(input_shape=(2, 4, 4)), source="memory", fmt="onnx"
+        )
+        analysis = analyse(loaded.graph)
+        network = build_network(analysis.graph, analysis.tensor_bounds)
+        points = np.random.default_rng(seed).normal(size=(8, 2, 4, 4))
+        with torch.no_grad():
+            executed = GraphExecutor(analysis.graph)(torch.as_tensor(points)).numpy()
+        executed = executed.reshape(8, -1)
+        scale = 1.0 + float(np.abs(executed).max())
+        got = run_network(network, points)
+        np.testing.assert_allclose(got, executed, rtol=0, atol=1e-9 * scale, err_msg=f"{seed}")
+        for step in network.steps:
+            if isinstance(step, AffineStep):
+                _check_magnitude(network, step, np.random.default_rng(seed))
