@@ -33,10 +33,34 @@ def fuse_patterns(graph: Graph) -> Graph:
     # (lipcert.graph.affine_blocks).
     _fuse_until_fixed(graph, (match_sliced_circular_conv,))
     for block in find_affine_blocks(graph):
-        _replace(graph, block)
+        if reads_only_its_inputs(graph, block):
+            _replace(graph, block)
     for sandwich in find_fourier_sandwiches(graph):  # lipcert.graph.fourier_sandwich
-        _replace(graph, sandwich)
+        if reads_only_its_inputs(graph, sandwich):
+            _replace(graph, sandwich)
     return graph
+
+
+def reads_only_its_inputs(graph: Graph, fused: Node) -> bool:
+    """True when every data tensor the body reads is the fused node's input or made inside.
+
+    A body op may have data inputs its matcher never looked at (a Gemm's C, a Clip's min
+    computed from x): the fused node's rule bounds the block as a function of its inputs
+    alone, so a data path entering the body elsewhere would go unbounded. Such a block is
+    left unfused (its ops are bounded, or refused, one by one).
+    """
+    inner = [n for top in fused.body for n in _flatten(top)]
+    made = {name for n in inner for name in n.outputs}
+    allowed = set(fused.inputs) | made
+    return all(
+        not name or graph.is_constant(name) or name in allowed
+        for n in inner
+        for name in n.inputs
+    )
+
+
+def _flatten(node: Node) -> list[Node]:
+    return [node, *(n for inner in node.body for n in _flatten(inner))]
 
 
 def _fuse_until_fixed(graph: Graph, matchers: tuple[Matcher, ...]) -> None:
@@ -48,7 +72,7 @@ def _fuse_until_fixed(graph: Graph, matchers: tuple[Matcher, ...]) -> None:
                 if node not in graph.nodes:
                     continue
                 fused = matcher(graph, node)
-                if fused is not None:
+                if fused is not None and reads_only_its_inputs(graph, fused):
                     _replace(graph, fused)
                     changed = True
 

@@ -254,8 +254,10 @@ def _is_adjoint_conv(graph: Graph, first: Node, second: Node, source: str) -> bo
         return False
     extent = [(k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilations, strict=True)]
     begin, end = pads[:rank], pads[rank:]
-    mirrored = [e - 1 - p for e, p in zip(extent, end, strict=True)] + [
-        e - 1 - p for e, p in zip(extent, begin, strict=True)
+    # (ONNX pads list the begins first: the adjoint's begin is e - 1 - pb, its end e - 1 - pe;
+    # swapped, the output size is the same but the second conv is the adjoint shifted.)
+    mirrored = [e - 1 - p for e, p in zip(extent, begin, strict=True)] + [
+        e - 1 - p for e, p in zip(extent, end, strict=True)
     ]
     return second_geometry[1] == mirrored
 

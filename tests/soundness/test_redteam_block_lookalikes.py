@@ -1,0 +1,265 @@
+"""Look-alikes of the blocks that are 1-Lipschitz only as a whole (SLL/CPL, Sandwich, BN folds).
+
+Each model computes almost the graph of a real block, with one change the block's proof does
+not allow; lipcert must either refuse it or give a bound at least its true constant. The real
+block next to it keeps its tight bound.
+
+Ground truth: onnxruntime's Jacobian of the ONNX file itself, by central differences at a
+point where every ReLU is active with a wide margin (large biases): the model is affine
+around it, so the differences are exact up to float32 rounding (far below the gaps tested,
+which are 40 % to 50x). Its largest singular value by numpy's SVD.
+
+Holes found here (each test fails with its fix undone):
+- a block's op reading a data tensor the matcher never looked at (a Gemm's C computed from x,
+  in an SLL block, a Sandwich block or a Gemm + BatchNormalization fold): the fused node
+  bounded the block as a function of its one input and the other data path was dropped
+  (bound 1.0 for a 49.5-Lipschitz model); lipcert.graph.patterns.reads_only_its_inputs;
+- an SLL block whose second op is a Conv with the flipped kernel: the mirrored padding of an
+  asymmetric first conv was taken with begin and end swapped (same output size, but the
+  adjoint shifted): bound 3.68 for a 5.31-Lipschitz block, while the true adjoint was left
+  to the product of the layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lipcert.bounds.compose import Analysis, analyse
+from lipcert.errors import UnsupportedOpError
+from lipcert.frontends.onnx_file import load_from_proto
+from lipcert.model import LoadOptions
+
+N, H = 6, 4
+SOUND = 1 - 1e-4  # central differences in float32 at an affine point
+
+
+def _model(
+    nodes: list[onnx.NodeProto], arrays: dict[str, np.ndarray], shape: tuple[int, ...]
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "lookalike",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, *shape])],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in arrays.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _true_constant(model: onnx.ModelProto, shape: tuple[int, ...], step: float = 0.05) -> float:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    size = int(np.prod(shape))
+    columns = []
+    for i in range(size):
+        delta = np.zeros(size, dtype=np.float32)
+        delta[i] = step
+        up, down = (
+            session.run(None, {"x": (sign * delta).reshape(1, *shape)})[0].astype(np.float64)
+            for sign in (1.0, -1.0)
+        )
+        columns.append((up - down).reshape(-1) / (2 * step))
+    return float(np.linalg.norm(np.stack(columns, axis=1), 2))
+
+
+def _analysis(model: onnx.ModelProto, shape: tuple[int, ...]) -> Analysis:
+    loaded = load_from_proto(model, LoadOptions(input_shape=shape), source="m", fmt="onnx")
+    return analyse(loaded.graph)
+
+
+def _bound_or_refused(model: onnx.ModelProto, shape: tuple[int, ...]) -> float | None:
+    try:
+        return _analysis(model, shape).spec.lipschitz_bound
+    except UnsupportedOpError:
+        return None
+
+
+def _block_ops(model: onnx.ModelProto, shape: tuple[int, ...]) -> list[str]:
+    return [node.op for node in _analysis(model, shape).graph.nodes]
+
+
+# --- a data tensor entering a block through an input its matcher did not read ----------------
+
+
+def _dense_weights() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(N, H)))
+    return {
+        "w": q * np.array([1.0, 0.9, 0.7, 0.5]),  # SLL: W with ||W|| = 1
+        "w1": 0.3 * rng.normal(size=(N, H)),  # Sandwich: x W1 (operator W1^T)
+        "w2": 0.3 * rng.normal(size=(H, N)),
+        "w3": np.full((H, N), 0.1),
+        "b": np.full(H, 10.0),  # keeps every unit active near x = 0
+        "d": np.full((1, H), 0.5),
+        "p": 50 * np.eye(N, H),  # x -> 50 x[:H]: the data bias
+        "k": np.array(50.0),
+        "gamma": np.ones(H),
+        "beta": np.ones(H),
+        "mean": np.zeros(H),
+        "var": np.ones(H),
+    }
+
+
+def _sll(data_bias: str | None) -> onnx.ModelProto:
+    """y = x - Gemm(0.5 relu(Gemm(x, W, b)), W^T, C2): SLL with ||W D^1/2||^2 = 0.5, or a
+    look-alike whose first (C1 = 50 x[:H]) or second (C2 = 50 x) Gemm adds a data bias."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "p"], ["c1"]),
+        helper.make_node("Mul", ["x", "k"], ["c2"]),
+        helper.make_node("Gemm", ["x", "w", "c1" if data_bias == "first" else "b"], ["z"]),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Mul", ["a", "d"], ["h"]),
+        helper.make_node(
+            "Gemm", ["h", "w", *(["c2"] if data_bias == "second" else [])], ["t"], transB=1
+        ),
+        helper.make_node("Sub", ["x", "t"], ["y"]),
+    ]
+    return _model(nodes, _dense_weights(), (N,))
+
+
+def _sandwich(data_bias: bool) -> onnx.ModelProto:
+    """Gemm(0.5 relu(Gemm(x, W1, b)), W2): an LBDN-style sandwich, or with C1 = 50 x[:H]."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "p"], ["c1"]),
+        helper.make_node("Gemm", ["x", "w1", "c1" if data_bias else "b"], ["z"]),
+        helper.make_node("Relu", ["z"], ["a"]),
+        helper.make_node("Mul", ["a", "d"], ["h"]),
+        helper.make_node("Gemm", ["h", "w2"], ["y"]),
+    ]
+    return _model(nodes, _dense_weights(), (N,))
+
+
+def _batchnorm_fold(data_bias: bool) -> onnx.ModelProto:
+    """Gemm(relu(BN(Gemm(x, W1, C))), W3): the BN folds into the first Gemm's weight."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "p"], ["c1"]),
+        helper.make_node("Gemm", ["x", "w1", "c1" if data_bias else "b"], ["z"]),
+        helper.make_node("BatchNormalization", ["z", "gamma", "beta", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["a"]),
+        helper.make_node("Gemm", ["a", "w3"], ["y"]),
+    ]
+    return _model(nodes, _dense_weights(), (N,))
+
+
+DATA_BIAS = {
+    "sll_first_gemm": lambda bias: _sll("first" if bias else None),
+    "sll_second_gemm": lambda bias: _sll("second" if bias else None),
+    "sandwich_first_gemm": _sandwich,
+    "batchnorm_fold": _batchnorm_fold,
+}
+GENUINE_OP = {
+    "sll_first_gemm": "SLLBlock",
+    "sll_second_gemm": "SLLBlock",
+    "sandwich_first_gemm": "SandwichBlock",
+    "batchnorm_fold": "Gemm",
+}
+
+
+@pytest.mark.parametrize("family", sorted(DATA_BIAS))
+def test_a_data_bias_inside_a_block_is_not_dropped(family: str) -> None:
+    lookalike = DATA_BIAS[family](True)
+    true = _true_constant(lookalike, (N,))
+    bound = _bound_or_refused(lookalike, (N,))
+    # Before the fix: 1.0 vs 49.5 (SLL, second Gemm), 1.0 vs 12.6 (first), 0.48 vs 16.0
+    # (Sandwich), 0.55 vs 17.1 (the BN fold).
+    assert bound is None or bound >= SOUND * true, (bound, true)
+
+
+@pytest.mark.parametrize("family", sorted(DATA_BIAS))
+def test_the_block_with_a_constant_bias_keeps_its_fusion(family: str) -> None:
+    genuine = DATA_BIAS[family](False)
+    ops = _block_ops(genuine, (N,))
+    assert GENUINE_OP[family] in ops, ops
+    true = _true_constant(genuine, (N,))
+    bound = _analysis(genuine, (N,)).spec.lipschitz_bound
+    assert bound >= SOUND * true
+    if family.startswith("sll"):
+        # max(1, ||W D^1/2||^2 - 1) = 1, attained (x orthogonal to W's columns is kept)
+        assert bound <= 1 + 1e-9 and true >= 1 - 1e-4
+
+
+# --- the SLL adjoint written as a Conv with the flipped kernel --------------------------------
+
+C = 2
+
+
+def _sll_flipped(
+    pads_first: list[int], pads_second: list[int], spatial: tuple[int, ...]
+) -> onnx.ModelProto:
+    """y = x - Conv(relu(Conv(x, K) + 5), flip(K^T)): the adjoint needs the second conv's
+    begin padding e - 1 - pb and end padding e - 1 - pe."""
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(C, C, *(3 for _ in spatial)))
+    flipped = np.flip(np.swapaxes(kernel, 0, 1), axis=tuple(range(2, kernel.ndim)))
+    nodes = [
+        helper.make_node("Conv", ["x", "k1", "b1"], ["z"], pads=pads_first),
+        helper.make_node("Relu", ["z"], ["h"]),
+        helper.make_node("Conv", ["h", "k2"], ["t"], pads=pads_second),
+        helper.make_node("Sub", ["x", "t"], ["y"]),
+    ]
+    arrays = {"k1": kernel, "b1": np.full(C, 5.0), "k2": flipped.copy()}
+    return _model(nodes, arrays, (C, *spatial))
+
+
+FLIPPED = [
+    # (pads of the first conv, the adjoint's pads, the swapped look-alike's, spatial size)
+    pytest.param([2, 0], [0, 2], [2, 0], (6,), id="1d"),
+    pytest.param([2, 0, 0, 1], [0, 2, 2, 1], [2, 1, 0, 2], (4, 5), id="2d"),
+]
+
+
+@pytest.mark.parametrize(("first", "adjoint", "swapped", "spatial"), FLIPPED)
+def test_flipped_kernel_conv_needs_the_mirrored_padding(
+    first: list[int], adjoint: list[int], swapped: list[int], spatial: tuple[int, ...]
+) -> None:
+    shape = (C, *spatial)
+    lookalike = _sll_flipped(first, swapped, spatial)
+    true = _true_constant(lookalike, shape, step=0.01)
+    bound = _bound_or_refused(lookalike, shape)
+    # Before the fix (1d): 3.68 for a 5.31-Lipschitz block.
+    assert bound is None or bound >= SOUND * true, (bound, true)
+    assert "SLLBlock" not in _block_ops(lookalike, shape)
+
+    genuine = _sll_flipped(first, adjoint, spatial)
+    assert "SLLBlock" in _block_ops(genuine, shape)
+    true = _true_constant(genuine, shape, step=0.01)
+    bound = _analysis(genuine, shape).spec.lipschitz_bound
+    assert SOUND * true <= bound <= 1.001 * true, (bound, true)
+
+
+def _sll_transposed(pads_first: list[int], pads_second: list[int]) -> onnx.ModelProto:
+    """y = x - ConvTranspose(relu(Conv(x, K) + 5), K), stride 2 with asymmetric pads."""
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(C, C, 3))
+    nodes = [
+        helper.make_node("Conv", ["x", "k"], ["z0"], pads=pads_first, strides=[2]),
+        helper.make_node("Add", ["z0", "b"], ["z"]),
+        helper.make_node("Relu", ["z"], ["h"]),
+        helper.make_node(
+            "ConvTranspose", ["h", "k"], ["t"], pads=pads_second, strides=[2], output_padding=[1]
+        ),
+        helper.make_node("Sub", ["x", "t"], ["y"]),
+    ]
+    return _model(nodes, {"k": kernel, "b": np.full((1, C, 1), 5.0)}, (C, 7))
+
+
+def test_transposed_conv_adjoint_with_asymmetric_padding() -> None:
+    """ConvTranspose with the Conv's own pads is its adjoint (ONNX defines it so): fused and
+    tight; with the pads swapped (same output size) it is not, and is not fused."""
+    shape = (C, 7)
+    genuine = _sll_transposed([2, 1], [2, 1])
+    assert "SLLBlock" in _block_ops(genuine, shape)
+    true = _true_constant(genuine, shape, step=0.01)
+    bound = _analysis(genuine, shape).spec.lipschitz_bound
+    assert SOUND * true <= bound <= 1.001 * true, (bound, true)
+
+    lookalike = _sll_transposed([2, 1], [1, 2])
+    assert "SLLBlock" not in _block_ops(lookalike, shape)
+    true = _true_constant(lookalike, shape, step=0.01)
+    other = _bound_or_refused(lookalike, shape)
+    assert other is None or other >= SOUND * true, (other, true)
