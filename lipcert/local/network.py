@@ -205,6 +205,12 @@ class _Builder:
         self.lipschitz = {k: v for k, v in lipschitz.items() if math.isfinite(v)}
         self.pairs: dict[tuple[str, ...], tuple[str, str, str]] = {}
         self.counter = 0
+        # Every name the graph uses: the names made up here must not be one of them (a file's
+        # tensor named like the ReLU of a pair, m1#relu2, was overwritten by that ReLU).
+        self.taken = {graph.input_name, graph.output_name, *self.constants}
+        for node in _flatten(graph.nodes):
+            self.taken.update(node.inputs)
+            self.taken.update(node.outputs)
 
     def build(self) -> Network:
         for node in _flatten(self.graph.nodes):
@@ -222,8 +228,18 @@ class _Builder:
     # --- helpers ----------------------------------------------------------------------------
 
     def _fresh(self, base: str, tag: str) -> str:
-        self.counter += 1
-        return f"{base}#{tag}{self.counter}"
+        while True:
+            self.counter += 1
+            name = f"{base}#{tag}{self.counter}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def _define(self, name: str, shape: tuple[int, ...]) -> None:
+        """Register a step's output: each tensor is computed once."""
+        if name in self.shapes:
+            raise LocalUnsupported(f"the tensor {name!r} is computed twice")
+        self.shapes[name] = shape
 
     def _data(self, node: Node) -> list[str]:
         data = []
@@ -290,7 +306,7 @@ class _Builder:
         )
         step._input_shapes = input_shapes
         self.steps.append(step)
-        self.shapes[output] = shape
+        self._define(output, shape)
 
     def _op(self, node: Node, replaced: dict[int, Any] | None = None, attrs: dict | None = None):
         """A function of the data inputs running the executor's implementation of `node`."""
@@ -327,7 +343,7 @@ class _Builder:
         op = node.op
         if op == "Relu":
             self.steps.append(ReluStep(node.name, node.outputs[0], data[0]))
-            self.shapes[node.outputs[0]] = self._shape(node.outputs[0])
+            self._define(node.outputs[0], self._shape(node.outputs[0]))
             return
         if op in ("LeakyRelu", "PRelu", "Abs"):
             self._leaky(node, data[0])
@@ -518,7 +534,7 @@ class _Builder:
             slope = self.constants[node.inputs[1]]
         r = self._fresh(node.outputs[0], "relu")
         self.steps.append(ReluStep(node.name, r, source))
-        self.shapes[r] = self.shapes[source]
+        self._define(r, self.shapes[source])
         slope_t = torch.as_tensor(slope, dtype=torch.float64)
         rest = 1.0 - slope_t
 
@@ -604,7 +620,7 @@ class _Builder:
         )
         r = self._fresh(source, "relu")
         self.steps.append(ReluStep(node.name, r, d))
-        self.shapes[r] = tuple(half)
+        self._define(r, tuple(half))
         self.pairs[key] = (a, b, r)
         return a, b, r
 
@@ -672,7 +688,7 @@ class _Builder:
                 )
                 r = self._fresh(node.outputs[0], "relu")
                 self.steps.append(ReluStep(node.name, r, d))
-                self.shapes[r] = out_shape
+                self._define(r, out_shape)
                 a, b = first, second
                 self.pairs[key] = (a, b, r)
             self._select(node, node.outputs[0], a, b, r, node.op == "Max")
@@ -688,7 +704,7 @@ class _Builder:
         )
         r = self._fresh(node.outputs[0], "relu")
         self.steps.append(ReluStep(node.name, r, d))
-        self.shapes[r] = out_shape
+        self._define(r, out_shape)
         # max(x, c) = c + relu(x - c); min(x, c) = x - relu(x - c).
         if node.op == "Max":
             self._add_affine(
