@@ -71,6 +71,7 @@ def load_from_proto(
     _refuse_external_data(model, source)
     refuse_large_sparse_tensors(model, source)
     _check(model, source)
+    _refuse_ambiguous_opset(model, source)
     input_info = _single_data_input(model, source)
     input_shape, size_known, batch = _choose_input_shape(input_info, options.input_shape, source)
     output_name = _first_output(model, source)
@@ -507,6 +508,18 @@ def _refuse_batch_squeeze(
             f"{node_label(proto)} removes the batch axis (a Squeeze "
             f"{'without axes removes every axis of size 1' if not axes else f'of axes {axes}'}"
             "); squeeze the data axes only (x.squeeze(dim) in torch)"
+        )
+
+
+def _refuse_ambiguous_opset(model: onnx.ModelProto, source: str) -> None:
+    """The ONNX checker admits the default domain imported twice ('' and 'ai.onnx', or ''
+    twice) at different versions; onnxruntime then runs the last, and an op's meaning
+    follows it (a Softmax at opset 11 normalises the flattened tail, at 13 one axis)."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if len(set(versions)) > 1:
+        raise ModelLoadError(
+            f"{source!r} imports the default ONNX domain at several versions {versions!r}; "
+            "an op's meaning depends on which one a runtime takes: import it once"
         )
 
 
