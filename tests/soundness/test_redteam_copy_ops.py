@@ -726,3 +726,27 @@ def test_conv_whose_onnxruntime_same_windows_are_shifted_is_refused(
     bound = bound_of(graph)
     assert truth * SOUND <= bound <= truth * (1 + TIGHT)
     assert_executor_matches(model, graph, (1, n))
+
+
+@pytest.mark.parametrize(
+    ("attrs", "refused"),
+    [
+        # taps at -1 and 2 on an input of 2: onnxruntime outputs -3.4e38 there, lipcert's
+        # executor -inf, which the load-time cross-check reported as a misreading
+        pytest.param({"dilations": [3], "pads": [1, 1]}, True, id="dilated_window_in_padding"),
+        pytest.param({"dilations": [1], "pads": [1, 1]}, False, id="look_alike_undilated"),
+    ],
+)
+def test_maxpool_window_reading_only_padding_is_refused(
+    attrs: dict[str, object], refused: bool
+) -> None:
+    model = pool("MaxPool", (1, 2), 19, kernel_shape=[2], strides=[1], **attrs)
+    graph = load(model)
+    if refused:
+        assert float(run_onnxruntime(model, np.ones((1, 1, 2)))[0, 0, 0]) < -1e38
+        with pytest.raises(UnsupportedOpError, match=r"\(MaxPool\): window 0 .* only padding"):
+            bound_of(graph)
+        return
+    truth = lower_bound("MaxPool", model, (1, 2))
+    assert truth * SOUND <= bound_of(graph) <= truth * (1 + TIGHT)
+    assert_executor_matches(model, graph, (1, 2))

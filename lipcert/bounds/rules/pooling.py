@@ -16,7 +16,13 @@ from lipcert.bounds import spectral
 from lipcert.bounds.numeric import inverse_sqrt_up, mul_up, pow_up, sqrt_up, up
 from lipcert.bounds.registry import EXACT, LIBRARY_ULPS, LayerBound, Rounding, refuse, rule
 from lipcert.graph import Graph, Node
-from lipcert.graph.geometry import Window, check_window_output, max_overlap, window
+from lipcert.graph.geometry import (
+    Window,
+    check_window_output,
+    max_overlap,
+    window,
+    window_output_size,
+)
 
 # p-norms (|v|^p, then the 1/p-th power) and log-sum-exp (exp, then log) call a library
 # function twice per output: LIBRARY_ULPS each, on top of the sum.
@@ -77,9 +83,24 @@ def overlap(win: Window, spatial: tuple[int, ...], graph: Graph) -> tuple[int, s
     return max_overlap(win), "most overlapping windows at any input size"
 
 
+def _refuse_empty_windows(node: Node, win: Window, spatial: tuple[int, ...]) -> None:
+    """A MaxPool window whose taps all fall in the padding: onnxruntime outputs the lowest
+    float there (-3.4e38), lipcert's executor -inf, which the load-time cross-check can
+    only report as a misreading."""
+    counts = window_output_size(win, spatial)
+    for axis, (n, count) in enumerate(zip(spatial, counts, strict=True)):
+        k, s, d = win.kernel[axis], win.strides[axis], win.dilations[axis]
+        begin = win.pads_begin[axis]
+        for o in range(max(count, 0)):
+            if all(not 0 <= o * s - begin + t * d < n for t in range(k)):
+                raise refuse(node, f"window {o} on axis {axis} reads only padding")
+
+
 @rule("MaxPool")
 def max_pool(node: Node, graph: Graph) -> LayerBound:
     win, spatial = _pool_window(node, graph)
+    if graph.size_known:
+        _refuse_empty_windows(node, win, spatial)
     m, how = overlap(win, spatial, graph)
     method = "windows do not overlap" if m == 1 else f"sqrt(m), m = {m} ({how})"
     return LayerBound(sqrt_up(m), method, exact=graph.size_known, rounding=EXACT)
