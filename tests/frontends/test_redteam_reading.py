@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import lipcert
 from lipcert.errors import ModelLoadError
@@ -102,3 +102,59 @@ def test_default_domain_imported_once_keeps_the_decision(
         assert np.allclose(probs.sum(), 1.0, atol=1e-6)  # over all six, as at opset 11
         certified = loaded.certify(sample)
         assert int(certified.prediction[0]) == int(np.argmax(probs))
+
+
+# --- a constant recomputed in float64 whose runtime name is already taken --------------------
+
+
+def _collision_model(taken: str) -> onnx.ModelProto:
+    """t = (x + e) - e + K * relu(x - 10), logits = (t, -t), with e = -3 exp(0) computed in the
+    model (recomputed in float64 by the loader, handed to the runtime as a new weight) and
+    K = 0 a weight of the file named `taken`. The file computes t = x."""
+    weights = [
+        numpy_helper.from_array(np.zeros((1, 1), np.float32), "w"),
+        numpy_helper.from_array(np.full((1, 1), -3.0, np.float32), "minus3"),
+        numpy_helper.from_array(np.full((1, 1), 10.0, np.float32), "ten"),
+        numpy_helper.from_array(np.zeros((1, 1), np.float32), taken),
+        numpy_helper.from_array(np.array([[1.0, -1.0]], np.float32), "pair"),
+    ]
+    nodes = [
+        helper.make_node("Exp", ["w"], ["one"], name="exp"),
+        helper.make_node("Mul", ["one", "minus3"], ["e"], name="scale"),
+        helper.make_node("Add", ["x", "e"], ["y0"], name="add_e"),
+        helper.make_node("Sub", ["y0", "e"], ["t0"], name="sub_e"),
+        helper.make_node("Sub", ["x", "ten"], ["s"], name="gate"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", taken], ["y2"], name="hidden"),
+        helper.make_node("Add", ["t0", "y2"], ["t"], name="sum"),
+        helper.make_node("MatMul", ["t", "pair"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("taken", ["e__folded_in_float64", "k"])
+def test_recomputed_constant_takes_a_new_name(tmp_path: Path, taken: str) -> None:
+    model = _collision_model(taken)
+    loaded = lipcert.load(_save(model, tmp_path / "collide.onnx"))
+    assert "recomputed in float64" in " ".join(loaded.notes)
+    center = np.array([[8.0]], np.float32)
+    certified = loaded.certify(center)
+    assert int(certified.prediction[0]) == 0
+    # margin 16 over the bound 2 of t -> 2t: radius 8 (less the allowance)
+    assert 7.9 < float(certified.radius[0]) <= 8.0
+    # 15.5 lies 7.5 from the center: the file computes t = 15.5 there, class 0; with the
+    # file's K = 0 overwritten by e = -3 the runtime computed t = 15.5 - 3 * 5.5 = -1 (class
+    # 1) inside the certified radius, while the three load-time probes never reach x > 10
+    inside = np.array([[15.5]], np.float32)
+    assert _ort(model, inside.reshape(1, 1)).reshape(-1).tolist() == [15.5, -15.5]
+    assert int(loaded.certify(inside).prediction[0]) == 0
+    assert np.allclose(loaded.logits(inside).reshape(-1), [15.5, -15.5])
