@@ -13,7 +13,8 @@ Holes found here (each test fails with its fix undone):
 - a block's op reading a data tensor the matcher never looked at (a Gemm's C computed from x,
   in an SLL block, a Sandwich block or a Gemm + BatchNormalization fold): the fused node
   bounded the block as a function of its one input and the other data path was dropped
-  (bound 1.0 for a 49.5-Lipschitz model); lipcert.graph.patterns.reads_only_its_inputs;
+  (bound 1.0 for a 49.5-Lipschitz model), also as both torch exporters write
+  x - torch.addmm(k x, h, W^T); lipcert.graph.patterns.reads_only_its_inputs;
 - an SLL block whose second op is a Conv with the flipped kernel: the mirrored padding of an
   asymmetric first conv was taken with begin and end swapped (same output size, but the
   adjoint shifted): bound 3.68 for a 5.31-Lipschitz block, while the true adjoint was left
@@ -22,13 +23,16 @@ Holes found here (each test fails with its fix undone):
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
+from user_export import export_like_users
 
 from lipcert.bounds.compose import Analysis, analyse
 from lipcert.errors import UnsupportedOpError
@@ -357,3 +361,35 @@ def test_random_conv_pairs_fused_as_sll_are_adjoints() -> None:
         true = _true_constant(model, shape, step=1.0)
         assert analysis.spec.lipschitz_bound >= SOUND * true, (shape, true)
     assert fused["Conv"] >= 10 and fused["ConvTranspose"] >= 10, fused
+
+
+# --- the same look-alike as torch users write it, through both exporters -----------------------
+
+
+class _AddmmSLL(torch.nn.Module):
+    """x - addmm(k x, 0.5 relu(addmm(b, x, W)), W^T): both exporters write the skip term k x
+    as the second Gemm's C (TorchScript and dynamo alike)."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        weight = torch.tensor(_dense_weights()["w"], dtype=torch.float32)
+        self.w = torch.nn.Parameter(weight)
+        self.b = torch.nn.Parameter(torch.full((H,), 10.0))
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = 0.5 * torch.relu(torch.addmm(self.b, x, self.w))
+        return x - torch.addmm(self.k * x, h, self.w.T)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_exported_addmm_skip_inside_an_sll_block(dynamo: bool) -> None:
+    module = _AddmmSLL(50.0).eval()
+    model = export_like_users(module, torch.zeros(1, N), dynamo, opset_version=17)
+    double = copy.deepcopy(module).double()
+    x = torch.zeros(1, N, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(lambda v: double(v).reshape(-1), x)
+    true = float(np.linalg.norm(jacobian.reshape(N, N).numpy(), 2))  # 49.5
+    bound = _bound_or_refused(model, (N,))
+    # Before the fix: 1.0 from both exporters.
+    assert bound is None or bound >= SOUND * true, (bound, true)
