@@ -742,9 +742,14 @@ def _check_softmax_keeps_argmax(node: Node, shape: tuple[int, ...], opset: int, 
 
 
 def _runnable_model(model: onnx.ModelProto, logits_name: str) -> onnx.ModelProto:
-    """The model with the logits as its only output (a dropped Softmax is not computed)."""
+    """The model with the logits as its only output (a dropped Softmax is not computed), and
+    only the nodes that lead to them: onnxruntime runs every node of a graph, and the others
+    were neither checked by the size guard nor bounded (a ConstantOfShape of 2^32 values
+    feeding only a second output was allocated by the load-time cross-check)."""
     runnable = onnx.ModelProto()
     runnable.CopyFrom(model)
+    del runnable.graph.node[:]
+    runnable.graph.node.extend(needed_nodes(list(model.graph.node), logits_name))
     if runnable.graph.output[0].name == logits_name and len(runnable.graph.output) == 1:
         return runnable
     known = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.output)}

@@ -7,6 +7,9 @@ with onnxruntime's run of the file as the ground truth.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,71 @@ def test_recomputed_constant_takes_a_new_name(tmp_path: Path, taken: str) -> Non
     assert _ort(model, inside.reshape(1, 1)).reshape(-1).tolist() == [15.5, -15.5]
     assert int(loaded.certify(inside).prediction[0]) == 0
     assert np.allclose(loaded.logits(inside).reshape(-1), [15.5, -15.5])
+
+
+# --- nodes that do not lead to the logits ----------------------------------------------------
+
+_ADDRESS_SPACE = 12 << 30
+
+
+def _dead_branch_model() -> onnx.ModelProto:
+    """logits = x W, and a second output x + sum(ones(2^17, 2^17)): 2^34 values (64 GiB) that
+    nothing lipcert certifies reads, so the size guard never looks at them."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["logits"], name="head"),
+        helper.make_node(
+            "ConstantOfShape",
+            ["size"],
+            ["big"],
+            value=numpy_helper.from_array(np.ones(1, np.float32)),
+            name="big",
+        ),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0, name="total"),
+        helper.make_node("Add", ["x", "total"], ["other"], name="other"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("other", TensorProto.FLOAT, [1, 2]),
+        ],
+        [
+            numpy_helper.from_array(np.array([2**17, 2**17], np.int64), "size"),
+            numpy_helper.from_array(np.array([[2.0, 0.0], [0.0, 1.0]], np.float32), "W"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_nodes_off_the_logits_are_not_run(tmp_path: Path) -> None:
+    """onnxruntime runs every node of the graph it is given, wanted or not: the runtime's
+    model kept the dead branch, and the load-time cross-check asked onnxruntime for 64 GiB
+    (an onnxruntime error, not a refusal, under the cap below; memory exhaustion without)."""
+    path = _save(_dead_branch_model(), tmp_path / "dead.onnx")
+    script = textwrap.dedent(
+        f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, ({_ADDRESS_SPACE}, {_ADDRESS_SPACE}))
+        import numpy as np
+        import lipcert
+        model = lipcert.load({str(path)!r})
+        batch = model.certify(np.array([[3.0, 1.0]], np.float32))
+        print(model.lipschitz_bound, int(batch.prediction[0]), float(batch.radius[0]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    bound, prediction, radius = done.stdout.split()
+    # logits (2 x0, x1): ||W|| = 2, margin 6 - 1 = 5 over ||(2, -1)|| = sqrt(5)
+    assert float(bound) == pytest.approx(2.0)
+    assert int(prediction) == 0
+    assert float(radius) == pytest.approx(5 / np.sqrt(5), rel=1e-5)
+    loaded = lipcert.load(path)
+    runnable = onnx.load_from_string(loaded.loaded.onnx_bytes)
+    assert [node.name for node in runnable.graph.node] == ["head"]
