@@ -393,3 +393,115 @@ def test_exported_addmm_skip_inside_an_sll_block(dynamo: bool) -> None:
     bound = _bound_or_refused(model, (N,))
     # Before the fix: 1.0 from both exporters.
     assert bound is None or bound >= SOUND * true, (bound, true)
+
+
+# --- Taylor series of one convolution (SOC) and look-alikes: every candidate bound -------------
+
+
+def _conv_series(rng: np.random.Generator) -> tuple[onnx.ModelProto, tuple[int, ...], Any]:
+    """sum_j c_j A^j x for one stride-1 conv A (zero or wrap padding, symmetric or shifted
+    pads, dilation, a kernel skew, skew up to 1e-7 or 1e-3, or not), coefficients among
+    Taylor's and near them; and the series in float64 (torch, wrap padding by indices)."""
+    rank, channels = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    k, d, n = int(rng.choice([1, 2, 3, 5])), int(rng.integers(1, 3)), int(rng.integers(3, 8))
+    extent = (k - 1) * d + 1
+    kernel = rng.normal(size=(channels, channels, *([k] * rank)))
+    skew = (kernel - np.flip(np.swapaxes(kernel, 0, 1), axis=tuple(range(2, kernel.ndim)))) / 2
+    kernel = [skew, skew + 1e-7 * rng.normal(size=skew.shape), skew * 1.001, kernel][
+        int(rng.integers(0, 4))
+    ]
+    kernel = (kernel * rng.choice([0.1, 0.5, 1.0])).astype(np.float32)
+    if rng.integers(0, 2) and extent % 2:
+        pads = [extent // 2] * (2 * rank)
+    else:
+        begin = [int(v) for v in rng.integers(0, extent, size=rank)]
+        pads = begin + [extent - 1 - b for b in begin]
+    wrap = bool(rng.integers(0, 3) == 0)
+    degree = int(rng.choice([1, 1, 2, 3, 5]))  # degree 1: a (scaled) residual c0 x + c1 A x
+    coefficients = [
+        float(v) for v in rng.choice([1, -1, 0.5, 2, 1 / 6, 1 / 24, 1.0001], degree + 1)
+    ]
+    nodes: list[onnx.NodeProto] = []
+    arrays: dict[str, np.ndarray] = {"k": kernel}
+    current, terms = "x", []
+    for j, c in enumerate(coefficients):
+        if j:
+            source = current
+            if wrap:
+                arrays[f"p{j}"] = np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]])
+                nodes.append(helper.make_node("Pad", [current, f"p{j}"], [f"w{j}"], mode="wrap"))
+                source = f"w{j}"
+            conv_pads: dict[str, Any] = {} if wrap else {"pads": pads}
+            nodes.append(
+                helper.make_node(
+                    "Conv", [source, "k"], [f"a{j}"], dilations=[d] * rank, **conv_pads
+                )
+            )
+            current = f"a{j}"
+        arrays[f"c{j}"] = np.array(c)
+        nodes.append(helper.make_node("Mul", [current, f"c{j}"], [f"t{j}"]))
+        terms.append(f"t{j}")
+    nodes.append(helper.make_node("Sum", terms, ["y"]))
+    shape = (channels, *([n] * rank))
+    model = _model(nodes, arrays, shape)
+    for tensor in model.graph.initializer:  # Pad amounts are int64
+        if tensor.name.startswith("p"):
+            tensor.CopyFrom(numpy_helper.from_array(np.array(arrays[tensor.name]), tensor.name))
+    weight = torch.tensor(kernel, dtype=torch.float64)
+    conv = torch.nn.functional.conv1d if rank == 1 else torch.nn.functional.conv2d
+
+    def series(v: torch.Tensor) -> torch.Tensor:
+        total, power = float(np.float32(coefficients[0])) * v, v
+        for c in coefficients[1:]:
+            if wrap:
+                for a in range(rank):
+                    size = power.shape[2 + a]
+                    index = np.arange(-pads[a], size + pads[rank + a]) % size
+                    power = torch.index_select(power, 2 + a, torch.tensor(index))
+            else:
+                flat = [p for a in reversed(range(rank)) for p in (pads[a], pads[rank + a])]
+                power = torch.nn.functional.pad(power, flat)
+            power = conv(power, weight, dilation=d)
+            total = total + float(np.float32(c)) * power
+        return total
+
+    return model, shape, series
+
+
+def test_every_bound_of_a_conv_series_holds() -> None:
+    """Each candidate of the AffineBlock rule (product, sum of |c_k| ||A||^k, skew-symmetric
+    polynomial, identity folded into the kernel, per-frequency symbols) against the float64
+    series' exact norm (its dense matrix, SVD)."""
+    from lipcert.bounds import affine_operator as ops
+
+    rng = np.random.default_rng(3)
+    seen: dict[str, int] = {}
+    for _ in range(60):
+        model, shape, series = _conv_series(rng)
+        try:
+            analysis = _analysis(model, shape)
+        except UnsupportedOpError:
+            continue
+        size = int(np.prod(shape))
+        basis = torch.eye(size, dtype=torch.float64).reshape(size, *shape)
+        matrix = series(basis).reshape(size, -1).T.numpy()
+        true = float(np.linalg.norm(matrix, 2))
+        graph = analysis.graph
+        for node in graph.nodes:
+            if node.op != "AffineBlock":
+                continue
+            bounds = ops.body_bounds(node, graph)
+            candidates = [ops.product_bound(node, graph, bounds)]
+            polynomial = ops.conv_polynomial(node, graph, bounds)
+            if polynomial is not None:
+                candidates += ops.polynomial_candidates(graph, polynomial)
+            symbols = ops.circular_symbol_bound(node, graph)
+            if symbols is not None:
+                candidates.append(symbols)
+            for candidate in candidates:
+                key = candidate.method.split(":")[0][:29]
+                seen[key] = seen.get(key, 0) + 1
+                assert candidate.factor >= (1 - 1e-9) * true, (candidate.method, true)
+        assert analysis.spec.lipschitz_bound >= (1 - 1e-9) * true
+    assert seen.get("polynomial of a skew-symmetri", 0) >= 10, seen
+    assert seen.get("identity folded into the conv", 0) >= 5, seen
