@@ -24,6 +24,7 @@ Holes found here (each test fails with its fix undone):
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 import numpy as np
@@ -505,3 +506,63 @@ def test_every_bound_of_a_conv_series_holds() -> None:
         assert analysis.spec.lipschitz_bound >= (1 - 1e-9) * true
     assert seen.get("polynomial of a skew-symmetri", 0) >= 10, seen
     assert seen.get("identity folded into the conv", 0) >= 5, seen
+
+
+# --- dense SLL and Sandwich blocks with activations inside and outside the slope range ----------
+
+# (op, attributes, the smallest and largest slope): the blocks' proofs need slopes in [0, 1].
+_ACTIVATIONS: list[tuple[str, dict[str, Any], float, float]] = [
+    ("Relu", {}, 0.0, 1.0),
+    ("LeakyRelu", {"alpha": 0.3}, 0.3, 1.0),
+    ("LeakyRelu", {"alpha": 1.5}, 1.0, 1.5),
+    ("LeakyRelu", {"alpha": -0.5}, -0.5, 1.0),
+    ("Elu", {"alpha": 2.0}, 0.0, 2.0),
+    ("HardSigmoid", {"alpha": 1.5, "beta": 0.5}, 0.0, 1.5),
+]
+
+
+def _dense_block(rng: np.random.Generator, sll: bool) -> tuple[onnx.ModelProto, int, float]:
+    """An SLL block x - W D s(W^T x + b) or a sandwich W2 post s(pre W1 x + b) with random
+    weights, multipliers of either sign and one activation of _ACTIVATIONS; and its true
+    constant: the largest ||J|| over the vertices of the slope box (every slope pattern is
+    reached: W1 has full row rank, the hidden units are at most the inputs)."""
+    n = int(rng.integers(2, 7))
+    hidden = int(rng.integers(1, n + 1))
+    op, attrs, low, high = _ACTIVATIONS[int(rng.integers(0, len(_ACTIVATIONS)))]
+    w1 = rng.normal(size=(n, hidden)) * rng.choice([0.3, 1.0, 2.0])
+    pre = rng.choice([1.0, -1.0], size=(1, hidden)) * np.exp(rng.normal(size=(1, hidden)))
+    post = np.abs(rng.normal(size=(1, hidden))) if sll else rng.normal(size=(1, hidden))
+    w2 = w1.T if sll else rng.normal(size=(hidden, n))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["z0"]),
+        helper.make_node("Mul", ["z0", "pre"], ["z1"]),
+        helper.make_node("Add", ["z1", "b"], ["z"]),
+        helper.make_node(op, ["z"], ["a"], **attrs),
+        helper.make_node("Mul", ["a", "post"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["t" if sll else "y"]),
+    ]
+    if sll:
+        nodes.append(helper.make_node("Sub", ["x", "t"], ["y"]))
+    arrays = {"w1": w1, "w2": w2, "pre": pre, "post": post, "b": rng.normal(size=(1, hidden))}
+    model = _model(nodes, arrays, (n,))
+    one = (np.float32(w1).astype(np.float64) * np.float32(pre).astype(np.float64)).T
+    two = np.float32(w2).astype(np.float64).T * np.float32(post).astype(np.float64)
+    true = 0.0
+    for slopes in itertools.product([low, high], repeat=hidden):
+        jacobian = two @ np.diag(slopes) @ one
+        if sll:
+            jacobian = np.eye(n) - jacobian
+        true = max(true, float(np.linalg.norm(jacobian, 2)))
+    return model, n, true
+
+
+@pytest.mark.parametrize("sll", [True, False], ids=["sll", "sandwich"])
+def test_dense_blocks_against_their_slope_box(sll: bool) -> None:
+    rng = np.random.default_rng(4)
+    fused = 0
+    for _ in range(60):
+        model, n, true = _dense_block(rng, sll)
+        analysis = _analysis(model, (n,))
+        fused += any(node.op in ("SLLBlock", "SandwichBlock") for node in analysis.graph.nodes)
+        assert analysis.spec.lipschitz_bound >= (1 - 1e-9) * true, true
+    assert fused >= 15
