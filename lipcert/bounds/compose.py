@@ -96,6 +96,7 @@ def _analyse(graph: Graph) -> Analysis:
             "there is no decision to certify"
         )
     fuse_patterns(graph)
+    graph.unique_node_names()
     bounds: dict[str, float] = {graph.input_name: 1.0}
     layers: list[LayerReport] = []
     node_bounds: list[tuple[Node, LayerBound]] = []

@@ -354,13 +354,15 @@ def _build_graph(
     shapes: dict[str, tuple[int, ...]] = {input_name: values[input_name].shape}
     zero_values: dict[str, np.ndarray] = {input_name: values[input_name].astype(np.float64)}
     graph_nodes: list[Node] = []
+    # onnxruntime refuses two nodes of one name, not a name lipcert gives an unnamed node
+    named = {proto.name for proto in original if proto.name}
     for proto in nodes:
         if not any(flow.is_data.get(name, False) for name in proto.output if name):
             for name in proto.output:
                 if name:
                     constants[name] = values[name]
             continue
-        graph_nodes.append(_to_node(proto, position[id(proto)]))
+        graph_nodes.append(_to_node(proto, position[id(proto)], named))
         _refuse_batch_squeeze(proto, values, constants)
         for name in proto.output:
             if name:
@@ -659,11 +661,18 @@ def _as_float64(value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _to_node(proto: onnx.NodeProto, index: int) -> Node:
+def _to_node(proto: onnx.NodeProto, index: int, named: set[str]) -> Node:
+    """The graph's node; an unnamed one is named after its op and position, and never as
+    another node of the file is (tables keyed by node name would mix the two)."""
     op = proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}::{proto.op_type}"
     attrs = {a.name: _attribute_value(a) for a in proto.attribute}
+    name = proto.name
+    if not name:
+        name = f"{proto.op_type}_{index}"
+        while name in named:
+            name += "_"
     return Node(
-        name=proto.name or f"{proto.op_type}_{index}",
+        name=name,
         op=op,
         inputs=tuple(proto.input),
         outputs=tuple(proto.output),

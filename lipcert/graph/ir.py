@@ -120,6 +120,24 @@ class Graph:
             zero_input_values=dict(self.zero_input_values),
         )
 
+    def unique_node_names(self) -> None:
+        """Give each node a name no other node has (the first keeps its own, later ones get
+        '#2', '#3'...). Names key per-node tables (the unit roundoff each node ran in), and a
+        file may name a node as lipcert names an unnamed one (Mul_0) or a fused pair
+        (conv+bn): a Gemm named 'conv+bn' run in float64 gave the float32 Conv+BN it shared
+        the name with the float64 unit, 35 times too small an allowance."""
+        taken = {node.name for node in self.nodes}
+        seen: set[str] = set()
+        for index, node in enumerate(self.nodes):
+            if node.name in seen:
+                suffix = 2
+                while f"{node.name}#{suffix}" in taken:
+                    suffix += 1
+                name = f"{node.name}#{suffix}"
+                taken.add(name)
+                self.nodes[index] = replace(node, name=name)
+            seen.add(self.nodes[index].name)
+
     def prune(self) -> None:
         """Drop the nodes that do not lead to the output, and unused constants."""
         needed = {self.output_name}
