@@ -188,6 +188,10 @@ def _refuse_external_data(model: onnx.ModelProto, source: str) -> None:
 def _check_external_location(location: str, folder: Path, tensor: str, path: Path) -> None:
     if not location:
         raise ModelLoadError(f"tensor {tensor!r} has external data without a location")
+    if "\x00" in location:  # no path holds one (pathlib raises ValueError)
+        raise ModelLoadError(
+            f"refusing external data of tensor {tensor!r}: location {location!r} holds a NUL"
+        )
     if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
         raise ModelLoadError(
             f"refusing external data of tensor {tensor!r}: location {location!r} is absolute; "

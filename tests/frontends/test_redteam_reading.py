@@ -305,3 +305,24 @@ def test_names_lipcert_makes_do_not_mix_nodes(tmp_path: Path, names: dict[str, s
     plain = _allowance(_save(_conv_net({"gemm1": "g1", "gemm2": "g2"}), tmp_path / "a.onnx"), x)
     renamed = _allowance(_save(_conv_net(names), tmp_path / "b.onnx"), x)
     np.testing.assert_allclose(renamed, plain, rtol=1e-12)
+
+
+def test_external_data_location_with_a_nul_is_refused(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.eye(2, dtype=np.float32), "W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="w\x00.bin")
+    (tmp_path / "w").write_bytes(np.eye(2, dtype=np.float32).tobytes())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"], name="head")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "nul.onnx"
+    path.write_bytes(model.SerializeToString())
+    # was ValueError('embedded null byte') from pathlib: an internal error, not a refusal
+    with pytest.raises(ModelLoadError, match=r"tensor 'W'.*holds a NUL"):
+        lipcert.load(path)
