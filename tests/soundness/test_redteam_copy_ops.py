@@ -750,3 +750,36 @@ def test_maxpool_window_reading_only_padding_is_refused(
     truth = lower_bound("MaxPool", model, (1, 2))
     assert truth * SOUND <= bound_of(graph) <= truth * (1 + TIGHT)
     assert_executor_matches(model, graph, (1, 2))
+
+
+def test_rows_sliced_across_samples_are_run_one_at_a_time() -> None:
+    """(N, 4) -> (4 N, 1) -> rows [2, 6) -> (N, 2): at batch 1 rows 2 and 3 of the sample,
+    at batch 2 rows 2, 3 of the first and 0, 1 of the second: the rows double with the
+    batch, so the shapes alone keep it a batch; the Slice of the leading axis does not."""
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "column"], ["f"]),
+        helper.make_node("Slice", ["f", "two", "six", "zero"], ["s"], name="slice"),
+        helper.make_node("Reshape", ["s", "rows"], ["y"]),
+    ]
+    constants: dict[str, np.ndarray] = {
+        "column": np.array([-1, 1], np.int64),
+        "two": np.array([2], np.int64),
+        "six": np.array([6], np.int64),
+        "zero": np.array([0], np.int64),
+        "rows": np.array([-1, 2], np.int64),
+    }
+    model = make_model(nodes, (4,), constants)
+    loaded = load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx")
+    evaluator = OnnxRuntimeEvaluator(loaded, spec=analyse(loaded.graph).spec)
+    # a first batch of two samples with x[:2] = x[2:] shows nothing; the next one does
+    first = np.array([[1, 2, 1, 2], [3, 4, 3, 4]], np.float32)
+    np.testing.assert_allclose(
+        run_onnxruntime(model, first), run_onnxruntime(model, first[::-1])[::-1]
+    )
+    evaluator.logits(first)
+    batch = np.arange(8, dtype=np.float32).reshape(2, 4)  # at batch 2 the rows double
+    alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in range(2)])
+    assert not np.allclose(run_onnxruntime(model, batch), alone)  # onnxruntime's batch mixes
+    np.testing.assert_allclose(evaluator.logits(batch), alone)
