@@ -10,13 +10,18 @@ image extension are skipped, as torchvision skips them; the dataset's notes coun
 file with an image extension that does not decode is an error naming it.
 
 Each image gets the standard evaluation preprocessing, computed as torchvision computes it
-on a PIL image: converted to RGB, resized with bilinear interpolation so that its shorter side
-is `resize` pixels (the longer side int(resize * long / short)), then the central crop of the
-model's size is cut out (offsets int(round((size - crop) / 2))). The sizes follow the model
-when it fixes its input (`choose_sizes`): crop to its H x W, resize to round(max(H, W) /
-0.875), ImageNet's 256 for 224. The result is kept as uint8: pixels are divided by 255 when
-batched, and `--mean/--std` is part of the certified function, so radii are in the space of
-these preprocessed pixels in [0, 1] (not of the original files).
+on a PIL image: converted to RGB (as torchvision's loader converts it: the EXIF orientation
+is not applied, so the stored pixels are read, not the picture a viewer shows rotated; an
+alpha channel is dropped, not composited; palette and grayscale images are expanded; 16-bit
+RGB keeps each sample's high byte; 16-bit or 32-bit grayscale and float images are refused,
+since the conversion would clip them to 0..255), resized with bilinear interpolation so that
+its shorter side is `resize` pixels (the longer side int(resize * long / short)), then the
+central crop of the model's size is cut out (offsets int(round((size - crop) / 2)), Python's
+round half to even). The sizes follow the model when it fixes its input (`choose_sizes`):
+crop to its H x W, resize to round(max(H, W) / 0.875), ImageNet's 256 for 224. The result is
+kept as uint8: pixels are divided by 255 when batched, and `--mean/--std` is part of the
+certified function, so radii are in the space of these preprocessed pixels in [0, 1] (not of
+the original files).
 
 Decoding runs in a pool of threads: Pillow releases the GIL while it decodes and resizes.
 """
@@ -40,6 +45,12 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", 
 DEFAULT_CROP = 224
 # crop / resize of the standard ImageNet evaluation (224 / 256): the resize a crop gets.
 CROP_FRACTION = 0.875
+# Pillow's modes of 8-bit samples (16-bit RGB and RGBA PNGs open as RGB and RGBA, their high
+# bytes): convert("RGB") maps these faithfully. Grayscale of 16 or 32 bits (I;16, I) and
+# float (F) it clips to 0..255 without scaling: a 16-bit gradient reads nearly all white.
+EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
+)
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,12 @@ def preprocess(path: Path, resize: int, crop: int | tuple[int, int]) -> np.ndarr
     crop_height, crop_width = (crop, crop) if isinstance(crop, int) else crop
     try:
         with Image.open(path) as image:
+            if image.mode not in EIGHT_BIT_MODES:  # DatasetError is none of those caught
+                raise DatasetError(
+                    f"{path}: a {image.mode!r} image (16-bit, 32-bit or float samples): "
+                    "converting it to 8-bit RGB, as torchvision's loader does, clips its "
+                    "values to 0..255 without scaling them; save it as 8-bit grayscale or RGB"
+                )
             rgb = image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__

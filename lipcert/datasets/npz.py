@@ -234,7 +234,8 @@ def _images(x: np.ndarray, *, source: str, key: str) -> np.ndarray:
     # float64 pixels are the samples the radii are about: kept as they are, since a float32
     # copy is up to 2^-24 |x| away from them, which no allowance counts where the inputs
     # reach a float64 evaluator or the --mean/--std normalisation (computed in float64).
-    kept = np.float64 if x.dtype == np.float64 else np.float32  # float16 -> float32: exact
+    # By size, not dtype equality: a big-endian '>f8' array is not np.float64 but is as exact.
+    kept = np.float64 if x.dtype.itemsize == 8 else np.float32  # float16 -> float32: exact
     return np.ascontiguousarray(x, dtype=kept)
 
 

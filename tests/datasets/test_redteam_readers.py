@@ -1,0 +1,215 @@
+"""Red team of the dataset readers: files in the real formats that a reader could read as
+other pixels or labels than the format (or torchvision's / Keras' reader) means, silently.
+
+Ground truth is written here with numpy and Pillow directly, on files built byte by byte
+where the layout matters (PNG chunks, .npy headers); never lipcert's own readers.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipcert.datasets import load_dataset
+from lipcert.datasets.imagefolder import read_imagefolder
+from lipcert.errors import DatasetError
+
+Image = pytest.importorskip("PIL.Image", reason="Pillow (the `images` extra) is not installed")
+
+
+def _png(path: Path, samples: np.ndarray, color_type: int, bit_depth: int) -> Path:
+    """A PNG written chunk by chunk (no Pillow): samples (H, W[, channels]) big-endian at
+    16 bits, filter 0 on every row, as the PNG specification lays them out."""
+    height, width = samples.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    dtype = ">u2" if bit_depth == 16 else "u1"
+    rows = b"".join(b"\x00" + samples[r].astype(dtype).tobytes() for r in range(height))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _rgb(path: Path, pixels: np.ndarray) -> Path:
+    """An 8-bit RGB PNG of pixels (H, W, 3), written without Pillow."""
+    return _png(path, pixels, color_type=2, bit_depth=8)
+
+
+def _random(shape: tuple[int, ...], seed: int, high: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, high, shape)
+
+
+# ---------------------------------------------------------------- imagefolder: pixel formats
+
+
+def test_sixteen_bit_grayscale_png_is_refused_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit grayscale PNG opens in Pillow as mode I;16, and convert("RGB") (torchvision's
+    loader) clips every sample above 255: a gradient 0..65535 read as 99.6 % white. lipcert
+    must not certify those pixels; it refuses with one line naming the file and the mode."""
+    root = tmp_path / "val"
+    gradient = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.int64)  # 0 .. 65472
+    _png(root / "a" / "g16.png", gradient, color_type=0, bit_depth=16)
+    _rgb(root / "b" / "ok.png", _random((32, 32, 3), 1).astype(np.uint8))
+    with pytest.raises(DatasetError, match=r"g16\.png: .*'I;16'.*8-bit") as info:
+        read_imagefolder(root, resize=32, crop=32)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("array", "mode"),
+    [
+        pytest.param(np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16), "F", id="float"),
+        pytest.param(np.arange(256, dtype=np.int32).reshape(16, 16) * 1000, "I", id="int32"),
+    ],
+)
+def test_float_and_32_bit_tiffs_are_refused(tmp_path: Path, array: np.ndarray, mode: str) -> None:
+    """convert("RGB") of a float TIFF in [0, 1] gives pixels 0 and 1 (black), of a 32-bit
+    one values clipped at 255: neither is the image."""
+    root = tmp_path / "val"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(array).save(root / "a" / "x.tif")
+    _rgb(root / "b" / "ok.png", _random((16, 16, 3), 2).astype(np.uint8))
+    with Image.open(root / "a" / "x.tif") as image:
+        assert image.mode == mode  # the file is what the test means
+    with pytest.raises(DatasetError, match=rf"x\.tif: .*{mode!r}"):
+        read_imagefolder(root, resize=16, crop=16)
+
+
+def test_eight_bit_look_alikes_still_read(tmp_path: Path) -> None:
+    """16-bit RGB PNG (Pillow keeps each sample's high byte, as torchvision gets it), 8-bit
+    grayscale, 16-bit grayscale with alpha (LA: high bytes), palette: read, pixels by hand."""
+    root = tmp_path / "val"
+    rgb16 = _random((8, 8, 3), 3, high=65536)
+    gray = _random((8, 8), 4)
+    gray_alpha16 = _random((8, 8, 2), 5, high=65536)
+    palette = _random((8, 8), 6, high=4)
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [7, 8, 9]])
+    _png(root / "a" / "rgb16.png", rgb16, color_type=2, bit_depth=16)
+    _png(root / "b" / "gray.png", gray, color_type=0, bit_depth=8)
+    _png(root / "c" / "la16.png", gray_alpha16, color_type=4, bit_depth=16)
+    indexed = Image.fromarray(palette.astype(np.uint8), "P")
+    indexed.putpalette(colours.astype(np.uint8).reshape(-1).tolist())
+    (root / "d").mkdir()
+    indexed.save(root / "d" / "p.png")
+    data = read_imagefolder(root, resize=8, crop=8)
+    expected = [
+        rgb16 >> 8,
+        np.repeat(gray[..., None], 3, axis=2),
+        np.repeat((gray_alpha16[..., :1] >> 8), 3, axis=2),
+        colours[palette],
+    ]
+    for index, pixels in enumerate(expected):
+        np.testing.assert_array_equal(data.images[index], pixels.transpose(2, 0, 1))
+
+
+def test_alpha_is_dropped_not_composited(tmp_path: Path) -> None:
+    """RGBA: the colour samples are kept and the alpha dropped, as convert("RGB") does in
+    torchvision's loader (a fully transparent pixel keeps its stored colour)."""
+    root = tmp_path / "val"
+    rgba = _random((6, 6, 4), 7)
+    rgba[..., 3] = 0
+    _png(root / "a" / "rgba.png", rgba, color_type=6, bit_depth=8)
+    _rgb(root / "b" / "ok.png", _random((6, 6, 3), 8).astype(np.uint8))
+    data = read_imagefolder(root, resize=6, crop=6)
+    np.testing.assert_array_equal(data.images[0], rgba[..., :3].transpose(2, 0, 1))
+
+
+def test_exif_orientation_is_not_applied(tmp_path: Path) -> None:
+    """torchvision's loader ignores EXIF orientation, and so does lipcert: the stored pixels
+    are read, not the picture a viewer shows rotated (the module docstring says so)."""
+    root = tmp_path / "val"
+    pixels = _random((8, 8, 3), 9).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(pixels).save(root / "a" / "r.png", exif=exif.tobytes())
+    _rgb(root / "b" / "ok.png", _random((8, 8, 3), 10).astype(np.uint8))
+    with Image.open(root / "a" / "r.png") as image:
+        assert image.getexif().get(0x0112) == 6  # the file carries the tag
+    data = read_imagefolder(root, resize=8, crop=8)
+    np.testing.assert_array_equal(data.images[0], pixels.transpose(2, 0, 1))
+    assert not np.array_equal(np.rot90(pixels, -1), pixels)  # rotating would show
+
+
+# ------------------------------------------------------- imagefolder: geometry and order
+
+
+@pytest.mark.parametrize(
+    ("width", "left"),
+    [
+        # torchvision's CenterCrop: int(round((w - crop) / 2)), Python's round half to even.
+        pytest.param(21, 0, id="half_0.5_to_0"),
+        pytest.param(23, 2, id="half_1.5_to_2"),
+        pytest.param(25, 2, id="half_2.5_to_2"),
+        pytest.param(27, 4, id="half_3.5_to_4"),
+        pytest.param(30, 5, id="whole_5"),
+    ],
+)
+def test_centre_crop_offsets_are_torchvisions(tmp_path: Path, width: int, left: int) -> None:
+    """Images whose shorter side already is the resize (no resampling): the crop is a
+    window of the stored pixels at the offset torchvision's formula gives, written out."""
+    root = tmp_path / "val"
+    pixels = _random((20, width, 3), width).astype(np.uint8)
+    _rgb(root / "a" / "x.png", pixels)
+    _rgb(root / "b" / "x.png", pixels.transpose(1, 0, 2).copy())  # tall: the top offset
+    data = read_imagefolder(root, resize=20, crop=20)
+    np.testing.assert_array_equal(data.images[0], pixels[:, left : left + 20].transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        data.images[1], pixels.transpose(1, 0, 2)[left : left + 20].transpose(2, 0, 1)
+    )
+
+
+def test_class_order_is_code_point_order(tmp_path: Path) -> None:
+    """torchvision sorts class folder names as Python sorts strings: '10' before '2',
+    upper case before lower case, accented letters last; each class gets its own image."""
+    root = tmp_path / "val"
+    names = ["2", "10", "a", "B", "\u00e9t\u00e9", "_x"]
+    expected_order = ["10", "2", "B", "_x", "a", "\u00e9t\u00e9"]  # written out, not sorted()
+    for seed, name in enumerate(names):
+        _rgb(root / name / "img.png", np.full((4, 4, 3), seed * 10, dtype=np.uint8))
+    data = read_imagefolder(root, resize=4, crop=4)
+    assert data.class_names == tuple(expected_order)
+    for label, name in enumerate(expected_order):
+        seed = names.index(name)
+        assert data.labels[label] == label
+        assert np.all(data.images[label] == seed * 10), name
+
+
+# ------------------------------------------------------------------------------ npz
+
+
+@pytest.mark.parametrize(
+    ("stored", "kept"),
+    [
+        pytest.param(">f8", np.float64, id="big_endian_float64"),
+        pytest.param("<f8", np.float64, id="little_endian_float64"),
+        pytest.param(">f4", np.float32, id="big_endian_float32"),
+    ],
+)
+def test_float_pixels_of_either_byte_order_are_kept_exactly(
+    tmp_path: Path, stored: str, kept: type
+) -> None:
+    """float64 pixels are the samples the certificate is about (kept as float64, not a
+    float32 copy 2^-24 away); a big-endian float64 array (numpy writes '>f8' as it finds it)
+    must not be rounded to float32 because its dtype is not the native np.float64."""
+    x = np.random.default_rng(11).random((3, 1, 5, 5))
+    path = tmp_path / "be.npz"
+    np.savez(path, x=x.astype(stored), y=np.array([0, 1, 0]))
+    data = load_dataset(str(path))
+    assert data.images.dtype == kept
+    np.testing.assert_array_equal(data.images, x.astype(stored).astype(kept))
+    if kept == np.float64:
+        assert np.array_equal(data.images, x)  # bit for bit the stored values
