@@ -67,7 +67,7 @@ def load_module(module: Any, input_shape: tuple[int, ...], source: str = "<modul
     import copy
 
     try:
-        duplicate = copy.deepcopy(module)
+        duplicate = copy.deepcopy(module, _detached_hook_products(module))
     except Exception as exc:
         raise ModelLoadError(
             f"cannot copy the module {source!r}: {type(exc).__name__}: {_one_line(exc)}"
@@ -76,6 +76,24 @@ def load_module(module: Any, input_shape: tuple[int, ...], source: str = "<modul
     # The module's forward may print: library code writes nothing on stdout (as load_model).
     with redirect_stdout(sys.stderr):
         return _load_module(duplicate, input_shape, Path(source))
+
+
+def _detached_hook_products(module: Any) -> dict[int, Any]:
+    """A deepcopy memo giving each non-leaf tensor attribute of a submodule a detached copy.
+
+    torch.nn.utils.spectral_norm and weight_norm (the forward pre-hook APIs) keep the weight
+    they last computed as a plain attribute; after a step with gradients it is a non-leaf
+    tensor, which deepcopy refuses. Its value is kept (the hook recomputes it at every call,
+    and the removal of spectral_norm from the copy recomputes it in eval mode).
+    """
+    import torch
+
+    memo: dict[int, Any] = {}
+    for submodule in module.modules() if isinstance(module, torch.nn.Module) else ():
+        for value in vars(submodule).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return memo
 
 
 def _own_parametrized_classes(module: Any) -> None:
@@ -414,13 +432,16 @@ def _materialise_parametrizations(module: Any) -> None:
     """
     import torch
     from torch.nn.utils import parametrize
+    from torch.nn.utils.spectral_norm import SpectralNorm as SpectralNormHook
 
     for submodule in module.modules():
         if parametrize.is_parametrized(submodule):
             for name in list(submodule.parametrizations.keys()):
                 parametrize.remove_parametrizations(submodule, name, leave_parametrized=True)
+        # torch's own spectral_norm hook only: a hook class of the user's that has its name
+        # stays a hook, run by the trace like any other code of the module.
         for hook in list(getattr(submodule, "_forward_pre_hooks", {}).values()):
-            if type(hook).__name__ == "SpectralNorm":
+            if isinstance(hook, SpectralNormHook):
                 torch.nn.utils.remove_spectral_norm(submodule, name=hook.name)
 
 

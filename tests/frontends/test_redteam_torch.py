@@ -119,3 +119,93 @@ def test_standardising_without_a_branch_loads() -> None:
     assert (result.radius > 0).any()
     for i in np.flatnonzero(result.radius > 0):
         assert not _decision_change_within(AlwaysStandardised(), x[i], float(result.radius[i]))
+
+
+class HookNormalised(nn.Module):
+    """torch.nn.utils.spectral_norm and weight_norm, the forward pre-hook APIs (not the
+    parametrizations): after a training step their weight is a non-leaf tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.utils.spectral_norm(nn.Conv2d(1, 4, 3, padding=1))
+        self.fc = nn.utils.weight_norm(nn.Linear(64, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _trained_hook_module() -> HookNormalised:
+    module = HookNormalised().train()
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.1)
+    for step in range(3):
+        optimiser.zero_grad()
+        module(
+            torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(step))
+        ).sum().backward()
+        optimiser.step()
+    module(torch.rand(8, *SHAPE))  # the weights the module holds as a user hands it over
+    return module
+
+
+def test_hook_normalised_module_from_torch() -> None:
+    """from_torch used to refuse it ('cannot copy the module': deepcopy of a non-leaf tensor).
+
+    The bound must be that of the weights the module computes with in eval mode (the hooks'
+    stored u, v; no power iteration), and the user's module is left as it was."""
+    module = _trained_hook_module()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    model = lipcert.from_torch(module, SHAPE)
+    assert module.training
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    assert not module.conv.weight.is_leaf  # still the hook's product
+
+    reference = _trained_hook_module().double().eval()
+    x = torch.rand(5, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model.logits(x.float().numpy()), reference(x).numpy(), rtol=1e-5, atol=1e-5
+        )
+        conv = reference.conv.weight.clone()  # the eval weight: weight_orig / (u^T W v)
+        fc = reference.fc.weight.clone()
+    # Dense operator of the zero-padded conv (ReLU is 1-Lipschitz), times the head's norm.
+    basis = torch.eye(16, dtype=torch.float64).reshape(16, *SHAPE)
+    operator = torch.nn.functional.conv2d(basis, conv, padding=1).reshape(16, 64).T
+    exact_conv = float(torch.linalg.matrix_norm(operator, 2))
+    exact_fc = float(torch.linalg.matrix_norm(fc, 2))
+    assert exact_conv * exact_fc * (1 - 1e-6) <= model.lipschitz_bound
+    jacobian = torch.autograd.functional.jacobian(reference, x[:1]).reshape(3, 16)
+    assert float(torch.linalg.matrix_norm(jacobian, 2)) <= model.lipschitz_bound
+
+
+class SpectralNorm:
+    """A user's own forward pre-hook that shares the name of torch's spectral_norm hook class
+    (here a Frobenius normalisation): it crashed lipcert with AttributeError ('name')."""
+
+    def __call__(self, module: nn.Module, inputs: object) -> None:
+        weight_orig: torch.Tensor = module.weight_orig  # type: ignore[assignment]
+        module.weight = weight_orig / weight_orig.norm()
+
+
+class OwnHook(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 3)
+        weight = self.fc.weight.detach()
+        del self.fc._parameters["weight"]
+        self.fc.weight_orig = nn.Parameter(weight * 5.0)
+        self.fc.weight = weight
+        self.fc.register_forward_pre_hook(SpectralNorm())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def test_own_hook_named_like_torchs_spectral_norm() -> None:
+    module = OwnHook().eval()
+    model = lipcert.from_torch(module, SHAPE)
+    weight_orig: torch.Tensor = module.fc.weight_orig  # type: ignore[assignment]
+    weight = weight_orig.detach().double()
+    exact = float(torch.linalg.matrix_norm(weight / weight.norm(), 2))
+    assert exact * (1 - 1e-6) <= model.lipschitz_bound <= exact * (1 + 1e-5)
