@@ -6,7 +6,9 @@ OS path separator), then the usual download caches (cache_roots). `lipcert datas
 every place, --data-dir first. In every folder the
 layouts torchvision and Keras write are tried (cifar-10-batches-py, MNIST/raw, mnist.npz ...);
 the files lying directly in the folder are accepted for the folders the user gave only,
-since MNIST and Fashion-MNIST share file names.
+since MNIST and Fashion-MNIST share file names. IDX files that are the other dataset's
+official ones (told by their labels: lipcert.datasets.official) are passed over, and the
+error or listing says so: Fashion-MNIST is never read as MNIST, nor the reverse.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from lipcert.datasets.catalog import CATALOG, KNOWN_DATASETS, SPLITS
 from lipcert.datasets.cifar import binary_files, python_files
 from lipcert.datasets.idx import find_idx_file, idx_file_names
+from lipcert.datasets.official import official_idx_files
 from lipcert.errors import DatasetError
 
 ENV_VAR = "LIPCERT_DATA"
@@ -134,12 +137,25 @@ def _search(
                 if place not in searched:
                     searched.append(place)
                 missing, present = _missing_files(layout.format, name, split, folder)
+                other = None
+                if not missing and layout.format == "idx":
+                    other = _other_idx(folder, name, split)
+                if other is not None:
+                    incomplete.append(f"{folder} holds {other}'s {split} files, not {name}'s")
+                    continue
                 if not missing:
                     location = DatasetLocation(name, split, place, layout.format, tuple(searched))
                     return location, incomplete
                 if present:
                     incomplete.append(f"{folder} lacks {', '.join(missing)}")
     return DatasetLocation(name, split, None, None, tuple(searched)), incomplete
+
+
+def _other_idx(folder: Path, name: str, split: str) -> str | None:
+    """The other dataset whose official files `folder` holds (MNIST and Fashion-MNIST share
+    file names: lipcert.datasets.official), or None."""
+    found = official_idx_files(folder, split)
+    return None if found is None or found[0] == name else found[0]
 
 
 def _missing_files(fmt: str, name: str, split: str, folder: Path) -> tuple[list[str], int]:

@@ -7,15 +7,19 @@ where the layout matters (PNG chunks, .npy headers); never lipcert's own readers
 
 from __future__ import annotations
 
+import gzip
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from data_files import write_idx
 
 from lipcert.datasets import load_dataset
 from lipcert.datasets.imagefolder import read_imagefolder
+from lipcert.datasets.locate import ENV_VAR
 from lipcert.errors import DatasetError
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow (the `images` extra) is not installed")
@@ -213,3 +217,69 @@ def test_float_pixels_of_either_byte_order_are_kept_exactly(
     np.testing.assert_array_equal(data.images, x.astype(stored).astype(kept))
     if kept == np.float64:
         assert np.array_equal(data.images, x)  # bit for bit the stored values
+
+
+# ------------------------------------------------------- MNIST and Fashion-MNIST files
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _official_like(folder: Path, first: list[int], split: str = "test") -> Path:
+    """IDX files of a split with 10,000 (test) or 60,000 (train) samples whose labels begin
+    with `first`: the shape of an official file, blank images (they compress to nothing)."""
+    count = 10000 if split == "test" else 60000
+    prefix = "t10k" if split == "test" else "train"
+    labels = np.random.default_rng(12).integers(0, 10, count).astype(np.uint8)
+    labels[: len(first)] = first
+    folder.mkdir(parents=True)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.zeros((count, 28, 28), np.uint8))
+    return folder
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not here")
+def test_real_fashion_mnist_in_lipcert_data_is_not_read_as_mnist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README points at /usr/share/datasets/fashion-mnist; put in $LIPCERT_DATA (or given
+    as --data-dir), its files lie directly in the folder, where MNIST's are looked for too:
+    `--dataset mnist` read Fashion-MNIST's clothes as digits, named mnist, without a word."""
+    monkeypatch.setenv(ENV_VAR, str(FASHION))
+    for given in (None, FASHION):
+        with pytest.raises(DatasetError, match=r"holds fashion-mnist's test files, not mnist's"):
+            load_dataset("mnist", data_dir=given, limit=5)
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as stream:
+        truth = np.frombuffer(stream.read(8 + 50)[8:], dtype=np.uint8)
+    fashion = load_dataset("fashion-mnist", limit=50)
+    np.testing.assert_array_equal(fashion.labels, truth)
+
+
+def test_official_label_files_find_their_own_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MNIST's official labels (test: 7 2 1 0 4 1 4 9 5 9) are not read as Fashion-MNIST,
+    and a search path that holds the wrong dataset first goes on to the right one."""
+    mnist_like = _official_like(tmp_path / "digits", [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
+    with pytest.raises(DatasetError, match=r"holds mnist's test files, not fashion-mnist's"):
+        load_dataset("fashion-mnist", data_dir=mnist_like, limit=3)
+    assert load_dataset("mnist", data_dir=mnist_like, limit=3).labels.tolist() == [7, 2, 1]
+    fashion_like = _official_like(tmp_path / "clothes", [9, 0, 0, 3, 0, 2, 7, 2, 5, 5], "train")
+    _official_like(tmp_path / "store" / "mnist", [5, 0, 4, 1, 9, 2, 1, 3, 1, 4], "train")
+    monkeypatch.setenv(ENV_VAR, os.pathsep.join([str(fashion_like), str(tmp_path / "store")]))
+    data = load_dataset("mnist", split="train", limit=4)
+    assert (data.source, data.labels.tolist()) == (str(tmp_path / "store" / "mnist"), [5, 0, 4, 1])
+
+
+@pytest.mark.parametrize(
+    ("first", "split"),
+    [
+        pytest.param([9, 2, 1, 1, 6, 1, 4, 6, 5, 8], "test", id="last_label_differs"),
+        pytest.param([0, 9, 2, 1, 1, 6, 1, 4, 6, 5], "test", id="shifted"),
+    ],
+)
+def test_look_alike_label_files_still_read(tmp_path: Path, first: list[int], split: str) -> None:
+    """A labels file that is not exactly an official one (another order, another subset)
+    is the user's data: read under the name asked for."""
+    folder = _official_like(tmp_path / "mine", first, split)
+    data = load_dataset("mnist", data_dir=folder, limit=10)
+    assert data.labels.tolist() == first
