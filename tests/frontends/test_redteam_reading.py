@@ -326,3 +326,78 @@ def test_external_data_location_with_a_nul_is_refused(tmp_path: Path) -> None:
     # was ValueError('embedded null byte') from pathlib: an internal error, not a refusal
     with pytest.raises(ModelLoadError, match=r"tensor 'W'.*holds a NUL"):
         lipcert.load(path)
+
+
+# --- constructs that held (kept as regression tests) -----------------------------------------
+
+
+def _dense_jacobian(model: onnx.ModelProto, x0: np.ndarray, step: float = 2.0**-8) -> np.ndarray:
+    """onnxruntime's Jacobian at x0 by central differences along the basis vectors (exact
+    for the piecewise-linear models below away from their kinks)."""
+    columns = []
+    for i in range(x0.size):
+        e = np.zeros_like(x0)
+        e.flat[i] = step
+        up, down = _ort(model, x0 + e).reshape(-1), _ort(model, x0 - e).reshape(-1)
+        columns.append((up.astype(np.float64) - down) / (2 * step))
+    return np.stack(columns, axis=1)
+
+
+def test_a_weight_that_is_also_a_graph_input_is_bounded_as_stored(tmp_path: Path) -> None:
+    """ONNX lets a caller override an initializer listed among the graph inputs; lipcert
+    feeds only the data input, so the stored value is the function: its bound is that
+    weight's spectral norm, and certify's logits are x W^T with it."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1, name="head")],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("W", TensorProto.FLOAT, [3, 4]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    loaded = lipcert.load(_save(model, tmp_path / "override.onnx"))
+    spectral = float(np.linalg.svd(weight.astype(np.float64), compute_uv=False)[0])
+    assert loaded.lipschitz_bound == pytest.approx(spectral, rel=1e-6)
+    assert loaded.lipschitz_bound >= spectral
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded.logits(x), x.astype(np.float64) @ weight.T, atol=1e-5)
+    jacobian = _dense_jacobian(model, x[:1])
+    np.testing.assert_allclose(jacobian, weight, atol=1e-4)
+
+
+def test_a_local_function_named_as_a_standard_op_is_not_what_runs(tmp_path: Path) -> None:
+    """A FunctionProto in the default domain named Relu (body: Neg) passes the checker, but
+    onnxruntime runs the standard Relu, and so does lipcert's reading: the bound 1 of a ReLU
+    and the runtime's values are those of max(x, 0), not -x."""
+    body = helper.make_function(
+        "",
+        "Relu",
+        ["X"],
+        ["Y"],
+        [helper.make_node("Neg", ["X"], ["Y"])],
+        [helper.make_opsetid("", 17)],
+    )
+    pair = numpy_helper.from_array(np.array([[2.0, 0.0], [0.0, 3.0]], np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "W"], ["logits"], name="head"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        [pair],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], functions=[body])
+    model.ir_version = 8
+    x = np.array([[-1.0, 2.0]], np.float32)
+    assert _ort(model, x).reshape(-1).tolist() == [0.0, 6.0]
+    loaded = lipcert.load(_save(model, tmp_path / "relu_function.onnx"))
+    assert loaded.lipschitz_bound == pytest.approx(3.0)
+    np.testing.assert_allclose(loaded.logits(x).reshape(-1), [0.0, 6.0])
