@@ -257,7 +257,9 @@ def _load(model: Path, input_shape: str | None, arch: str | None, trust_model: b
 
 
 def _emit_json(payload: dict[str, Any]) -> None:
-    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
+    from lipcert.reports.format import json_numbers
+
+    typer.echo(json.dumps(json_numbers(payload), indent=2, allow_nan=False))
 
 
 @app.command()

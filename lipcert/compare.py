@@ -100,7 +100,9 @@ class Comparison:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        from lipcert.reports.format import json_numbers
+
+        return json.dumps(json_numbers(self.to_dict()), indent=indent, allow_nan=False)
 
 
 def compare_models(

@@ -48,7 +48,9 @@ class AttackReport:
         return attack_report.to_json(self.certified.model_name, self.result, self.labels)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        from lipcert.reports.format import json_numbers
+
+        return json.dumps(json_numbers(self.to_dict()), indent=indent, allow_nan=False)
 
     def to_csv(self, path: str | Path) -> None:
         """One row per sample: radius, adversarial distance, ratio, violation (atomically)."""

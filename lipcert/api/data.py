@@ -614,7 +614,9 @@ class DatasetReport:
 
     def to_json(self, indent: int | None = 2) -> str:
         """`to_dict()` as a JSON string (no NaN: an empty class cannot occur)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        from lipcert.reports.format import json_numbers
+
+        return json.dumps(json_numbers(self.to_dict()), indent=indent, allow_nan=False)
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
         """Certified accuracy against radius: (r, fraction correct with radius > r) at the

@@ -81,7 +81,8 @@ def signed_upper(
         else:
             bounds = np.full(margins.shape, spec.global_pair_bound)
         # A pair with a zero bound has an infinite radius (the margin cannot move).
-        ratios = np.where(bounds > 0, numerators / np.where(bounds > 0, bounds, 1.0), np.inf)
+        with np.errstate(over="ignore"):  # beyond the largest float: inf, an upper bound
+            ratios = np.where(bounds > 0, numerators / np.where(bounds > 0, bounds, 1.0), np.inf)
         ratios[rows, labels] = np.inf
         upper = _round_up(np.maximum(np.min(ratios, axis=1), 0.0))
     finite = np.all(np.isfinite(logits), axis=1) & np.isfinite(allowance)
@@ -184,8 +185,9 @@ class McrTracker:
         """Record a batch's final gaps and reported signed radii."""
         gap = np.asarray(gap, dtype=np.float64)
         self.gaps.append(gap)
-        self.gap_sum += float(np.sum(gap[np.isfinite(gap)]))
-        self.signed_sum += float(np.sum(signed))
+        with np.errstate(over="ignore"):  # radii near the largest float: an infinite sum
+            self.gap_sum += float(np.sum(gap[np.isfinite(gap)]))
+            self.signed_sum += float(np.sum(signed))
 
 
 def signed_lower(

@@ -67,7 +67,16 @@ def summarise(
     eps_list: list[Eps],
     class_names: tuple[str, ...] | None = None,
 ) -> Summary:
-    labels = np.asarray(labels)
+    with np.errstate(over="ignore"):  # means of radii near the largest float: inf
+        return _summarise(certificates, np.asarray(labels), eps_list, class_names)
+
+
+def _summarise(
+    certificates: Certificates,
+    labels: np.ndarray,
+    eps_list: list[Eps],
+    class_names: tuple[str, ...] | None,
+) -> Summary:
     correct = certificates.prediction == labels
     radius = certificates.radius
     signed = np.where(correct, radius, -radius)

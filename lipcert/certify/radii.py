@@ -143,7 +143,8 @@ def _multiclass(
     if head is not None and head.differences.shape == (k, k):
         pair_allowance = np.minimum(pair_allowance, head.margin_allowance(prediction))
     numerators = _margin_lower(margins, pair_allowance)
-    ratios = numerators / np.where(bounds > 0, bounds, np.inf)
+    with np.errstate(over="ignore"):  # beyond the largest float: inf, rounded down below
+        ratios = numerators / np.where(bounds > 0, bounds, np.inf)
     ratios[np.arange(n), prediction] = np.inf
     runner_up = np.argmin(ratios, axis=1)
     radius = _round_down(ratios[np.arange(n), runner_up])

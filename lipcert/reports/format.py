@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import math
 from fractions import Fraction
+from typing import Any
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -55,9 +56,12 @@ _SLACK = Fraction(1, 10**12)
 
 
 def lower_text(value: float, decimals: int) -> str:
-    """`value` rounded down (toward -inf) to `decimals` decimals."""
+    """`value` rounded down (toward -inf) to `decimals` decimals; from 1e9 on, to six
+    significant digits (a radius of a model whose bound is near 0 has 300 digits)."""
     if not math.isfinite(value):
         return str(value)
+    if abs(value) >= 1e9:
+        return significant_text(value, 6, up=False)
     exact = Fraction(value)
     units = math.floor((exact + abs(exact) * _SLACK) * 10**decimals)
     return _decimal_text(units, decimals)
@@ -93,3 +97,16 @@ def _decimal_text(units: int, decimals: int) -> str:
     digits = str(abs(units)).rjust(decimals + 1, "0")
     whole, fraction = digits[: len(digits) - decimals], digits[len(digits) - decimals :]
     return f"{sign}{whole}.{fraction}" if decimals else f"{sign}{whole}"
+
+
+def json_numbers(value: Any) -> Any:
+    """`value` (nested dicts, lists and tuples) with every float that is not finite made
+    None, for JSON (null): an infinite radius, of a model whose bound is 0, or an MCR of
+    infinite radii would else stop the JSON writer."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_numbers(item) for item in value]
+    return value
