@@ -129,6 +129,15 @@ def _load_arrays(
         with zipfile.ZipFile(path) as archive:
             members = {name.removesuffix(".npy"): name for name in archive.namelist()}
             missing = [key for key in keys if key not in members]
+            # np.load(path)[key] takes a member named `key` before `key`.npy: with both, what
+            # a user inspects with numpy and what would be certified differ.
+            both = [key for key in keys if {key, f"{key}.npy"} <= set(archive.namelist())]
+            if both:
+                raise DatasetError(
+                    f"{source}: the archive holds both {both[0]!r} and {both[0] + '.npy'!r}: "
+                    "expected one array of each name (numpy would read the first, lipcert "
+                    "the second); save it again with numpy.savez"
+                )
             if missing:
                 raise DatasetError(
                     f"{source}: expected arrays {_names(keys)} but {_names(missing)} missing "

@@ -8,8 +8,10 @@ where the layout matters (PNG chunks, .npy headers); never lipcert's own readers
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -283,3 +285,47 @@ def test_look_alike_label_files_still_read(tmp_path: Path, first: list[int], spl
     folder = _official_like(tmp_path / "mine", first, split)
     data = load_dataset("mnist", data_dir=folder, limit=10)
     assert data.labels.tolist() == first
+
+
+def test_npz_with_a_member_named_x_and_one_named_x_npy_is_refused(tmp_path: Path) -> None:
+    """np.load(path)["x"] reads the member named x before x.npy; lipcert read x.npy: a user
+    who looks at the file with numpy saw other pixels than the ones certified."""
+
+    def npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    shown, hidden = np.zeros((2, 1, 4, 4), np.uint8), np.full((2, 1, 4, 4), 200, np.uint8)
+    path = tmp_path / "two.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x", npy(shown))
+        archive.writestr("x.npy", npy(hidden))
+        archive.writestr("y.npy", npy(np.array([0, 1])))
+    assert np.load(path)["x"].max() == 0  # what numpy shows
+    with pytest.raises(DatasetError, match=r"two\.npz: the archive holds both 'x' and 'x\.npy'"):
+        load_dataset(str(path))
+    # A member named plainly "x" (no .npy) alone is still read, as numpy reads it.
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x", npy(hidden))
+        archive.writestr("y", npy(np.array([0, 1])))
+    np.testing.assert_array_equal(load_dataset(str(path)).images, hidden)
+
+
+def test_animated_webp_reads_its_first_frame(tmp_path: Path) -> None:
+    """Pillow opens an animated WebP at frame 0, as torchvision's loader reads it."""
+    from PIL import features
+
+    if not features.check("webp"):
+        pytest.skip("Pillow was built without WebP")
+    root = tmp_path / "val"
+    (root / "a").mkdir(parents=True)
+    first = _random((8, 8, 3), 13).astype(np.uint8)
+    second = _random((8, 8, 3), 14).astype(np.uint8)
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    frames[0].save(root / "a" / "m.webp", save_all=True, append_images=frames[1:], lossless=True)
+    _rgb(root / "b" / "ok.png", second)
+    with Image.open(root / "a" / "m.webp") as image:
+        assert getattr(image, "n_frames", 1) == 2
+    data = read_imagefolder(root, resize=8, crop=8)
+    np.testing.assert_array_equal(data.images[0], first.transpose(2, 0, 1))
