@@ -274,11 +274,40 @@ def _read_trusted_program(path: Path, kind: str) -> tuple[Any, dict[str, str]]:
             if kind == "torchscript":
                 return torch.jit.load(str(path), map_location="cpu"), {}
             program = torch.export.load(str(path))
+            batch = _exported_batch(program)
+            if batch is not None and batch != 1:
+                raise ModelLoadError(
+                    f"{str(path)!r} is a torch.export program for batches of exactly {batch}; "
+                    "lipcert runs a batch of 1 or any: export it with an example batch of 1, or "
+                    "with a dynamic batch (dynamic_shapes naming torch.export.Dim for axis 0)"
+                )
             shape = _exported_input_shape(program)
             metadata = {"input_shape": ",".join(map(str, shape))} if shape else {}
             return program.module(), metadata
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _first_input_shape(program: Any) -> tuple[Any, ...] | None:
+    """The shape a torch.export program records for its first input (symbolic axes as such)."""
+    inputs = list(getattr(program.graph_signature, "user_inputs", ()))
+    if not inputs:
+        return None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name == inputs[0]:
+            value = node.meta.get("val")
+            return tuple(getattr(value, "shape", ()))
+    return None
+
+
+def _exported_batch(program: Any) -> int | None:
+    """The batch size a torch.export program fixes, or None when its batch axis is symbolic."""
+    shape = _first_input_shape(program)
+    if not shape or type(shape[0]) is not int:
+        return None
+    return int(shape[0])
 
 
 def _exported_input_shape(program: Any) -> tuple[int, ...] | None:
@@ -287,16 +316,9 @@ def _exported_input_shape(program: Any) -> tuple[int, ...] | None:
     The program records the example input's shape on its placeholder; the batch axis (which
     may be symbolic) is dropped. None when another axis is symbolic or nothing is recorded.
     """
-    inputs = list(getattr(program.graph_signature, "user_inputs", ()))
-    if not inputs:
-        return None
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name == inputs[0]:
-            value = node.meta.get("val")
-            shape = tuple(getattr(value, "shape", ()))
-            if len(shape) >= 2 and all(type(d) is int for d in shape[1:]):
-                return tuple(int(d) for d in shape[1:])
-            return None
+    shape = _first_input_shape(program)
+    if shape is not None and len(shape) >= 2 and all(type(d) is int for d in shape[1:]):
+        return tuple(int(d) for d in shape[1:])
     return None
 
 
@@ -598,8 +620,7 @@ def _check_export(
         if not error <= _EXPORT_TOLERANCE * scale:
             raise ModelLoadError(
                 f"the ONNX export of {str(path)!r} disagrees with the module (max difference "
-                f"{error:.3g} on {kind}; a Python branch on the input's values?); lipcert "
-                "cannot certify a graph that is not the model"
+                f"{error:.3g} on {kind}); lipcert cannot certify a graph that is not the model"
             )
 
 

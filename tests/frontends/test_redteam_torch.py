@@ -6,7 +6,10 @@ where its decision changes, or a refusal where the export cannot stand for the m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -209,3 +212,48 @@ def test_own_hook_named_like_torchs_spectral_norm() -> None:
     weight = weight_orig.detach().double()
     exact = float(torch.linalg.matrix_norm(weight / weight.norm(), 2))
     assert exact * (1 - 1e-6) <= model.lipschitz_bound <= exact * (1 + 1e-5)
+
+
+class ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _save_program(path: Path, batch: int, dynamic: bool = False) -> None:
+    module = ConvNet().eval()
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic else None
+    program = torch.export.export(module, (torch.rand(batch, *SHAPE),), dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+
+
+def test_program_of_a_fixed_batch_other_than_one(tmp_path: Path) -> None:
+    """A .pt2 exported with an example batch of 8 runs batches of 8 only: it was refused with
+    'cannot trace ... AssertionError: Guard failed: x.size()[0] == 8'; now one line that says
+    what to do. Batches of 1 and a dynamic batch load, with the bound of the module's layers."""
+    fixed = tmp_path / "batch8.pt2"
+    _save_program(fixed, 8)
+    with pytest.raises(ModelLoadError) as error:
+        lipcert.load(str(fixed), trust=True)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "torch.export program for batches of exactly 8" in message
+
+    module = ConvNet().eval()
+    x = _pixels(8, seed=3)
+    with torch.no_grad():
+        expected = module(torch.tensor(x)).numpy()
+    bounds = []
+    for name, batch, dynamic in (("one.pt2", 1, False), ("any.pt2", 2, True)):
+        path = tmp_path / name
+        _save_program(path, batch, dynamic)
+        model = lipcert.load(str(path), trust=True)
+        assert model.input_shape == SHAPE
+        np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-6)
+        bounds.append(model.lipschitz_bound)
+    assert bounds[0] == pytest.approx(bounds[1], rel=1e-12)
