@@ -51,10 +51,12 @@ def read_npz(path: Path, *, limit: int | None) -> Dataset:
     the array is not plausible as NCHW): uint8 is kept, floats must lie in [0, 1] and are kept
     exactly (float64 as float64: the certificate is about the stored pixels). x of shape
     (N, d) is a table of features: any finite numbers, used as they are (radii are then in the
-    units of the features). y is (N,) integers (floats of integral value accepted) or (N, K)
-    one-hot; labels that are all -1 or +1 (the sign convention of binary classifiers) become
-    classes 0 and 1. num_classes is K for one-hot labels, else max label + 1, and at least 2;
-    it is taken over the whole file, so it does not change with `limit`.
+    units of the features), of any numeric dtype but uint8, which is refused as ambiguous
+    (flattened pixels, which would be scaled by 1/255, or features, which are not). y is
+    (N,) integers (floats of integral value accepted) or (N, K) one-hot; labels that are all
+    -1 or +1 (the sign convention of binary classifiers) become classes 0 and 1. num_classes
+    is K for one-hot labels, else max label + 1, and at least 2; it is taken over the whole
+    file, so it does not change with `limit`.
     """
     source = str(path)
     arrays, counts = _load_arrays(path, ("x", "y"), {"x": limit})
@@ -253,6 +255,15 @@ def _features(x: np.ndarray, *, source: str, key: str) -> np.ndarray:
     if x.dtype.kind not in "biuf" or x.dtype.itemsize > 8:
         raise DatasetError(
             f"{source}: expected {key!r} of a numeric dtype (features) but found {str(x.dtype)!r}"
+        )
+    if x.dtype == np.uint8:
+        # uint8 images are scaled by 1/255 and features are not: a flattened uint8 image
+        # read as features lies 255 times farther than pixels in [0, 1], and so does every
+        # --eps written for them. Which one is meant, the file must say.
+        raise DatasetError(
+            f"{source}: expected {key!r} of shape (N, d) to hold features but found uint8, "
+            "the dtype of pixels (which are scaled by 1/255, features are not): store flattened "
+            "pixels as x / 255 (floats in [0, 1]), or integer features as x.astype(np.int64)"
         )
     features = np.array(x, dtype=np.float64)
     if x.dtype.kind in "iu" and np.any(np.abs(features) > 2.0**53):

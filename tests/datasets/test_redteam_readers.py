@@ -329,3 +329,24 @@ def test_animated_webp_reads_its_first_frame(tmp_path: Path) -> None:
         assert getattr(image, "n_frames", 1) == 2
     data = read_imagefolder(root, resize=8, crop=8)
     np.testing.assert_array_equal(data.images[0], first.transpose(2, 0, 1))
+
+
+def test_flattened_uint8_pixels_are_not_read_as_unscaled_features(tmp_path: Path) -> None:
+    """x (N, 784) uint8 is how flattened MNIST is kept: read as features it was not scaled
+    by 1/255 as the same pixels as (N, 28, 28) are, so every radius and --eps was 255 times
+    off. Refused with what to store; the same values as int64 or float still read as is."""
+    pixels = _random((3, 28, 28), 15).astype(np.uint8)
+    y = np.array([0, 1, 2])
+    path = tmp_path / "flat.npz"
+    np.savez(path, x=pixels.reshape(3, -1), y=y)
+    with pytest.raises(DatasetError, match=r"flat\.npz: .*\(N, d\).*uint8.*x / 255"):
+        load_dataset(str(path))
+    images = tmp_path / "images.npz"
+    np.savez(images, x=pixels, y=y)
+    _, batch, _ = next(load_dataset(str(images)).batches(3, dtype=np.float64))
+    np.testing.assert_array_equal(batch[:, 0], pixels / 255.0)
+    for stored in (pixels.reshape(3, -1).astype(np.int64), pixels.reshape(3, -1) / 255.0):
+        np.savez(path, x=stored, y=y)
+        data = load_dataset(str(path))
+        assert data.kind == "features"
+        np.testing.assert_array_equal(data.images, stored)
