@@ -120,6 +120,8 @@ def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -
     import torch
 
     switchable = _eval_mode(module, path)
+    if switchable:
+        _refuse_training_behaviour(module, path)
     _materialise_parametrizations(module)
     if input_shape is None:
         raise UsageError(
@@ -262,6 +264,29 @@ def _eval_mode(module: Any, path: Path) -> bool:
             f"the module of {str(path)!r} fails to switch to eval mode: {type(exc).__name__}: {exc}"
         ) from None
     return True
+
+
+def _refuse_training_behaviour(module: Any, path: Path) -> None:
+    """Submodules that still compute as in training after eval(): their output for a sample
+    depends on the rest of its batch (batch statistics) or on chance (dropout)."""
+    import torch
+
+    for name, submodule in module.named_modules():
+        label = name or "the top module"
+        if isinstance(submodule, torch.nn.modules.batchnorm._BatchNorm) and (
+            submodule.running_mean is None or submodule.running_var is None
+        ):
+            raise ModelLoadError(
+                f"{type(submodule).__name__} {label!r} of {str(path)!r} has no running statistics "
+                "(track_running_stats=False): in eval mode it normalises with its batch's "
+                "statistics, so a sample's logits depend on the other samples"
+            )
+        if submodule.training:
+            raise ModelLoadError(
+                f"{type(submodule).__name__} {label!r} of {str(path)!r} is still in training mode "
+                "after eval() (an eval or train method that does not reach it): its dropout or "
+                "batch statistics would not be those of inference"
+            )
 
 
 def _read_trusted_program(path: Path, kind: str) -> tuple[Any, dict[str, str]]:

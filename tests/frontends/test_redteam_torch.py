@@ -257,3 +257,74 @@ def test_program_of_a_fixed_batch_other_than_one(tmp_path: Path) -> None:
         np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-6)
         bounds.append(model.lipschitz_bound)
     assert bounds[0] == pytest.approx(bounds[1], rel=1e-12)
+
+
+class Normalised(nn.Module):
+    def __init__(self, track_running_stats: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2, track_running_stats=track_running_stats)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class StaysTraining(nn.Module):
+    """A train() override that forgets its children: the dropout stays active after eval()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(16, 3)
+
+    def train(self, mode: bool = True) -> StaysTraining:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x.flatten(1)))
+
+
+def _trained(module: nn.Module) -> nn.Module:
+    module.train()
+    for step in range(3):
+        module(torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(step)))
+    return module.eval()
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (
+            lambda: _trained(Normalised(track_running_stats=False)),
+            r"^BatchNorm2d 'bn' of '<torch module>' has no running statistics "
+            r"\(track_running_stats=False\)",
+        ),
+        (
+            lambda: StaysTraining().eval(),
+            r"^Dropout 'drop' of '<torch module>' is still in training mode after eval\(\)",
+        ),
+    ],
+    ids=["batchnorm_without_running_stats", "dropout_left_training"],
+)
+def test_training_behaviour_in_eval_mode_is_refused(factory: object, match: str) -> None:
+    """Both were refused before, with messages from inside the exporter or the check
+    ('AssertionError: batch_size and channel_size must be non-None', 'disagrees')."""
+    with pytest.raises(ModelLoadError, match=match) as error:
+        lipcert.from_torch(factory(), SHAPE)  # type: ignore[operator]
+    assert "\n" not in str(error.value)
+
+
+def test_batchnorm_with_running_statistics_loads() -> None:
+    """The look-alike: running statistics, so each sample's logits are its own."""
+    module = _trained(Normalised(track_running_stats=True))
+    model = lipcert.from_torch(module, SHAPE)
+    x = _pixels(8, seed=4)
+    with torch.no_grad():
+        expected = module.double()(torch.tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-6)
+    one_at_a_time = np.concatenate([model.logits(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(one_at_a_time, expected, rtol=1e-5, atol=1e-6)
