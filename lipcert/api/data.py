@@ -38,6 +38,7 @@ from lipcert.certify.pipeline import _concatenate as concatenate_certificates
 from lipcert.certify.pipeline import certify_dataset as pipeline_certify_dataset
 from lipcert.certify.radii import Certificates, Method
 from lipcert.datasets import Dataset, DatasetLocation
+from lipcert.datasets.imagefolder import check_model_classes
 from lipcert.errors import UsageError
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def certify_dataset(
                 f"expected samples of shape {model.input_shape!r} (the model's input) but "
                 f"{data.name!r} holds {tuple(data.images.shape[1:])!r}"
             )
+        check_model_classes(data, model.num_classes)
         preprocessing = preprocessing_of(mean, std, int(data.images.shape[1]))
         if ray is not None and mcr_tolerance is not None:
             raise UsageError("expected mcr_tolerance without ray (not supported on Ray)")

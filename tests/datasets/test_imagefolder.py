@@ -37,6 +37,13 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
+def _ten_classes(root: Path) -> None:
+    """Seven more class folders (zz0 .. zz6, after the fixture's three): ten, as a 10-class
+    model needs (labels are folder positions: lipcert refuses another count)."""
+    for index in range(7):
+        _write(root / f"zz{index}" / "a.png", (20 + index, 24), 20 + index)
+
+
 def _by_hand(path: Path, resize: int, crop: int) -> np.ndarray:
     """torchvision's Resize(resize) + CenterCrop(crop) on a PIL image, written out."""
     image = Image.open(path).convert("RGB")
@@ -131,12 +138,13 @@ def test_cli_certifies_a_folder_and_says_radii_are_in_preprocessed_pixels(folder
 
     model = Path(__file__).resolve().parents[2] / "sample_models" / "cifar10_shaped_ce_tau16.onnx"
     arguments = ["certify", str(model), "--dataset", f"imagefolder:{folder}"]
+    _ten_classes(folder)  # one folder per class of the 10-class model
     result = CliRunner().invoke(
         app, [*arguments, "--resize", "36", "--crop", "32", "--json", "--quiet", "--no-config"]
     )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document["n"] == 5
+    assert document["n"] == 12
     assert document["input_space"].startswith("the preprocessed 32x32 pixels")
     assert not any("imagefolder: shorter side" in note for note in document["notes"])
     # Neither given: the model's 3x32x32 input sets them (resize 37, crop 32), and the
@@ -308,9 +316,11 @@ def test_api_reads_a_folder_at_the_model_size(folder: Path) -> None:
 
     models = Path(__file__).resolve().parents[2] / "sample_models"
     model = lipcert.load(models / "cifar10_shaped_ce_tau16.onnx")
+    _ten_classes(folder)  # one folder per class of the 10-class model
     report = lipcert.certify_dataset(model, f"imagefolder:{folder}", eps=[36 / 255])
-    assert report.n == 5
+    assert report.n == 12
     files = ["b_cat/a.png", "b_cat/sub/c.png", "n01/x.jpeg", "zebra/a.JPG", "zebra/b.png"]
+    files += [f"zz{index}/a.png" for index in range(7)]
     by_hand = np.stack([_by_hand(folder / name, 37, 32) for name in files]) / 255
     expected = model.certify(by_hand.astype(np.float32), eps=[36 / 255])
     # The same pixels (a resize of 36 or 38, or another crop, moves radii by far more).

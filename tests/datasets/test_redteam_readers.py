@@ -350,3 +350,24 @@ def test_flattened_uint8_pixels_are_not_read_as_unscaled_features(tmp_path: Path
         data = load_dataset(str(path))
         assert data.kind == "features"
         np.testing.assert_array_equal(data.images, stored)
+
+
+def test_image_folder_with_another_class_count_than_the_model_is_refused(tmp_path: Path) -> None:
+    """Labels of an image folder are folder positions. A validation folder that lacks one
+    class (or a 3-class subset) under a 10-class model gave every later image the label of
+    the next class: certified accuracy of wrong labels. certify, attack and compare meet
+    the model in certify_dataset, which refuses; ten folders still certify."""
+    import lipcert
+
+    model = lipcert.load(
+        Path(__file__).resolve().parents[2] / "sample_models" / "cifar10_shaped_ce_tau16.onnx"
+    )
+    root = tmp_path / "val"
+    for index in range(10):
+        if index != 4:  # class 4 has no validation images: 5..9 would shift to 4..8
+            _rgb(root / f"c{index}" / "a.png", _random((32, 32, 3), index).astype(np.uint8))
+    with pytest.raises(DatasetError, match=r"val: 9 class folders but the model predicts 10"):
+        lipcert.certify_dataset(model, f"imagefolder:{root}", eps=[0.1])
+    _rgb(root / "c4" / "a.png", _random((32, 32, 3), 4).astype(np.uint8))
+    report = lipcert.certify_dataset(model, f"imagefolder:{root}", eps=[0.1])
+    assert report.n == 10
