@@ -38,7 +38,7 @@ from lipcert.certify.pipeline import _concatenate as concatenate_certificates
 from lipcert.certify.pipeline import certify_dataset as pipeline_certify_dataset
 from lipcert.certify.radii import Certificates, Method
 from lipcert.datasets import Dataset, DatasetLocation
-from lipcert.datasets.imagefolder import check_model_classes
+from lipcert.datasets.classes import check_model_classes
 from lipcert.errors import UsageError
 
 if TYPE_CHECKING:

@@ -243,23 +243,6 @@ def preprocess(path: Path, resize: int, crop: int | tuple[int, int]) -> np.ndarr
     return np.asarray(box, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def check_model_classes(data: Dataset, num_classes: int) -> None:
-    """Refuse an image folder whose number of classes is not the model's.
-
-    Its labels are the class folders' positions in name order (torchvision's ImageFolder),
-    which are the model's class indices only when the folder has one sub-folder per class
-    of the model: with one folder missing (a class without validation images), every label
-    after it names the next class; a 10-class subset of ImageNet gets labels 0..9, not the
-    model's indices of those classes. Other datasets are not checked here."""
-    if data.split != "folder" or data.num_classes == num_classes:
-        return
-    raise DatasetError(
-        f"{data.source}: {data.num_classes} class folders but the model predicts "
-        f"{num_classes} classes: the labels are the folders' positions in name order, which "
-        "are the model's classes only with one sub-folder per class of the model"
-    )
-
-
 def read_imagefolder(
     root: str | Path,
     *,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_files import write_idx
+from data_files import images, labels, write_cifar10_python, write_idx
 
 from lipcert.datasets import load_dataset
 from lipcert.datasets.imagefolder import read_imagefolder
@@ -371,3 +371,45 @@ def test_image_folder_with_another_class_count_than_the_model_is_refused(tmp_pat
     _rgb(root / "c4" / "a.png", _random((32, 32, 3), 4).astype(np.uint8))
     report = lipcert.certify_dataset(model, f"imagefolder:{root}", eps=[0.1])
     assert report.n == 10
+
+
+def _gemm_model(path: Path, classes: int) -> Path:
+    """A 3x32x32 -> `classes` ONNX model: Flatten then a Gemm of orthonormal rows (1-Lipschitz)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows = np.linalg.qr(np.random.default_rng(16).standard_normal((3072, classes)))[0].T
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["x"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1),
+        ],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [
+            numpy_helper.from_array(rows.astype(np.float32), "w"),
+            numpy_helper.from_array(np.zeros(classes, np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def test_named_dataset_under_a_model_of_another_class_count_is_refused(tmp_path: Path) -> None:
+    """CIFAR-10's labels 0..9 all lie in a 100-class model's range, so nothing stopped
+    `--dataset cifar10` with a CIFAR-100 model: 'airplane' scored as 'apple'. Refused; the
+    same files with a 10-class model, and a .npz of the same images, still certify."""
+    import lipcert
+
+    folder = write_cifar10_python(tmp_path / "c10", "test", images(6), labels(6))
+    wide = lipcert.load(_gemm_model(tmp_path / "c100.onnx", 100))
+    data = lipcert.load_dataset("cifar10", data_dir=folder)
+    with pytest.raises(DatasetError, match=r"cifar10: 10 classes but the model predicts 100"):
+        lipcert.certify_dataset(wide, data, eps=[0.1])
+    narrow = lipcert.load(_gemm_model(tmp_path / "c10.onnx", 10))
+    assert lipcert.certify_dataset(narrow, data, eps=[0.1]).n == 6
+    path = tmp_path / "same.npz"
+    np.savez(path, x=images(6), y=labels(6))
+    assert lipcert.certify_dataset(wide, str(path), eps=[0.1]).n == 6
