@@ -233,6 +233,31 @@ def _check(model: onnx.ModelProto, source: str) -> None:
         onnx.shape_inference.infer_shapes(model, check_type=True)
     except Exception as exc:
         raise ModelLoadError(f"{source!r} fails ONNX shape inference: {_first_line(exc)}") from None
+    _refuse_unnamed_required_outputs(model, source)
+
+
+def _refuse_unnamed_required_outputs(model: onnx.ModelProto, source: str) -> None:
+    """An empty output name omits an output, which only an optional output may be; the
+    checker admits it anywhere, and onnxruntime crashes the process (a segmentation fault)
+    loading a Split with an unnamed piece. Nodes of the default domain, main graph."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        return
+    optional = onnx.defs.OpSchema.FormalParameterOption.Optional
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or all(node.output):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, versions[0], "")
+        except onnx.defs.SchemaError:
+            continue  # the checker has passed the node: nothing more to say here
+        formal = list(schema.outputs)
+        for index, name in enumerate(node.output):
+            if not name and formal and formal[min(index, len(formal) - 1)].option != optional:
+                raise ModelLoadError(
+                    f"{source!r}: {node_label(node)} leaves its output {index} unnamed, "
+                    "which only an optional output may be"
+                )
 
 
 def _first_line(exc: Exception) -> str:
