@@ -215,8 +215,8 @@ def preprocess(path: Path, resize: int, crop: int | tuple[int, int]) -> np.ndarr
         with Image.open(path) as image:
             if image.mode not in EIGHT_BIT_MODES:  # DatasetError is none of those caught
                 raise DatasetError(
-                    f"{path}: a {image.mode!r} image (16-bit, 32-bit or float samples): "
-                    "converting it to 8-bit RGB, as torchvision's loader does, clips its "
+                    f"{path}: a {image.mode!r} image, not of 8-bit samples: converting it to "
+                    "8-bit RGB, as torchvision's loader does, clips 16-bit, 32-bit and float "
                     "values to 0..255 without scaling them; save it as 8-bit grayscale or RGB"
                 )
             rgb = image.convert("RGB")
