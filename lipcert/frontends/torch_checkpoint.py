@@ -66,6 +66,7 @@ def load_module(module: Any, input_shape: tuple[int, ...], source: str = "<modul
     """
     import copy
 
+    module = _unwrapped(module)
     try:
         duplicate = copy.deepcopy(module, _detached_hook_products(module))
     except Exception as exc:
@@ -119,6 +120,7 @@ def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -
     """Eval mode, plain weights, export, check: changes `module` in place."""
     import torch
 
+    module = _unwrapped(module)
     switchable = _eval_mode(module, path)
     if switchable:
         _refuse_training_behaviour(module, path)
@@ -403,16 +405,48 @@ def _build(arch: str | None, state: dict[str, Any], path: Path, recorded: str | 
     return module
 
 
+# Prefixes that wrappers put before every key: DataParallel and DistributedDataParallel
+# ('module.'), torch.compile ('_orig_mod.'), training frameworks ('model.'), nested as saved.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
 def _strip_prefix(state: dict[str, Any], module: Any) -> dict[str, Any]:
-    """Drop a 'module.' prefix left by DataParallel when the module has none."""
+    """Drop the prefixes wrappers left on every key when the module has none.
+
+    Only when the stripped keys are exactly the module's: a partial match is left for
+    load_state_dict (strict) to refuse.
+    """
     expected = set(module.state_dict())
-    if set(state) == expected:
-        return state
-    for prefix in ("module.", "model."):
-        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if len(stripped) == len(state) and set(stripped) == expected:
-            return stripped
+    current = state
+    for _ in range(len(_WRAPPER_PREFIXES) + 1):
+        if set(current) == expected:
+            return current
+        prefix = next(
+            (p for p in _WRAPPER_PREFIXES if current and all(k.startswith(p) for k in current)),
+            None,
+        )
+        if prefix is None:
+            break
+        current = {k[len(prefix) :]: v for k, v in current.items()}
     return state
+
+
+def _unwrapped(module: Any) -> Any:
+    """The module inside torch.compile's OptimizedModule and (Distributed)DataParallel, which
+    compute what it computes and which the ONNX exporter cannot trace."""
+    import torch
+
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    for _ in range(8):
+        if isinstance(module, wrappers):
+            module = module.module
+        elif type(module).__name__ == "OptimizedModule" and isinstance(
+            getattr(module, "_orig_mod", None), torch.nn.Module
+        ):
+            module = module._orig_mod
+        else:
+            break
+    return module
 
 
 def resolve_arch(arch: str) -> Any:

@@ -7,6 +7,7 @@ where its decision changes, or a refusal where the export cannot stand for the m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -328,3 +329,62 @@ def test_batchnorm_with_running_statistics_loads() -> None:
     np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-6)
     one_at_a_time = np.concatenate([model.logits(x[i : i + 1]) for i in range(len(x))])
     np.testing.assert_allclose(one_at_a_time, expected, rtol=1e-5, atol=1e-6)
+
+
+ARCHS = Path(__file__).resolve().parent / "archs.py"
+
+
+def _small_net() -> nn.Sequential:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("redteam_archs", ARCHS)
+    assert spec is not None and spec.loader is not None
+    archs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archs)
+    return archs.small_net().eval()
+
+
+def _dense_bound(module: nn.Sequential) -> float:
+    """The product of the exact norms of small_net's conv (dense operator) and head."""
+    conv: Any = module[0]
+    head: Any = module[3]
+    basis = torch.eye(36, dtype=torch.float64).reshape(36, 1, 6, 6)
+    weight = conv.weight.detach().double()
+    operator = torch.nn.functional.conv2d(basis, weight, padding=1).reshape(36, -1).T
+    return float(
+        torch.linalg.matrix_norm(operator, 2)
+        * torch.linalg.matrix_norm(head.weight.detach().double(), 2)
+    )
+
+
+def test_wrapped_modules_and_their_state_dicts(tmp_path: Path) -> None:
+    """torch.compile and DataParallel wrappers: from_torch could not trace them, and their
+    state_dicts ('_orig_mod.', 'module._orig_mod.', '_orig_mod.module.') did not fit the arch."""
+    module = _small_net()
+    exact = _dense_bound(module)
+    plain = lipcert.from_torch(module, (1, 6, 6)).lipschitz_bound
+    assert exact * (1 - 1e-9) <= plain <= exact * 1.5
+    compile_: Any = torch.compile  # typed as a function decorator
+    wrapped: dict[str, Any] = {
+        "compiled": compile_(module),
+        "data_parallel": nn.DataParallel(module),
+        "compiled_data_parallel": compile_(nn.DataParallel(module)),
+        "data_parallel_compiled": nn.DataParallel(compile_(module)),
+    }
+    for name, wrapper in wrapped.items():
+        assert lipcert.from_torch(wrapper, (1, 6, 6)).lipschitz_bound == plain, name
+        path = tmp_path / f"{name}.pt"
+        torch.save(wrapper.state_dict(), path)
+        loaded = lipcert.load(str(path), arch=f"{ARCHS}:small_net", input_shape=(1, 6, 6))
+        assert loaded.lipschitz_bound == plain, name
+
+    # A partial match is not stripped: one key more, or one missing, is refused.
+    state = compile_(module).state_dict()
+    for name, changed in (
+        ("extra", {**state, "_orig_mod.9.weight": torch.zeros(1)}),
+        ("missing", {k: v for k, v in state.items() if not k.endswith("3.bias")}),
+    ):
+        path = tmp_path / f"{name}.pt"
+        torch.save(changed, path)
+        with pytest.raises(ModelLoadError, match="do not fit arch"):
+            lipcert.load(str(path), arch=f"{ARCHS}:small_net", input_shape=(1, 6, 6))
