@@ -692,6 +692,11 @@ def _first_output(output: Any, path: Path) -> np.ndarray:
         raise ModelLoadError(
             f"the module of {str(path)!r} returns {type(output).__name__}, not a tensor of logits"
         )
+    if output.ndim == 0 or output.numel() == 0:
+        raise ModelLoadError(
+            f"the module of {str(path)!r} returns a tensor of shape {tuple(output.shape)} for a "
+            "batch: expected logits, one row per sample"
+        )
     return output.detach().double().numpy()
 
 

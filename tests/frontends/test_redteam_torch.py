@@ -388,3 +388,30 @@ def test_wrapped_modules_and_their_state_dicts(tmp_path: Path) -> None:
         torch.save(changed, path)
         with pytest.raises(ModelLoadError, match="do not fit arch"):
             lipcert.load(str(path), arch=f"{ARCHS}:small_net", input_shape=(1, 6, 6))
+
+
+class Output(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 3)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1))
+        return logits.sum() if self.how == "sum" else logits[:, :0]
+
+
+@pytest.mark.parametrize(
+    ("how", "shape"), [("sum", "()"), ("none", "(4, 0)")], ids=["scalar", "no_logits"]
+)
+def test_outputs_that_are_not_logits(how: str, shape: str) -> None:
+    """No logits crashed with ValueError (zero-size array to reduction operation maximum);
+    a sum over the batch was refused with numpy's 'zero-dimensional arrays cannot be
+    concatenated'."""
+    with pytest.raises(ModelLoadError) as error:
+        lipcert.from_torch(Output(how).eval(), SHAPE)
+    assert str(error.value) == (
+        f"the module of '<torch module>' returns a tensor of shape {shape} "
+        "for a batch: expected logits, one row per sample"
+    )
