@@ -266,5 +266,11 @@ def mcr_lower_bound(
     if not np.all(np.isfinite(lower)):
         return float("-inf")
     # fsum is the exact sum rounded once: one step down bounds it, one more the division
-    total = float(np.nextafter(math.fsum(lower.tolist()), -np.inf))
-    return float(np.nextafter(total / len(lower), -np.inf))
+    try:
+        total = float(np.nextafter(math.fsum(lower.tolist()), -np.inf))
+        return float(np.nextafter(total / len(lower), -np.inf))
+    except OverflowError:  # radii near the largest float: a sum beyond it
+        # each term divided first, rounded down: the sum of the quotients stays in range
+        with np.errstate(under="ignore"):
+            parts = np.nextafter(lower / len(lower), -np.inf)
+        return float(np.nextafter(math.fsum(parts.tolist()), -np.inf))

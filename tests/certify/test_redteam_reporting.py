@@ -397,3 +397,19 @@ def test_csv_radii_round_trip_bit_for_bit(tmp_path: Path) -> None:
     rows = list(csv.DictReader(out.open()))
     for row, radius, margin in zip(rows, report.samples.radius, report.samples.margin, strict=True):
         assert float(row["radius"]) == radius and float(row["margin"]) == margin
+
+
+def test_mcr_lower_bound_of_radii_whose_sum_overflows() -> None:
+    """Correct certified radii near 7e307 (pair bounds of 1e-306): their sum is beyond the
+    largest float (math.fsum raised OverflowError, an internal error of certify's report);
+    the bound is still at most the exact mean of the radii and within 1e-15 of it."""
+    spec = _spec(1e-306 * (1 - np.eye(3)))
+    logits = np.array([[100.0, 0.0, 0.0], [0.0, 90.0, 0.0], [0.0, 0.0, 80.0]])
+    labels = np.array([0, 1, 2])
+    allowance = np.full(3, 1e-3)
+    certificates = certify_logits(logits, spec, Method.PAIRWISE, allowance)
+    assert np.all(certificates.radius > 5e307) and np.all(np.isfinite(certificates.radius))
+    exact_mean = sum(Fraction(float(r)) for r in certificates.radius) / 3
+    bound = mcr_lower_bound(certificates, labels, spec, allowance)
+    assert Fraction(bound) <= exact_mean
+    assert Fraction(bound) >= exact_mean * (1 - Fraction(1, 10**15))
