@@ -16,9 +16,8 @@ def check_model_classes(data: Dataset, num_classes: int) -> None:
     it names the next class; a 10-class subset of ImageNet gets labels 0..9, not the model's
     indices of those classes. A named dataset's labels are its own classes: CIFAR-10's 0..9
     under a CIFAR-100 model are 'apple' .. 'bottle', not 'airplane' .. 'truck'. Either way
-    every label is in the model's range, so nothing else would stop it. Files (.npz, .csv)
-    are not checked: their classes are whatever the labels say, and a file need not hold
-    every class.
+    every label is in the model's range, so nothing else would stop it. A file (.npz, .csv)
+    need not hold every class: only more classes than the model's are refused.
     """
     if data.split == "folder":
         what = f"{data.source}: {data.num_classes} class folders"
@@ -31,7 +30,18 @@ def check_model_classes(data: Dataset, num_classes: int) -> None:
         why = (
             f"the labels are {data.name}'s classes, which a {num_classes}-class model does not have"
         )
-    else:
+    elif data.split == "file":
+        # A file's num_classes is taken over all its labels (.npz: also beyond --limit), so a
+        # 1-based file (labels 1..K) sorted by class is caught though its first rows fit.
+        # (Labels read that already exceed the model get the pipeline's message on them.)
+        if data.num_classes > num_classes and int(data.labels.max()) < num_classes:
+            raise DatasetError(
+                f"{data.source}: its labels name {data.num_classes} classes (0.."
+                f"{data.num_classes - 1}, or one-hot of that width) but the model predicts "
+                f"{num_classes}: are the labels 1-based? class indices start at 0"
+            )
         return
+    else:
+        return  # a Dataset built by the caller: its labels are checked against the model
     if data.num_classes != num_classes:
         raise DatasetError(f"{what} but the model predicts {num_classes} classes: {why}")

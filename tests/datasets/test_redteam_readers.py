@@ -413,3 +413,20 @@ def test_named_dataset_under_a_model_of_another_class_count_is_refused(tmp_path:
     path = tmp_path / "same.npz"
     np.savez(path, x=images(6), y=labels(6))
     assert lipcert.certify_dataset(wide, str(path), eps=[0.1]).n == 6
+
+
+def test_one_based_labels_sorted_by_class_are_refused_under_a_limit(tmp_path: Path) -> None:
+    """Labels 1..10 (MATLAB, R) in a file sorted by class, with a limit: the first rows hold
+    label 1 only, which a 10-class model accepts, as class 1 where class 0 was meant. The
+    .npz's labels are all read, so its 11 classes are refused; 0-based labels still run."""
+    import lipcert
+
+    model = lipcert.load(_gemm_model(tmp_path / "m.onnx", 10))
+    one_based = np.repeat(np.arange(1, 11), 3)
+    path = tmp_path / "sorted.npz"
+    np.savez(path, x=images(30), y=one_based)
+    with pytest.raises(DatasetError, match=r"sorted\.npz: its labels name 11 classes.*1-based"):
+        lipcert.certify_dataset(model, lipcert.load_dataset(str(path), limit=5), eps=[0.1])
+    np.savez(path, x=images(30), y=one_based - 1)
+    report = lipcert.certify_dataset(model, lipcert.load_dataset(str(path), limit=5), eps=[0.1])
+    assert report.n == 5
