@@ -43,3 +43,19 @@ def check_same_count(images: int, labels: int, *, source: str) -> None:
             f"{source}: expected as many labels as images but found {images} images "
             f"and {labels} labels"
         )
+
+
+def pixel_like_note(features: np.ndarray) -> tuple[str, ...]:
+    """A note when (N, d) features look like pixels 0..255 (integers, some above 1, none
+    outside 0..255): they are used unscaled, so radii, and every --eps, are in those units,
+    255 times those of pixels in [0, 1]. Empty otherwise: any integer features can look so,
+    so this is said, not refused."""
+    if features.size == 0 or not np.all(np.isfinite(features)):
+        return ()
+    low, high = float(features.min()), float(features.max())
+    if low < 0 or high > 255 or high <= 1 or not np.all(features == np.round(features)):
+        return ()
+    return (
+        "features: every value is an integer in 0..255, as pixels are; features are not "
+        "scaled (radii and eps are in these units), so if they are pixels, store x / 255",
+    )

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from lipcert.datasets.catalog import CATALOG
-from lipcert.datasets.checks import check_label_range, check_same_count, check_unit_interval
+from lipcert.datasets.checks import (
+    check_label_range,
+    check_same_count,
+    check_unit_interval,
+    pixel_like_note,
+)
 from lipcert.datasets.dataset import Dataset
 from lipcert.errors import DatasetError
 
@@ -70,15 +75,17 @@ def read_npz(path: Path, *, limit: int | None) -> Dataset:
     labels, width = _labels(y, source=source, key="y")
     num_classes = max(2, width or 0, int(labels.max()) + 1 if labels.size else 0)
     if x.ndim == 2:
+        features = _features(x, source=source, key="x")
         return Dataset(
             name=path.name,
             split="file",
-            images=_features(x, source=source, key="x"),
+            images=features,
             labels=labels[:limit],
             num_classes=num_classes,
             class_names=None,
             source=source,
             kind="features",
+            notes=pixel_like_note(features),
         )
     return Dataset(
         name=path.name,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipcert.datasets.checks import pixel_like_note
 from lipcert.datasets.dataset import Dataset
 from lipcert.errors import DatasetError
 
@@ -72,15 +73,17 @@ def read_csv(path: Path, *, limit: int | None, label_column: str | None = None) 
 def _dataset(path: Path, features: list[list[float]], labels: list[float], column: str) -> Dataset:
     source = str(path)
     classes = _class_indices(labels, source, column)
+    values = np.array(features, dtype=np.float64)
     return Dataset(
         name=path.name,
         split="file",
-        images=np.array(features, dtype=np.float64),
+        images=values,
         labels=classes,
         num_classes=max(2, int(classes.max()) + 1),
         class_names=None,
         source=source,
         kind="features",
+        notes=pixel_like_note(values),
     )
 
 

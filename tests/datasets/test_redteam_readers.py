@@ -430,3 +430,25 @@ def test_one_based_labels_sorted_by_class_are_refused_under_a_limit(tmp_path: Pa
     np.savez(path, x=images(30), y=one_based - 1)
     report = lipcert.certify_dataset(model, lipcert.load_dataset(str(path), limit=5), eps=[0.1])
     assert report.n == 5
+
+
+def test_pixel_valued_csv_features_are_read_unscaled_and_said_so(tmp_path: Path) -> None:
+    """A CSV of MNIST as Kaggle keeps it (label, then 784 pixel columns 0..255) is features:
+    used unscaled (a table cannot say it holds pixels), so the report must say that radii
+    are 255 times those of pixels in [0, 1]. Real-valued or 0/1 features get no such note."""
+    pixels = _random((4, 16), 17)
+    pixels[0, 0] = 255
+    header = "label," + ",".join(f"{r}x{c}" for r in range(1, 5) for c in range(1, 5))
+    rows = [f"{i % 2}," + ",".join(str(v) for v in row) for i, row in enumerate(pixels)]
+    path = tmp_path / "mnist_test.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    data = load_dataset(str(path))
+    np.testing.assert_array_equal(data.images, pixels)  # as written, not divided by 255
+    assert any("integer in 0..255, as pixels are" in note for note in data.notes)
+    for values in (pixels / 255.0, (pixels > 127).astype(np.int64)):
+        rows = [f"{i % 2}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(values)]
+        path.write_text("\n".join([header, *rows]) + "\n")
+        assert load_dataset(str(path)).notes == ()
+    npz = tmp_path / "ints.npz"
+    np.savez(npz, x=pixels.astype(np.int64), y=np.arange(4) % 2)
+    assert any("as pixels are" in note for note in load_dataset(str(npz)).notes)
