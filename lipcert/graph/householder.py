@@ -213,7 +213,7 @@ def match_householder(graph: Graph, node: Node) -> Node | None:
     entries += [(f"w{t.variable}", t) for t in sel_terms if t.mul is not None]
     for key, term in entries:
         assert term.mul is not None and term.constant is not None
-        name = f"{concat.name}::householder_{key}"
+        name = graph.fresh_name(f"{concat.name}::householder_{key}")
         if key.startswith("R"):
             graph.constants[name] = term.sign * ideal[int(key[1])][term.variable]
         else:

@@ -120,6 +120,23 @@ class Graph:
             zero_input_values=dict(self.zero_input_values),
         )
 
+    def fresh_name(self, base: str) -> str:
+        """`base`, or `base#2`, `base#3`...: a tensor name no constant, data tensor or node
+        (fused bodies included) of the graph uses. A weight lipcert derives (a folded
+        BatchNorm) under a name the file gives another tensor would replace that tensor for
+        every node reading it (a Gemm bounded with another layer's weight)."""
+        used = set(self.constants) | set(self.shapes)
+        stack = list(self.nodes)
+        while stack:
+            node = stack.pop()
+            used.update(node.inputs)
+            used.update(node.outputs)
+            stack.extend(node.body)
+        name, suffix = base, 2
+        while name in used:
+            name, suffix = f"{base}#{suffix}", suffix + 1
+        return name
+
     def unique_node_names(self) -> None:
         """Give each node a name no other node has (the first keeps its own, later ones get
         '#2', '#3'...). Names key per-node tables (the unit roundoff each node ran in), and a

@@ -502,7 +502,7 @@ def match_folded_batchnorm(graph: Graph, bn: Node) -> Node | None:
         folded = alpha * (
             weight * scale[:, None] if layer.attr("transB", 0) else weight * scale[None, :]
         )
-    weight_name = f"{layer.name}/batchnorm_folded_weight"
+    weight_name = graph.fresh_name(f"{layer.name}/batchnorm_folded_weight")
     graph.constants[weight_name] = folded
     attrs = {k: v for k, v in layer.attrs.items() if k != "alpha"}
     del beta, mean

@@ -18,7 +18,10 @@ Holes found here (each test fails with its fix undone):
 - an SLL block whose second op is a Conv with the flipped kernel: the mirrored padding of an
   asymmetric first conv was taken with begin and end swapped (same output size, but the
   adjoint shifted): bound 3.68 for a 5.31-Lipschitz block, while the true adjoint was left
-  to the product of the layers.
+  to the product of the layers;
+- a BatchNormalization folded into a Gemm under the name the file gives another layer's
+  weight ('g1/batchnorm_folded_weight'): that layer was bounded with the folded weight (2.0
+  for a 101-Lipschitz model); lipcert.graph.ir.Graph.fresh_name.
 """
 
 from __future__ import annotations
@@ -566,3 +569,37 @@ def test_dense_blocks_against_their_slope_box(sll: bool) -> None:
         fused += any(node.op in ("SLLBlock", "SandwichBlock") for node in analysis.graph.nodes)
         assert analysis.spec.lipschitz_bound >= (1 - 1e-9) * true, true
     assert fused >= 15
+
+
+# --- a weight lipcert derives, under a name the file gives another tensor ---------------------
+
+
+def _fold_beside(second_weight: str) -> onnx.ModelProto:
+    """y = relu(BN(Gemm(x, W))) + Gemm(x, 100 I): the second Gemm's weight named as lipcert
+    once named the first's folded weight ('g1/batchnorm_folded_weight'), or otherwise."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w"], ["z"], name="g1"),
+        helper.make_node("BatchNormalization", ["z", "gamma", "beta", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["a"]),
+        helper.make_node("Gemm", ["x", second_weight], ["t"], name="g2"),
+        helper.make_node("Add", ["a", "t"], ["y"]),
+    ]
+    arrays = {
+        "w": np.eye(N),
+        second_weight: 100 * np.eye(N),
+        "gamma": np.ones(N),
+        "beta": np.full(N, 10.0),  # every unit active near x = 0
+        "mean": np.zeros(N),
+        "var": np.ones(N),
+    }
+    return _model(nodes, arrays, (N,))
+
+
+@pytest.mark.parametrize("second_weight", ["g1/batchnorm_folded_weight", "w100"])
+def test_a_folded_weight_never_replaces_a_tensor_of_the_file(second_weight: str) -> None:
+    model = _fold_beside(second_weight)
+    true = _true_constant(model, (N,))  # 101
+    result = _analysis(model, (N,))
+    # Before Graph.fresh_name: the fold overwrote the file's 100 I, bound 2.0 for 101.
+    assert result.spec.lipschitz_bound >= SOUND * true, (result.spec.lipschitz_bound, true)
+    assert [node.op for node in result.graph.nodes if node.body] == ["Gemm"]  # still folded
