@@ -137,6 +137,8 @@ def _walk_hidden(chain: _Chain, name: str, user: Node, conv: bool) -> _Hidden | 
     """From the second linear op's input back to the first linear op's output."""
     graph = chain.graph
     shape = graph.shape(name)
+    if len(shape) < 2:  # no (batch, units) axes: a tensor that lost its batch axis
+        return None
     scale = np.ones(shape[1])
     factors = 0
     nodes: list[Node] = []

@@ -682,6 +682,20 @@ def test_squeeze_of_the_data_axes_keeps_its_exact_bound() -> None:
     assert truth * SOUND <= bound <= truth * (1 + 1e-5)  # float32 weights: exact SVD
 
 
+def test_a_flattened_batch_axis_does_not_crash_the_block_matchers() -> None:
+    """Reshape(x, [-1]) drops the batch axis at the probe's batch of 1 as x.squeeze() does;
+    the Sandwich block matcher then indexed the missing unit axis (IndexError, an internal
+    error). The model is bounded at least by ||W|| (numpy's SVD)."""
+    weight = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["r"], name="flatten"),
+        helper.make_node("MatMul", ["r", "w"], ["y"], name="head"),
+    ]
+    model = make_model(nodes, [4], {"flat": np.array([-1], dtype=np.int64), "w": weight})
+    truth = float(np.linalg.svd(weight.astype(np.float64), compute_uv=False)[0])
+    assert bound_of(load(model)) >= truth * SOUND
+
+
 @pytest.mark.parametrize(
     "value", [5e-324, 1.5e-323, 3.1e-300, 1.2345678e295, 1.7976931348623157e308]
 )
