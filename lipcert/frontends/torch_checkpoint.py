@@ -8,7 +8,9 @@ a torch.export `.pt2`) are read only with `--trust-model`.
 The module is put in eval mode, its parametrizations (spectral norm, Björck, deel-torchlip's
 normalisations) are evaluated once into plain weights, and it is exported to ONNX in memory.
 That export goes through the same ONNX front-end, so bounds are computed on one kind of graph;
-it is checked against the module's own outputs before anything is certified with it.
+a module whose Python code branches on its input's values is refused first (the trace would
+keep one branch), and the export is checked against the module's own outputs on probe
+batches before anything is certified with it.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -
     _refuse_non_finite_weights(module, path)
     with torch.no_grad():
         batched = _runs_batched(module, input_shape)
+        if switchable:
+            _refuse_value_branches(module, input_shape, path)
         proto = _export(module, input_shape, path, switchable=switchable, batched=batched)
         _check_export(module, proto, input_shape, path, batched=batched)
     import onnx
@@ -549,6 +553,55 @@ def _runs_batched(module: Any, input_shape: tuple[int, ...]) -> bool:
     except Exception:
         return False
     return True
+
+
+def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a module whose Python code branches on its input's values.
+
+    The TorchScript trace runs the module once, at the zero input, and keeps the branches it
+    took: `if x.min() >= 0: x = (x - 0.5) / 0.05` is frozen either way, and the export then
+    stands for the module only where the condition comes out as at zero. torch.export's
+    non-strict tracing runs the forward on symbolic values and stops at such a condition
+    (GuardOnDataDependentSymNode), naming it; that is what is asked here. A module that
+    torch.export cannot trace for any other reason goes on: the probes of `_check_export`
+    remain its only check.
+    """
+    import traceback
+
+    import torch
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    if not isinstance(module, torch.nn.Module) or isinstance(module, torch.jit.ScriptModule):
+        return
+    try:
+        with (
+            warnings.catch_warnings(),
+            redirect_stdout(io.StringIO()),
+            redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            torch.export.export(module, (torch.zeros((1, *input_shape)),), strict=False)
+    except GuardOnDataDependentSymNode as exc:
+        torch_folder = Path(torch.__file__).resolve().parent
+        this_file = Path(__file__).resolve()
+        frames = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if not Path(frame.filename).resolve().is_relative_to(torch_folder)
+            and Path(frame.filename).resolve() != this_file
+        ]
+        where = (
+            f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].line})"
+            if frames
+            else ""
+        )
+        raise ModelLoadError(
+            f"the module of {str(path)!r} branches in Python on its input's values{where}: "
+            "its trace keeps one branch, not the function the module computes; use torch.where "
+            "or compute both branches"
+        ) from None
+    except Exception:
+        return
 
 
 def _export(

@@ -34,17 +34,25 @@ class RawPixelBranch(nn.Module):
 
     A trace at the zero input keeps the other branch; so does a probe batch that mixes
     positive and negative inputs. On images (what certify feeds) the module computes
-    fc((x - 0.5) / 0.05): 20 times the Lipschitz constant of the traced fc(x).
+    fc((x - 0.5) / 0.05): 20 times the Lipschitz constant of the traced fc(x). `via_numpy`
+    tests the condition on a numpy copy, which torch.export cannot follow (only the probes
+    see that branch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, via_numpy: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.fc = nn.Linear(16, 3)
+        self.via_numpy = via_numpy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        if x.min() >= 0 and x.max() > 0.5:
+        if self.via_numpy:
+            values = x.detach().numpy()
+            raw = bool(values.min() >= 0 and values.max() > 0.5)
+        else:
+            raw = bool(x.min() >= 0 and x.max() > 0.5)
+        if raw:
             x = (x - 0.5) / 0.05
         return self.fc(x)
 
@@ -77,24 +85,42 @@ def _decision_change_within(module: nn.Module, x: np.ndarray, radius: float) -> 
     return False
 
 
-def test_branch_on_raw_pixels_is_not_certified() -> None:
-    """The probe batches must include images: the module's function on them is not the trace's.
-
-    Before the fix lipcert bounded fc alone (the zero-input trace) and certified images with
-    radii 20 times too large: the module changes decision well within them."""
-    module = RawPixelBranch().eval()
+@pytest.mark.parametrize(
+    ("via_numpy", "refusal"),
+    [
+        (
+            False,
+            "the module of '<torch module>' branches in Python on its input's values at "
+            "test_redteam_torch.py:",
+        ),
+        (
+            True,
+            "the ONNX export of '<torch module>' disagrees with the module (max difference ",
+        ),
+    ],
+    ids=["condition_on_tensors", "condition_on_numpy"],
+)
+def test_branch_on_raw_pixels_is_not_certified(via_numpy: bool, refusal: str) -> None:
+    """The trace froze the zero input's branch, and the one mixed probe batch took it too:
+    lipcert bounded fc alone (0.83) for a 16.6-Lipschitz function on images, and certified
+    18 of 64 images beyond the module's own float64 decision boundary. Now torch.export
+    names the condition; through numpy, the probe batch of images takes the other branch."""
+    module = RawPixelBranch(via_numpy).eval()
     x = _pixels(64, seed=1)
     try:
         model = lipcert.from_torch(module, SHAPE)
     except ModelLoadError as exc:
-        assert "disagrees with the module" in str(exc)
+        assert str(exc).startswith(refusal)
+        assert "\n" not in str(exc)
+        if via_numpy:
+            assert "on images in [0, 1]); lipcert cannot certify" in str(exc)
         return
     result = model.certify(x, np.zeros(len(x), dtype=np.int64))
     broken = [
         i
         for i in range(len(x))
         if result.radius[i] > 0
-        and _decision_change_within(RawPixelBranch(), x[i], result.radius[i])
+        and _decision_change_within(RawPixelBranch(via_numpy), x[i], result.radius[i])
     ]
     assert not broken, f"{len(broken)} samples certified beyond the module's decision boundary"
 
