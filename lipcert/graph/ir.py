@@ -126,12 +126,9 @@ class Graph:
         BatchNorm) under a name the file gives another tensor would replace that tensor for
         every node reading it (a Gemm bounded with another layer's weight)."""
         used = set(self.constants) | set(self.shapes)
-        stack = list(self.nodes)
-        while stack:
-            node = stack.pop()
+        for node in (inner for top in self.nodes for inner in _flatten(top)):
             used.update(node.inputs)
             used.update(node.outputs)
-            stack.extend(node.body)
         name, suffix = base, 2
         while name in used:
             name, suffix = f"{base}#{suffix}", suffix + 1
