@@ -17,6 +17,16 @@ other axes change, holds the batch elsewhere (a transpose or reshape moved it am
 data axes), or lost it (a reduction over it): the samples may mix and are then run one at
 a time. Ops that reorder or copy along a scaled leading axis keep its size (a Tile along
 the batch axis, a reversing Slice) and are refused by the rules.
+
+Shapes at batch 1 and 2 say nothing of other batch sizes where the batch size itself
+reaches the values: Shape(x)[0] computed into 1 + 10 relu(N - 2) relu(4 - N) and
+multiplied into the data is 1 at batches 1, 2 and 4, 11 at batch 3 (a last batch of 3
+certified three samples with a class their own logits do not have). So the batch size N, the
+leading entry of a Shape of a data tensor (or its Size), may reach a node only through
+element moves (Gather, Slice, Concat, Unsqueeze, Squeeze, Reshape, Flatten, Cast, Identity
+with constant indices) and products with numbers free of it (N C), and a data tensor only as
+a Reshape's target: such a target keeps each sample's rows at every batch size if it does at
+batch 2 (its entries are c N or free of N). Anything else runs the samples one at a time.
 """
 
 from __future__ import annotations
@@ -50,8 +60,12 @@ def batch_axis_stays_leading(
                 names.append(name)
     if not names:
         return None
+    # what is computed without the input's values (shapes, and what follows): its values
+    derived = [
+        name for node in model.graph.node for name in node.output if name and name not in data
+    ]
     del model.graph.output[:]
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in [*names, *derived])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
@@ -59,9 +73,20 @@ def batch_axis_stays_leading(
         session = ort.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        shapes = [_shapes(session, names, input_name, (b, *sample_shape), dtype) for b in (1, 2)]
+        values = session.run(
+            [*names, *derived], {input_name: np.zeros((1, *sample_shape), dtype=dtype)}
+        )
+        shapes = [
+            [tuple(int(d) for d in np.shape(v)) for v in values[: len(names)]],
+            _shapes(session, names, input_name, (2, *sample_shape), dtype),
+        ]
     except Exception as exc:  # onnxruntime's own error types
         return f"it does not run on a batch of 2 ({(str(exc).splitlines() or [''])[0]})"
+    reached = _batch_size_reaches(
+        model, data, dict(zip(derived, values[len(names) :], strict=True))
+    )
+    if reached is not None:
+        return reached
     sizes = {input_name: ((1, *sample_shape), (2, *sample_shape))}
     for name, one, two in zip(names, shapes[0], shapes[1], strict=True):
         if not one or len(one) != len(two) or two[0] != 2 * one[0] or two[1:] != one[1:]:
@@ -109,6 +134,109 @@ def _leading_axis_sliced(
             if axis % len(one) == 0 and not (whole and start == 0 and step == 1):
                 return f"the Slice {node.name!r} keeps part of the leading axis"
     return None
+
+
+# Ops that only move the elements of their first input (their other inputs: constants).
+_MOVES = frozenset(
+    {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Cast", "Identity"}
+)
+
+
+def _batch_size_reaches(model: Any, data: set[str], values: dict[str, Any]) -> str | None:
+    """Why the batch size may reach the values the model computes, or None (the module).
+
+    `values`: every tensor computed without reading a data tensor, at batch 1. Per such
+    tensor derived from a Shape or Size of a data tensor, which of its elements hold N (a
+    multiple c N): the leading entry of a Shape, a Size; moves keep them where they go."""
+    from onnx import numpy_helper
+
+    known: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    known.update(values)
+    held: dict[str, np.ndarray] = {}  # tensor -> where it holds N (elementwise)
+    for node in model.graph.node:
+        label = f"node {node.name!r} ({node.op_type})"
+        if node.op_type in _SHAPE_ONLY and node.input and node.input[0] in data:
+            held[node.output[0]] = _shape_holds(node, known)
+            continue
+        reads = [i for i in node.input if i in held and held[i].any()]
+        if not reads:
+            continue
+        if any(i in data for i in node.input):
+            if node.op_type == "Reshape" and reads == [node.input[1]]:
+                continue  # a target of c N entries: the shapes at batch 2 tell
+            return f"the batch size reaches the values of {label}"
+        where = _moved(node, held, known)
+        if where is None:
+            return f"the batch size reaches {label}"
+        held[node.output[0]] = where
+    return None
+
+
+def _shape_holds(node: Any, known: dict[str, Any]) -> np.ndarray:
+    """Which elements of Shape(x)[start:end] (or Size(x)) are, or hold, x's leading size."""
+    output = known.get(node.output[0])
+    if node.op_type == "Size" or output is None:
+        return np.ones(np.shape(output) if output is not None else (), dtype=bool)
+    start = next((int(a.i) for a in node.attribute if a.name == "start"), 0)
+    holds = np.zeros(np.shape(output), dtype=bool)
+    if start == 0 and holds.size:
+        holds[0] = True
+    elif start < 0:
+        holds[:] = True  # counted from the end: maybe the leading size, to be safe
+    return holds
+
+
+def _moved(node: Any, held: dict[str, np.ndarray], known: dict[str, Any]) -> np.ndarray | None:
+    """Where the output of `node` (reading N) holds N, or None when N reaches it otherwise
+    than by moves with constant indices and products with numbers free of N."""
+    outputs = [name for name in node.output if name]
+    if len(outputs) != 1 or outputs[0] not in known:
+        return None
+    shape = np.shape(known[outputs[0]])
+    if any(i not in known and i not in held for i in node.input if i):
+        return None
+
+    def holds(name: str) -> np.ndarray:
+        return held[name] if name in held else np.zeros(np.shape(known[name]), dtype=bool)
+
+    op, inputs = node.op_type, [i for i in node.input if i]
+    attrs = {a.name: a for a in node.attribute}
+    moved: np.ndarray | None
+    try:
+        if op == "Mul" and len(inputs) == 2:
+            a, b = (np.broadcast_to(holds(i), shape) for i in inputs)
+            return None if (a & b).any() else a | b  # N times N is not c N
+        if op == "Concat":
+            moved = np.concatenate([holds(i) for i in inputs], axis=int(attrs["axis"].i))
+        elif op not in _MOVES or any(holds(i).any() for i in inputs[1:]):
+            return None  # arithmetic on N, or indices computed from it
+        elif op == "Gather":
+            axis = int(attrs["axis"].i) if "axis" in attrs else 0
+            indices = np.asarray(known[inputs[1]]).astype(np.int64)
+            moved = np.take(holds(inputs[0]), indices, axis=axis)
+        elif op == "Slice":
+            moved = _sliced(node, holds(inputs[0]), known)
+        else:  # Cast, Identity, Unsqueeze, Squeeze, Reshape, Flatten: the same order
+            moved = holds(inputs[0]).reshape(shape)
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return moved if moved is not None and moved.shape == shape else None
+
+
+def _sliced(node: Any, array: np.ndarray, known: dict[str, Any]) -> np.ndarray | None:
+    """`array` sliced as `node` (a Slice with constant inputs, opset 10 on) slices."""
+    if len(node.input) < 3:
+        return None  # attributes up to opset 9
+    parts = [_ints(known[i]) if i else None for i in [*node.input[1:], "", ""][:4]]
+    starts, ends, axes, steps = parts
+    if starts is None or ends is None:
+        return None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index = [slice(None)] * array.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        index[axis] = slice(start, end, step)
+    return array[tuple(index)]
 
 
 def _ints(value: Any) -> list[int]:

@@ -797,3 +797,107 @@ def test_rows_sliced_across_samples_are_run_one_at_a_time() -> None:
     alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in range(2)])
     assert not np.allclose(run_onnxruntime(model, batch), alone)  # onnxruntime's batch mixes
     np.testing.assert_allclose(evaluator.logits(batch), alone)
+
+
+def _batch_size_model(into: str) -> onnx.ModelProto:
+    """y = x W with W = I, x first multiplied by 1 + 10 relu(N - 2) relu(4 - N) (N = the
+    batch size from Shape(x)[0]; `into` "values") or reshaped to (N, a, b) (a, b) = (4, 1),
+    or (2, 2) at N = 3, transposed and flattened back (`into` "target"): the identity at
+    batches 1, 2 and 4, not at 3."""
+    n = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Sub", ["n", "two"], ["e1"]),
+        helper.make_node("Relu", ["e1"], ["r1"]),
+        helper.make_node("Sub", ["four", "n"], ["e2"]),
+        helper.make_node("Relu", ["e2"], ["r2"]),
+        helper.make_node("Mul", ["r1", "r2"], ["bump"]),  # 1 at N = 3, else 0
+    ]
+    constants: dict[str, np.ndarray] = {
+        "zero": np.array(0, np.int64),
+        "two": np.array(2, np.int64),
+        "four": np.array(4, np.int64),
+        "w": np.eye(4, dtype=np.float32),
+    }
+    if into == "values":
+        constants.update(ten=np.array(10.0, np.float32), one=np.array(1.0, np.float32))
+        nodes = [
+            *n,
+            helper.make_node("Cast", ["bump"], ["b"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["b", "ten"], ["b10"]),
+            helper.make_node("Add", ["b10", "one"], ["factor"]),
+            helper.make_node("Mul", ["x", "factor"], ["xs"]),
+            helper.make_node("MatMul", ["xs", "w"], ["y"]),
+        ]
+    else:
+        constants.update(k4=np.array([4], np.int64), k1=np.array([1], np.int64))
+        constants.update(minus=np.array([-1], np.int64), ax=np.array([0], np.int64))
+        nodes = [
+            *n,
+            helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+            helper.make_node("Unsqueeze", ["bump", "ax"], ["bump1"]),
+            helper.make_node("Add", ["bump1", "k1"], ["bdim"]),  # 1, or 2 at N = 3
+            helper.make_node("Div", ["k4", "bdim"], ["adim"]),  # 4, or 2 at N = 3
+            helper.make_node("Concat", ["n1", "adim", "bdim"], ["target"], axis=0),
+            helper.make_node("Reshape", ["x", "target"], ["r"]),
+            helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+            helper.make_node("Concat", ["n1", "minus"], ["rows"], axis=0),
+            helper.make_node("Reshape", ["t", "rows"], ["f"]),
+            helper.make_node("MatMul", ["f", "w"], ["y"]),
+        ]
+    return make_model(nodes, (4,), constants)
+
+
+@pytest.mark.parametrize("into", ["values", "target"])
+def test_the_batch_size_reaching_the_values_runs_samples_one_at_a_time(into: str) -> None:
+    """Shapes at batches 1 and 2 and values at 1, 2 and 4 show nothing: a last batch of 3
+    got other logits (certify gave three samples a certified class their own logits do not
+    have). Ground truth: onnxruntime one sample at a time."""
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    model = _batch_size_model(into)
+    loaded = load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx")
+    evaluator = OnnxRuntimeEvaluator(loaded, spec=analyse(loaded.graph).spec)
+    rng = np.random.default_rng(3)
+    first, last = (rng.normal(size=(n, 4)).astype(np.float32) for n in (4, 3))
+    for batch in (first, last):
+        rows = range(len(batch))
+        alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in rows])
+        np.testing.assert_allclose(alone, batch, rtol=1e-6)  # the identity, one at a time
+        np.testing.assert_allclose(evaluator.logits(batch), alone, rtol=1e-6)
+    assert not np.allclose(run_onnxruntime(model, last), last)  # onnxruntime's batch of 3
+    assert evaluator.one_at_a_time
+
+
+def test_a_target_of_the_batch_size_still_runs_as_a_batch() -> None:
+    """Look-alike: Reshape to (N, -1) and (N C, 2) with N from Shape(x)[0], as torch exports
+    x.view(x.size(0), -1) and x.reshape(b * c, h): batches stay batches."""
+    from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        helper.make_node("Mul", ["n1", "k2"], ["n2"]),
+        helper.make_node("Concat", ["n2", "k2"], ["pairs"], axis=0),
+        helper.make_node("Reshape", ["x", "pairs"], ["p"]),
+        helper.make_node("Relu", ["p"], ["r"]),
+        helper.make_node("Concat", ["n1", "minus"], ["rows"], axis=0),
+        helper.make_node("Reshape", ["r", "rows"], ["f"]),
+        helper.make_node("MatMul", ["f", "w"], ["y"]),
+    ]
+    constants: dict[str, np.ndarray] = {
+        "zero": np.array(0, np.int64),
+        "ax": np.array([0], np.int64),
+        "k2": np.array([2], np.int64),
+        "minus": np.array([-1], np.int64),
+        "w": np.random.default_rng(4).normal(size=(4, 3)).astype(np.float32),
+    }
+    model = make_model(nodes, (4,), constants)
+    loaded = load_from_proto(model, LoadOptions(), source="redteam", fmt="onnx")
+    evaluator = OnnxRuntimeEvaluator(loaded, spec=analyse(loaded.graph).spec)
+    for n in (4, 3):
+        batch = np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)
+        alone = np.concatenate([run_onnxruntime(model, batch[i : i + 1]) for i in range(n)])
+        np.testing.assert_allclose(evaluator.logits(batch), alone, rtol=1e-6, atol=1e-7)
+    assert not evaluator.one_at_a_time
