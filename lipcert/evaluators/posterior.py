@@ -47,6 +47,7 @@ from lipcert.evaluators.base import (
 )
 from lipcert.evaluators.norms import group_size, norm_from_group_sums, norm_from_squares
 from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator, make_session
+from lipcert.frontends.onnx_flow import subgraphs
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel
 
@@ -384,6 +385,13 @@ def _prefix_model(
         (entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")),
         default=1,
     )
+    # The tensors and nodes added here take names the file does not use: onnxruntime takes
+    # the last of two initializers of one name, so a file's own int64 tensor named like
+    # lipcert's flat shape (Gather indices, say) had its value replaced in certify's runs.
+    taken = _names(model.graph)
+    prefix = _SUM_PREFIX
+    while any(name.startswith(prefix) for name in taken):
+        prefix = f"_{prefix}"
     renamed: dict[str, str] = {}
     if float64_tail is not None:
         copied = _float64_copy(model, cut, logits)
@@ -391,8 +399,8 @@ def _prefix_model(
             return None
         extra_nodes, renamed = copied
         outputs[0] = helper.make_tensor_value_info(renamed[logits], onnx.TensorProto.DOUBLE, None)
-    flat_shape = f"{_SUM_PREFIX}flat_shape"
-    axes = f"{_SUM_PREFIX}axes"
+    flat_shape = f"{prefix}flat_shape"
+    axes = f"{prefix}axes"
     model.graph.initializer.append(
         onnx.numpy_helper.from_array(np.array([0, -1], dtype=np.int64), flat_shape)
     )
@@ -412,10 +420,10 @@ def _prefix_model(
     ]
     summed += [(renamed[name], onnx.TensorProto.DOUBLE, None) for name in float64_tail or ()]
     for i, (name, elem_type, group) in enumerate(summed):
-        out = f"{_SUM_PREFIX}{i}"
+        out = f"{prefix}{i}"
         shape, axis = flat_shape, 1
         if group is not None:
-            shape, axis = f"{_SUM_PREFIX}groups_of_{group}", 2
+            shape, axis = f"{prefix}groups_of_{group}", 2
             if shape not in {init.name for init in model.graph.initializer}:
                 model.graph.initializer.append(
                     onnx.numpy_helper.from_array(np.array([0, -1, group], dtype=np.int64), shape)
@@ -435,6 +443,17 @@ def _prefix_model(
     model.graph.output.extend(outputs)
     _prune(model.graph)
     return model
+
+
+def _names(graph: Any) -> set[str]:
+    """Every tensor and node name of an ONNX graph and of its subgraphs, at any depth."""
+    names = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    names |= {i.name for i in [*graph.input, *graph.output, *graph.value_info]}
+    for node in graph.node:
+        names |= {node.name, *node.input, *node.output}
+        for sub in subgraphs(node):
+            names |= _names(sub)
+    return names
 
 
 def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[str, str]] | None:
@@ -476,7 +495,11 @@ def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[st
             needed.update(name for name in node.input if name)
     kept.reverse()
     float32, float64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
-    renamed = {cut: f"{cut}{_FLOAT64_SUFFIX}"}
+    taken = _names(model.graph)  # the copies' names are new (as the sums' in _prefix_model)
+    suffix = _FLOAT64_SUFFIX
+    while any(name.endswith(suffix) for name in taken):
+        suffix = f"{suffix}_"
+    renamed = {cut: f"{cut}{suffix}"}
     nodes = [helper.make_node("Cast", [cut], [renamed[cut]], to=float64)]
     for node in kept:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _FLOAT64_OPS:
@@ -488,15 +511,15 @@ def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[st
             if name and name not in renamed and types[name] == float32:
                 if name not in constants:
                     return None
-                renamed[name] = f"{name}{_FLOAT64_SUFFIX}"
+                renamed[name] = f"{name}{suffix}"
                 nodes.append(helper.make_node("Cast", [name], [renamed[name]], to=float64))
             inputs.append(renamed.get(name, name))
         for name in node.output:
             if name:
-                renamed[name] = f"{name}{_FLOAT64_SUFFIX}"
+                renamed[name] = f"{name}{suffix}"
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
-        copy.name = f"{node.name or node.output[0]}{_FLOAT64_SUFFIX}"
+        copy.name = f"{node.name or node.output[0]}{suffix}"
         del copy.input[:]
         copy.input.extend(inputs)
         del copy.output[:]
