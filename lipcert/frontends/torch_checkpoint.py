@@ -555,24 +555,73 @@ def _runs_batched(module: Any, input_shape: tuple[int, ...]) -> bool:
     return True
 
 
+class _ValueRead(BaseException):
+    """A Python value read from the input's data (a BaseException: `except Exception` in the
+    module's code does not swallow it)."""
+
+
 def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path) -> None:
-    """Refuse a module whose Python code branches on its input's values.
+    """Refuse a module whose Python code reads its input's values (to branch on them).
 
     The TorchScript trace runs the module once, at the zero input, and keeps the branches it
     took: `if x.min() >= 0: x = (x - 0.5) / 0.05` is frozen either way, and the export then
-    stands for the module only where the condition comes out as at zero. torch.export's
-    non-strict tracing runs the forward on symbolic values and stops at such a condition
-    (GuardOnDataDependentSymNode), naming it; that is what is asked here. A module that
-    torch.export cannot trace for any other reason goes on: the probes of `_check_export`
-    remain its only check.
+    stands for the module only where the condition comes out as at zero. Here the module
+    runs once on an input marked as a tensor subclass: every torch operation on it returns a
+    marked tensor, and turning a marked tensor into a Python value (bool, item, float, int,
+    index, tolist, numpy, equal, allclose, `in`) names the line that does it. Weights and
+    buffers are not marked: a condition on them is the same for every input. Data that leaves
+    torch unmarked (as_subclass, storages) escapes this; the probes of `_check_export` remain.
     """
     import traceback
 
     import torch
-    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
     if not isinstance(module, torch.nn.Module) or isinstance(module, torch.jit.ScriptModule):
         return
+    reads: list[tuple[str, str]] = []
+    concrete = {
+        torch.Tensor.__bool__,
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.__index__,
+        torch.Tensor.__complex__,
+        torch.Tensor.__contains__,
+        torch.Tensor.__array__,
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.numpy,
+        torch.Tensor.equal,
+        torch.Tensor.allclose,
+        torch.Tensor.is_nonzero,
+        torch.equal,
+        torch.allclose,
+        torch.is_nonzero,
+    }
+    torch_folder = Path(torch.__file__).resolve().parent
+    this_file = Path(__file__).resolve()
+
+    class Marked(torch.Tensor):
+        @classmethod
+        def __torch_function__(
+            cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            if func in concrete:
+                frames = [
+                    frame
+                    for frame in traceback.extract_stack()
+                    if not Path(frame.filename).resolve().is_relative_to(torch_folder)
+                    and Path(frame.filename).resolve() != this_file
+                ]
+                where = (
+                    f"{Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].line})"
+                    if frames
+                    else ""
+                )
+                reads.append((getattr(func, "__name__", str(func)), where))
+                raise _ValueRead
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    marked = torch.zeros((1, *input_shape)).as_subclass(Marked)
     try:
         with (
             warnings.catch_warnings(),
@@ -580,28 +629,19 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
             redirect_stderr(io.StringIO()),
         ):
             warnings.simplefilter("ignore")
-            torch.export.export(module, (torch.zeros((1, *input_shape)),), strict=False)
-    except GuardOnDataDependentSymNode as exc:
-        torch_folder = Path(torch.__file__).resolve().parent
-        this_file = Path(__file__).resolve()
-        frames = [
-            frame
-            for frame in traceback.extract_tb(exc.__traceback__)
-            if not Path(frame.filename).resolve().is_relative_to(torch_folder)
-            and Path(frame.filename).resolve() != this_file
-        ]
-        where = (
-            f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].line})"
-            if frames
-            else ""
-        )
-        raise ModelLoadError(
-            f"the module of {str(path)!r} branches in Python on its input's values{where}: "
-            "its trace keeps one branch, not the function the module computes; use torch.where "
-            "or compute both branches"
-        ) from None
+            module(marked)
+    except _ValueRead:
+        pass
     except Exception:
-        return
+        pass  # the module cannot run on a subclass: the probes remain its check
+    if reads:
+        name, where = reads[0]
+        at = f" at {where}" if where else ""
+        raise ModelLoadError(
+            f"the module of {str(path)!r} reads its input's values in Python ({name}){at}: a "
+            "trace keeps the branch the zero input takes, not the function the module "
+            "computes; use torch.where or compute both branches"
+        )
 
 
 def _export(

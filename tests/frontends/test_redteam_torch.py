@@ -34,22 +34,25 @@ class RawPixelBranch(nn.Module):
 
     A trace at the zero input keeps the other branch; so does a probe batch that mixes
     positive and negative inputs. On images (what certify feeds) the module computes
-    fc((x - 0.5) / 0.05): 20 times the Lipschitz constant of the traced fc(x). `via_numpy`
-    tests the condition on a numpy copy, which torch.export cannot follow (only the probes
-    see that branch).
+    fc((x - 0.5) / 0.05): 20 times the Lipschitz constant of the traced fc(x). The condition
+    is read from the tensor, from a numpy copy, or from a plain tensor made by as_subclass
+    (which the front-end's marking of the input cannot follow: only the probes see it).
     """
 
-    def __init__(self, via_numpy: bool = False) -> None:
+    def __init__(self, read: str = "tensor") -> None:
         super().__init__()
         torch.manual_seed(0)
         self.fc = nn.Linear(16, 3)
-        self.via_numpy = via_numpy
+        self.read = read
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
-        if self.via_numpy:
+        if self.read == "numpy":
             values = x.detach().numpy()
             raw = bool(values.min() >= 0 and values.max() > 0.5)
+        elif self.read == "as_subclass":
+            plain = x.as_subclass(torch.Tensor)
+            raw = bool(plain.min() >= 0 and plain.max() > 0.5)
         else:
             raw = bool(x.min() >= 0 and x.max() > 0.5)
         if raw:
@@ -85,34 +88,33 @@ def _decision_change_within(module: nn.Module, x: np.ndarray, radius: float) -> 
     return False
 
 
+_READ_AT = "the module of '<torch module>' reads its input's values in Python"
+
+
 @pytest.mark.parametrize(
-    ("via_numpy", "refusal"),
+    ("read", "refusal"),
     [
+        ("tensor", f"{_READ_AT} (__bool__) at test_redteam_torch.py:"),
+        ("numpy", f"{_READ_AT} (numpy) at test_redteam_torch.py:"),
         (
-            False,
-            "the module of '<torch module>' branches in Python on its input's values at "
-            "test_redteam_torch.py:",
-        ),
-        (
-            True,
+            "as_subclass",
             "the ONNX export of '<torch module>' disagrees with the module (max difference ",
         ),
     ],
-    ids=["condition_on_tensors", "condition_on_numpy"],
 )
-def test_branch_on_raw_pixels_is_not_certified(via_numpy: bool, refusal: str) -> None:
+def test_branch_on_raw_pixels_is_not_certified(read: str, refusal: str) -> None:
     """The trace froze the zero input's branch, and the one mixed probe batch took it too:
     lipcert bounded fc alone (0.83) for a 16.6-Lipschitz function on images, and certified
-    18 of 64 images beyond the module's own float64 decision boundary. Now torch.export
-    names the condition; through numpy, the probe batch of images takes the other branch."""
-    module = RawPixelBranch(via_numpy).eval()
+    18 of 64 images beyond the module's own float64 decision boundary. Now the read of the
+    input's values is named; where it escapes, the probe batch of images takes the branch."""
+    module = RawPixelBranch(read).eval()
     x = _pixels(64, seed=1)
     try:
         model = lipcert.from_torch(module, SHAPE)
     except ModelLoadError as exc:
         assert str(exc).startswith(refusal)
         assert "\n" not in str(exc)
-        if via_numpy:
+        if read == "as_subclass":
             assert "on images in [0, 1]); lipcert cannot certify" in str(exc)
         return
     result = model.certify(x, np.zeros(len(x), dtype=np.int64))
@@ -120,9 +122,35 @@ def test_branch_on_raw_pixels_is_not_certified(via_numpy: bool, refusal: str) ->
         i
         for i in range(len(x))
         if result.radius[i] > 0
-        and _decision_change_within(RawPixelBranch(via_numpy), x[i], result.radius[i])
+        and _decision_change_within(RawPixelBranch(read), x[i], result.radius[i])
     ]
     assert not broken, f"{len(broken)} samples certified beyond the module's decision boundary"
+
+
+class ReadsWeightsAndInputShape(nn.Module):
+    """Python conditions on a buffer, a weight and the input's shape: the same for every
+    input of that shape, so the trace is the module; it must load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 3)
+        self.register_buffer("initialised", torch.tensor(True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initialised:
+            raise RuntimeError("not initialised")
+        if self.fc.weight.abs().max() > 10 or x.shape[1] != 1:
+            raise ValueError("unexpected weights or channels")
+        return self.fc(x.flatten(1))
+
+
+def test_conditions_on_weights_and_shapes_load() -> None:
+    module = ReadsWeightsAndInputShape().eval()
+    model = lipcert.from_torch(module, SHAPE)
+    weight = module.fc.weight.detach().double().numpy()
+    exact = float(np.linalg.svd(weight, compute_uv=False)[0])
+    assert exact <= model.lipschitz_bound <= exact * (1 + 1e-6)
 
 
 class AlwaysStandardised(nn.Module):

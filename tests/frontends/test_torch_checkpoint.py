@@ -399,8 +399,8 @@ def test_torchlip_model_matches_its_vanilla_export(tmp_path: Path) -> None:
 def test_data_dependent_branch_is_not_certified(tmp_path: Path) -> None:
     """The trace at the zero input keeps the negative branch; the check's inputs take the other.
 
-    lipcert refuses before the export: torch.export stops at the condition and names it (the
-    trace only warns). Conditions torch.export cannot follow are left to the export check
+    lipcert refuses before the export: the module's read of its input's values is named (the
+    trace only warns). Reads that escape that mark are left to the export check
     (tests/frontends/test_redteam_torch.py)."""
     path = tmp_path / "branch.pt"
     torch.save(archs.sign_branch().state_dict(), path)
@@ -408,8 +408,9 @@ def test_data_dependent_branch_is_not_certified(tmp_path: Path) -> None:
         path,
         LoadOptions(input_shape=(4,), arch="archs:sign_branch"),
         ModelLoadError,
-        r"the module of '.*branch\.pt' branches in Python on its input's values at "
-        r"archs\.py:\d+ \(if x\.sum\(\) > 0:\): its trace keeps one branch",
+        r"the module of '.*branch\.pt' reads its input's values in Python \(__bool__\) at "
+        r"archs\.py:\d+ \(if x\.sum\(\) > 0:\): a trace keeps the branch the zero input "
+        "takes",
     )
 
 
