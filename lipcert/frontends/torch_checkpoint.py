@@ -535,6 +535,12 @@ def _refuse_non_finite_weights(module: Any, path: Path) -> None:
     import torch
 
     for name, tensor in module.state_dict().items():
+        if torch.nn.parameter.is_lazy(tensor):
+            raise ModelLoadError(
+                f"tensor {name!r} of {str(path)!r} is not initialised (a lazy module never "
+                "run): its first call would draw its weights; run the module once, or load "
+                "its weights, before bounding it"
+            )
         if (
             isinstance(tensor, torch.Tensor)
             and tensor.is_floating_point()

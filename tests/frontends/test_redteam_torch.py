@@ -469,3 +469,18 @@ def test_outputs_that_are_not_logits(how: str, shape: str) -> None:
         f"the module of '<torch module>' returns a tensor of shape {shape} "
         "for a batch: expected logits, one row per sample"
     )
+
+
+def test_lazy_module_never_run() -> None:
+    """Crashed with ValueError ('Attempted to use an uninitialized parameter'); had it gone
+    on, its first call inside lipcert would have drawn the weights lipcert bounds, not those
+    the user's module draws at its own first call."""
+    module = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(ModelLoadError, match=r"^tensor '1\.weight' of '<torch module>' is not "):
+        lipcert.from_torch(module, SHAPE)
+    assert isinstance(module[1].weight, nn.parameter.UninitializedParameter)
+    module(torch.zeros(1, *SHAPE))  # once run, its weights are fixed: it loads
+    weight = module[1].weight.detach().double().numpy()
+    exact = float(np.linalg.svd(weight, compute_uv=False)[0])
+    bound = lipcert.from_torch(module, SHAPE).lipschitz_bound
+    assert exact <= bound <= exact * (1 + 1e-6)
