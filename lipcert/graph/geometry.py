@@ -211,6 +211,14 @@ def check_window_output(
     onnxruntime pads pooling with auto_pad SAME as if the kernel were not dilated, so its
     windows are not the ones the specification (and lipcert's geometry) describes.
     """
+    for axis, n in enumerate(spatial_input):
+        extent = (win.kernel[axis] - 1) * win.dilations[axis] + 1
+        padded = n + win.pads_begin[axis] + win.pads_end[axis]
+        if padded < extent:  # onnxruntime's ceil mode still makes an output of it
+            raise refuse(
+                node,
+                f"its window ({extent}) is longer than the padded input ({padded}) on axis {axis}",
+            )
     expected = window_output_size(win, spatial_input)
     if expected != tuple(spatial_output):
         raise refuse(

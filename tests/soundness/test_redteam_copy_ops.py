@@ -682,6 +682,25 @@ def test_squeeze_of_the_data_axes_keeps_its_exact_bound() -> None:
     assert truth * SOUND <= bound <= truth * (1 + 1e-5)  # float32 weights: exact SVD
 
 
+@pytest.mark.parametrize(
+    ("op", "shape", "attrs"),
+    [
+        ("MaxPool", [1, 2, 2], {"strides": [4, 3], "dilations": [2, 2], "kernel_shape": [2, 2]}),
+        ("AveragePool", [1, 3], {"strides": [3], "kernel_shape": [4]}),
+    ],
+)
+def test_a_window_longer_than_the_padded_input_is_refused_in_one_line(
+    op: str, shape: list[int], attrs: dict[str, object]
+) -> None:
+    """With ceil_mode, onnxruntime gives a window longer than the padded input an output
+    (checked here); lipcert stopped with 'expected the padded input (2) to hold the pooling
+    window (3) on axis 0', a message naming no node."""
+    model = pool(op, shape, auto_pad="VALID", ceil_mode=1, **attrs)
+    assert run_onnxruntime(model, np.ones((1, *shape), dtype=np.float32)).size > 0
+    with pytest.raises(UnsupportedOpError, match=rf"node 'pool' \({op}\): its window"):
+        bound_of(load(model))
+
+
 def test_a_flattened_batch_axis_does_not_crash_the_block_matchers() -> None:
     """Reshape(x, [-1]) drops the batch axis at the probe's batch of 1 as x.squeeze() does;
     the Sandwich block matcher then indexed the missing unit axis (IndexError, an internal
