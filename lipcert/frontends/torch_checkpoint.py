@@ -135,10 +135,12 @@ def _load_module(module: Any, input_shape: tuple[int, ...] | None, path: Path) -
     _refuse_non_finite_weights(module, path)
     with torch.no_grad():
         batched = _runs_batched(module, input_shape)
+        state = _state_snapshot(module)  # after a first call, which may fill a cache
         if switchable:
             _refuse_value_branches(module, input_shape, path)
         proto = _export(module, input_shape, path, switchable=switchable, batched=batched)
         _check_export(module, proto, input_shape, path, batched=batched)
+        _refuse_changed_state(module, state, path)
     import onnx
 
     loaded = load_from_proto(
@@ -547,6 +549,30 @@ def _refuse_non_finite_weights(module: Any, path: Path) -> None:
             and not bool(torch.isfinite(tensor).all())
         ):
             raise ModelLoadError(f"tensor {name!r} of {str(path)!r} holds NaN or Inf values")
+
+
+def _state_snapshot(module: Any) -> dict[str, Any]:
+    import torch
+
+    return {
+        name: tensor.detach().clone()
+        for name, tensor in module.state_dict().items()
+        if isinstance(tensor, torch.Tensor)
+    }
+
+
+def _refuse_changed_state(module: Any, before: dict[str, Any], path: Path) -> None:
+    """A module whose weights or buffers change as it runs in eval mode computes another
+    function at each call: the export holds the one of the trace, not the module's."""
+    import torch
+
+    after = _state_snapshot(module)
+    for name in sorted(set(before) | set(after)):
+        if name not in before or name not in after or not torch.equal(before[name], after[name]):
+            raise ModelLoadError(
+                f"tensor {name!r} of {str(path)!r} changes when the module runs in eval mode: "
+                "each call computes another function, and the export holds only one"
+            )
 
 
 def _runs_batched(module: Any, input_shape: tuple[int, ...]) -> bool:

@@ -484,3 +484,32 @@ def test_lazy_module_never_run() -> None:
     exact = float(np.linalg.svd(weight, compute_uv=False)[0])
     bound = lipcert.from_torch(module, SHAPE).lipschitz_bound
     assert exact <= bound <= exact * (1 + 1e-6)
+
+
+class Annealing(nn.Module):
+    """A temperature that anneals at every call, in eval mode too: each call is another
+    function, and the drift over lipcert's calls is below the export check's tolerance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 3)
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        temperature: torch.Tensor = self.temperature  # type: ignore[assignment]
+        out = self.fc(x.flatten(1)) / temperature
+        temperature.mul_(0.9999999)
+        return out
+
+
+def test_state_that_changes_in_eval_mode() -> None:
+    """It loaded (the export, the function at the trace's call, passed the check)."""
+    module = Annealing().eval()
+    with pytest.raises(ModelLoadError) as error:
+        lipcert.from_torch(module, SHAPE)
+    assert str(error.value) == (
+        "tensor 'temperature' of '<torch module>' changes when the module runs in eval mode: "
+        "each call computes another function, and the export holds only one"
+    )
+    assert float(module.temperature) == 1.0  # type: ignore[arg-type]  # the copy ran, not it
