@@ -37,7 +37,7 @@ import numpy as np
 from lipcert.bounds.compose import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF, Analysis
 from lipcert.bounds.fp_error import ErrorPlan
 from lipcert.bounds.registry import Rounding
-from lipcert.errors import ModelLoadError
+from lipcert.errors import ModelLoadError, UnsoundCertificateError
 from lipcert.evaluators.base import (
     Evaluation,
     Evaluator,
@@ -120,6 +120,7 @@ class PosteriorEvaluator:
             if name in available
             and name not in in_tail
             and name != graph.input_name
+            and _batch_leading(graph, name)
             and int(np.prod(graph.shape(name)[1:])) <= _MEASURED_SIZE * input_size
         ]
         grey = 0.5 * np.sqrt(input_size)  # the norm of a mid-grey input
@@ -130,7 +131,9 @@ class PosteriorEvaluator:
             if int(np.prod(graph.shape(name)[1:])) <= input_size
             or _share(self.plan, name, self.units, grey, a_priori) >= _MIN_SHARE
         )
-        self.tail_measured = tuple(name for name in self.plan.needed if name in in_tail)
+        self.tail_measured = tuple(
+            name for name in self.plan.needed if name in in_tail and _batch_leading(graph, name)
+        )
         self.sizes = {name: int(np.prod(graph.shape(name)[1:])) for name in self.measured}
         self.tail_sizes = {name: int(np.prod(graph.shape(name)[1:])) for name in self.tail_measured}
         # Its batches run next to the float64 work on the previous batch (`prefetch`):
@@ -227,6 +230,8 @@ class PosteriorEvaluator:
         sums = outputs[1:] if self.cut == self.output_name else outputs[2:]
         runtime_logits = np.asarray(outputs[0 if self.cut == self.output_name else 1])
         runtime_logits = runtime_logits.reshape(len(batch), -1).astype(np.float64)
+        cut_rows = runtime_logits if self.tail is None else cut_value  # a tail's start
+        _check_per_sample(len(batch), cut_rows, sums, self.measured, self.sizes)
         norms: dict[str, np.ndarray] = {}
         for name, squares in zip(self.measured, sums[: len(self.measured)], strict=True):
             size = self.sizes[name]
@@ -272,6 +277,26 @@ class PosteriorEvaluator:
                 "the graph in float64 (lipcert's executor) and onnxruntime",
             )
         return evaluation
+
+
+def _check_per_sample(
+    n: int, cut: np.ndarray, sums: list[Any], measured: tuple[str, ...], sizes: dict[str, int]
+) -> None:
+    """One row per sample in the cut's value and in every sum of squares, and as many
+    values per sample in each measured tensor as the graph says (a per-row norm of a tensor
+    whose batch is merged with its rows is below the sample's): else a one-line error."""
+    labels = [*measured, *["a float64 tail tensor"] * (len(sums) - len(measured))]
+    named = [("the cut", cut), *zip(labels, sums, strict=True)]
+    bad = [name for name, value in named if np.ndim(value) < 1 or len(value) != n]
+    for name, squares in zip(measured, sums, strict=False):
+        width = int(np.prod(np.shape(squares)[1:])) * group_size(sizes[name])
+        if width != sizes[name]:
+            bad.append(name)
+    if bad:
+        raise UnsoundCertificateError(
+            f"tensor {bad[0]!r} does not hold {n} samples of the graph's size in onnxruntime's "
+            "run: its sum of squares is not one per sample (run with --margins float64)"
+        )
 
 
 def _share(
@@ -344,6 +369,7 @@ def _float64_tail(graph: Graph, available: set[str], rounding: dict[str, Roundin
     while chain and (
         graph.data_inputs(chain[0])[0] not in available
         or graph.data_inputs(chain[0])[0] == graph.input_name
+        or not _batch_leading(graph, graph.data_inputs(chain[0])[0])
         or rounding[chain[0].name].terms == 0
     ):
         chain.pop(0)
@@ -354,6 +380,15 @@ def _float64_tail(graph: Graph, available: set[str], rounding: dict[str, Roundin
                 return []
         produced.update(node.outputs)
     return chain
+
+
+def _batch_leading(graph: Graph, name: str) -> bool:
+    """Whether tensor `name` has the batch as its own leading axis (size 1 in the graph,
+    probed at batch 1): a model may merge it with the axes after it, (N, 64) -> (8 N, 8),
+    and a sum of squares over all but the leading axis is then one per row of 8, not per
+    sample (certify crashed on such a cut; a per-row norm is below the sample's)."""
+    shape = graph.shape(name)
+    return len(shape) > 1 and shape[0] == 1
 
 
 def _prefix_model(
