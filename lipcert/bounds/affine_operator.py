@@ -287,7 +287,7 @@ def _linear_part(node: Node, graph: Graph) -> tuple[list[Node], dict[str, np.nda
                 + float(leaf.attr("epsilon", 1e-5))
             )
             rank = len(graph.shape(leaf.inputs[0]))
-            name = f"{leaf.name}/linear_scale"
+            name = _fresh(graph, extra, f"{leaf.name}/linear_scale")
             extra[name] = scale.reshape(-1, *([1] * (rank - 2)))
             nodes.append(_with(leaf, op="Mul", inputs=(leaf.inputs[0], name), attrs={}))
         elif op in ("Add", "Sum") and len(data) < len([n for n in leaf.inputs if n]):
@@ -311,13 +311,22 @@ def _linear_part(node: Node, graph: Graph) -> tuple[list[Node], dict[str, np.nda
                 if name in data:
                     inputs.append(name)
                 else:
-                    zero_name = f"{leaf.name}/linear_zero_{i}"
+                    zero_name = _fresh(graph, extra, f"{leaf.name}/linear_zero_{i}")
                     extra[zero_name] = np.zeros(np.asarray(graph.constant(name)).shape)
                     inputs.append(zero_name)
             nodes.append(_with(leaf, inputs=tuple(inputs)))
         else:
             nodes.append(leaf)
     return nodes, extra
+
+
+def _fresh(graph: Graph, extra: dict[str, np.ndarray], base: str) -> str:
+    """A name for a constant of the linear part that no tensor of the graph has (under a
+    file's own constant name, it replaced that constant for every op reading it)."""
+    name = graph.fresh_name(base)
+    while name in extra:
+        name = graph.fresh_name(f"{name}'")
+    return name
 
 
 def _with(node: Node, **changes: object) -> Node:

@@ -603,3 +603,36 @@ def test_a_folded_weight_never_replaces_a_tensor_of_the_file(second_weight: str)
     # Before Graph.fresh_name: the fold overwrote the file's 100 I, bound 2.0 for 101.
     assert result.spec.lipschitz_bound >= SOUND * true, (result.spec.lipschitz_bound, true)
     assert [node.op for node in result.graph.nodes if node.body] == ["Gemm"]  # still folded
+
+
+@pytest.mark.parametrize("factor_name", ["bn/linear_scale", "fifty"])
+def test_the_probed_linear_part_keeps_the_files_constants(factor_name: str) -> None:
+    """relu(BN(x W1) * 50 W2): the affine block's probe ran its bias-free part with the
+    BatchNorm's scale stored as 'bn/linear_scale', which replaced the file's constant of
+    that name (the 50): the probe disagreed with the block and the bound fell back to the
+    product of the layers, 785 for an exact 431. Ground truth: numpy's SVD of the block."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(2, N, N))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("BatchNormalization", ["h", "gamma", "beta", "mean", "var"], ["n"]),
+        helper.make_node("Mul", ["n", factor_name], ["s"], name="times50"),
+        helper.make_node("MatMul", ["s", "w2"], ["t"], name="second"),
+        helper.make_node("Relu", ["t"], ["y"]),
+    ]
+    nodes[1].name = "bn"
+    arrays = {
+        "w1": w1,
+        "w2": w2,
+        "gamma": np.ones(N),
+        "beta": np.zeros(N),
+        "mean": np.zeros(N),
+        "var": np.ones(N),
+        factor_name: np.full(N, 50.0),
+    }
+    model = _model(nodes, arrays, (N,))
+    f32 = [np.asarray(arrays[k], dtype=np.float32).astype(np.float64) for k in ("w1", "w2")]
+    scale = 50.0 / np.sqrt(1.0 + 1e-5)
+    truth = float(np.linalg.norm(f32[0] @ (scale * f32[1]), 2))
+    bound = _analysis(model, (N,)).spec.lipschitz_bound
+    assert truth * (1 - 1e-6) <= bound <= truth * (1 + 1e-6), (bound, truth)
