@@ -121,7 +121,8 @@ class PosteriorEvaluator:
             and name not in in_tail
             and name != graph.input_name
             and _batch_leading(graph, name)
-            and int(np.prod(graph.shape(name)[1:])) <= _MEASURED_SIZE * input_size
+            # an empty tensor has no groups to sum (Reshape to (N, -1, 0) fails)
+            and 0 < int(np.prod(graph.shape(name)[1:])) <= _MEASURED_SIZE * input_size
         ]
         grey = 0.5 * np.sqrt(input_size)  # the norm of a mid-grey input
         a_priori = self.plan.error(np.array([grey]), {}, self.units)  # once for all

@@ -122,3 +122,44 @@ def test_a_sum_of_squares_not_one_per_sample_is_refused_in_one_line(
     with pytest.raises(UnsoundCertificateError, match="not one per sample") as error:
         lipcert.load(path).certify(x)
     assert "\n" not in str(error.value)
+
+
+def test_an_empty_tensor_is_not_measured(tmp_path: Path) -> None:
+    """relu(x)[:, 0:0] doubled (an Add of two empty tensors) and concatenated to relu(x),
+    then a dense layer: the empty sum's groups of 0 values made onnxruntime refuse the
+    evaluator's model (Reshape to (N, -1, 0)), and certify fell back to the a-priori
+    allowance. Its size is left a priori (zero) and the rest is measured as usual."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(10, 64))
+    w = (w / np.linalg.norm(w, 2)).astype(np.float32)
+    ints = {"start": [0], "end": [0], "axis": [1]}
+    initializers = [numpy_helper.from_array(w, "W")] + [
+        numpy_helper.from_array(np.array(v, np.int64), k) for k, v in ints.items()
+    ]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["rx"]),
+        helper.make_node("Slice", ["rx", "start", "end", "axis"], ["e"]),
+        helper.make_node("Add", ["e", "e"], ["z"]),
+        helper.make_node("Concat", ["rx", "z"], ["cc"], axis=1),
+        helper.make_node("Gemm", ["cc", "W"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializers,
+    )
+    path = tmp_path / "e.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = lipcert.load(path)
+    evaluator = PosteriorEvaluator(model.loaded, model.analysis)  # no ModelLoadError
+    assert "z" not in evaluator.measured
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    truth = np.argmax(session.run(None, {"x": x})[0], axis=1)
+    assert np.argmax(evaluator.evaluate(x).logits, axis=1).tolist() == truth.tolist()
+    fast = model.certify(x, truth)
+    exact = model.certify(x, truth, precision="float64")
+    assert fast.prediction.tolist() == truth.tolist()
+    assert np.all(fast.radius <= exact.radius * (1 + 1e-6) + 1e-12)
