@@ -15,6 +15,9 @@ FLOAT64_EPS = float(np.finfo(np.float64).eps)
 # Unit roundoffs of the arithmetic a model runs in.
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 FLOAT64_UNIT_ROUNDOFF = 2.0**-53
+# The smallest positive float64 (a subnormal): the absolute rounding error of a product that
+# underflows is at most half of it.
+_SMALLEST_SUBNORMAL = 2.0**-1074
 
 # LAPACK's SVD and eigenvalue routines are backward stable: a computed singular value of a
 # matrix with largest dimension n is off by at most p(n) * eps * ||A|| with p a modest
@@ -95,13 +98,18 @@ def norm_up(values: np.ndarray) -> float:
 def sum_of_squares_up(values: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
     """Sums of squares along `axis`, each increased by its worst-case rounding error.
 
-    n squares summed in any order are off by at most gamma_(n+1) of the (non-negative) sum.
+    n squares summed in any order are off by at most gamma_(n+1) of the (non-negative) sum,
+    short of underflow: a square below the normal range is off by up to half the smallest
+    subnormal 2^-1074 in absolute terms (n squares of 0.7 * 2^-537 each round to zero), so
+    (n + 2) * 2^-1074 is added (the rest of the sum's underflow is exact: sums of subnormals
+    are exact, and the one product by 1 + 2 gamma loses at most half of it more).
     """
     squares = np.square(np.asarray(values, dtype=np.float64))
     total = np.sum(squares, axis=axis)
     count = squares.size // max(np.size(total), 1)
     gamma = (count + 1) * FLOAT64_EPS
-    return np.nextafter(total * (1.0 + 2.0 * gamma), np.inf)
+    underflow = (count + 2) * _SMALLEST_SUBNORMAL
+    return np.nextafter(total * (1.0 + 2.0 * gamma) + underflow, np.inf)
 
 
 def singular_value_up(sigma: float, dimension: int) -> float:
