@@ -73,6 +73,15 @@ def library_rounding(node: Node, graph: Graph) -> Rounding:
 rule(*_ACTIVATION_CONSTANTS)(_constant_activation)
 
 
+def _finite_attr(node: Node, name: str, default: float) -> float:
+    """A float attribute, refused when NaN or infinite: max(1, |NaN|) is 1 in Python, while
+    the op then outputs NaN on half the line (Elu with alpha NaN was certified beside them)."""
+    value = float(node.attr(name, default))
+    if not np.isfinite(value):
+        raise refuse(node, f"its attribute {name} is {value!r}, not a finite number")
+    return value
+
+
 def _single_data_input(node: Node, graph: Graph) -> str:
     sources = graph.data_inputs(node)
     if len(sources) != 1:
@@ -101,7 +110,7 @@ def gelu(node: Node, graph: Graph) -> LayerBound:
 @rule("LeakyRelu")
 def leaky_relu(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
-    alpha = abs(float(node.attr("alpha", 0.01)))
+    alpha = abs(_finite_attr(node, "alpha", 0.01))
     return LayerBound(max(1.0, alpha), "max(1, |alpha|)", exact=True, rounding=ONE_ROUNDING)
 
 
@@ -122,7 +131,7 @@ def prelu(node: Node, graph: Graph) -> LayerBound:
 @rule("Elu")
 def elu(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
-    alpha = abs(float(node.attr("alpha", 1.0)))
+    alpha = abs(_finite_attr(node, "alpha", 1.0))
     return LayerBound(
         max(1.0, alpha), "max(1, |alpha|)", exact=True, rounding=library_rounding(node, graph)
     )
@@ -133,7 +142,7 @@ def celu(node: Node, graph: Graph) -> LayerBound:
     """max(0, x) + min(0, alpha (exp(x / alpha) - 1)): slope exp(x / alpha) <= 1 for x < 0
     when alpha > 0; with alpha < 0 that slope grows without bound as x falls."""
     _single_data_input(node, graph)
-    alpha = float(node.attr("alpha", 1.0))
+    alpha = _finite_attr(node, "alpha", 1.0)
     if not alpha > 0:
         raise refuse(node, f"CELU with alpha {alpha!r} <= 0 is not Lipschitz")
     return LayerBound(1.0, "sup |celu'| = 1", exact=True, rounding=library_rounding(node, graph))
@@ -142,8 +151,8 @@ def celu(node: Node, graph: Graph) -> LayerBound:
 @rule("Selu")
 def selu(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
-    alpha = abs(float(node.attr("alpha", 1.67326319217681884765625)))
-    gamma = abs(float(node.attr("gamma", 1.05070102214813232421875)))
+    alpha = abs(_finite_attr(node, "alpha", 1.67326319217681884765625))
+    gamma = abs(_finite_attr(node, "gamma", 1.05070102214813232421875))
     return LayerBound(
         max_abs_up(np.array([gamma, gamma * alpha])),
         "gamma * max(1, alpha)",
@@ -155,8 +164,8 @@ def selu(node: Node, graph: Graph) -> LayerBound:
 @rule("HardSigmoid")
 def hard_sigmoid(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
-    alpha = abs(float(node.attr("alpha", 0.2)))
-    beta = abs(float(node.attr("beta", 0.5)))
+    alpha = abs(_finite_attr(node, "alpha", 0.2))
+    beta = abs(_finite_attr(node, "beta", 0.5))
     elements = float(np.prod(graph.shape(node.outputs[0])))
     rounding = Rounding(terms=2, input_gain=alpha, offset=beta * sqrt_up(elements))
     return LayerBound(alpha, "|alpha| (its slope)", exact=True, rounding=rounding)
@@ -171,7 +180,7 @@ def clip(node: Node, graph: Graph) -> LayerBound:
 @rule("Shrink")
 def shrink(node: Node, graph: Graph) -> LayerBound:
     _single_data_input(node, graph)
-    bias, lambd = float(node.attr("bias", 0.0)), float(node.attr("lambd", 0.5))
+    bias, lambd = _finite_attr(node, "bias", 0.0), _finite_attr(node, "lambd", 0.5)
     if bias != lambd or lambd < 0:
         raise refuse(
             node,
