@@ -71,10 +71,16 @@ def _fuse_until_fixed(graph: Graph, matchers: tuple[Matcher, ...]) -> None:
             for node in list(graph.nodes):
                 if node not in graph.nodes:
                     continue
+                # A matcher may have rewritten nodes of its match (Householder's constants)
+                # and noted it: undone when its node is not taken.
+                nodes, notes = graph.nodes, len(graph.notes)
                 fused = matcher(graph, node)
                 if fused is not None and reads_only_its_inputs(graph, fused):
                     _replace(graph, fused)
                     changed = True
+                elif fused is not None:
+                    graph.nodes = nodes
+                    del graph.notes[notes:]
 
 
 def _replace(graph: Graph, fused: Node) -> None:

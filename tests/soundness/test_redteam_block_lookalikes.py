@@ -636,3 +636,29 @@ def test_the_probed_linear_part_keeps_the_files_constants(factor_name: str) -> N
     truth = float(np.linalg.norm(f32[0] @ (scale * f32[1]), 2))
     bound = _analysis(model, (N,)).spec.lipschitz_bound
     assert truth * (1 - 1e-6) <= bound <= truth * (1 + 1e-6), (bound, truth)
+
+
+def test_a_match_not_taken_leaves_the_graph_as_it_was() -> None:
+    """The Householder matcher rewrites the nodes of its match (its reflection constants)
+    and notes it before its fused node is checked by reads_only_its_inputs: a node not taken
+    must leave the model's own nodes, not the rewritten copies, to be bounded one by one."""
+    import dataclasses
+
+    from lipcert.graph.ir import Node
+    from lipcert.graph.patterns import _fuse_until_fixed
+
+    graph = load_from_proto(_sll(None), LoadOptions(input_shape=(N,)), source="m", fmt="onnx").graph
+    nodes, notes = list(graph.nodes), list(graph.notes)
+
+    def rewriting(graph: Any, node: Node) -> Node | None:
+        if node.op != "Sub":
+            return None
+        graph.nodes = [dataclasses.replace(n) for n in graph.nodes]
+        graph.notes.append("rewritten")
+        # reads x, which is not among its inputs: not taken
+        return Node("fake", "Fake", (), node.outputs, body=tuple(graph.nodes))
+
+    _fuse_until_fixed(graph, (rewriting,))
+    assert len(graph.nodes) == len(nodes)
+    assert all(a is b for a, b in zip(graph.nodes, nodes, strict=True))
+    assert graph.notes == notes
