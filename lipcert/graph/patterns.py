@@ -53,9 +53,7 @@ def reads_only_its_inputs(graph: Graph, fused: Node) -> bool:
     made = {name for n in inner for name in n.outputs}
     allowed = set(fused.inputs) | made
     return all(
-        not name or graph.is_constant(name) or name in allowed
-        for n in inner
-        for name in n.inputs
+        not name or graph.is_constant(name) or name in allowed for n in inner for name in n.inputs
     )
 
 
