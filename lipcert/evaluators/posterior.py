@@ -606,9 +606,10 @@ def _tail_executor(graph: Graph, tail: list[Node], cut: str) -> Any:
         norms = {}
         for name in names:
             flat = values[name].reshape(len(value), -1)
-            # float64 sums of n squares: relative error below (n + 2) 2^-52.
-            slack = 1 + (flat.shape[1] + 2) * 2.0**-52
-            norms[name] = flat.norm(dim=1).numpy() * slack
+            # float64 sums of squares, any order; squares below 2^-1022 (values below
+            # 1e-154) may underflow to 0: norm_from_squares adds what they lose
+            squares = (flat * flat).sum(dim=1).numpy()
+            norms[name] = norm_from_squares(squares, flat.shape[1], FLOAT64_UNIT_ROUNDOFF)
         return logits, norms
 
     return run

@@ -163,3 +163,54 @@ def test_an_empty_tensor_is_not_measured(tmp_path: Path) -> None:
     exact = model.certify(x, truth, precision="float64")
     assert fast.prediction.tolist() == truth.tolist()
     assert np.all(fast.radius <= exact.radius * (1 + 1e-6) + 1e-12)
+
+
+def test_norms_of_lipcerts_float64_tail_cover_underflowed_squares(tmp_path: Path) -> None:
+    """A tail lipcert's executor runs (LeakyRelu is not copied into onnxruntime's float64
+    run): relu(x W^T) @ I, then five products by s = fl32(1e-38), each followed by a
+    LeakyRelu (the identity on the positive values used here), five by 1e38, a dense layer.
+    At a cut of ones, the fifth product holds 64 values of about 1e-190, whose float64 squares
+    underflow to 0: its norm came back 0, below the exact 8 s^5 (the float64 sums in
+    onnxruntime's run add n times the smallest normal number; these did not)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(10, 64))
+    w = (w / np.linalg.norm(w, 2)).astype(np.float32)
+    initializers = [
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.eye(64, dtype=np.float32), "I"),
+        numpy_helper.from_array(np.array(1e-38, np.float32), "s"),
+        numpy_helper.from_array(np.array(1e38, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "I"], ["g0"], transB=1),
+        helper.make_node("Relu", ["g0"], ["h0"]),
+        helper.make_node("Gemm", ["h0", "I"], ["h"], transB=1),
+    ]
+    current = "h"
+    for i, scale in enumerate(["s"] * 5 + ["b"] * 5):
+        nodes += [
+            helper.make_node("Mul", [current, scale], [f"m{i}"]),
+            helper.make_node("LeakyRelu", [f"m{i}"], [f"a{i}"]),
+        ]
+        current = f"a{i}"
+    nodes.append(helper.make_node("Gemm", [current, "W"], ["logits"], transB=1))
+    graph = helper.make_graph(
+        nodes,
+        "tiny_tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializers,
+    )
+    path = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = lipcert.load(path)
+    evaluator = PosteriorEvaluator(model.loaded, model.analysis)
+    assert not evaluator.tail_in_onnxruntime and evaluator.tail is not None
+    assert evaluator.cut == "h0" and "m4" in evaluator.tail_measured
+    _, norms = evaluator.tail(np.ones((1, 64), np.float32), ("m4",))
+    s = Fraction(float(np.float32(1e-38)))
+    # m4 = fl64(...fl64(1 * s) ... * s): five roundings of relative 2^-53 at most, downwards
+    exact_lower = 8 * s**5 * (1 - Fraction(1, 2**50))
+    assert Fraction(float(norms["m4"][0])) >= exact_lower
