@@ -68,3 +68,32 @@ def test_broadcast_mul_by_tiny_float64_constant_is_not_under_bounded() -> None:
     ).graph
     bound = analyse(graph).tensor_bounds[graph.output_name]
     assert bound >= _exact_norm(constant)
+
+
+def _sandwich_truth(first: np.ndarray, second: np.ndarray) -> mpmath.mpf:
+    """max over slopes L in {0, 1}^h of ||W2 L W1|| (the supremum over the box [0, 1]^h of
+    a convex function is at a vertex), at 60 digits."""
+    hidden = first.shape[0]
+    best = mpmath.mpf(0)
+    for mask in range(1, 2**hidden):
+        keep = [i for i in range(hidden) if mask >> i & 1]
+        product = mpmath.matrix(second[:, keep].tolist()) * mpmath.matrix(first[keep].tolist())
+        gram = product.T * product
+        best = max(best, mpmath.sqrt(max(mpmath.eigsy(gram, eigvals_only=True))))
+    return best
+
+
+def test_lipsdp_on_float64_weights_out_of_squaring_range_does_not_crash() -> None:
+    # Weights of 1e-160 (or 1e150) in a float64 model: the Gram products of the LipSDP search
+    # underflow (overflow), eigvalsh raised LinAlgError 'Eigenvalues did not converge' out of
+    # the rule. Now no certificate from that T (the product of norms still bounds) or a sound one.
+    from lipcert.bounds.rules.blocks import lipsdp_bound
+
+    rng = np.random.default_rng(0)
+    for scale in (1e-160, 1e150):
+        first = rng.standard_normal((3, 3)) * scale
+        second = rng.standard_normal((3, 3)) * scale
+        with np.errstate(all="ignore"):
+            found = lipsdp_bound(first, second)
+        if found is not None:
+            assert found[0] >= _sandwich_truth(first, second)
