@@ -144,3 +144,109 @@ def test_refusals_name_the_node_in_one_line() -> None:
     with pytest.raises(LipcertError, match=r"Elu_0.*alpha is nan") as info:
         analyse(load(model).graph)
     assert "\n" not in str(info.value)
+
+
+# --- the executor's meaning against onnxruntime, far from the origin -------------------------
+#
+# The load-time cross-check compares the two at three probes around the origin only: a
+# parameter read differently (a sign, a default, a branch at the threshold) may agree there
+# and not at |x| = 1e3 or on a threshold itself.
+
+_RNG = np.random.default_rng(7)
+_FAR = np.concatenate(
+    [
+        _RNG.standard_normal((48, 2, 3, 4)),
+        _RNG.standard_normal((32, 2, 3, 4)) * 1e3,
+        _RNG.standard_normal((8, 2, 3, 4)) * 1e-3,
+        np.tile(np.array([0.7, -0.7, 1.0, -1.0, 0.0, 3.0]), 4).reshape(1, 2, 3, 4),
+    ]
+).astype(np.float32)
+
+_EXECUTOR_CASES = [
+    ("Elu", {"alpha": -0.7}),
+    ("Celu", {"alpha": 0.3}),
+    ("Selu", {"alpha": 2.0, "gamma": -1.5}),
+    ("LeakyRelu", {"alpha": -2.0}),
+    ("HardSigmoid", {"alpha": -0.3, "beta": 0.9}),
+    ("Shrink", {"bias": 0.7, "lambd": 0.7}),
+    ("Softplus", {}),
+    ("Softsign", {}),
+    ("Mish", {}),
+    ("HardSwish", {}),
+    ("Erf", {}),
+    ("Sin", {}),
+    ("Atan", {}),
+    ("Asinh", {}),
+    ("Tanh", {}),
+]
+
+
+@pytest.mark.parametrize(("op", "attrs"), _EXECUTOR_CASES)
+def test_executor_matches_onnxruntime_far_from_the_origin(op: str, attrs: dict) -> None:
+    """lipcert's float64 executor against onnxruntime's float32 output, within 1e-6 of
+    |y| + 1 (onnxruntime's own error is under 1e-6 there: measured 3e-7 at most)."""
+    from lipcert.graph.execute import GraphExecutor
+
+    dims = ["N", 2, 3, 4]
+    nodes = [
+        helper.make_node(op, ["x"], ["h"], **attrs),
+        helper.make_node("Neg", ["h"], ["logits"]),
+    ]
+    model = make(nodes, [], dims, dims, opset=18)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": _FAR})[0].astype(np.float64)
+    executor = GraphExecutor(load(model, (2, 3, 4)).graph, torch.float64)
+    got = executor(torch.as_tensor(_FAR)).detach().numpy()
+    assert np.all(np.isfinite(expected))
+    assert np.max(np.abs(got - expected) / (np.abs(expected) + 1.0)) < 1e-6
+
+
+# --- onnxruntime's library functions within the rules' LIBRARY_ULPS --------------------------
+
+_LIBRARY_CASES = [
+    ("Sin", 18, {}, torch.sin),
+    ("Tanh", 18, {}, torch.tanh),
+    ("Sigmoid", 18, {}, torch.sigmoid),
+    ("Erf", 18, {}, torch.erf),
+    ("Atan", 18, {}, torch.atan),
+    ("Softplus", 18, {}, lambda t: torch.logaddexp(t, torch.zeros_like(t))),
+    ("Mish", 18, {}, torch.nn.functional.mish),
+    ("Gelu", 20, {}, torch.nn.functional.gelu),
+    (
+        "Gelu",
+        20,
+        {"approximate": "tanh"},
+        lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+    ),
+    ("Selu", 18, {}, torch.nn.functional.selu),
+]
+
+
+@pytest.mark.parametrize(("op", "opset", "attrs", "function"), _LIBRARY_CASES)
+def test_onnxruntime_library_error_within_the_allowance(op, opset, attrs, function) -> None:
+    """The rules allow a library function LIBRARY_ULPS ulps of its output plus as many
+    absolute (lipcert.bounds.registry): onnxruntime's float32 error against float64, over
+    [-20, 20] densely and |x| up to 1e5, stays inside (measured: 10 ulps at most, the tanh
+    GELU)."""
+    from lipcert.bounds.registry import LIBRARY_ULPS
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            np.linspace(-20, 20, 200_001),
+            rng.standard_normal(50_000) * 1e3,
+            rng.standard_normal(50_000) * 1e5,
+        ]
+    ).astype(np.float32)
+    model = make(
+        [helper.make_node(op, ["x"], ["logits"], **attrs)], [], ["N", 1], ["N", 1], opset=opset
+    )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x.reshape(-1, 1)})[0].reshape(-1).astype(np.float64)
+    truth = function(torch.as_tensor(x.astype(np.float64))).numpy()
+    ulps = np.abs(got - truth) / ((np.abs(truth) + 1.0) * 2.0**-24)
+    assert float(ulps.max()) <= LIBRARY_ULPS, (op, float(ulps.max()))
