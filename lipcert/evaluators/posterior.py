@@ -231,7 +231,8 @@ class PosteriorEvaluator:
         sums = outputs[1:] if self.cut == self.output_name else outputs[2:]
         runtime_logits = np.asarray(outputs[0 if self.cut == self.output_name else 1])
         runtime_logits = runtime_logits.reshape(len(batch), -1).astype(np.float64)
-        cut_rows = runtime_logits if self.tail is None else cut_value  # a tail's start
+        torch_tail = self.tail is not None and not self.tail_in_onnxruntime
+        cut_rows = cut_value if torch_tail else runtime_logits  # the start of torch's tail
         _check_per_sample(len(batch), cut_rows, sums, self.measured, self.sizes)
         norms: dict[str, np.ndarray] = {}
         for name, squares in zip(self.measured, sums[: len(self.measured)], strict=True):
