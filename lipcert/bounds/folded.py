@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -45,7 +44,7 @@ _UNPROVED = {
 def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBound:
     """`bound` with the rounding of the float32 copies of inexact constants it reads."""
     names = sorted(
-        {name for inner in _flatten(node) for name in inner.inputs} & graph.inexact_constants
+        {name for inner in node.walk() for name in inner.inputs} & graph.inexact_constants
     )
     if not names:
         return bound
@@ -122,7 +121,7 @@ def with_folded_rounding(node: Node, graph: Graph, bound: LayerBound) -> LayerBo
 
 def inexact_count(node: Node, graph: Graph) -> int:
     """How many constants computed inside the model the node (or its body) reads."""
-    names = {name for inner in _flatten(node) for name in inner.inputs}
+    names = {name for inner in node.walk() for name in inner.inputs}
     return len(names & graph.inexact_constants)
 
 
@@ -131,15 +130,9 @@ def exact_spread(node: Node, graph: Graph, factors: int) -> float:
     quotient, square root) of up to `factors` constants the node reads, each either exact
     or within rho of its float64 value: ((1 + rho) / (1 - rho))^factors - 1, rounded up;
     0 when the node reads no inexact constant, or one refused by `with_folded_rounding`."""
-    names = {name for inner in _flatten(node) for name in inner.inputs} & graph.inexact_constants
+    names = {name for inner in node.walk() for name in inner.inputs} & graph.inexact_constants
     rho = max((graph.folded_error.get(name, 0.0) for name in names), default=0.0)
     if not 0 < rho <= _MAX_RHO:
         return 0.0
     growth = factors * (math.log1p(rho) - math.log1p(-rho))
     return mul_up(math.expm1(growth), 1 + 1e-6)
-
-
-def _flatten(node: Node) -> Iterator[Node]:
-    yield node
-    for inner in node.body:
-        yield from _flatten(inner)

@@ -25,7 +25,7 @@ cover; such a node gets its float32 allowance (gamma(n + 2, u32) + rho >= gamma(
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +55,7 @@ class ErrorPlan:
         reads_folded = frozenset(
             node.name
             for node, _ in analysis.node_bounds
-            if folded and any(name in folded for inner in _flatten(node) for name in inner.inputs)
+            if folded and any(name in folded for inner in node.walk() for name in inner.inputs)
         )
         for node, layer in analysis.node_bounds:
             rounding = layer.rounding
@@ -180,12 +180,6 @@ class ErrorPlan:
         with the rounding of its computation, lipcert.bounds.zero_input)."""
         zero = self.analysis.zero_sizes.get(name, np.inf)
         return _up(zero + self.analysis.tensor_bounds[name] * x_norm)
-
-
-def _flatten(node: Node) -> Iterator[Node]:
-    yield node
-    for inner in node.body:
-        yield from _flatten(inner)
 
 
 def _sum(parts: list[np.ndarray], n: int) -> np.ndarray:

@@ -43,6 +43,12 @@ class Node:
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
 
+    def walk(self) -> Iterator[Node]:
+        """This node and, for a fused node, the nodes of its body (depth first)."""
+        yield self
+        for inner in self.body:
+            yield from inner.walk()
+
 
 @dataclass
 class Graph:
@@ -126,7 +132,7 @@ class Graph:
         BatchNorm) under a name the file gives another tensor would replace that tensor for
         every node reading it (a Gemm bounded with another layer's weight)."""
         used = set(self.constants) | set(self.shapes)
-        for node in (inner for top in self.nodes for inner in _flatten(top)):
+        for node in (inner for top in self.nodes for inner in top.walk()):
             used.update(node.inputs)
             used.update(node.outputs)
         name, suffix = base, 2
@@ -159,7 +165,7 @@ class Graph:
         for node in reversed(self.nodes):
             if any(out in needed for out in node.outputs):
                 kept.append(node)
-                needed.update(name for inner in _flatten(node) for name in inner.inputs if name)
+                needed.update(name for inner in node.walk() for name in inner.inputs if name)
         self.nodes = kept[::-1]
         self.constants = {k: v for k, v in self.constants.items() if k in needed}
 
@@ -167,10 +173,3 @@ class Graph:
 def refuse(node: Node, why: str) -> UnsupportedOpError:
     """The error for a node lipcert knows the op of but cannot use as it is."""
     return UnsupportedOpError(f"node {node.name!r} ({node.op}): {why}")
-
-
-def _flatten(node: Node) -> Iterator[Node]:
-    """A node and, for a fused node, the nodes of its body."""
-    yield node
-    for inner in node.body:
-        yield from _flatten(inner)

@@ -49,16 +49,12 @@ def reads_only_its_inputs(graph: Graph, fused: Node) -> bool:
     alone, so a data path entering the body elsewhere would go unbounded. Such a block is
     left unfused (its ops are bounded, or refused, one by one).
     """
-    inner = [n for top in fused.body for n in _flatten(top)]
+    inner = [n for top in fused.body for n in top.walk()]
     made = {name for n in inner for name in n.outputs}
     allowed = set(fused.inputs) | made
     return all(
         not name or graph.is_constant(name) or name in allowed for n in inner for name in n.inputs
     )
-
-
-def _flatten(node: Node) -> list[Node]:
-    return [node, *(n for inner in node.body for n in _flatten(inner))]
 
 
 def _fuse_until_fixed(graph: Graph, matchers: tuple[Matcher, ...]) -> None:
