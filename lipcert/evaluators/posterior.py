@@ -223,9 +223,9 @@ class PosteriorEvaluator:
             self.plain.batch_checked = True
             if not self.plain.batches_like_single_samples(batch):
                 self.plain.one_at_a_time = True
-        if self.plain.one_at_a_time:
+        if self.plain.one_at_a_time:  # the executor check holds on this path too
             self._ahead.clear()
-            return self.plain.evaluate(batch)
+            return self._checked_first(batch, self.plain.evaluate(batch))
         outputs = self._outputs(original)
         cut_value = np.asarray(outputs[0])
         sums = outputs[1:] if self.cut == self.output_name else outputs[2:]
@@ -269,6 +269,11 @@ class PosteriorEvaluator:
                 self.plain.evaluation_of(batch, runtime_logits, x_norms),
                 "the graph's float64 tail and onnxruntime",
             )
+        return self._checked_first(batch, evaluation)
+
+    def _checked_first(self, batch: np.ndarray, evaluation: Evaluation) -> Evaluation:
+        """`evaluation`, once its batch's first sample (of the first batch) agrees with the
+        graph in float64 (`exact`) within both allowances."""
         if not self.exact_checked and len(batch):
             assert self.exact is not None
             self.exact_checked = True

@@ -214,3 +214,43 @@ def test_norms_of_lipcerts_float64_tail_cover_underflowed_squares(tmp_path: Path
     # m4 = fl64(...fl64(1 * s) ... * s): five roundings of relative 2^-53 at most, downwards
     exact_lower = 8 * s**5 * (1 - Fraction(1, 2**50))
     assert Fraction(float(norms["m4"][0])) >= exact_lower
+
+
+def test_samples_run_one_at_a_time_still_meet_the_executor_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model whose batches mix samples (its first batch differs from its one-sample runs)
+    is run one sample at a time by the plain evaluator; the first-sample check against
+    lipcert's float64 executor was skipped on that path, so an op the executor reads
+    differently from onnxruntime (here its Conv made 1 % larger, as in
+    test_first_sample_cross_check) certified onnxruntime's function with the bounds of
+    another. The mixing is stood for by the batch check's answer."""
+    import lipcert.graph.execute as execute
+    from lipcert.bounds.compose import analyse
+    from lipcert.certify.pipeline import choose_evaluators
+    from lipcert.errors import UnsoundCertificateError
+    from lipcert.frontends import load_model
+    from lipcert.model import LoadOptions
+
+    root = Path(__file__).resolve().parents[2]
+    loaded = load_model(root / "sample_models" / "fmnist_ce_tau8.onnx", LoadOptions())
+    batch = np.random.default_rng(0).uniform(0, 1, size=(4, 1, 28, 28)).astype(np.float32)
+
+    def chosen() -> PosteriorEvaluator:
+        evaluator = choose_evaluators(loaded, analyse(loaded.graph), "float32", 1).evaluator
+        assert isinstance(evaluator, PosteriorEvaluator)
+        monkeypatch.setattr(evaluator.plain, "batches_like_single_samples", lambda b: False)
+        return evaluator
+
+    evaluation = chosen().evaluate(batch)  # the executor agrees: certified as usual
+    assert evaluation.logits.shape == (4, 10)
+    conv = execute._OPS["Conv"]
+
+    def misread(node, args, ex):
+        return conv(node, [args[0], args[1] * 1.01, *args[2:]], ex)
+
+    monkeypatch.setitem(execute._OPS, "Conv", misread)
+    evaluator = chosen()
+    with pytest.raises(UnsoundCertificateError, match="executor"):
+        evaluator.evaluate(batch)
+    assert evaluator.plain.one_at_a_time
