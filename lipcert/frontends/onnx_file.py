@@ -745,6 +745,15 @@ def _drop_output_activation(graph: Graph, model: onnx.ModelProto) -> None:
             f"{label} follows node {inner.name!r} ({inner.op}): two activations after the "
             "logits change the decision, which lipcert reads from the logits"
         )
+    outputs = int(np.prod(graph.shape(source[0])[1:]))
+    if node.op == "Sigmoid" and outputs > 1:
+        # float32 rounds sigmoid(z) to 1 from z of about 17 on: logits (20, 30) give (1, 1),
+        # whose argmax is the first class, at any margin.
+        raise UnsupportedOpError(
+            f"{label}: over {outputs} outputs it does not keep the argmax of the logits "
+            "(float32 rounds sigmoid(20) and sigmoid(30) both to 1, a tie); lipcert certifies "
+            "decisions read from the logits"
+        )
     if node.op != "Sigmoid":
         _check_softmax_keeps_argmax(node, graph.shape(source[0]), _default_opset(model), label)
     graph.notes.append(
