@@ -31,6 +31,8 @@ def constant_input(node: Node, graph: Graph, index: int, what: str) -> np.ndarra
     value = np.asarray(graph.constant(name), dtype=np.float64)
     if not np.all(np.isfinite(value)):
         raise refuse(node, f"its {what} {name!r} holds NaN or Inf values")
+    if value.size == 0 and what.startswith("weight"):
+        raise refuse(node, f"its {what} {name!r} is empty (shape {value.shape!r})")
     return value
 
 
