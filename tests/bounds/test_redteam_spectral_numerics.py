@@ -229,3 +229,69 @@ def test_circular_conv_holds_on_clustered_and_cancelling_kernels(seed: int, kind
     exact = _exact_sigma(_dense_circular_conv1d(w, n, pads))
     bound = spectral.conv_norm(w, (n,), (1,), pads[:1], pads[1:], (1,), 1, circular=True)
     assert exact <= bound <= exact * (1 + 1e-10)
+
+
+# --- a block whose norm cancels: I + C2 C1 with C2 nearly -C1^-1 ---------------------------
+
+
+def _dense_circular_conv2d(w: np.ndarray, n: int) -> np.ndarray:
+    c_in = w.shape[1]
+    eye = torch.eye(c_in * n * n, dtype=torch.float64).reshape(c_in * n * n, c_in, n, n)
+    out = F.conv2d(F.pad(eye, (1, 1, 1, 1), mode="circular"), torch.tensor(w))
+    return out.reshape(c_in * n * n, -1).T.numpy()
+
+
+def _cancelling_block(w1: np.ndarray, w2: np.ndarray, n: int) -> onnx.ModelProto:
+    c = w1.shape[0]
+    pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)
+    nodes = [
+        helper.make_node("Pad", ["x", "p"], ["xp"], mode="wrap", name="pad1"),
+        helper.make_node("Conv", ["xp", "w1"], ["h"], name="conv1"),
+        helper.make_node("Pad", ["h", "p"], ["hp"], mode="wrap", name="pad2"),
+        helper.make_node("Conv", ["hp", "w2"], ["z"], name="conv2"),
+        helper.make_node("Add", ["x", "z"], ["y"], name="add"),
+    ]
+    float32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", float32, [1, c, n, n])],
+        [helper.make_tensor_value_info("y", float32, [1, c, n, n])],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(pads, "p"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 10
+    return model
+
+
+# x + conv2(conv1(x)) with conv2's centre tap -A^-1 and conv1's A plus taps of 1e-6: the
+# block's norm is about 1e-5 while its factors' are about cond(A). With the symbol path's
+# error slack removed (affine_operator: add_up(largest, 0 * slack)) the cond = 1 blocks fell
+# below their exact norm (by 5e-13 and 6e-12 relative).
+@pytest.mark.parametrize(("seed", "cond"), [(0, 1.0), (1, 1.0), (0, 1e5)])
+def test_block_whose_norm_cancels_is_not_under_bounded(seed: int, cond: float) -> None:
+    rng = np.random.default_rng(seed)
+    c, n = 3, 5
+    u = np.linalg.qr(rng.standard_normal((c, c)))[0]
+    v = np.linalg.qr(rng.standard_normal((c, c)))[0]
+    a = (u * np.logspace(0, np.log10(cond), c)) @ v.T
+    w1 = np.zeros((c, c, 3, 3))
+    w1[:, :, 1, 1] = a
+    w1 += 1e-6 * rng.standard_normal(w1.shape)
+    w2 = np.zeros((c, c, 3, 3))
+    w2[:, :, 1, 1] = -np.linalg.inv(a)
+    w1, w2 = w1.astype(np.float32), w2.astype(np.float32)
+    graph = load_from_proto(
+        _cancelling_block(w1, w2, n), LoadOptions(), source="test", fmt="onnx"
+    ).graph
+    bound = analyse(graph).tensor_bounds[graph.output_name]
+    one = _dense_circular_conv2d(w1.astype(np.float64), n)
+    two = _dense_circular_conv2d(w2.astype(np.float64), n)
+    with mpmath.workdps(40):
+        block = mpmath.matrix(two.tolist()) * mpmath.matrix(one.tolist()) + mpmath.eye(c * n * n)
+        exact = mpmath.sqrt(max(mpmath.eigsy(block.T * block, eigvals_only=True)))
+    assert exact <= bound <= exact * (1 + 1e-4)
