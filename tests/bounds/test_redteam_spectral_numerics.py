@@ -295,3 +295,24 @@ def test_block_whose_norm_cancels_is_not_under_bounded(seed: int, cond: float) -
         block = mpmath.matrix(two.tolist()) * mpmath.matrix(one.tolist()) + mpmath.eye(c * n * n)
         exact = mpmath.sqrt(max(mpmath.eigsy(block.T * block, eigvals_only=True)))
     assert exact <= bound <= exact * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("chunk_entries", [1, 4 * 12, 4 * 12 + 11, 1 << 20])
+def test_frequency_chunks_of_any_size_keep_the_bound(
+    chunk_entries: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A strided circular conv (2 residues, 2 x 3 channels: 12 entries per frequency) on a
+    # grid of 22: 6 frequencies kept (0 .. 5 of the prime 11), in chunks of one, of four and
+    # a remainder of two, or all at once. Its third tap is about minus its first, so the
+    # norm is reached at the last frequency, in the remainder chunk.
+    monkeypatch.setattr(spectral, "_CHUNK_ENTRIES", chunk_entries)
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((2, 3, 3))
+    w[:, :, 2] = -w[:, :, 0] + 0.01 * rng.standard_normal((2, 3))
+    w = w.astype(np.float32).astype(np.float64)
+    n = 22
+    eye = torch.eye(3 * n, dtype=torch.float64).reshape(3 * n, 3, n)
+    dense = F.conv1d(F.pad(eye, (1, 1), mode="circular"), torch.tensor(w), stride=2)
+    exact = _exact_sigma(dense.reshape(3 * n, -1).T.numpy())
+    bound = spectral.conv_norm(w, (n,), (2,), (1,), (1,), (1,), 1, circular=True)
+    assert exact <= bound <= exact * (1 + 1e-10)
