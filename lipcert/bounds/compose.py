@@ -29,7 +29,14 @@ from lipcert.bounds.numeric import (
 # The unit roundoffs and gamma live in numeric; this module has always exported them.
 from lipcert.bounds.numeric import FLOAT64_UNIT_ROUNDOFF as FLOAT64_UNIT_ROUNDOFF
 from lipcert.bounds.numeric import gamma as gamma
-from lipcert.bounds.registry import Combine, LayerBound, Rounding, bound_node, refuse
+from lipcert.bounds.registry import (
+    Combine,
+    LayerBound,
+    NonFiniteRoundingError,
+    Rounding,
+    bound_node,
+    refuse,
+)
 from lipcert.bounds.spec import CertificateSpec
 from lipcert.bounds.zero_input import zero_input_sizes
 from lipcert.errors import LipcertError, ModelLoadError, UnsupportedOpError
@@ -101,7 +108,10 @@ def _analyse(graph: Graph) -> Analysis:
     layers: list[LayerReport] = []
     node_bounds: list[tuple[Node, LayerBound]] = []
     for node in graph.nodes:
-        layer = bound_node(node, graph)
+        try:
+            layer = bound_node(node, graph)
+        except NonFiniteRoundingError as failure:
+            raise refuse(node, f"its weights' norms overflow float64: {failure}") from failure
         if not math.isfinite(layer.factor) or layer.factor < 0:
             raise refuse(node, f"its bound {layer.factor!r} is not a finite non-negative number")
         output_bound = _compose(node, graph, layer, bounds)

@@ -30,6 +30,11 @@ class Combine(enum.Enum):
     RSS = "rss"  # Concat and friends: factor * sqrt(sum of squared input bounds)
 
 
+class NonFiniteRoundingError(ValueError):
+    """A rule's rounding terms are not finite (weights whose norms overflow float64);
+    compose refuses the node with this message."""
+
+
 @dataclass(frozen=True)
 class Rounding:
     """Worst-case rounding error a node adds when it runs in floating point, in L2.
@@ -59,7 +64,9 @@ class Rounding:
     def __post_init__(self) -> None:
         values = (self.terms, self.input_gain, self.output_gain, self.offset, self.relative)
         if self.terms < 0 or not all(math.isfinite(v) and v >= 0 for v in values):
-            raise ValueError(f"expected finite non-negative rounding terms but got {self!r}")
+            raise NonFiniteRoundingError(
+                f"expected finite non-negative rounding terms but got {self!r}"
+            )
 
     @property
     def rounds(self) -> bool:

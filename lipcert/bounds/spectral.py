@@ -519,8 +519,14 @@ def _scale_to_unit(values: np.ndarray) -> tuple[np.ndarray, int | None]:
 
 
 def _unscale(bound: float, exponent: int) -> float:
-    """bound * 2^exponent, rounded up (exact unless it leaves the normal range)."""
-    return numeric.up(math.ldexp(bound, exponent))
+    """bound * 2^exponent, rounded up (exact unless it leaves the normal range).
+
+    Infinity where it overflows (math.ldexp raises OverflowError there): the rules refuse a
+    bound that is not finite, naming the node."""
+    try:
+        return numeric.up(math.ldexp(bound, exponent))
+    except OverflowError:
+        return math.inf
 
 
 def _frobenius_up(values: np.ndarray) -> float:

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lipcert.bounds import numeric, spectral
 from lipcert.bounds.compose import analyse
+from lipcert.errors import UnsupportedOpError
 from lipcert.frontends.onnx_file import load_from_proto
 from lipcert.model import LoadOptions
 
@@ -316,3 +317,31 @@ def test_frequency_chunks_of_any_size_keep_the_bound(
     exact = _exact_sigma(dense.reshape(3 * n, -1).T.numpy())
     bound = spectral.conv_norm(w, (n,), (2,), (1,), (1,), (1,), 1, circular=True)
     assert exact <= bound <= exact * (1 + 1e-10)
+
+
+# --- norms beyond float64 ------------------------------------------------------------------
+
+
+def test_norm_beyond_float64_is_infinite_not_a_crash() -> None:
+    # ||1.7e308 * ones(4, 4)|| = 6.8e308: math.ldexp in the unscaling raised OverflowError.
+    assert spectral.matrix_norm(np.full((4, 4), 1.7e308)) == np.inf
+    weight = np.full((2, 2, 3, 3), 1.7e308)
+    assert spectral.conv_norm(weight, (4, 4), (1, 1), (1, 1), (1, 1), (1, 1), 1) == np.inf
+    assert spectral.matrix_norm(np.full((4, 4), 1e307)) >= 4e307
+
+
+def test_float64_gemm_whose_norm_overflows_is_refused_naming_the_node() -> None:
+    # Was OverflowError 'math range error' (then ValueError from the rounding terms) out of
+    # analyse; now one line naming the node.
+    graph_proto = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="huge_gemm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 4])],
+        [numpy_helper.from_array(np.full((4, 4), 1.7e308), "w")],
+    )
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    graph = load_from_proto(model, LoadOptions(), source="test", fmt="onnx").graph
+    with pytest.raises(UnsupportedOpError, match="huge_gemm"):
+        analyse(graph)

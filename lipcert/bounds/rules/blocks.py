@@ -155,7 +155,10 @@ def _gram_norm_up(values: np.ndarray) -> float:
     eigenvalue = max(float(np.linalg.eigvalsh(gram)[-1]), 0.0)
     frobenius2 = float(np.sum(x * x)) * (1.0 + (x.size + 2) * FLOAT64_EPS)
     sigma2 = add_up(singular_value_up(eigenvalue, k), mul_up((n + 4) * FLOAT64_EPS, up(frobenius2)))
-    return up(math.ldexp(sqrt_up(sigma2), exponent))
+    try:
+        return up(math.ldexp(sqrt_up(sigma2), exponent))
+    except OverflowError:  # a norm beyond float64: no finite bound, which the rules refuse
+        return math.inf
 
 
 def _abs_norm_up(values: np.ndarray) -> float:
