@@ -102,9 +102,11 @@ def gen_unary(rng: np.random.Generator, op: str, version: int) -> Spec:
         attrs |= {"lambd": lambd, "bias": lambd}
     if attrs and rng.random() < 0.25:
         attrs = {}  # the defaults
-    return Spec(
-        [_node(op, ["x"], **attrs)], _shape(rng, int(rng.integers(1, 4))), positive=op == "Sqrt"
-    )
+    shape = _shape(rng, int(rng.integers(1, 4)))
+    if op == "Sigmoid":  # not at the output, where lipcert drops (or refuses) it: a Neg after it
+        nodes = [_node(op, ["x"], ("s",)), helper.make_node("Neg", ["s"], ["y"], name="neg")]
+        return Spec(nodes, shape)
+    return Spec([_node(op, ["x"], **attrs)], shape, positive=op == "Sqrt")
 
 
 def gen_clip(rng: np.random.Generator, op: str, version: int) -> Spec:
