@@ -442,17 +442,31 @@ def _unwrapped(module: Any) -> Any:
     compute what it computes and which the ONNX exporter cannot trace."""
     import torch
 
+    # Exact classes only: a subclass (or a class of the user's named OptimizedModule) may
+    # compute more than its inner module, and so may a wrapper with hooks of its own.
     wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
     for _ in range(8):
-        if isinstance(module, wrappers):
+        if not isinstance(module, torch.nn.Module) or _has_own_hooks(module):
+            break
+        kind = type(module)
+        if kind in wrappers:
             module = module.module
-        elif type(module).__name__ == "OptimizedModule" and isinstance(
-            getattr(module, "_orig_mod", None), torch.nn.Module
+        elif (
+            kind.__module__ == "torch._dynamo.eval_frame"
+            and kind.__qualname__ == "OptimizedModule"
+            and isinstance(getattr(module, "_orig_mod", None), torch.nn.Module)
         ):
             module = module._orig_mod
         else:
             break
     return module
+
+
+def _has_own_hooks(module: Any) -> bool:
+    return any(
+        getattr(module, name, None)
+        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+    )
 
 
 def resolve_arch(arch: str) -> Any:

@@ -444,6 +444,43 @@ def test_wrapped_modules_and_their_state_dicts(tmp_path: Path) -> None:
             lipcert.load(str(path), arch=f"{ARCHS}:small_net", input_shape=(1, 6, 6))
 
 
+class OptimizedModule(nn.Module):
+    """A class of the user's that has torch.compile's wrapper's name and attribute."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1000.0 * self._orig_mod(x)
+
+
+class ScaledDataParallel(nn.DataParallel):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1000.0 * self.module(x)
+
+
+def test_wrapper_look_alikes_are_bounded_as_themselves() -> None:
+    """Only torch's own wrapper classes are unwrapped: a look-alike computing 1000 times its
+    inner module, or a real wrapper with a hook of its own, is bounded as what it computes or
+    refused (the ONNX exporter refuses DataParallel itself)."""
+    module = _small_net()
+    exact = _dense_bound(module)
+    hooked = nn.DataParallel(module)
+    hooked.register_forward_hook(lambda _m, _i, out: 1000.0 * out)
+    for name, wrapper in (
+        ("named_optimized_module", OptimizedModule(module)),
+        ("data_parallel_subclass", ScaledDataParallel(module)),
+        ("data_parallel_with_hook", hooked),
+    ):
+        try:
+            bound = lipcert.from_torch(wrapper, (1, 6, 6)).lipschitz_bound
+        except ModelLoadError as exc:
+            assert "DataParallel" in str(exc), name
+            continue
+        assert bound >= 1000.0 * exact * (1 - 1e-9), name
+
+
 class Output(nn.Module):
     def __init__(self, how: str) -> None:
         super().__init__()
