@@ -239,12 +239,13 @@ def _check(model: onnx.ModelProto, source: str) -> None:
 def _refuse_unnamed_required_outputs(model: onnx.ModelProto, source: str) -> None:
     """An empty output name omits an output, which only an optional output may be; the
     checker admits it anywhere, and onnxruntime crashes the process (a segmentation fault)
-    loading a Split with an unnamed piece. Nodes of the default domain, main graph."""
+    loading a Split with an unnamed piece, in the main graph or in a subgraph (an If's
+    branch). Nodes of the default domain, at any depth."""
     versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     if not versions:
         return
     optional = onnx.defs.OpSchema.FormalParameterOption.Optional
-    for node in model.graph.node:
+    for node in _all_nodes(model.graph):
         if node.domain not in ("", "ai.onnx") or all(node.output):
             continue
         try:
@@ -258,6 +259,14 @@ def _refuse_unnamed_required_outputs(model: onnx.ModelProto, source: str) -> Non
                     f"{source!r}: {node_label(node)} leaves its output {index} unnamed, "
                     "which only an optional output may be"
                 )
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of a graph and of its subgraphs, at any depth."""
+    for node in graph.node:
+        yield node
+        for sub in subgraphs(node):
+            yield from _all_nodes(sub)
 
 
 def _first_line(exc: Exception) -> str:
