@@ -179,16 +179,10 @@ def in_force(op: str, opset: int) -> int | None:
 def check_node(node: Node, graph: Graph) -> None:
     """Refuse a node (or a node of a fused body) whose version or attributes lipcert does not
     implement, naming it."""
-    for inner in _with_body(node):
+    for inner in node.walk():
         if inner.body or is_lipcert_op(inner.op):
             continue  # a fused node: lipcert wrote its attributes; its body is checked
         _check_one(inner, graph.opset)
-
-
-def _with_body(node: Node) -> Iterable[Node]:
-    yield node
-    for inner in node.body:
-        yield from _with_body(inner)
 
 
 def _check_one(node: Node, opset: int) -> None:
