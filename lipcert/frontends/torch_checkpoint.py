@@ -614,8 +614,10 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
     stands for the module only where the condition comes out as at zero. Here the module
     runs once on an input marked as a tensor subclass: every torch operation on it returns a
     marked tensor, and turning a marked tensor into a Python value (bool, item, float, int,
-    index, tolist, numpy, equal, allclose, `in`) names the line that does it. Weights and
-    buffers are not marked: a condition on them is the same for every input. Data that leaves
+    index, tolist, numpy, equal, allclose, `in`), or making a shape of them (nonzero, a
+    boolean mask, unique, masked_select, bincount, one-argument where), names the line that
+    does it. Weights and buffers are not marked: a condition on them is the same for every
+    input. Data that leaves
     torch unmarked (as_subclass, storages) escapes this; the probes of `_check_export` remain.
     """
     import traceback
@@ -642,6 +644,19 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
         torch.equal,
         torch.allclose,
         torch.is_nonzero,
+        # Results whose shape is read from the values: `nonzero().shape[0] > k` is a branch.
+        torch.nonzero,
+        torch.Tensor.nonzero,
+        torch.argwhere,
+        torch.Tensor.argwhere,
+        torch.masked_select,
+        torch.Tensor.masked_select,
+        torch.unique,
+        torch.Tensor.unique,
+        torch.unique_consecutive,
+        torch.Tensor.unique_consecutive,
+        torch.bincount,
+        torch.Tensor.bincount,
     }
     torch_folder = Path(torch.__file__).resolve().parent
     this_file = Path(__file__).resolve()
@@ -651,7 +666,11 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
         def __torch_function__(
             cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
         ) -> Any:
-            if func in concrete:
+            if (
+                func in concrete
+                or (func is torch.Tensor.__getitem__ and _marked_mask(args[1:], cls))
+                or (func is torch.where and len(args) + len(kwargs or {}) == 1)
+            ):
                 frames = [
                     frame
                     for frame in traceback.extract_stack()
@@ -688,6 +707,20 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
             "trace keeps the branch the zero input takes, not the function the module "
             "computes; use torch.where or compute both branches"
         )
+
+
+def _marked_mask(index: Any, marked: type) -> bool:
+    """Whether an index holds a boolean mask computed from the input (the result's shape is
+    its count); a mask from weights or buffers is the same for every input."""
+    import torch
+
+    if isinstance(index, (tuple, list)):
+        return any(_marked_mask(part, marked) for part in index)
+    return (
+        isinstance(index, torch.Tensor)
+        and isinstance(index, marked)
+        and index.dtype in (torch.bool, torch.uint8)
+    )
 
 
 def _export(

@@ -153,6 +153,72 @@ def test_conditions_on_weights_and_shapes_load() -> None:
     assert exact <= model.lipschitz_bound <= exact * (1 + 1e-6)
 
 
+class CountsBrightPixels(nn.Module):
+    """Scales its logits by 100 when more than 15 of the 16 pixels exceed 0.5, a count read
+    from a shape made of the values (nonzero, a boolean mask, unique, one-argument where):
+    no Python value is read from the input, yet the trace freezes the zero input's branch,
+    and no probe batch has 16 bright pixels in one sample. It loaded with the bound of fc
+    alone, 1/100 of the module's Lipschitz constant on bright images."""
+
+    def __init__(self, read: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 3)
+        self.read = read
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        bright = flat > 0.5
+        if self.read == "nonzero":
+            count = bright.nonzero().shape[0]
+        elif self.read == "mask":
+            count = flat[bright].numel()
+        elif self.read == "where":
+            count = len(torch.where(bright)[0])
+        else:  # one value, True, among the flags and a True: every pixel is bright
+            flags = torch.cat([bright.flatten(), torch.ones(1, dtype=torch.bool)])
+            count = 16 * len(flat) if len(torch.unique(flags)) == 1 else 0
+        logits = self.fc(flat)
+        return 100.0 * logits if count > 15 * len(flat) else logits
+
+
+@pytest.mark.parametrize("read", ["nonzero", "mask", "where", "unique"])
+def test_count_read_from_a_shape_is_refused(read: str) -> None:
+    module = CountsBrightPixels(read).eval()
+    exact = float(np.linalg.svd(module.fc.weight.detach().double().numpy(), compute_uv=False)[0])
+    with torch.no_grad():  # ground truth: 100 fc on the all-bright images
+        assert torch.equal(module(torch.ones(1, *SHAPE)), 100.0 * module.fc(torch.ones(1, 16)))
+    try:
+        model = lipcert.from_torch(module, SHAPE)
+    except ModelLoadError as exc:
+        assert str(exc).startswith(f"{_READ_AT} (")
+        assert "\n" not in str(exc)
+        return
+    assert model.lipschitz_bound >= 100.0 * exact
+
+
+class SelectsByABuffer(nn.Module):
+    """The look-alike: a boolean mask from a buffer selects the same pixels for every input;
+    it must load, with the bound of fc on the selected pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.keep: torch.Tensor
+        self.register_buffer("keep", torch.arange(16) % 2 == 0)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)[:, self.keep])
+
+
+def test_mask_from_a_buffer_loads() -> None:
+    module = SelectsByABuffer().eval()
+    model = lipcert.from_torch(module, SHAPE)
+    exact = float(np.linalg.svd(module.fc.weight.detach().double().numpy(), compute_uv=False)[0])
+    assert exact * (1 - 1e-9) <= model.lipschitz_bound <= exact * (1 + 1e-6)
+
+
 class AlwaysStandardised(nn.Module):
     """The look-alike without the branch: it must load, with the bound of 4 W (0.25 is exact
     in float32, as the export's constant is)."""
