@@ -568,9 +568,11 @@ def _refuse_non_finite_weights(module: Any, path: Path) -> None:
 def _state_snapshot(module: Any) -> dict[str, Any]:
     import torch
 
+    # Non-persistent buffers too, which state_dict leaves out.
+    tensors = (*module.named_parameters(), *module.named_buffers())
     return {
         name: tensor.detach().clone()
-        for name, tensor in module.state_dict().items()
+        for name, tensor in tensors
         if isinstance(tensor, torch.Tensor)
     }
 

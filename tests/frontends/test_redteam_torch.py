@@ -593,11 +593,11 @@ class Annealing(nn.Module):
     """A temperature that anneals at every call, in eval mode too: each call is another
     function, and the drift over lipcert's calls is below the export check's tolerance."""
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = True) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.fc = nn.Linear(16, 3)
-        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("temperature", torch.tensor(1.0), persistent=persistent)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         temperature: torch.Tensor = self.temperature  # type: ignore[assignment]
@@ -606,9 +606,11 @@ class Annealing(nn.Module):
         return out
 
 
-def test_state_that_changes_in_eval_mode() -> None:
-    """It loaded (the export, the function at the trace's call, passed the check)."""
-    module = Annealing().eval()
+@pytest.mark.parametrize("persistent", [True, False])
+def test_state_that_changes_in_eval_mode(persistent: bool) -> None:
+    """It loaded (the export, the function at the trace's call, passed the check); a
+    non-persistent buffer, which state_dict leaves out, too."""
+    module = Annealing(persistent).eval()
     with pytest.raises(ModelLoadError) as error:
         lipcert.from_torch(module, SHAPE)
     assert str(error.value) == (
