@@ -47,7 +47,7 @@ from lipcert.evaluators.base import (
 )
 from lipcert.evaluators.norms import group_size, norm_from_group_sums, norm_from_squares
 from lipcert.evaluators.onnx_runtime import OnnxRuntimeEvaluator, make_session
-from lipcert.frontends.onnx_flow import subgraphs
+from lipcert.frontends.onnx_flow import graph_names
 from lipcert.graph import Graph, Node
 from lipcert.model import LoadedModel
 
@@ -430,7 +430,7 @@ def _prefix_model(
     # The tensors and nodes added here take names the file does not use: onnxruntime takes
     # the last of two initializers of one name, so a file's own int64 tensor named like
     # lipcert's flat shape (Gather indices, say) had its value replaced in certify's runs.
-    taken = _names(model.graph)
+    taken = graph_names(model.graph)
     prefix = _SUM_PREFIX
     while any(name.startswith(prefix) for name in taken):
         prefix = f"_{prefix}"
@@ -487,17 +487,6 @@ def _prefix_model(
     return model
 
 
-def _names(graph: Any) -> set[str]:
-    """Every tensor and node name of an ONNX graph and of its subgraphs, at any depth."""
-    names = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    names |= {i.name for i in [*graph.input, *graph.output, *graph.value_info]}
-    for node in graph.node:
-        names |= {node.name, *node.input, *node.output}
-        for sub in subgraphs(node):
-            names |= _names(sub)
-    return names
-
-
 def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[str, str]] | None:
     """Nodes computing, in float64, the nodes of `model` that the logits need from `cut`
     (the float64 tail), and the names of their float64 tensors by original name; None when
@@ -537,7 +526,7 @@ def _float64_copy(model: Any, cut: str, logits: str) -> tuple[list[Any], dict[st
             needed.update(name for name in node.input if name)
     kept.reverse()
     float32, float64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
-    taken = _names(model.graph)  # the copies' names are new (as the sums' in _prefix_model)
+    taken = graph_names(model.graph)  # the copies' names are new (as the sums' in _prefix_model)
     suffix = _FLOAT64_SUFFIX
     while any(name.endswith(suffix) for name in taken):
         suffix = f"{suffix}_"

@@ -32,6 +32,7 @@ from lipcert.frontends.onnx_exact import (
 from lipcert.frontends.onnx_flow import (
     Flow,
     data_flow,
+    graph_names,
     needed_nodes,
     node_label,
     refuse_random_and_loops,
@@ -482,7 +483,7 @@ def _fold_in_float64(
     graph.folded_error = {name: errors.get(name, 0.0) for name in names}
     # A weight's name must be new: the runtime takes the last of two initializers of one
     # name, so a file's own tensor 'c__folded_in_float64' would silently become c.
-    used = _tensor_names(runnable.graph)
+    used = graph_names(runnable.graph)
     for name, value in zip(names, folded, strict=True):
         runtime_dtype = np.asarray(graph.constant(name)).dtype
         exact64 = np.asarray(value, dtype=np.float64)
@@ -506,18 +507,6 @@ def _fold_in_float64(
         "in float64; the runtime uses their float32 roundings, covered by the allowance"
     )
     return runnable
-
-
-def _tensor_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name of a graph and its subgraphs, at any depth."""
-    names = {t.name for t in graph.initializer}
-    names |= {t.values.name for t in graph.sparse_initializer}
-    names |= {i.name for i in list(graph.input) + list(graph.output) + list(graph.value_info)}
-    for node in graph.node:
-        names |= set(node.input) | set(node.output)
-        for sub in subgraphs(node):
-            names |= _tensor_names(sub)
-    return names
 
 
 def _refuse_value_dependence(nodes: list[onnx.NodeProto], flow: Flow) -> None:

@@ -207,6 +207,19 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
         yield from attribute.graphs
 
 
+def graph_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name of a graph and of its subgraphs, at any depth: a tensor
+    lipcert adds must take a name none of them uses (onnxruntime takes the last of two
+    initializers of one name, and refuses two nodes of one name)."""
+    names = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    names |= {i.name for i in [*graph.input, *graph.output, *graph.value_info]}
+    for node in graph.node:
+        names |= {node.name, *node.input, *node.output}
+        for sub in subgraphs(node):
+            names |= graph_names(sub)
+    return names
+
+
 def outer_reads(node: onnx.NodeProto) -> set[str]:
     """The names a node's subgraphs read from enclosing scopes, at any depth."""
     names: set[str] = set()
