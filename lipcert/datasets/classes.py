@@ -30,6 +30,8 @@ def check_model_classes(data: Dataset, num_classes: int) -> None:
         why = (
             f"the labels are {data.name}'s classes, which a {num_classes}-class model does not have"
         )
+        if data.name == "cifar100" and num_classes == 20:
+            why += " (lipcert reads the 100 fine labels; for the 20 coarse ones, use an .npz)"
     elif data.split == "file":
         # A file's num_classes is taken over all its labels (.npz: also beyond --limit), so a
         # 1-based file (labels 1..K) sorted by class is caught though its first rows fit.
