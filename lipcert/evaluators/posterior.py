@@ -229,11 +229,12 @@ class PosteriorEvaluator:
         outputs = self._outputs(original)
         cut_value = np.asarray(outputs[0])
         sums = outputs[1:] if self.cut == self.output_name else outputs[2:]
-        runtime_logits = np.asarray(outputs[0 if self.cut == self.output_name else 1])
-        runtime_logits = runtime_logits.reshape(len(batch), -1).astype(np.float64)
+        runtime_output = np.asarray(outputs[0 if self.cut == self.output_name else 1])
         torch_tail = self.tail is not None and not self.tail_in_onnxruntime
-        cut_rows = cut_value if torch_tail else runtime_logits  # the start of torch's tail
+        cut_rows = cut_value if torch_tail else runtime_output  # the start of torch's tail
+        # before the logits' reshape, which would hide rows that are not one per sample
         _check_per_sample(len(batch), cut_rows, sums, self.measured, self.sizes)
+        runtime_logits = runtime_output.reshape(len(batch), -1).astype(np.float64)
         norms: dict[str, np.ndarray] = {}
         for name, squares in zip(self.measured, sums[: len(self.measured)], strict=True):
             size = self.sizes[name]
