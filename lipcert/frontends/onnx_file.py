@@ -745,12 +745,13 @@ def _drop_output_activation(graph: Graph, model: onnx.ModelProto) -> None:
         )
     outputs = int(np.prod(graph.shape(source[0])[1:]))
     if node.op == "Sigmoid" and outputs > 1:
-        # float32 rounds sigmoid(z) to 1 from z of about 17 on: logits (20, 30) give (1, 1),
-        # whose argmax is the first class, at any margin.
+        # Exactly, the Sigmoid keeps the argmax; but float32 rounds sigmoid(z) to 1 from z of
+        # about 17 on: logits (20, 30) give (1, 1), whose argmax is the first class, at a
+        # margin of 10. Refused so that a certified decision is also the runtime's.
         raise UnsupportedOpError(
-            f"{label}: over {outputs} outputs it does not keep the argmax of the logits "
-            "(float32 rounds sigmoid(20) and sigmoid(30) both to 1, a tie); lipcert certifies "
-            "decisions read from the logits"
+            f"{label}: over {outputs} outputs its float32 values saturate into ties "
+            "(sigmoid(20) and sigmoid(30) are both 1), so a runtime's argmax can differ from "
+            "the logits' decision lipcert certifies, far from any boundary; certify the logits"
         )
     if node.op != "Sigmoid":
         _check_softmax_keeps_argmax(node, graph.shape(source[0]), _default_opset(model), label)
