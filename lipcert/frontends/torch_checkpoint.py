@@ -619,8 +619,8 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
     index, tolist, numpy, equal, allclose, `in`), or making a shape of them (nonzero, a
     boolean mask, unique, masked_select, bincount, one-argument where), names the line that
     does it. Weights and buffers are not marked: a condition on them is the same for every
-    input. Data that leaves
-    torch unmarked (as_subclass, storages) escapes this; the probes of `_check_export` remain.
+    input. Data that leaves torch unmarked (as_subclass, torch.tensor(x) copies, storages)
+    escapes this; the probes of `_check_export` remain.
     """
     import traceback
 
