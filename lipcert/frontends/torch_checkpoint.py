@@ -21,7 +21,8 @@ import io
 import sys
 import warnings
 import zipfile
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -690,12 +691,7 @@ def _refuse_value_branches(module: Any, input_shape: tuple[int, ...], path: Path
 
     marked = torch.zeros((1, *input_shape)).as_subclass(Marked)
     try:
-        with (
-            warnings.catch_warnings(),
-            redirect_stdout(io.StringIO()),
-            redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
+        with _quietly():
             module(marked)
     except _ValueRead:
         pass
@@ -725,6 +721,18 @@ def _marked_mask(index: Any, marked: type) -> bool:
     )
 
 
+@contextmanager
+def _quietly() -> Iterator[None]:
+    """The user's module runs without its warnings and prints reaching the user."""
+    with (
+        warnings.catch_warnings(),
+        redirect_stdout(io.StringIO()),
+        redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _export(
     module: Any,
     input_shape: tuple[int, ...],
@@ -745,12 +753,7 @@ def _export(
     example = torch.zeros((1, *input_shape))
     buffer = io.BytesIO()
     try:
-        with (
-            warnings.catch_warnings(),
-            redirect_stdout(io.StringIO()),
-            redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
+        with _quietly():
             torch.onnx.export(
                 module,
                 (example,),
