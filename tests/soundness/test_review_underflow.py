@@ -23,13 +23,17 @@ from lipcert.graph import Graph
 from lipcert.model import LoadOptions
 
 
-def _conv_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
-    """A checked model from x (1, 1, 2, 2) to y (1, 1, 2, 2)."""
+def _conv_model(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    shape: tuple[int, ...] = (1, 1, 2, 2),
+) -> onnx.ModelProto:
+    """A checked model from x to y, both of `shape` (a 1x1x2x2 image by default)."""
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -210,16 +214,7 @@ def test_matmul_batchnorm_folded_weight_among_the_subnormals() -> None:
         helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"], epsilon=0.0),
         helper.make_node("Mul", ["bn", "k"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
+    model = _conv_model(nodes, inits, (1, 2))
     x = np.array([[1e3, 7.5e2]], np.float32)
     gain = Fraction(float(w)) * Fraction(float(g)) * Fraction(float(k))
     assert _ratio(model, x, [Fraction(float(v)) * gain for v in x[0]]) <= 1.0
@@ -317,15 +312,7 @@ def test_computed_weight_with_a_subnormal_float32_copy_is_refused(
         helper.make_node("MatMul", ["x", "W"], ["c"]),
         helper.make_node("Mul", ["c", "k"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = _conv_model(nodes, inits, (1, 2))
     x = np.array([[1e20, 7.5e19]], np.float32)
     weight = Fraction(2) ** exponent / Fraction(divisor) * Fraction(2) ** 100
     exact = [Fraction(float(v)) * weight for v in x[0]]
