@@ -219,18 +219,24 @@ def test_random_graphs_are_rewritten_exactly() -> None:
             continue
         accepted += 1
         swapped += _swapped_pairs(random_model(seed, 4))
-        network = build_network(analysis.graph, analysis.tensor_bounds)
         points = np.random.default_rng(seed).normal(size=(32, 4)) * 2
-        with torch.no_grad():
-            executed = GraphExecutor(analysis.graph)(torch.as_tensor(points)).numpy()
-        executed = executed.reshape(32, -1)
-        scale = 1.0 + float(np.abs(executed).max())
-        got = run_network(network, points)
-        np.testing.assert_allclose(got, executed, rtol=0, atol=1e-9 * scale, err_msg=f"{seed}")
-        for step in network.steps:
-            if isinstance(step, AffineStep):
-                _check_magnitude(network, step, np.random.default_rng(seed))
+        _check_against_executor(analysis, points, seed)
     assert accepted >= 50 and swapped >= 8, (accepted, swapped)
+
+
+def _check_against_executor(analysis: Any, points: np.ndarray, seed: int) -> None:
+    """The rewrite's network computes what lipcert's executor computes on `points`, and
+    every affine step's magnitude bounds |A| (`_check_magnitude`)."""
+    network = build_network(analysis.graph, analysis.tensor_bounds)
+    with torch.no_grad():
+        executed = GraphExecutor(analysis.graph)(torch.as_tensor(points)).numpy()
+    executed = executed.reshape(len(points), -1)
+    scale = 1.0 + float(np.abs(executed).max())
+    got = run_network(network, points)
+    np.testing.assert_allclose(got, executed, rtol=0, atol=1e-9 * scale, err_msg=f"{seed}")
+    for step in network.steps:
+        if isinstance(step, AffineStep):
+            _check_magnitude(network, step, np.random.default_rng(seed))
 
 
 def _check_magnitude(network: Network, step: AffineStep, rng: np.random.Generator) -> None:
@@ -420,14 +426,5 @@ def test_random_conv_graphs_are_rewritten_exactly() -> None:
             random_conv_model(seed), LoadOptions(input_shape=(2, 4, 4)), source="memory", fmt="onnx"
         )
         analysis = analyse(loaded.graph)
-        network = build_network(analysis.graph, analysis.tensor_bounds)
         points = np.random.default_rng(seed).normal(size=(8, 2, 4, 4))
-        with torch.no_grad():
-            executed = GraphExecutor(analysis.graph)(torch.as_tensor(points)).numpy()
-        executed = executed.reshape(8, -1)
-        scale = 1.0 + float(np.abs(executed).max())
-        got = run_network(network, points)
-        np.testing.assert_allclose(got, executed, rtol=0, atol=1e-9 * scale, err_msg=f"{seed}")
-        for step in network.steps:
-            if isinstance(step, AffineStep):
-                _check_magnitude(network, step, np.random.default_rng(seed))
+        _check_against_executor(analysis, points, seed)
